@@ -1,0 +1,3 @@
+"""metatune: fine-tune language models to extract bibliographic metadata from academic documents."""
+
+__version__ = "0.1.0"

