@@ -59,14 +59,16 @@ def prompt_parts(doc_type: DocType, fmt: InputFormat, tokenizer=None) -> tuple[s
     if fmt.style == "schema":
         schema = json.dumps(doc_type.template(fields), ensure_ascii=False, indent=4)
         return SCHEMA_PREFIX.format(schema=schema), SCHEMA_SUFFIX
-    prompt = doc_type.prompt(fields) + "\n\nDocumento:\n"
+    instruction = doc_type.prompt(fields)
     if fmt.chat_template and tokenizer is not None and tokenizer.chat_template:
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt + DOC_MARKER}], tokenize=False, add_generation_prompt=True
-        )
+        messages = [
+            {"role": "system", "content": instruction},
+            {"role": "user", "content": "Documento:\n" + DOC_MARKER},
+        ]
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prefix, _, suffix = rendered.partition(DOC_MARKER)
         return prefix, suffix
-    return prompt, "\n\nJSON:\n"
+    return instruction + "\n\nDocumento:\n", "\n\nJSON:\n"
 
 
 def build_prompts(registry: TypeRegistry, fmt: InputFormat, tokenizer=None) -> dict[str, dict[str, str]]:
