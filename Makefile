@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/metatune train --config configs/demo.yaml --output runs/demo --overwrite
-	$(BIN)/metatune extract runs/demo data/sample/holdout.txt
+	$(BIN)/metatune extract runs/demo data/sample/holdout.txt --type Tesis
 
 test: install
 	$(BIN)/python -m pytest -q
