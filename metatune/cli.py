@@ -28,9 +28,16 @@ def train(
 ):
     """Fine-tune a model and save the run."""
     from metatune.config import load_config
-    from metatune.training.run import train as run_training
+    from metatune.data import load_for_training
+    from metatune.export import check_output
 
     cfg = load_config(config, set_, model=model, data=data, output=output)
+    # the quick checks first: a mistake in the data or the output is reported before torch is imported
+    check_output(Path(cfg.training.output_dir), overwrite)
+    load_for_training(cfg.data, need_validation=cfg.training.eval_each_epoch)
+
+    from metatune.training.run import train as run_training
+
     run_training(cfg, resume=resume, overwrite=overwrite)
 
 

@@ -31,6 +31,11 @@ class Problem:
         return f"{path}: record {self.where}{field}: {self.message}"
 
 
+# Among equally plausible guesses, the Western code pages win: a Spanish file in cp1252 and in
+# cp1250 often scores the same, but only cp1252 reads "ñ" as "ñ" and not "ń".
+WESTERN = {"cp1252", "latin_1", "iso8859_15"}
+
+
 def read_text(path: Path) -> str:
     """UTF-8 first; anything else is decoded after detecting its encoding."""
     raw = path.read_bytes()
@@ -39,9 +44,10 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError:
         from charset_normalizer import from_bytes
 
-        best = from_bytes(raw).best()
-        if best is None:
-            raise MetatuneError(f"{path}: cannot detect the text encoding") from None
+        matches = list(from_bytes(raw))
+        if not matches:
+            raise MetatuneError(f"{path}: not UTF-8 and its text encoding cannot be detected") from None
+        best = min(matches, key=lambda m: (m.chaos, -m.coherence, not WESTERN & set(m.could_be_from_charset)))
         return str(best)
 
 
@@ -174,12 +180,34 @@ def load_dataset(path: str | Path, registry: TypeRegistry, fallback_type: str | 
     return dataset
 
 
-def hub_token() -> str | None:
-    """The Hub token from TOKEN_HUGGING_FACE or HF_TOKEN (a .env file is honoured). Never printed."""
-    from dotenv import load_dotenv
+TOKEN_VARIABLES = ("TOKEN_HUGGING_FACE", "HF_TOKEN")
 
-    load_dotenv(override=False)
-    return os.environ.get("TOKEN_HUGGING_FACE") or os.environ.get("HF_TOKEN") or None
+
+def load_for_training(settings, need_validation: bool = True) -> tuple[TypeRegistry, Dataset]:
+    """The type registry and the dataset of a `data:` config section (metatune.config.DataSettings),
+    downloaded when configured, every record checked, and the splits training needs non-empty."""
+    registry = TypeRegistry.load(settings.types_file)
+    if settings.fallback_type and registry.find(settings.fallback_type) is None:
+        raise MetatuneError(f"data.fallback_type: unknown document type {settings.fallback_type!r}")
+    path = ensure_local(settings.path, settings.hub_dataset, settings.hub_filename)
+    dataset = load_dataset(path, registry, settings.fallback_type, settings.split_seed)
+    dataset.split("training")
+    if need_validation:
+        dataset.split("validation")
+    return registry, dataset
+
+
+def hub_token() -> str | None:
+    """The Hub token from TOKEN_HUGGING_FACE or HF_TOKEN, in the environment or else in a .env file
+    found from the working directory upwards. Never printed, never put into os.environ."""
+    from dotenv import dotenv_values, find_dotenv
+
+    for name in TOKEN_VARIABLES:
+        if os.environ.get(name):
+            return os.environ[name]
+    env_file = find_dotenv(usecwd=True)
+    values = dotenv_values(env_file) if env_file else {}
+    return next((values[name] for name in TOKEN_VARIABLES if values.get(name)), None)
 
 
 def ensure_local(path: str | Path, hub_dataset: str | None, hub_filename: str | None = None) -> Path:
@@ -190,15 +218,18 @@ def ensure_local(path: str | Path, hub_dataset: str | None, hub_filename: str | 
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError
 
+    token = hub_token()
+    filename = hub_filename or path.name
+    print(f"{path}: not on disk; downloading {filename} from the Hub dataset {hub_dataset}")
     try:
-        downloaded = hf_hub_download(
-            repo_id=hub_dataset,
-            filename=hub_filename or path.name,
-            repo_type="dataset",
-            token=hub_token(),
-        )
+        downloaded = hf_hub_download(repo_id=hub_dataset, filename=filename, repo_type="dataset", token=token)
     except (HfHubHTTPError, OSError, ValueError) as e:
-        raise MetatuneError(f"{path}: not on disk and the download from '{hub_dataset}' failed: {type(e).__name__}") from None
+        reason = " ".join(str(e).split())[:200]
+        if token:
+            reason = reason.replace(token, "***")
+        raise MetatuneError(
+            f"{path}: not on disk and the download of {filename} from '{hub_dataset}' failed: {type(e).__name__}: {reason}"
+        ) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".download")
     tmp.write_bytes(Path(downloaded).read_bytes())

@@ -35,7 +35,8 @@ class DocType:
     aliases: list[str] = field(default_factory=list)
 
     def target_fields(self, include: list[str] | None, exclude: list[str]) -> list[str]:
-        names = include if include is not None else list(self.fields)
+        """The fields the model is asked for: the type's own (or those of `include` the type has), minus `exclude`."""
+        names = list(self.fields) if include is None else [f for f in include if f in self.fields]
         return [f for f in names if f not in exclude]
 
     def prompt(self, fields: list[str]) -> str:
@@ -85,21 +86,26 @@ class TypeRegistry:
     def load(cls, user_file: str | Path | None = None) -> TypeRegistry:
         raw = _read_yaml(BUILTIN_TYPES_FILE)
         if user_file:
-            raw.update(_read_yaml(Path(user_file)))  # replaces whole types by name
+            for name, spec in _read_yaml(Path(user_file)).items():
+                # a user type replaces the built-in one of the same name ("Artículo" replaces "Articulo")
+                for old in [k for k in raw if _fold(k) == _fold(str(name))]:
+                    del raw[old]
+                raw[str(name)] = spec
         return cls.from_dict(raw, source=str(user_file or BUILTIN_TYPES_FILE))
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "types") -> TypeRegistry:
         types = {}
         for name, spec in raw.items():
-            spec = dict(spec or {})
+            spec = _check_spec(name, spec, source)
             fields, example = {}, {}
             parent = spec.pop("extends", None)
             if parent:
                 if parent not in raw:
                     raise MetatuneError(f"{source}: type '{name}' extends unknown type '{parent}'")
-                fields.update(raw[parent].get("fields", {}))
-                example.update(raw[parent].get("example", {}))
+                parent_spec = _check_spec(parent, raw[parent], source)
+                fields.update(parent_spec.get("fields") or {})
+                example.update(parent_spec.get("example") or {})
             fields.update(spec.get("fields") or {})
             example.update(spec.get("example") or {})
             bad = {f: k for f, k in fields.items() if k not in ("string", "array")}
@@ -127,6 +133,23 @@ class TypeRegistry:
     @property
     def general(self) -> DocType:
         return self.types[GENERAL]
+
+
+TYPE_KEYS = {"noun", "fields", "example", "aliases", "extends"}
+
+
+def _check_spec(name: str, spec: object, source: str) -> dict:
+    """One type's definition as a dict, with the shape of every key checked."""
+    spec = {} if spec is None else spec
+    if not isinstance(spec, dict):
+        raise MetatuneError(f"{source}: type '{name}': expected a mapping of {', '.join(sorted(TYPE_KEYS))}")
+    unknown = sorted(set(spec) - TYPE_KEYS)
+    if unknown:
+        raise MetatuneError(f"{source}: type '{name}': unknown key '{unknown[0]}' (expected {', '.join(sorted(TYPE_KEYS))})")
+    for key, kind in (("fields", dict), ("example", dict), ("aliases", list)):
+        if spec.get(key) is not None and not isinstance(spec[key], kind):
+            raise MetatuneError(f"{source}: type '{name}': '{key}' must be a {'mapping' if kind is dict else 'list'}")
+    return dict(spec)
 
 
 def _read_yaml(path: Path) -> dict:

@@ -12,8 +12,7 @@ import torch
 
 from metatune import __version__
 from metatune.config import Config
-from metatune.data import ensure_local, load_dataset, record_type
-from metatune.doctypes import TypeRegistry
+from metatune.data import load_for_training, record_type
 from metatune.encoding import Limits, encode_example
 from metatune.errors import MetatuneError
 from metatune.export import check_output
@@ -67,8 +66,7 @@ def start_output(config: Config, resume: bool, overwrite: bool) -> tuple[Path, P
         if not overwrite:
             raise MetatuneError(f"{work}: an unfinished run is there; pass --resume to continue it or --overwrite to start again")
         shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    return output, work
+    return output, work  # prepare() creates `work` once the data and the model have loaded
 
 
 def encode_split(records, registry, fallback_type, fmt, prompts, tokenizer, limits, seq2seq, chat, general_examples):
@@ -86,11 +84,8 @@ def encode_split(records, registry, fallback_type, fmt, prompts, tokenizer, limi
 
 def prepare(config: Config, need_validation: bool = True) -> Prepared:
     d = config.data
-    registry = TypeRegistry.load(d.types_file)
-    if d.fallback_type and registry.find(d.fallback_type) is None:
-        raise MetatuneError(f"data.fallback_type: unknown document type {d.fallback_type!r}")
-    path = ensure_local(d.path, d.hub_dataset, d.hub_filename)
-    dataset = load_dataset(path, registry, d.fallback_type, d.split_seed)
+    registry, dataset = load_for_training(d, need_validation)
+    path = dataset.path
     train_records = dataset.split("training")
     val_records = dataset.split("validation") if need_validation else []
 
@@ -132,4 +127,6 @@ def prepare(config: Config, need_validation: bool = True) -> Prepared:
         "train_tokens": sum(len(x["input_ids"]) for x in train),
         "train_target_tokens": sum(sum(1 for t in x["labels"] if t != -100) for x in train),
     }
+    # Only now, with every input checked, does anything appear on disk: a mistake leaves nothing behind.
+    work_dir(Path(config.training.output_dir)).mkdir(parents=True, exist_ok=True)
     return Prepared(config, model, tokenizer, seq2seq, train, validation, info, skipped_train + skipped_val, stats)
