@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from metatune.errors import MetatuneError
 from metatune.paths import PRESET_DIR
@@ -20,7 +20,8 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # coerce numbers: `--set model.revision=2024` gives the text "2024", not a type error
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), coerce_numbers_to_str=True)
 
 
 class LoraSettings(Section):
@@ -55,29 +56,43 @@ class DataSettings(Section):
     include_fields: list[str] | None = None  # None: the type's own fields
     exclude_fields: list[str] = ["keywords", "abstract", "subject", "uri", "identifier.uri", "isRelatedWith"]
     general_examples: bool = False  # also one example per document asking only the general fields
-    max_input_tokens: int = 2048
-    max_target_tokens: int = 512
+    max_input_tokens: PositiveInt = 2048
+    max_target_tokens: PositiveInt = 512
+
+    @model_validator(mode="after")
+    def _fields_not_both_included_and_excluded(self):
+        both = [f for f in self.include_fields or [] if f in self.exclude_fields]
+        if both:
+            raise ValueError(f"'{both[0]}' is in include_fields and in exclude_fields; remove it from one of them")
+        return self
+
+
+# transformers.SchedulerType's names, listed here so that reading a config does not import transformers
+SchedulerName = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+]
 
 
 class TrainingSettings(Section):
     mode: Literal["trainer", "loop"] = "trainer"
     output_dir: str = "runs/latest"
-    num_train_epochs: float = 3
+    num_train_epochs: PositiveFloat = 3
     max_steps: int = -1
-    learning_rate: float = 5e-5
-    per_device_train_batch_size: int = 4
-    per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
+    learning_rate: PositiveFloat = 5e-5
+    per_device_train_batch_size: PositiveInt = 4
+    per_device_eval_batch_size: PositiveInt = 8
+    gradient_accumulation_steps: PositiveInt = 1
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    lr_scheduler_type: str = "linear"
+    lr_scheduler_type: SchedulerName = "linear"
     bf16: Literal["auto", "true", "false"] = "auto"
     group_by_length: bool = True  # batches of similar length: less padding
     eval_each_epoch: bool = True
     save_total_limit: int = 2
     early_stopping_patience: int = 0  # epochs without validation improvement (0: off)
-    logging_steps: int = 5
+    logging_steps: PositiveInt = 5
     seed: int = 42
 
 
@@ -181,8 +196,25 @@ def _check_keys(raw: dict, model: type[BaseModel], prefix: list[str], source: st
     for key, value in raw.items():
         if key not in known:
             close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.5)
-            hint = f"; did you mean '{'.'.join(prefix + [close[0]])}'?" if close else ""
+            if close:
+                hint = f"; did you mean '{'.'.join(prefix + [close[0]])}'?"
+            else:  # perhaps a key of another section ("training.max_input_tokens")
+                paths = _key_paths(Config)
+                close = difflib.get_close_matches(str(key), [p.rsplit(".", 1)[-1] for p in paths], n=1, cutoff=0.8)
+                hint = f"; did you mean '{next(p for p in paths if p.rsplit('.', 1)[-1] == close[0])}'?" if close else ""
             raise MetatuneError(f"{source}: unknown key '{'.'.join(prefix + [str(key)])}'{hint}")
         annotation = known[key].annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             _check_keys(value, annotation, prefix + [key], source)
+
+
+def _key_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every settable key as a dotted path: "data.max_input_tokens", "model.lora.r"..."""
+    paths = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths += _key_paths(annotation, f"{prefix}{name}.")
+        else:
+            paths.append(f"{prefix}{name}")
+    return paths
