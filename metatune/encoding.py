@@ -77,8 +77,31 @@ def encode_example(example: Example, tokenizer, limits: Limits, seq2seq: bool, c
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * len(prompt) + target}
 
 
-def collator(tokenizer, pad_to_multiple_of: int | None = None) -> DataCollatorForSeq2Seq:
+def global_attention_mask(attention_mask):
+    """LED's global attention: 1 on each row's first real token (right or left padding), 0 elsewhere."""
+    import torch
+
+    mask = torch.zeros_like(attention_mask)
+    mask[torch.arange(mask.shape[0]), attention_mask.argmax(dim=1)] = 1
+    return mask
+
+
+@dataclass
+class Collator(DataCollatorForSeq2Seq):
+    """DataCollatorForSeq2Seq, plus `global_attention_mask` when the tokenizer lists it as a model input.
+
+    metatune.models.load_base lists it for LED models, which need it in every batch.
+    """
+
+    def __call__(self, features, return_tensors=None):
+        batch = super().__call__(features, return_tensors)
+        if "global_attention_mask" in self.tokenizer.model_input_names:
+            batch["global_attention_mask"] = global_attention_mask(batch["attention_mask"])
+        return batch
+
+
+def collator(tokenizer, pad_to_multiple_of: int | None = None) -> Collator:
     """Pads each batch to its longest member; labels are padded with -100."""
-    return DataCollatorForSeq2Seq(
+    return Collator(
         tokenizer, label_pad_token_id=IGNORE_INDEX, padding="longest", pad_to_multiple_of=pad_to_multiple_of
     )

@@ -27,12 +27,24 @@ def check_output(output: Path, overwrite: bool) -> None:
 
 
 def save_run(model, tokenizer, info: dict, output: Path, extra: dict[str, Path] | None = None) -> Path:
-    """Writes model, tokenizer, generation config and metatune.json, then renames into place."""
+    """Writes model, tokenizer, generation config and metatune.json, then renames into place.
+
+    A LoRA model (peft) is saved as its adapter in `adapter/` plus, unless model.lora.merge is false
+    in info["config"], the merged full model (see metatune.peft_setup.save_lora).
+    """
+    from metatune.peft_setup import is_peft, save_lora
+
     output = Path(output)
     tmp = output.with_name(f".{output.name}.saving-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)  # safetensors
+        if is_peft(model):
+            from metatune.config import ModelSettings
+
+            settings = ModelSettings.model_validate(info.get("config", {}).get("model", {}))
+            info = {**info, "lora": save_lora(model, tmp, settings, merge=settings.lora.merge)}
+        else:
+            model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)
         for name, src in (extra or {}).items():
             src = Path(src)
@@ -73,8 +85,13 @@ def load_run(run_dir: str | Path, device: str | None = None):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     info = read_run_info(run_dir)
-    cls = AutoModelForSeq2SeqLM if info["architecture"] == "seq2seq" else AutoModelForCausalLM
-    model = cls.from_pretrained(run_dir)
+    if info.get("lora", {}).get("merged") is False:  # only the adapter was saved: base + adapter via peft
+        from metatune.peft_setup import load_adapter_run
+
+        model = load_adapter_run(run_dir, info)
+    else:
+        cls = AutoModelForSeq2SeqLM if info["architecture"] == "seq2seq" else AutoModelForCausalLM
+        model = cls.from_pretrained(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()

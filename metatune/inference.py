@@ -1,19 +1,24 @@
-"""The Extractor: a saved run turned into batched, greedy JSON extraction.
+"""The Extractor: a saved run turned into batched JSON extraction.
 
 Inputs are rebuilt from the run's metatune.json (prompts, input style, token limits) with the same
-encoding functions training used.
+encoding functions training used. Generation is batched (rows of similar length together, padded
+on the left for causal models), uses the KV cache, and stops each row as soon as the JSON object it
+writes is closed (JsonObjectEnd).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from metatune.doctypes import TypeRegistry
-from metatune.encoding import encode_prompt
+from metatune.encoding import encode_prompt, global_attention_mask
 from metatune.errors import MetatuneError
-from metatune.export import load_run
+from metatune.export import load_run, read_run_info
 from metatune.formatting import Example
 from metatune.parsing import parse_output
 
@@ -25,20 +30,160 @@ class Extraction:
     raw: str  # what the model wrote
     error: str | None = None
     repaired: bool = False
+    tokens: int = 0  # generated tokens
+
+
+class _Scan:
+    """Brace depth of a JSON object being written, outside strings; text before the first '{' is ignored."""
+
+    __slots__ = ("depth", "in_string", "escape")
+
+    def __init__(self):
+        self.depth, self.in_string, self.escape = 0, False, False
+
+    def feed(self, text: str) -> bool:
+        """True once the first object is closed."""
+        for c in text:
+            if self.in_string:
+                if self.escape:
+                    self.escape = False
+                elif c == "\\":
+                    self.escape = True
+                elif c == '"':
+                    self.in_string = False
+            elif c == "{":
+                self.depth += 1
+            elif self.depth == 0:
+                continue  # prose before the object: quotes and braces there mean nothing
+            elif c == '"':
+                self.in_string = True
+            elif c == "}":
+                self.depth -= 1
+                if self.depth == 0:
+                    return True
+        return False
+
+
+def closes_object(text: str) -> bool:
+    return _Scan().feed(text)
+
+
+class JsonObjectEnd(StoppingCriteria):
+    """Stops a row as soon as the JSON object it generates is closed.
+
+    Greedy decoding keeps rows in place, so each row's scan state is carried over and only new tokens
+    are read (`incremental`). Beam search reorders rows between calls, so there every row's generated
+    text is scanned again. `stop_at[row]` is the sequence length at which the row closed its object.
+    """
+
+    def __init__(self, tokenizer, incremental: bool = True):
+        self.tokenizer = tokenizer
+        self.incremental = incremental
+        self.pieces: dict[int, str] = {}
+        self.start: int | None = None  # sequence length before the first generated token
+        self.seen = 0
+        self.scans: list[_Scan] = []
+        self.stop_at: list[int | None] = []
+
+    def piece(self, token_id: int) -> str:
+        text = self.pieces.get(token_id)
+        if text is None:
+            text = self.pieces[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=True)
+        return text
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        rows, length = input_ids.shape
+        if self.start is None:  # first call: exactly one token was generated
+            self.start = self.seen = length - 1
+        ids = input_ids.tolist()
+        if not self.incremental:
+            done = [closes_object("".join(self.piece(t) for t in row[self.start :])) for row in ids]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        if not self.scans:
+            self.scans = [_Scan() for _ in range(rows)]
+            self.stop_at = [None] * rows
+        for r, row in enumerate(ids):
+            if self.stop_at[r] is not None:
+                continue
+            for pos in range(self.seen, length):
+                if self.scans[r].feed(self.piece(row[pos])):
+                    self.stop_at[r] = pos + 1
+                    break
+        self.seen = length
+        done = [s is not None for s in self.stop_at]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _default_dtype(device) -> torch.dtype:
+    """bfloat16 where the hardware has bf16 units (most GPUs, AMX / AVX512-BF16 CPUs), else float32."""
+    from metatune.training.common import bf16_supported
+
+    if torch.device(device).type in ("cuda", "cpu") and bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Extractor:
-    def __init__(self, run_dir, device: str | None = None):
-        self.model, self.tokenizer, self.info = load_run(run_dir, device)
+    """Loads a saved run once; `extract` turns document texts into parsed metadata.
+
+    `base_model=True` loads the run's base model (metatune.json config.model) instead of the
+    fine-tuned weights, with the same tokenizer and prompts: the zero-shot baseline.
+    """
+
+    def __init__(
+        self,
+        run_dir,
+        device: str | None = None,
+        *,
+        num_beams: int = 1,
+        max_new_tokens: int | None = None,
+        dtype: str = "auto",
+        base_model: bool = False,
+    ):
+        if num_beams < 1:
+            raise MetatuneError(f"num_beams must be at least 1, got {num_beams}")
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise MetatuneError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if dtype != "auto" and dtype not in DTYPES:
+            raise MetatuneError(f"unknown dtype {dtype!r} (choose from auto, {', '.join(DTYPES)})")
+        self.run_dir = Path(run_dir)
+        if base_model:
+            self.model, self.tokenizer, self.info = _load_base(run_dir, device)
+        else:
+            self.model, self.tokenizer, self.info = load_run(run_dir, device)
         self.device = self.model.device
+        torch_dtype = _default_dtype(self.device) if dtype == "auto" else DTYPES[dtype]
+        if self.model.dtype != torch_dtype and not getattr(self.model, "is_loaded_in_4bit", False):
+            self.model.to(torch_dtype)
         self.registry = TypeRegistry.from_dict(self.info["types"], source=f"{run_dir}/metatune.json")
         self.prompts = self.info["input"]["prompts"]
         self.chat = self.info["input"]["chat_template"]
         self.seq2seq = self.info["architecture"] == "seq2seq"
         self.max_input_tokens = self.info["limits"]["max_input_tokens"]
-        self.max_new_tokens = self.info["limits"]["max_target_tokens"]
+        self.max_new_tokens = max_new_tokens or self.info["limits"]["max_target_tokens"]
+        self.num_beams = num_beams
         self.default_type = self.info.get("fallback_type") or "general"
-        self.tokenizer.padding_side = "left"  # generation continues from the right edge of every row
+        # A causal model continues from the right edge of every row; an encoder reads rows padded on the
+        # right, as in training (LED's learned positions would shift under left padding).
+        self.tokenizer.padding_side = "right" if self.seq2seq else "left"
+        self.generation_config = self._generation_config()
+
+    def _generation_config(self):
+        config = copy.deepcopy(self.model.generation_config)
+        config.do_sample = False
+        for key in ("temperature", "top_p", "top_k"):  # sampling settings of a base model's config
+            setattr(config, key, None)
+        config.num_beams = self.num_beams
+        config.use_cache = True
+        config.max_new_tokens = self.max_new_tokens
+        config.max_length = None
+        config.pad_token_id = self.tokenizer.pad_token_id
+        if config.eos_token_id is None:
+            config.eos_token_id = self.tokenizer.eos_token_id
+        return config
 
     def resolve_type(self, name: str | None) -> str:
         doc_type = self.registry.find(name or self.default_type)
@@ -46,36 +191,87 @@ class Extractor:
             raise MetatuneError(f"unknown document type {name!r} (known: {', '.join(self.registry.types)})")
         return doc_type.name
 
+    def fields(self, doc_type: str) -> list[str]:
+        """The fields the run was trained to write for this type (metatune.json input settings)."""
+        spec = self.info["input"]
+        return self.registry.types[doc_type].target_fields(spec.get("include_fields"), spec.get("exclude_fields") or [])
+
     def input_ids(self, text: str, doc_type: str) -> list[int]:
         parts = self.prompts[doc_type]
         example = Example(parts["prefix"], text, parts["suffix"], "", doc_type)
         return encode_prompt(example, self.tokenizer, self.max_input_tokens, self.seq2seq, self.chat)
 
     @torch.inference_mode()
-    def generate(self, encoded: list[list[int]], batch_size: int = 8, max_new_tokens: int | None = None) -> list[str]:
-        """Greedy outputs for already-encoded prompts, in their order; batches group similar lengths."""
+    def generate(self, encoded: list[list[int]], batch_size: int = 8, max_new_tokens: int | None = None,
+                 progress: bool = False) -> list[str]:
+        """Outputs for already-encoded prompts, in their order; batches group similar lengths."""
+        return self._generate(encoded, batch_size, max_new_tokens, progress)[0]
+
+    def _generate(self, encoded, batch_size, max_new_tokens=None, progress=False) -> tuple[list[str], list[int]]:
+        if batch_size < 1:
+            raise MetatuneError(f"batch size must be at least 1, got {batch_size}")
+        from tqdm.auto import tqdm
+
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
         outputs: list[str] = [""] * len(encoded)
+        counts: list[int] = [0] * len(encoded)
+        pad = self.tokenizer.pad_token_id
+        bar = tqdm(total=len(encoded), unit="doc", disable=not progress, leave=False)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(self.device)
+            if self.model.config.model_type == "led":  # LED needs global attention on the first token
+                batch["global_attention_mask"] = global_attention_mask(batch["attention_mask"])
+            stop = JsonObjectEnd(self.tokenizer, incremental=self.num_beams == 1)
             generated = self.model.generate(
                 **batch,
+                generation_config=self.generation_config,
                 max_new_tokens=max_new_tokens or self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
+                stopping_criteria=StoppingCriteriaList([stop]),
             )
-            if not self.seq2seq:
-                generated = generated[:, batch["input_ids"].shape[1] :]
-            for i, seq in zip(rows, generated):
-                outputs[i] = self.tokenizer.decode(seq, skip_special_tokens=True)
-        return outputs
+            offset = 0 if self.seq2seq else batch["input_ids"].shape[1]
+            for r, (i, seq) in enumerate(zip(rows, generated.tolist())):
+                end = stop.stop_at[r] if stop.stop_at and stop.stop_at[r] else len(seq)
+                new = seq[offset:end]
+                outputs[i] = self.tokenizer.decode(new, skip_special_tokens=True)
+                counts[i] = sum(1 for t in new if t != pad) - (1 if self.seq2seq else 0)
+            bar.update(len(rows))
+        bar.close()
+        return outputs, counts
 
-    def extract(self, texts: list[str], types: list[str | None] | None = None, batch_size: int = 8) -> list[Extraction]:
-        types = [self.resolve_type(t) for t in (types or [None] * len(texts))]
-        encoded = [self.input_ids(text, t) for text, t in zip(texts, types)]
+    def extract(self, texts: list[str], types: list[str | None] | None = None, batch_size: int = 8,
+                progress: bool = False) -> list[Extraction]:
+        """Parsed metadata for each text. A type left as None is the run's default type, unless the
+        model's output names a known type in a "type" field."""
+        requested = list(types or [None] * len(texts))
+        if len(requested) != len(texts):
+            raise MetatuneError(f"{len(texts)} texts but {len(requested)} types")
+        resolved = [self.resolve_type(t) for t in requested]
+        encoded = [self.input_ids(text, t) for text, t in zip(texts, resolved)]
         results = []
-        for t, raw in zip(types, self.generate(encoded, batch_size)):
+        raws, counts = self._generate(encoded, batch_size, progress=progress)
+        for asked, t, raw, n in zip(requested, resolved, raws, counts):
             parsed = parse_output(raw)
-            results.append(Extraction(t, parsed.data, raw, parsed.error, parsed.repaired))
+            if asked is None and parsed.data is not None:
+                named = self.registry.find(parsed.data.get("type"))
+                if named is not None:
+                    t = named.name
+            results.append(Extraction(t, parsed.data, raw, parsed.error, parsed.repaired, n))
         return results
+
+
+def _load_base(run_dir, device: str | None):
+    """The run's base model, untrained, with the run's tokenizer (so inputs are token for token the same)."""
+    from transformers import AutoTokenizer
+
+    from metatune.config import ModelSettings
+    from metatune.models import load_base
+
+    info = read_run_info(run_dir)
+    settings = ModelSettings.model_validate(info.get("config", {}).get("model", {}))
+    settings = settings.model_copy(update={"quantization": "none", "lora": settings.lora.model_copy(update={"enabled": False})})
+    model, _, _ = load_base(settings)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    return model, tokenizer, info

@@ -100,19 +100,37 @@ def _token():
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+JSON_CHARACTERS = '{}[]":,'  # the model must be able to write these (T5's vocabulary has no braces)
 
 
-def load_base(settings: ModelSettings):
-    """(model, tokenizer, seq2seq) for training, as `settings` describe them."""
-    source = resolve_source(settings)
-    if source.gguf_file:
-        source = gguf_as_transformers(source)
+def check_settings(settings: ModelSettings) -> None:
+    """Refuses settings this machine cannot train, before anything is loaded."""
+    if settings.quantization == "4bit":
+        if not settings.lora.enabled:
+            raise MetatuneError(
+                "model.quantization=4bit trains LoRA adapters only (4-bit weights cannot be updated): "
+                "set model.lora.enabled=true"
+            )
+        from metatune.quantization import four_bit_backend
+
+        four_bit_backend()
+
+
+def load_model_config(source: Source, settings: ModelSettings):
     try:
-        config = AutoConfig.from_pretrained(
+        return AutoConfig.from_pretrained(
             source.path, revision=settings.revision, trust_remote_code=settings.trust_remote_code, token=_token()
         )
     except OSError as e:
         raise MetatuneError(f"cannot load model '{settings.name}': {str(e).splitlines()[0]}") from None
+
+
+def load_pretrained(settings: ModelSettings):
+    """(model, tokenizer, seq2seq) as published, in `settings.dtype`, 4-bit if `settings` ask for it."""
+    source = resolve_source(settings)
+    if source.gguf_file:
+        source = gguf_as_transformers(source)
+    config = load_model_config(source, settings)  # the architecture comes from here, not from loading weights
     seq2seq = is_seq2seq(config)
     cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     kwargs = {}
@@ -134,3 +152,33 @@ def load_base(settings: ModelSettings):
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, seq2seq
+
+
+def add_missing_characters(model, tokenizer, settings: ModelSettings) -> list[str]:
+    """Adds the JSON characters the tokenizer cannot write as new tokens (full fine-tuning learns them)."""
+    missing = [c for c in JSON_CHARACTERS if c not in tokenizer.decode(tokenizer(c, add_special_tokens=False)["input_ids"])]
+    if not missing:
+        return []
+    if settings.lora.enabled:
+        raise MetatuneError(
+            f"the tokenizer of '{settings.name}' cannot write {' '.join(missing)}, needed for JSON; new tokens need "
+            "full fine-tuning: set model.lora.enabled=false"
+        )
+    tokenizer.add_tokens(missing)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    print(f"Added tokens for {' '.join(missing)}: the tokenizer of '{settings.name}' had none")
+    return missing
+
+
+def load_base(settings: ModelSettings):
+    """(model, tokenizer, seq2seq) ready to train as `settings` describe: 4-bit, checkpointing, LoRA."""
+    check_settings(settings)
+    model, tokenizer, seq2seq = load_pretrained(settings)
+    add_missing_characters(model, tokenizer, settings)
+    if model.config.model_type == "led" and "global_attention_mask" not in tokenizer.model_input_names:
+        # encoding.collator reads this and adds global attention on the first token to every batch
+        tokenizer.model_input_names = [*tokenizer.model_input_names, "global_attention_mask"]
+    from metatune.peft_setup import prepare_for_training
+
+    return prepare_for_training(model, settings, seq2seq), tokenizer, seq2seq
