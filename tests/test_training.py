@@ -1,0 +1,213 @@
+"""Real (tiny) training runs through metatune.training.run.train: loss, saved run, round trip, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from metatune.config import Config, load_config
+from metatune.errors import MetatuneError
+
+from conftest import SAMPLE
+
+FIELDS = "[title, creator, date, language]"  # short prompts and targets keep the runs fast
+
+
+def config_for(model: Path, output: Path, *extra: str):
+    return load_config(sets=[
+        f"model.name={model}",
+        f"data.path={SAMPLE}",
+        f"training.output_dir={output}",
+        f"data.include_fields={FIELDS}",
+        "data.max_input_tokens=256",
+        "data.max_target_tokens=192",
+        "training.per_device_train_batch_size=8",  # 24 training documents: 3 steps per epoch
+        "training.per_device_eval_batch_size=8",
+        "training.learning_rate=3e-3",
+        "training.lr_scheduler_type=constant",
+        "training.warmup_ratio=0",
+        "training.logging_steps=1",
+        *extra,
+    ])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train as fast on one thread, and far faster than on two when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama, one_thread):
+    """One complete run (schema input style, 6 epochs), and the model as it was in memory when saved."""
+    import metatune.training.run as run_module
+
+    output = tmp_path_factory.mktemp("training") / "run"
+    saved = {}
+    real_save_run = run_module.save_run
+
+    def spy(model, tokenizer, info, out, extra=None):
+        saved["model"] = model
+        return real_save_run(model, tokenizer, info, out, extra)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_module, "save_run", spy)
+        result = run_module.train(config_for(tiny_llama, output, "data.input_style=schema", "training.num_train_epochs=6"))
+    assert result == output
+    return output, saved["model"]
+
+
+def test_loss_goes_down(trained):
+    output, _ = trained
+    metrics = read_metrics(output / "metrics.jsonl")
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
+    assert len(losses) == 18 and len(evals) == 6  # every step logged; evaluated after each epoch
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 1.0, losses  # about 6.2 -> 4.1
+    assert evals == sorted(evals, reverse=True) and evals[-1] < evals[0] - 1.0, evals  # about 5.9 -> 4.1
+    assert [m["step"] for m in metrics if "eval_loss" in m] == [3, 6, 9, 12, 15, 18]
+
+
+def test_saved_run_loads_with_transformers_alone(trained, tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    output, _ = trained
+    files = {p.name for p in output.iterdir()}
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "metatune.json", "metrics.jsonl"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)  # safetensors only
+    assert not output.with_name("run.partial").exists()  # checkpoints are gone once the run is saved
+    assert not list(output.parent.glob(".run.saving-*"))
+    model = AutoModelForCausalLM.from_pretrained(output)
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    assert model.config.model_type == "llama"
+    assert tokenizer("Tesis")["input_ids"] and tokenizer.eos_token == "</s>"
+    assert model.generation_config.max_new_tokens == 192 and model.generation_config.do_sample is False
+
+    info = json.loads((output / "metatune.json").read_text(encoding="utf-8"))
+    assert info["base_model"] == str(tiny_llama)
+    assert info["architecture"] == "causal"
+    assert info["input"]["style"] == "schema"
+    assert info["input"]["include_fields"] == ["title", "creator", "date", "language"]
+    assert {"Tesis", "Articulo", "Libro", "Objeto de conferencia", "general"} <= set(info["types"])
+    assert info["types"]["Tesis"]["fields"]["director"] == "array"
+    prefix = info["input"]["prompts"]["Tesis"]["prefix"]
+    assert prefix.startswith("<|input|>\n### Template:\n") and '"title": ""' in prefix
+    assert info["input"]["prompts"]["Tesis"]["suffix"] == "\n<|output|>\n"
+    assert info["limits"] == {"max_input_tokens": 256, "max_target_tokens": 192}
+    assert info["training"]["steps"] == 18 and info["training"]["train_examples"] == 24
+
+
+def test_round_trip_save_load_generate(trained):
+    from metatune.inference import Extractor
+
+    output, in_memory = trained
+    in_memory.eval()
+    extractor = Extractor(output, device="cpu")
+    record = json.loads(SAMPLE.read_text(encoding="utf-8"))["test"][0]
+    ids = extractor.input_ids(record["original_text"], record["type"])
+    assert len(ids) <= 256
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        expected = in_memory(input_ids=x).logits
+        got = extractor.model(input_ids=x).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        reference = in_memory.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=12,
+                                       do_sample=False, pad_token_id=extractor.tokenizer.pad_token_id)
+    assert extractor.tokenizer.decode(reference[0, len(ids):], skip_special_tokens=True) == \
+        extractor.generate([ids], max_new_tokens=12)[0]
+    results = extractor.extract([record["original_text"]], ["Artículo"])
+    assert len(results) == 1 and results[0].doc_type == "Articulo" and isinstance(results[0].raw, str)
+
+
+def test_inference_builds_the_inputs_training_saw(trained, tiny_llama, tmp_path):
+    from metatune.inference import Extractor
+    from metatune.training.common import prepare
+
+    output, _ = trained
+    info = json.loads((output / "metatune.json").read_text(encoding="utf-8"))
+    config = Config.model_validate(info["config"])  # the run's own settings
+    config.training.output_dir = str(tmp_path / "again")
+    prepared = prepare(config)
+    extractor = Extractor(output, device="cpu")
+    record = json.loads(SAMPLE.read_text(encoding="utf-8"))["training"][0]
+    ids = extractor.input_ids(record["original_text"], record["type"])
+    prompts = [f["input_ids"][: f["labels"].count(-100)] for f in prepared.train]
+    assert ids in prompts
+
+
+def test_crash_leaves_no_output_and_resume_continues(tmp_path, tiny_llama, monkeypatch):
+    """A run that dies after its second epoch's checkpoint; --resume finishes it from there."""
+    from transformers.trainer_callback import CallbackHandler
+
+    from metatune.training.run import train
+
+    output = tmp_path / "run"
+    work = tmp_path / "run.partial"
+    cfg = config_for(tiny_llama, output, "training.num_train_epochs=3")
+
+    with pytest.raises(MetatuneError, match="nothing to resume"):
+        train(cfg, resume=True)
+    assert not work.exists()
+
+    real_on_save = CallbackHandler.on_save
+
+    def on_save(self, args, state, control):
+        control = real_on_save(self, args, state, control)
+        if state.global_step == 6:
+            raise RuntimeError("simulated crash after the checkpoint of epoch 2")
+        return control
+
+    monkeypatch.setattr(CallbackHandler, "on_save", on_save)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    monkeypatch.undo()
+
+    assert not output.exists()  # only a complete run gets the output's name
+    assert not list(tmp_path.glob(".run.saving-*"))
+    checkpoints = sorted(p.name for p in (work / "checkpoints").iterdir() if p.name.startswith("checkpoint-"))
+    assert checkpoints == ["checkpoint-3", "checkpoint-6"]  # one per epoch
+    for name in checkpoints:
+        assert (work / "checkpoints" / name / "model.safetensors").is_file()
+    before = read_metrics(work / "metrics.jsonl")
+    assert max(m["step"] for m in before) == 6
+
+    with pytest.raises(MetatuneError, match="unfinished run is there; pass --resume"):
+        train(cfg)
+
+    assert train(cfg, resume=True) == output
+    info = json.loads((output / "metatune.json").read_text(encoding="utf-8"))
+    assert info["training"]["resumed_from"] == "checkpoint-6"
+    assert info["training"]["steps"] == 9
+    metrics = read_metrics(output / "metrics.jsonl")
+    losses = {m["step"]: m["loss"] for m in metrics if "loss" in m}
+    assert sorted(losses) == list(range(1, 10))  # the first session's log, then the resumed one
+    assert losses[7] < 0.85 * losses[1], losses  # it went on from the trained weights, not from scratch
+    assert not work.exists()
+
+
+def test_bad_input_leaves_nothing_on_disk(tmp_path, tiny_llama):
+    from metatune.training.run import train
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"training": [{"type": "Tesis", "original_text": ""}], "validation": []}), encoding="utf-8")
+    before = sorted(tmp_path.rglob("*"))
+    for cfg in (
+        config_for(tiny_llama, tmp_path / "run", f"data.path={bad}"),
+        config_for(tiny_llama, tmp_path / "run", "data.max_input_tokens=20"),  # the instruction alone is longer
+        config_for(tiny_llama, tmp_path / "run", f"model.name={tmp_path / 'no-model'}"),
+    ):
+        with pytest.raises(MetatuneError):
+            train(cfg)
+        assert sorted(tmp_path.rglob("*")) == before
