@@ -88,7 +88,9 @@ def _parse_jsonl(path: Path, text: str) -> list:
 
 
 def record_type(record: dict) -> object:
-    return record.get("type", record.get("dc.type"))
+    """`type`, or SEDICI's `dc.type` when `type` is absent or empty."""
+    value = record.get("type")
+    return value if value not in (None, "") else record.get("dc.type", value)
 
 
 def check_record(record: object, where: str, registry: TypeRegistry, fallback_type: str | None) -> list[Problem]:
@@ -104,7 +106,7 @@ def check_record(record: object, where: str, registry: TypeRegistry, fallback_ty
         problems.append(Problem(where, "original_text", "empty text"))
     doc_type = record_type(record)
     if registry.find(doc_type) is None and fallback_type is None:
-        key = "type" if "type" in record or "dc.type" not in record else "dc.type"
+        key = "dc.type" if record.get("type") in (None, "") and "dc.type" in record else "type"
         known = ", ".join(registry.types)
         shown = "missing" if doc_type is None else f"unknown document type {doc_type!r}"
         problems.append(Problem(where, key, f"{shown} (known: {known}; or set data.fallback_type)"))
@@ -238,6 +240,8 @@ def ensure_local(path: str | Path, hub_dataset: str | None, hub_filename: str | 
 
 
 def write_split(dataset: Dataset, out: Path) -> None:
+    if out.is_dir() or not out.parent.is_dir():
+        raise MetatuneError(f"{out}: cannot write there ({'a directory' if out.is_dir() else 'no such directory'})")
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(dataset.splits, ensure_ascii=False, indent=1), encoding="utf-8")
     tmp.replace(out)

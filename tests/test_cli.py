@@ -250,6 +250,10 @@ def test_data_split(tmp_path):
     assert out.read_bytes() == first  # same seed, same split
     other = tmp_path / "other.json"
     assert run_cli("data", "split", flat, "--seed", "7", "--out", other, cwd=tmp_path).returncode == 0
+    before = snapshot(tmp_path)
+    assert_one_line_error(run_cli("data", "split", flat, "--out", tmp_path / "no" / "x.json", cwd=tmp_path),
+                          "x.json: cannot write there (no such directory)")
+    assert snapshot(tmp_path) == before
     reseeded = json.loads(other.read_text(encoding="utf-8"))
     assert [r["id"] for r in reseeded["test"]] != [r["id"] for r in splits["test"]]
     assert {k: len(v) for k, v in reseeded.items()} == {"training": 24, "validation": 4, "test": 4}

@@ -67,6 +67,12 @@ def test_dc_type_and_split_aliases(tmp_path, registry, sample):
     dataset = load_dataset(path, registry)
     assert len(dataset.split("training")) == 24 and len(dataset.split("validation")) == 4
     assert dataset.split("training")[0]["dc.type"] == "Tesis"
+    moved[0]["type"] = ""  # an empty `type` next to a `dc.type`: the latter counts
+    moved[1].update({"type": None, "dc.type": "Revista"})
+    write_json(path, {"training": moved, "validation": sample["validation"]})
+    _, problems = validate_file(path, registry)
+    assert [(p.where, p.field) for p in problems] == [("training[1]", "dc.type")]
+    assert "'Revista'" in problems[0].message
 
 
 def check_stratified_split(splits: dict[str, list[dict]], records: list[dict]) -> None:
