@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from metatune.errors import MetatuneError
 from metatune.paths import PRESET_DIR
@@ -88,8 +88,10 @@ class TrainingSettings(Section):
     max_grad_norm: float = 1.0
     lr_scheduler_type: SchedulerName = "linear"
     bf16: Literal["auto", "true", "false"] = "auto"
+    fp16: bool = False  # float16 autocast with loss scaling, for GPUs without bfloat16 (V100, T4)
     group_by_length: bool = True  # batches of similar length: less padding
     eval_each_epoch: bool = True
+    save_steps: NonNegativeInt = 0  # also save a checkpoint every N optimizer steps (0: only at each epoch's end)
     save_total_limit: int = 2
     early_stopping_patience: int = 0  # epochs without validation improvement (0: off)
     logging_steps: PositiveInt = 5

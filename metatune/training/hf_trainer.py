@@ -17,8 +17,26 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from metatune.config import Config
 from metatune.encoding import collator
-from metatune.training.common import Prepared, use_bf16
+from metatune.errors import MetatuneError
+from metatune.training.common import Prepared, target_logits_supported, target_only_loss, use_bf16
+
+
+def mixed_precision(config: Config) -> str:
+    """accelerate's `mixed_precision` for this run: "bf16", "fp16" or "no"."""
+    t = config.training
+    if t.fp16:
+        if t.bf16 == "true":
+            raise MetatuneError("training.fp16 and training.bf16 are both true; choose one")
+        return "fp16"
+    return "bf16" if use_bf16(config) else "no"
+
+
+def append_metrics(path: Path, step: int, epoch: float | None, logs: dict) -> None:
+    """One line of metrics.jsonl: {"step": ..., "epoch": ..., <metrics>}."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, "epoch": epoch, **logs}) + "\n")
 
 
 class JsonlLogger(TrainerCallback):
@@ -29,8 +47,18 @@ class JsonlLogger(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+            append_metrics(self.path, state.global_step, state.epoch, logs)
+
+
+class SaveEverySteps(TrainerCallback):
+    """Checkpoints every `steps` optimizer steps on top of the per-epoch ones (training.save_steps)."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.steps == 0:
+            control.should_save = True
 
 
 def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
@@ -49,7 +77,8 @@ def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         lr_scheduler_type=t.lr_scheduler_type,
-        bf16=use_bf16(prepared.config),
+        bf16=mixed_precision(prepared.config) == "bf16",
+        fp16=mixed_precision(prepared.config) == "fp16",
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         eval_strategy="epoch" if evaluate else "no",
         save_strategy="epoch",
@@ -67,21 +96,33 @@ def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
     )
 
 
+def build_trainer(prepared: Prepared, args: TrainingArguments, callbacks: list) -> Trainer:
+    """The Trainer `run_trainer` uses (also timed by metatune.bench).
+
+    Causal models compute their logits at target positions only (docs/performance.md).
+    """
+    target_logits = target_logits_supported(prepared.model, prepared.seq2seq)
+    cls = Seq2SeqTrainer if prepared.seq2seq else Trainer
+    return cls(
+        model=prepared.model,
+        args=args,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.validation or None,
+        data_collator=collator(prepared.tokenizer, target_logits=target_logits),
+        processing_class=prepared.tokenizer,
+        callbacks=callbacks,
+        compute_loss_func=target_only_loss if target_logits else None,
+    )
+
+
 def run_trainer(prepared: Prepared, work: Path, resume: bool) -> dict:
     args = training_arguments(prepared, work)
     callbacks = [JsonlLogger(work / "metrics.jsonl")]
     if args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(prepared.config.training.early_stopping_patience))
-    cls = Seq2SeqTrainer if prepared.seq2seq else Trainer
-    trainer = cls(
-        model=prepared.model,
-        args=args,
-        train_dataset=prepared.train,
-        eval_dataset=prepared.validation or None,
-        data_collator=collator(prepared.tokenizer),
-        processing_class=prepared.tokenizer,
-        callbacks=callbacks,
-    )
+    if prepared.config.training.save_steps > 0:
+        callbacks.append(SaveEverySteps(prepared.config.training.save_steps))
+    trainer = build_trainer(prepared, args, callbacks)
     checkpoint = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).is_dir() else None
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)

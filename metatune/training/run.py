@@ -1,22 +1,67 @@
-"""`metatune train`: prepare, train with the configured mode, save the run."""
+"""`metatune train`: prepare, train with the configured mode, save the run.
+
+Works the same in one process and under `accelerate launch` / `torchrun`: every process trains,
+only the main one creates the work directory, writes the saved run and removes the checkpoints;
+the others wait for it, so nothing is written twice.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
+import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
+
 from metatune.config import Config
+from metatune.errors import MetatuneError
 from metatune.export import save_run
-from metatune.training.common import prepare, start_output
+from metatune.training.common import prepare, start_output, work_dir
+from metatune.training.hf_trainer import mixed_precision
+
+
+def on_main(state: PartialState, fn):
+    """Runs `fn` on the main process only; a MetatuneError it raises is raised on every process."""
+    result, error = None, None
+    if state.is_main_process:
+        try:
+            result = fn()
+        except MetatuneError as e:
+            error = str(e)
+    if state.num_processes > 1:
+        box = [error]
+        broadcast_object_list(box)
+        error = box[0]
+    if error:
+        raise MetatuneError(error)
+    return result
+
+
+def process_state() -> PartialState:
+    """This process's place in the launch (one process, or `accelerate launch` / `torchrun`)."""
+    has_device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    if not has_device:
+        # accelerate (and so the Trainer) runs DDP over gloo on CPUs only when told to use the CPU
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    return PartialState(cpu=not has_device)
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path:
-    output, work = start_output(config, resume, overwrite)
-    prepared = prepare(config, need_validation=config.training.eval_each_epoch)
-    print(
-        f"Training {config.model.name} ({prepared.info['architecture']}) on {prepared.stats['train_examples']} examples, "
-        f"validating on {prepared.stats['validation_examples']}"
-    )
+    mixed_precision(config)  # a conflicting fp16/bf16 setting fails before anything is written
+    state = process_state()
+    output = Path(config.training.output_dir)
+    work = work_dir(output)
+    on_main(state, lambda: start_output(config, resume, overwrite))
+    with state.main_process_first():  # the main process fills caches (converted GGUF, dataset) first
+        prepared = prepare(config, need_validation=config.training.eval_each_epoch)
+    if state.is_main_process:
+        print(
+            f"Training {config.model.name} ({prepared.info['architecture']}) on {prepared.stats['train_examples']} examples, "
+            f"validating on {prepared.stats['validation_examples']}"
+            + (f", {state.num_processes} processes" if state.num_processes > 1 else "")
+        )
     if config.training.mode == "loop":
         from metatune.training.loop import run_loop
 
@@ -32,9 +77,15 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     generation.pad_token_id = prepared.tokenizer.pad_token_id
     for key in ("temperature", "top_p", "top_k"):
         setattr(generation, key, None)
-    info = {**prepared.info, "training": {**summary, **prepared.stats}}
+    info = {**prepared.info, "training": {**summary, **prepared.stats, "processes": state.num_processes}}
     extra = {"metrics.jsonl": work / "metrics.jsonl", "logs": work / "checkpoints" / "runs"}
-    save_run(model, prepared.tokenizer, info, output, extra)
-    shutil.rmtree(work, ignore_errors=True)
-    print(f"Saved the run to {output}")
+
+    def finish():
+        save_run(model, prepared.tokenizer, info, output, extra)
+        shutil.rmtree(work, ignore_errors=True)
+
+    on_main(state, finish)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        print(f"Saved the run to {output}")
     return output
