@@ -163,8 +163,8 @@ def test_crash_leaves_no_output_and_resume_continues(tmp_path, tiny_llama, monke
 
     real_on_save = CallbackHandler.on_save
 
-    def on_save(self, args, state, control):
-        control = real_on_save(self, args, state, control)
+    def on_save(self, args, state, control, **kwargs):
+        control = real_on_save(self, args, state, control, **kwargs)
         if state.global_step == 6:
             raise RuntimeError("simulated crash after the checkpoint of epoch 2")
         return control
