@@ -233,7 +233,8 @@ def ensure_local(path: str | Path, hub_dataset: str | None, hub_filename: str | 
             f"{path}: not on disk and the download of {filename} from '{hub_dataset}' failed: {type(e).__name__}: {reason}"
         ) from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".download")
+    # one temporary file per process: under `accelerate launch` every process may get here at once
+    tmp = path.with_name(f"{path.name}.download-{os.getpid()}")
     tmp.write_bytes(Path(downloaded).read_bytes())
     tmp.replace(path)  # cache it where the config says the dataset lives
     return path

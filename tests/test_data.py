@@ -247,7 +247,7 @@ def test_hub_download_with_token_from_the_environment(tmp_path, fake_hub, monkey
     assert fake_hub == [{"repo_id": "unlp/sedici", "filename": "sedici.json", "repo_type": "dataset", "token": TOKEN}]
     assert target.is_file() and dataset.path == target  # cached where the config says
     assert len(dataset.split("training")) == 24
-    assert not list(target.parent.glob("*.download"))
+    assert [p.name for p in target.parent.iterdir()] == ["sedici.json"]  # no temporary file left
     load_for_training(settings)
     assert len(fake_hub) == 1  # the second time it is read from disk
     out, err = capfd.readouterr()
