@@ -226,9 +226,8 @@ def ensure_local(path: str | Path, hub_dataset: str | None, hub_filename: str | 
     try:
         downloaded = hf_hub_download(repo_id=hub_dataset, filename=filename, repo_type="dataset", token=token)
     except (HfHubHTTPError, OSError, ValueError) as e:
-        reason = " ".join(str(e).split())[:200]
-        if token:
-            reason = reason.replace(token, "***")
+        reason = str(e).replace(token, "***") if token else str(e)  # redact before cutting: no token halves
+        reason = " ".join(reason.split())[:200]
         raise MetatuneError(
             f"{path}: not on disk and the download of {filename} from '{hub_dataset}' failed: {type(e).__name__}: {reason}"
         ) from None
