@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def _token():
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-JSON_CHARACTERS = '{}[]":,'  # the model must be able to write these (T5's vocabulary has no braces)
+JSON_CHARACTERS = '{}[]":,'  # what the model must be able to write (T5's vocabulary has no braces)
 
 
 def check_settings(settings: ModelSettings) -> None:
@@ -139,6 +140,7 @@ def load_pretrained(settings: ModelSettings):
 
         kwargs["quantization_config"] = four_bit_config()
     dtype = "auto" if settings.dtype == "auto" else DTYPES[settings.dtype]
+    tokenizer = load_tokenizer(source, settings)
     model = cls.from_pretrained(
         source.path,
         config=config,
@@ -148,34 +150,24 @@ def load_pretrained(settings: ModelSettings):
         token=_token(),
         **kwargs,
     )
-    tokenizer = load_tokenizer(source, settings)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, seq2seq
 
 
-def add_missing_characters(model, tokenizer, settings: ModelSettings) -> list[str]:
-    """Adds the JSON characters the tokenizer cannot write as new tokens (full fine-tuning learns them)."""
-    missing = [c for c in JSON_CHARACTERS if c not in tokenizer.decode(tokenizer(c, add_special_tokens=False)["input_ids"])]
-    if not missing:
-        return []
-    if settings.lora.enabled:
-        raise MetatuneError(
-            f"the tokenizer of '{settings.name}' cannot write {' '.join(missing)}, needed for JSON; new tokens need "
-            "full fine-tuning: set model.lora.enabled=false"
-        )
-    tokenizer.add_tokens(missing)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
-    print(f"Added tokens for {' '.join(missing)}: the tokenizer of '{settings.name}' had none")
-    return missing
+def unwritable_characters(tokenizer) -> list[str]:
+    """The JSON characters this tokenizer cannot write: encoding one gives a token that decodes to something else."""
+    return [c for c in JSON_CHARACTERS if c not in tokenizer.decode(tokenizer(c, add_special_tokens=False)["input_ids"])]
 
 
 def load_base(settings: ModelSettings):
     """(model, tokenizer, seq2seq) ready to train as `settings` describe: 4-bit, checkpointing, LoRA."""
     check_settings(settings)
     model, tokenizer, seq2seq = load_pretrained(settings)
-    add_missing_characters(model, tokenizer, settings)
+    if missing := unwritable_characters(tokenizer):
+        # Adding them as tokens does not help: T5's pre-tokenizer then puts a space before the text after each.
+        print(f"warning: the tokenizer of '{settings.name}' cannot write {' '.join(missing)}; "
+              "the model will not produce parseable JSON", file=sys.stderr)
     if model.config.model_type == "led" and "global_attention_mask" not in tokenizer.model_input_names:
         # encoding.collator reads this and adds global attention on the first token to every batch
         tokenizer.model_input_names = [*tokenizer.model_input_names, "global_attention_mask"]

@@ -92,7 +92,7 @@ def save_lora(model, directory: Path, settings: ModelSettings, merge: bool) -> d
         "base": base_reference(settings),
         "r": settings.lora.r,
         "alpha": settings.lora.alpha,
-        "target_modules": sorted(targets) if isinstance(targets, set) else targets,
+        "target_modules": sorted({t.rsplit(".", 1)[-1] for t in targets}) if isinstance(targets, set) else targets,
     }
 
 

@@ -12,6 +12,7 @@ from conftest import SAMPLE, make_tiny_model
 from metatune.cli import app
 from metatune.config import load_config, preset_names
 from metatune.inference import Extractor
+from metatune.models import unwritable_characters
 from metatune.training.run import train
 
 ARCHITECTURES = ["led", "t5", "llama", "gemma3", "mistral", "qwen2"]
@@ -99,6 +100,24 @@ def spy_led_forward(monkeypatch) -> list:
 
     monkeypatch.setattr(LEDForConditionalGeneration, "forward", spy)
     return seen
+
+
+def test_tokenizer_that_cannot_write_json_is_named():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import corpus
+
+    tok = Tokenizer(models.Unigram())  # like T5's SentencePiece vocabulary: no braces, no byte fallback
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    texts = [t.translate(str.maketrans("", "", "{}[]")) for t in corpus()]
+    tok.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    no_braces = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    assert unwritable_characters(no_braces) == ["{", "}", "[", "]"]
+
+
+def test_byte_level_tokenizer_writes_json(tiny_tokenizer):
+    assert unwritable_characters(tiny_tokenizer) == []
 
 
 def test_models_command_lists_every_preset():

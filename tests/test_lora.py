@@ -138,3 +138,18 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_tokenizer, tmp_pat
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
     assert grads[0].abs().sum() > 0
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_smollm2_lora_adapter_only_run(tmp_path):
+    """The real SmolLM2 (a GGUF preset): LoRA, adapter-only run, base + adapter found again from the preset."""
+    run = train(lora_run_config("smollm2-135m", tmp_path / "run", "model.lora.merge=false", "training.max_steps=1",
+                                "training.per_device_train_batch_size=1", "data.include_fields=[title]",
+                                "data.max_input_tokens=256"))
+    info = json.loads((run / "metatune.json").read_text())
+    assert info["lora"] == {**info["lora"], "merged": False, "base": "smollm2-135m"}
+    assert (run / "adapter" / "adapter_model.safetensors").stat().st_size < 20e6  # r=8: a few MB, not the model
+    extractor = Extractor(run, device="cpu")  # loads the base from the preset, then the adapter
+    assert not any("lora" in name for name in extractor.model.state_dict())  # merged in memory for generation
+    out = extractor.generate([extractor.input_ids("Tesis doctoral. Juan Pérez. 2019.", "Tesis")], max_new_tokens=8)
+    assert len(out) == 1 and out[0]
