@@ -23,7 +23,8 @@ def tiny_run_config(model_dir, output, *extra):
     return load_config(sets=[
         f"model.name={model_dir}",
         f"data.path={SAMPLE}",
-        "data.max_input_tokens=512",
+        "data.max_input_tokens=256",
+        "data.include_fields=[title,date]",  # a short prompt and target: fast steps
         "data.chat_template=false",
         f"training.output_dir={output}",
         "training.max_steps=2",
