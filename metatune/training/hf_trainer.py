@@ -21,6 +21,7 @@ from metatune.config import Config
 from metatune.encoding import collator
 from metatune.errors import MetatuneError
 from metatune.training.common import Prepared, target_logits_supported, target_only_loss, use_bf16
+from metatune.training.distributed import whole_model
 
 
 def mixed_precision(config: Config) -> str:
@@ -137,5 +138,5 @@ def run_trainer(prepared: Prepared, work: Path, resume: bool) -> dict:
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     if evals:
         summary["eval_loss"] = evals[-1]
-    prepared.model = trainer.model
+    prepared.model = whole_model(trainer.accelerator, trainer.model_wrapped)
     return summary

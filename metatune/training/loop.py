@@ -34,6 +34,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from metatune.encoding import IGNORE_INDEX, collator
 from metatune.training.common import Prepared
+from metatune.training.distributed import whole_model
 from metatune.training.hf_trainer import append_metrics, mixed_precision
 
 STATE_FILE = "loop_state.json"  # counters that accelerate's save_state does not keep
@@ -179,6 +180,7 @@ def run_loop(prepared: Prepared, work: Path, resume: bool) -> dict:
     scheduler = get_scheduler(
         t.lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(total_steps * t.warmup_ratio), num_training_steps=total_steps
     )
+    on_plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)  # steps on the validation loss
     model, optimizer, train_loader, scheduler = accelerator.prepare(prepared.model, optimizer, train_loader, scheduler)
     assert len(train_loader) == batches_per_epoch, (len(train_loader), batches_per_epoch)
     if evaluating:
@@ -238,7 +240,7 @@ def run_loop(prepared: Prepared, work: Path, resume: bool) -> dict:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm) if t.max_grad_norm > 0 else None
             learning_rate = scheduler.get_last_lr()[0]
             optimizer.step()
-            if not accelerator.optimizer_step_was_skipped:
+            if not accelerator.optimizer_step_was_skipped and not on_plateau:
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -270,6 +272,8 @@ def run_loop(prepared: Prepared, work: Path, resume: bool) -> dict:
         if evaluating:
             began = time.perf_counter()
             c["eval_loss"] = evaluate(accelerator, model, eval_loader, shift)
+            if on_plateau:
+                scheduler.step(c["eval_loss"])
             if main:
                 append_metrics(metrics, c["step"], epoch_float,
                                {"eval_loss": c["eval_loss"], "eval_runtime": round(time.perf_counter() - began, 4)})
@@ -302,6 +306,6 @@ def run_loop(prepared: Prepared, work: Path, resume: bool) -> dict:
         summary["eval_loss"] = c["eval_loss"]
     if main:
         append_metrics(metrics, c["step"], summary["epochs"], {"train_loss": summary["train_loss"], "train_runtime": seconds})
-    prepared.model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    prepared.model = whole_model(accelerator, model)
     accelerator.free_memory()
     return summary

@@ -11,46 +11,19 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-from accelerate import PartialState
-from accelerate.utils import broadcast_object_list
-
 from metatune.config import Config
-from metatune.errors import MetatuneError
 from metatune.export import save_run
 from metatune.training.common import prepare, start_output, work_dir
+from metatune.training.distributed import check_launch, on_main, process_state
 from metatune.training.hf_trainer import mixed_precision
 
 
-def on_main(state: PartialState, fn):
-    """Runs `fn` on the main process only; a MetatuneError it raises is raised on every process."""
-    result, error = None, None
-    if state.is_main_process:
-        try:
-            result = fn()
-        except MetatuneError as e:
-            error = str(e)
-    if state.num_processes > 1:
-        box = [error]
-        broadcast_object_list(box)
-        error = box[0]
-    if error:
-        raise MetatuneError(error)
-    return result
-
-
-def process_state() -> PartialState:
-    """This process's place in the launch (one process, or `accelerate launch` / `torchrun`)."""
-    has_device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    if not has_device:
-        # accelerate (and so the Trainer) runs DDP over gloo on CPUs only when told to use the CPU
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    return PartialState(cpu=not has_device)
-
-
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path:
-    mixed_precision(config)  # a conflicting fp16/bf16 setting fails before anything is written
+    # Both modes (and DeepSpeed) take the precision from here, not from an accelerate config file;
+    # a conflicting fp16/bf16 setting fails before anything is written.
+    os.environ["ACCELERATE_MIXED_PRECISION"] = mixed_precision(config)
     state = process_state()
+    check_launch(config, state)
     output = Path(config.training.output_dir)
     work = work_dir(output)
     on_main(state, lambda: start_output(config, resume, overwrite))
