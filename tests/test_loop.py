@@ -95,6 +95,23 @@ def test_loop_matches_the_trainer_step_by_step(tmp_path, tiny_llama):
     assert info["training"]["mode"] == "loop" and info["training"]["steps"] == 4
 
 
+def test_seq2seq_with_accumulation_averages_in_both_modes(tmp_path, tiny_t5):
+    """T5's loss ignores the Trainer's token count: accumulated batches must still be averaged, not added."""
+    from metatune.training.run import train
+
+    common = ["training.max_steps=2", "training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=2",
+              "training.group_by_length=false", "training.eval_each_epoch=false"]
+    logs = {}
+    for mode in ("loop", "trainer"):
+        train(config_for(tiny_t5, tmp_path / mode, f"training.mode={mode}", *common))
+        logs[mode] = [m for m in read_metrics(tmp_path / mode / "metrics.jsonl") if "loss" in m]
+    # The loop weighs every target token alike; the Trainer averages the two batches' means, a little
+    # different. Adding them up instead would double both the loss and the gradient norm.
+    for key in ("loss", "grad_norm"):
+        assert [m[key] for m in logs["trainer"]] == pytest.approx([m[key] for m in logs["loop"]], rel=2e-2), key
+    assert 6 < logs["loop"][0]["loss"] < 8  # about log(600), the tiny vocabulary's size
+
+
 def test_loop_learns_evaluates_each_epoch_and_saves_a_run(tmp_path, tiny_llama):
     from transformers import AutoModelForCausalLM
 

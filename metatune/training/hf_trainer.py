@@ -104,7 +104,7 @@ def build_trainer(prepared: Prepared, args: TrainingArguments, callbacks: list) 
     """
     target_logits = target_logits_supported(prepared.model, prepared.seq2seq)
     cls = Seq2SeqTrainer if prepared.seq2seq else Trainer
-    return cls(
+    trainer = cls(
         model=prepared.model,
         args=args,
         train_dataset=prepared.train,
@@ -114,6 +114,12 @@ def build_trainer(prepared: Prepared, args: TrainingArguments, callbacks: list) 
         callbacks=callbacks,
         compute_loss_func=target_only_loss if target_logits else None,
     )
+    if prepared.seq2seq:
+        # transformers' seq2seq losses (T5, LED, BART) ignore `num_items_in_batch`; left to think they
+        # use it, the Trainer would add up the mean losses of accumulated batches instead of averaging
+        # them (loss and gradients times gradient_accumulation_steps).
+        trainer.model_accepts_loss_kwargs = False
+    return trainer
 
 
 def run_trainer(prepared: Prepared, work: Path, resume: bool) -> dict:
