@@ -101,17 +101,56 @@ def data_split(
 
 
 @app.command()
+def evaluate(
+    run_dir: Path,
+    data: Annotated[Path, typer.Option(help="Dataset file with the reference metadata")],
+    split: Annotated[str, typer.Option(help="Split to evaluate: training, validation or test")] = "test",
+    report: Annotated[Optional[Path], typer.Option(help="Report directory (default: RUN_DIR/eval-SPLIT)")] = None,
+    num_beams: Annotated[int, typer.Option(help="Beam search width (1: greedy)")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Documents generated together")] = 8,
+    baseline: Annotated[Optional[str], typer.Option(help="Also evaluate the base model untrained: zero-shot")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Generation limit (default: the run's max_target_tokens)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N documents of the split")] = None,
+):
+    """Score a run field by field on a dataset split; write metrics, predictions, table and chart."""
+    from metatune.evaluate import run_evaluate
+
+    run_evaluate(run_dir, data, split, report, num_beams, batch_size, baseline, max_new_tokens, limit)
+
+
+@app.command()
 def extract(
     run_dir: Path,
     inputs: Annotated[list[str], typer.Argument(help="PDF or text files, folders of them, or - for standard input")],
-    type_: Annotated[Optional[str], typer.Option("--type", help="Document type of every input")] = None,
+    type_: Annotated[Optional[str], typer.Option("--type", help="Document type of every input (default: from the model's output, else the run's fallback type)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write JSON (one document) or JSON Lines here")] = None,
-    batch_size: int = 8,
+    batch_size: Annotated[int, typer.Option(help="Documents generated together")] = 8,
+    num_beams: Annotated[int, typer.Option(help="Beam search width (1: greedy)")] = 1,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Generation limit (default: the run's max_target_tokens)")] = None,
 ):
     """Extract metadata from documents with a saved run."""
     from metatune.extract import run_extract
 
-    run_extract(run_dir, inputs, type_, out, batch_size)
+    code = run_extract(run_dir, inputs, type_, out, batch_size, num_beams, max_new_tokens)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    run_dir: Path,
+    host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8002,
+    max_bytes: Annotated[Optional[int], typer.Option(help="Largest request body accepted, in bytes (env METATUNE_MAX_BYTES; default 10 MB)")] = None,
+    batch_size: Annotated[int, typer.Option(help="Most requests generated together")] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long the first request of a batch waits for others")] = 10.0,
+):
+    """Serve a run over HTTP (FastAPI): /extract, /extract/pdf, /consume-llm, /health, /docs.
+
+    Set METATUNE_API_TOKEN to require `Authorization: Bearer <token>`."""
+    from metatune.service import serve as run_server
+
+    run_server(run_dir, host, port, max_bytes, batch_size, batch_wait_ms)
 
 
 def main() -> None:

@@ -95,19 +95,20 @@ class JsonObjectEnd(StoppingCriteria):
         rows, length = input_ids.shape
         if self.start is None:  # first call: exactly one token was generated
             self.start = self.seen = length - 1
-        ids = input_ids.tolist()
         if not self.incremental:
-            done = [closes_object("".join(self.piece(t) for t in row[self.start :])) for row in ids]
+            ids = input_ids[:, self.start :].tolist()
+            done = [closes_object("".join(self.piece(t) for t in row)) for row in ids]
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
         if not self.scans:
             self.scans = [_Scan() for _ in range(rows)]
             self.stop_at = [None] * rows
-        for r, row in enumerate(ids):
+        new = input_ids[:, self.seen :].tolist()  # only the tokens not read yet leave the device
+        for r, row in enumerate(new):
             if self.stop_at[r] is not None:
                 continue
-            for pos in range(self.seen, length):
-                if self.scans[r].feed(self.piece(row[pos])):
-                    self.stop_at[r] = pos + 1
+            for offset, token in enumerate(row):
+                if self.scans[r].feed(self.piece(token)):
+                    self.stop_at[r] = self.seen + offset + 1
                     break
         self.seen = length
         done = [s is not None for s in self.stop_at]
@@ -205,9 +206,12 @@ class Extractor:
     def generate(self, encoded: list[list[int]], batch_size: int = 8, max_new_tokens: int | None = None,
                  progress: bool = False) -> list[str]:
         """Outputs for already-encoded prompts, in their order; batches group similar lengths."""
-        return self._generate(encoded, batch_size, max_new_tokens, progress)[0]
+        return self.generate_with_counts(encoded, batch_size, max_new_tokens, progress)[0]
 
-    def _generate(self, encoded, batch_size, max_new_tokens=None, progress=False) -> tuple[list[str], list[int]]:
+    @torch.inference_mode()
+    def generate_with_counts(self, encoded: list[list[int]], batch_size: int = 8, max_new_tokens: int | None = None,
+                             progress: bool = False) -> tuple[list[str], list[int]]:
+        """Like `generate`, plus the number of tokens generated for each prompt."""
         if batch_size < 1:
             raise MetatuneError(f"batch size must be at least 1, got {batch_size}")
         from tqdm.auto import tqdm
@@ -216,6 +220,10 @@ class Extractor:
         outputs: list[str] = [""] * len(encoded)
         counts: list[int] = [0] * len(encoded)
         pad = self.tokenizer.pad_token_id
+        config = self.generation_config
+        if max_new_tokens and max_new_tokens != config.max_new_tokens:
+            config = copy.deepcopy(config)
+            config.max_new_tokens = max_new_tokens
         bar = tqdm(total=len(encoded), unit="doc", disable=not progress, leave=False)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
@@ -224,17 +232,14 @@ class Extractor:
                 batch["global_attention_mask"] = global_attention_mask(batch["attention_mask"])
             stop = JsonObjectEnd(self.tokenizer, incremental=self.num_beams == 1)
             generated = self.model.generate(
-                **batch,
-                generation_config=self.generation_config,
-                max_new_tokens=max_new_tokens or self.max_new_tokens,
-                stopping_criteria=StoppingCriteriaList([stop]),
+                **batch, generation_config=config, stopping_criteria=StoppingCriteriaList([stop])
             )
-            offset = 0 if self.seq2seq else batch["input_ids"].shape[1]
+            offset = 1 if self.seq2seq else batch["input_ids"].shape[1]  # after the decoder's start token / the prompt
             for r, (i, seq) in enumerate(zip(rows, generated.tolist())):
                 end = stop.stop_at[r] if stop.stop_at and stop.stop_at[r] else len(seq)
                 new = seq[offset:end]
                 outputs[i] = self.tokenizer.decode(new, skip_special_tokens=True)
-                counts[i] = sum(1 for t in new if t != pad) - (1 if self.seq2seq else 0)
+                counts[i] = sum(1 for t in new if t != pad)
             bar.update(len(rows))
         bar.close()
         return outputs, counts
@@ -249,15 +254,18 @@ class Extractor:
         resolved = [self.resolve_type(t) for t in requested]
         encoded = [self.input_ids(text, t) for text, t in zip(texts, resolved)]
         results = []
-        raws, counts = self._generate(encoded, batch_size, progress=progress)
+        raws, counts = self.generate_with_counts(encoded, batch_size, progress=progress)
         for asked, t, raw, n in zip(requested, resolved, raws, counts):
             parsed = parse_output(raw)
-            if asked is None and parsed.data is not None:
-                named = self.registry.find(parsed.data.get("type"))
-                if named is not None:
-                    t = named.name
+            t = t if asked is not None else output_type(self.registry, parsed.data, t)
             results.append(Extraction(t, parsed.data, raw, parsed.error, parsed.repaired, n))
         return results
+
+
+def output_type(registry: TypeRegistry, data: dict | None, default: str) -> str:
+    """The type the model named in a "type" field, when it is a known one; else `default`."""
+    named = registry.find(data.get("type")) if data else None
+    return named.name if named is not None else default
 
 
 def _load_base(run_dir, device: str | None):

@@ -93,3 +93,34 @@ def tiny_llama(tmp_path_factory, tiny_tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def tiny_t5(tmp_path_factory, tiny_tokenizer) -> Path:
     return make_tiny_model("t5", tiny_tokenizer, tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_llama) -> Path:
+    """A real saved run: the tiny llama fine-tuned for a few steps on the sample data.
+
+    It is trained to write only `date` and `language` (short targets, so it learns to close its JSON
+    object within the steps a test can afford); shared by the evaluate, extract and serve tests.
+    """
+    from metatune.config import load_config
+    from metatune.training.run import train
+
+    output = tmp_path_factory.mktemp("tiny-run") / "run"
+    config = load_config(
+        sets=[
+            "data.include_fields=[date, language]",
+            "data.max_input_tokens=256",
+            "data.max_target_tokens=32",
+            "training.max_steps=50",
+            "training.learning_rate=1e-2",
+            "training.warmup_ratio=0",
+            "training.per_device_train_batch_size=8",
+            "training.eval_each_epoch=false",
+            "training.save_total_limit=1",
+            "training.logging_steps=10",
+        ],
+        model=str(tiny_llama),
+        data=str(SAMPLE),
+        output=str(output),
+    )
+    return train(config)

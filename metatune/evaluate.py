@@ -1,0 +1,225 @@
+"""`metatune evaluate`: generate for every document of a split, parse, score field by field, report.
+
+The reference for a document is exactly the target training built for it: the fields of its type
+under the run's include/exclude settings (metatune.json), via formatting.target_json. Scoring
+(strict, soft, Levenshtein, Ratcliff/Obershelp) is metrics.score_documents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from metatune.data import load_dataset, record_type
+from metatune.doctypes import TypeRegistry
+from metatune.errors import MetatuneError
+from metatune.export import read_run_info
+from metatune.formatting import target_json
+from metatune.metrics import MATCHINGS, score_documents
+from metatune.parsing import parse_output
+from metatune.report import bar_chart, markdown_table
+
+BASELINES = ("zero-shot",)
+CHART_MATCHING = "soft"
+
+
+@dataclass
+class Item:
+    """One document of the evaluated split."""
+
+    index: int
+    id: str | None
+    doc_type: str
+    text: str
+    reference: dict
+    fields: list[str]  # the fields the run writes for this type
+
+
+def load_items(info: dict, data: str | Path, split: str, limit: int | None = None) -> list[Item]:
+    """The split's documents with their references, built as training built its targets."""
+    registry = TypeRegistry.from_dict(info["types"], source="metatune.json")
+    fallback = info.get("fallback_type")
+    seed = info.get("config", {}).get("data", {}).get("split_seed", 42)  # a flat list splits as in training
+    records = load_dataset(data, registry, fallback, seed).split(split)
+    if limit is not None:
+        if limit < 1:
+            raise MetatuneError(f"--limit must be at least 1, got {limit}")
+        records = records[:limit]
+    spec = info["input"]
+    items = []
+    for i, record in enumerate(records):
+        doc_type = registry.find(record_type(record)) or registry.find(fallback)
+        fields = doc_type.target_fields(spec.get("include_fields"), spec.get("exclude_fields") or [])
+        rid = record.get("id")
+        items.append(Item(i, None if rid is None else str(rid), doc_type.name, record["original_text"],
+                          target_json(record, fields), fields))
+    return items
+
+
+def scored_fields(items: list[Item], predictions: list[dict | None]) -> list[str]:
+    """Every field some type of the split is trained to write, less those nobody wrote or expected."""
+    union = list(dict.fromkeys(f for item in items for f in item.fields))
+    present = {f for item in items for f in item.reference}
+    present |= {f for p in predictions if p for f in p}
+    return [f for f in union if f in present]
+
+
+def score_predictions(items: list[Item], predictions: list[dict | None]) -> dict:
+    """metrics.score_documents over (prediction, reference, type); a None prediction misses every field."""
+    if len(items) != len(predictions):
+        raise ValueError(f"{len(items)} documents but {len(predictions)} predictions")
+    triples = [(p, item.reference, item.doc_type) for item, p in zip(items, predictions)]
+    return score_documents(triples, scored_fields(items, predictions))
+
+
+def evaluate_outputs(items: list[Item], raws: list[str], seconds: float = 0.0) -> tuple[dict, list[dict]]:
+    """Parse every raw output, score; returns (metrics, one row per document for predictions.jsonl)."""
+    parsed = [parse_output(raw) for raw in raws]
+    metrics = score_predictions(items, [p.data for p in parsed])
+    metrics["parse_failures"] = sum(p.data is None for p in parsed)
+    metrics["repaired"] = sum(p.repaired for p in parsed)
+    metrics["seconds"] = round(seconds, 3)
+    rows = [
+        {
+            "index": item.index,
+            "id": item.id,
+            "type": item.doc_type,
+            "prediction": p.data,
+            "reference": item.reference,
+            "raw": raw,
+            "parse_error": p.error,
+            "repaired": p.repaired,
+        }
+        for item, p, raw in zip(items, parsed, raws)
+    ]
+    return metrics, rows
+
+
+def generate_outputs(extractor, items: list[Item], batch_size: int, progress: bool = True) -> tuple[list[str], float, int]:
+    """(raw outputs, seconds, generated tokens) of the extractor on the items' texts and types."""
+    encoded = [extractor.input_ids(item.text, item.doc_type) for item in items]
+    start = time.perf_counter()
+    raws, counts = extractor.generate_with_counts(encoded, batch_size, progress=progress)
+    return raws, time.perf_counter() - start, sum(counts)
+
+
+def write_report(directory: Path, metrics: dict, rows: list[dict]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    with (directory / "predictions.jsonl").open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (directory / "metrics.md").write_text(markdown_table(metrics), encoding="utf-8")
+    bar_chart(metrics, directory / "f1.png", matching=CHART_MATCHING)
+
+
+def comparison_table(tuned: dict, baseline: dict, matching: str = CHART_MATCHING) -> str:
+    """F1 per field, fine-tuned next to the zero-shot base model, under one matching."""
+    fields = list(dict.fromkeys([*tuned["fields"], *baseline["fields"]]))
+    fields = [f for f in fields if f != "first_author"] + (["first_author"] if "first_author" in fields else [])
+
+    def f1(m: dict, field: str | None) -> str:
+        scores = m["fields"].get(field) if field else None
+        return f"{scores[matching]['f1'] * 100:.1f}" if scores else "–"
+
+    lines = [f"| field ({matching} F1) | fine-tuned | zero-shot |", "|---|---:|---:|"]
+    lines += [f"| {f} | {f1(tuned, f)} | {f1(baseline, f)} |" for f in fields]
+    for avg in ("micro", "macro"):
+        lines.append(f"| **{avg}** | {tuned[avg][matching]['f1'] * 100:.1f} | {baseline[avg][matching]['f1'] * 100:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def check_report_dir(report: Path) -> None:
+    """Only a previous report (or an empty folder) may be replaced: never an unrelated directory."""
+    if report.exists() and not report.is_dir():
+        raise MetatuneError(f"{report}: exists and is not a directory")
+    if report.is_dir() and any(report.iterdir()) and not (report / "metrics.json").is_file():
+        raise MetatuneError(f"{report}: holds files that are not an evaluation report; choose another --report")
+
+
+def run_evaluate(
+    run_dir: Path,
+    data: Path,
+    split: str = "test",
+    report: Path | None = None,
+    num_beams: int = 1,
+    batch_size: int = 8,
+    baseline: str | None = None,
+    max_new_tokens: int | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a run (and optionally the zero-shot base model), write the report, print the table."""
+    if batch_size < 1:
+        raise MetatuneError(f"--batch-size must be at least 1, got {batch_size}")
+    if num_beams < 1:
+        raise MetatuneError(f"--num-beams must be at least 1, got {num_beams}")
+    if baseline is not None and baseline not in BASELINES:
+        raise MetatuneError(f"--baseline: unknown baseline {baseline!r} (choose from {', '.join(BASELINES)})")
+    info = read_run_info(run_dir)
+    items = load_items(info, data, split, limit)
+    report = Path(report) if report else Path(run_dir) / f"eval-{split}"
+    check_report_dir(report)
+
+    from metatune.inference import Extractor  # after the checks above: importing torch takes seconds
+
+    runs = {"fine-tuned": False} | ({"zero-shot": True} if baseline else {})
+    results = {}
+    for name, base in runs.items():
+        extractor = Extractor(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, base_model=base)
+        print(f"Evaluating {name} model on {len(items)} '{split}' documents of {data}")
+        raws, seconds, tokens = generate_outputs(extractor, items, batch_size, progress)
+        metrics, rows = evaluate_outputs(items, raws, seconds)
+        metrics["run"] = {
+            "run_dir": str(run_dir),
+            "model": info.get("base_model") if base else str(run_dir),
+            "baseline": name if base else None,
+            "data": str(data),
+            "split": split,
+            "num_beams": num_beams,
+            "batch_size": batch_size,
+            "max_new_tokens": extractor.max_new_tokens,
+            "generated_tokens": tokens,
+            "device": str(extractor.device),
+        }
+        results[name] = (metrics, rows)
+        del extractor
+
+    tmp = report.with_name(f".{report.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write_report(tmp, *results["fine-tuned"])
+        if baseline:
+            write_report(tmp / "baseline", *results["zero-shot"])
+            (tmp / "comparison.md").write_text(
+                comparison_table(results["fine-tuned"][0], results["zero-shot"][0]), encoding="utf-8"
+            )
+        if report.exists():
+            shutil.rmtree(report)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(report)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    for name, (metrics, _) in results.items():
+        print(f"\n## {name} ({metrics['documents']} documents, F1 %)\n")
+        print(markdown_table(metrics), end="")
+        print(summary_line(metrics))
+    if baseline:
+        print("\n## fine-tuned vs zero-shot\n")
+        print((report / "comparison.md").read_text(encoding="utf-8"), end="")
+    print(f"\nReport written to {report}")
+    return results["fine-tuned"][0]
+
+
+def summary_line(metrics: dict) -> str:
+    docs, secs = metrics["documents"], metrics["seconds"]
+    rate = f", {docs / secs:.2f} documents/s" if secs else ""
+    micro = ", ".join(f"{m} {metrics['micro'][m]['f1'] * 100:.1f}" for m in MATCHINGS)
+    return (f"micro F1: {micro}; {metrics['parse_failures']} of {docs} outputs unparseable "
+            f"({metrics['repaired']} repaired); generation {secs:.1f} s{rate}")

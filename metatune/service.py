@@ -1,0 +1,305 @@
+"""`metatune serve`: a saved run behind a FastAPI app.
+
+The model is loaded once, before the server starts. Requests go through an asyncio queue to one
+worker task that collects whatever arrives within `batch_wait_ms` (up to `batch_size` requests)
+and generates for all of them with a single Extractor.extract call in a thread, so the event loop
+keeps answering while the model works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from metatune.errors import MetatuneError
+
+TOKEN_ENV = "METATUNE_API_TOKEN"
+MAX_BYTES_ENV = "METATUNE_MAX_BYTES"
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+CONSUME_PATH = "/consume-llm"
+
+log = logging.getLogger("metatune.service")
+
+
+class ExtractRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, description="The document's text")
+    type: str | None = Field(None, description="Document type (default: from the model's output, else the run's fallback type)")
+
+
+class ConsumeRequest(BaseModel):
+    text: str = Field(min_length=1, description="The document's text")
+    type: str | None = Field(None, description="Document type (optional; not in the original contract)")
+
+
+class ExtractResponse(BaseModel):
+    type: str
+    metadata: dict | None = Field(description="Metadata valid under the type's JSON schema; null when the output was not JSON")
+    schema_fixes: dict[str, str] = Field(default_factory=dict, description="Fields converted or dropped to satisfy the schema")
+    repaired: bool = Field(False, description="The output was truncated or malformed JSON, repaired")
+    error: str | None = Field(None, description="Why the output could not be parsed")
+    raw: str | None = Field(None, description="The model's output, given when it could not be parsed")
+
+
+class ConsumeResponse(BaseModel):
+    success: bool
+    data: dict | None
+    error: str | None
+
+
+class HealthResponse(BaseModel):
+    status: str
+    run: str
+    base_model: str | None
+    types: list[str]
+    default_type: str
+    device: str
+    requests: int = Field(description="Documents generated since start")
+    batches: int = Field(description="Generation calls since start (requests generated together count once)")
+    largest_batch: int
+    failed_batches: int
+
+
+class Batcher:
+    """One worker: takes queued requests, waits `wait_s` for more, extracts them together."""
+
+    def __init__(self, extractor, max_batch: int, wait_s: float):
+        self.extractor = extractor
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.requests = self.batches = self.largest = self.failed = 0
+
+    async def submit(self, text: str, doc_type: str | None):
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((text, doc_type, future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            items = [await self.queue.get()]
+            if self.wait_s > 0:
+                await asyncio.sleep(self.wait_s)
+            while len(items) < self.max_batch and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            items = [i for i in items if not i[2].done()]  # a client that went away cancelled its future
+            if not items:
+                continue
+            texts, types = [i[0] for i in items], [i[1] for i in items]
+            try:
+                results = await asyncio.to_thread(self.extractor.extract, texts, types, len(items))
+            except Exception as e:  # noqa: BLE001 - reported to every waiting request, the worker goes on
+                if not isinstance(e, MetatuneError):
+                    log.exception("generation failed for a batch of %d", len(items))
+                self.failed += 1
+                for _, _, future in items:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            self.batches += 1
+            self.requests += len(items)
+            self.largest = max(self.largest, len(items))
+            for (_, _, future), result in zip(items, results):
+                if not future.done():
+                    future.set_result(result)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for bodies over `max_bytes`, by Content-Length or by counting a chunked body."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await _error(400, "invalid Content-Length header", scope)(scope, receive, send)
+            if int(length) > self.max_bytes:
+                return await self._reject(scope, receive, send)
+            return await self.app(scope, receive, send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        body, more = b"", True  # no length given: read it all, within the limit, then hand it on
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await self._reject(scope, receive, send)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _reject(self, scope, receive, send):
+        message = f"request body larger than {self.max_bytes} bytes (the server's --max-bytes)"
+        await _error(413, message, scope)(scope, receive, send)
+
+
+def _error(status: int, message: str, scope_or_request) -> JSONResponse:
+    """Error bodies: {"error": ...}; on /consume-llm the original contract's {"success", "data", "error"}."""
+    path = scope_or_request["path"] if isinstance(scope_or_request, dict) else scope_or_request.url.path
+    body = {"success": False, "data": None, "error": message} if path == CONSUME_PATH else {"error": message}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            position = err["loc"][-1] if err.get("loc") else "?"
+            parts.append(f"invalid JSON at character {position}: {err.get('ctx', {}).get('error', 'decode error')}")
+            continue
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES, batch_size: int = 8,
+               batch_wait_ms: float = 10.0) -> FastAPI:
+    """The app around an already-loaded Extractor. `token`: require `Authorization: Bearer <token>`."""
+    from metatune.extract import document_record
+    from metatune.pdf import pdf_text
+
+    if batch_size < 1:
+        raise MetatuneError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_bytes < 1:
+        raise MetatuneError(f"--max-bytes must be at least 1, got {max_bytes}")
+    batcher = Batcher(extractor, batch_size, batch_wait_ms / 1000)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker = asyncio.create_task(batcher.run())
+        yield
+        worker.cancel()
+
+    app = FastAPI(
+        title="metatune",
+        description="Bibliographic metadata extraction with a fine-tuned model.",
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    bearer = HTTPBearer(auto_error=False, description=f"The value of {TOKEN_ENV} on the server")
+
+    def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if not token:
+            return
+        given = credentials.credentials if credentials else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or invalid bearer token")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), request)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return _error(422, _validation_message(exc), request)
+
+    async def run(text: str, doc_type: str | None):
+        if not text.strip():
+            raise HTTPException(422, "invalid request: text: the text is blank")
+        if doc_type is not None and extractor.registry.find(doc_type) is None:
+            known = ", ".join(extractor.registry.types)
+            raise HTTPException(422, f"invalid request: type: unknown document type {doc_type!r} (known: {known})")
+        try:
+            return await batcher.submit(text, doc_type)
+        except MetatuneError as e:
+            raise HTTPException(422, str(e)) from None
+        except Exception as e:  # noqa: BLE001 - the model failed: 500, and the worker keeps serving
+            raise HTTPException(500, f"generation failed: {type(e).__name__}: {e}".splitlines()[0]) from None
+
+    def response(name: str, extraction) -> ExtractResponse:
+        record = document_record(name, extraction, extractor)
+        record.pop("source")
+        return ExtractResponse(**record)
+
+    @app.get("/health", response_model=HealthResponse)
+    async def health():
+        """Whether the model is loaded, what it extracts, and how requests were batched. No token needed."""
+        info = extractor.info
+        return HealthResponse(
+            status="ok", run=str(extractor.run_dir), base_model=info.get("base_model"),
+            types=list(extractor.registry.types), default_type=extractor.default_type, device=str(extractor.device),
+            requests=batcher.requests, batches=batcher.batches, largest_batch=batcher.largest,
+            failed_batches=batcher.failed,
+        )
+
+    @app.post("/extract", response_model=ExtractResponse, dependencies=[Depends(authorize)])
+    async def extract(request: ExtractRequest):
+        """Metadata of one document's text."""
+        return response("text", await run(request.text, request.type))
+
+    @app.post("/extract/pdf", response_model=ExtractResponse, dependencies=[Depends(authorize)])
+    async def extract_pdf(file: UploadFile = File(description="A PDF file"),
+                          type: str | None = Form(None, description="Document type")):
+        """Metadata of an uploaded PDF (its text read with pypdf)."""
+        data = await file.read()
+        try:
+            text = await asyncio.to_thread(pdf_text, data, file.filename or "upload")
+        except MetatuneError as e:
+            raise HTTPException(422, str(e)) from None
+        return response(file.filename or "upload", await run(text, type))
+
+    @app.post(CONSUME_PATH, response_model=ConsumeResponse, dependencies=[Depends(authorize)])
+    async def consume_llm(request: ConsumeRequest):
+        """The original SEDICI LLM service's contract: {"text"} in, {"success", "data", "error"} out."""
+        result = response("text", await run(request.text, request.type))
+        if result.metadata is None:
+            return ConsumeResponse(success=False, data=None, error=result.error)
+        return ConsumeResponse(success=True, data=result.metadata, error=None)
+
+    return app
+
+
+def max_bytes_setting(value: int | None) -> int:
+    if value is not None:
+        return value
+    raw = os.environ.get(MAX_BYTES_ENV)
+    if raw is None:
+        return DEFAULT_MAX_BYTES
+    if not raw.strip().isdigit():
+        raise MetatuneError(f"{MAX_BYTES_ENV}={raw!r}: expected a number of bytes")
+    return int(raw)
+
+
+def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: int | None = None,
+          batch_size: int = 8, batch_wait_ms: float = 10.0) -> None:
+    import uvicorn
+
+    from metatune.export import read_run_info
+    from metatune.inference import Extractor
+
+    read_run_info(run_dir)  # a wrong path fails here, before the model loads
+    limit = max_bytes_setting(max_bytes)
+    token = os.environ.get(TOKEN_ENV) or None
+    extractor = Extractor(run_dir)
+    app = create_app(extractor, token, limit, batch_size, batch_wait_ms)
+    auth = f"bearer token required ({TOKEN_ENV} is set)" if token else f"no authentication ({TOKEN_ENV} is not set)"
+    print(f"Serving {run_dir} on http://{host}:{port} ({auth}; API docs at /docs)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")

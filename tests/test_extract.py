@@ -1,0 +1,219 @@
+"""`metatune extract`, PDF text, schema checks, and the Extractor's batched generation that stops at '}'."""
+
+import io
+import json
+import sys
+
+import pytest
+import torch
+
+from metatune.cli import main
+from metatune.doctypes import TypeRegistry
+from metatune.errors import MetatuneError
+from metatune.extract import conform
+from metatune.inference import Extractor, JsonObjectEnd, closes_object, output_type
+from metatune.pdf import pdf_text
+
+
+def make_pdf(path, text: str | None = None):
+    """A one-page PDF with `text`, or with only a drawing (no text layer) when text is None."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    if text is None:
+        pdf.set_fill_color(90, 90, 90)
+        pdf.rect(20, 20, 120, 80, style="F")
+    else:
+        pdf.set_font("Helvetica", size=11)
+        pdf.multi_cell(0, 6, text.encode("latin-1", "replace").decode("latin-1"))
+    pdf.output(str(path))
+    return path
+
+
+def sample_texts():
+    from conftest import SAMPLE
+
+    data = json.loads(SAMPLE.read_text(encoding="utf-8"))
+    records = data["test"] + data["validation"]
+    return [r["original_text"] for r in records], [r["type"] for r in records]
+
+
+def cli(monkeypatch, capsys, *args, stdin: str | None = None):
+    """Runs the real `metatune` entry point in this process: (exit status, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["metatune", *map(str, args)])
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
+# --- stopping at the end of the JSON object ---------------------------------------------------
+
+@pytest.mark.parametrize("text, closed", [
+    ('{"a": 1}', True),
+    ('{"a": "}"', False),  # a brace inside a string
+    ('{"a": "x\\"}"', False),  # an escaped quote keeps the string open
+    ('{"a": "x\\\\"}', True),  # an escaped backslash does not
+    ('{"a": {"b": [1, {"c": 2}]}', False),
+    ('{"a": {"b": [1, {"c": 2}]}}', True),
+    ('Aquí va "el" JSON: {"a": 1} y más', True),  # prose and quotes before the object
+    ('} "{" {', False),
+])
+def test_closes_object(text, closed):
+    assert closes_object(text) is closed
+
+
+def test_criterion_stops_each_row_at_the_token_closing_its_object(tiny_tokenizer):
+    texts = ['{"t": "a}b", "c": ["{"]}\nmás texto {', 'Respuesta: {"d": "2019"} fin']
+    rows = [tiny_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    prompt = [7, 8, 9]
+    longest = max(map(len, rows))
+    for incremental in (True, False):
+        stop = JsonObjectEnd(tiny_tokenizer, incremental=incremental)
+        first_done = [None, None]
+        for k in range(1, longest + 1):
+            # rows run out of text: pad them with a token that changes nothing once finished
+            ids = torch.tensor([prompt + (r + [tiny_tokenizer.pad_token_id] * longest)[:k] for r in rows])
+            done = stop(ids, None).tolist()
+            for i, d in enumerate(done):
+                if d and first_done[i] is None:
+                    first_done[i] = k
+                assert d == (first_done[i] is not None)  # a finished row stays finished
+        for i, (text, row) in enumerate(zip(texts, rows)):
+            k = first_done[i]
+            assert closes_object(tiny_tokenizer.decode(row[:k])) and not closes_object(tiny_tokenizer.decode(row[: k - 1]))
+            if incremental:
+                assert stop.stop_at[i] == len(prompt) + k
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny_run):
+    extractor = Extractor(tiny_run)
+    texts, types = sample_texts()
+    together = extractor.extract(texts, types, batch_size=8)
+    mixed = extractor.extract(texts, types, batch_size=3)
+    alone = [extractor.extract([t], [ty], batch_size=1)[0] for t, ty in zip(texts, types)]
+    assert [r.raw for r in together] == [r.raw for r in alone] == [r.raw for r in mixed]
+    assert [r.tokens for r in together] == [r.tokens for r in alone]
+    assert len({r.raw for r in alone}) > 1  # the documents get different outputs
+
+
+def test_generation_stops_where_the_object_closes(tiny_run):
+    """Against plain greedy generation kept from ending (no EOS): ours is its prefix up to the '}'."""
+    extractor = Extractor(tiny_run, max_new_tokens=40)
+    texts, types = sample_texts()
+    ours = extractor.extract(texts, types, batch_size=4)
+    closed = 0
+    for text, doc_type, result in zip(texts, types, ours):
+        ids = torch.tensor([extractor.input_ids(text, doc_type)])
+        plain_ids = extractor.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
+                                             min_new_tokens=40, do_sample=False,
+                                             pad_token_id=extractor.tokenizer.pad_token_id)
+        plain = extractor.tokenizer.decode(plain_ids[0, ids.shape[1]:], skip_special_tokens=True)
+        assert plain.startswith(result.raw)
+        if closes_object(result.raw):
+            closed += 1
+            assert result.raw.rstrip().endswith("}") and len(plain) > len(result.raw)
+    assert closed > 0  # the trained run does close its objects
+
+
+# --- schema and type ----------------------------------------------------------------------------
+
+def test_conform_converts_or_drops_what_violates_the_schema():
+    tesis = TypeRegistry.load().find("Tesis")
+    schema = tesis.json_schema(["title", "creator", "date", "director"])
+    data = {"title": 2019, "creator": "Pérez, Juan", "director": [{"name": "x"}], "journalTitle": "Revista",
+            "date": "", "codirector": [], "language": ["es", ""]}
+    clean, fixes = conform(data, schema)
+    assert clean == {"title": "2019", "creator": ["Pérez, Juan"]}
+    assert fixes == {
+        "title": "converted: a number to text",
+        "creator": "converted: a single string to a list",
+        "director": "dropped: {'name': 'x'} is not of type 'string'",
+        "journalTitle": "dropped: not a field of type 'Tesis'",
+        "language": "dropped: not a field of type 'Tesis'",
+    }
+    assert conform({"title": ["a", "b"]}, schema) == ({}, {"title": "dropped: ['a', 'b'] is not of type 'string'"})
+
+
+def test_type_comes_from_the_output_when_it_names_a_known_type():
+    registry = TypeRegistry.load()
+    assert output_type(registry, {"type": "tesis", "title": "x"}, "general") == "Tesis"
+    assert output_type(registry, {"type": "poema"}, "general") == "general"
+    assert output_type(registry, {"type": ["Libro"]}, "Articulo") == "Articulo"
+    assert output_type(registry, None, "general") == "general"
+
+
+# --- PDF ----------------------------------------------------------------------------------------
+
+def test_pdf_text(tmp_path):
+    path = make_pdf(tmp_path / "tesis.pdf", "Universidad Nacional de La Plata\nTesis de posgrado\nLa Plata, 2019")
+    text = pdf_text(path)
+    assert "Universidad Nacional de La Plata" in text and "2019" in text
+    assert pdf_text(path.read_bytes(), "upload.pdf") == text
+
+
+def test_pdf_without_text_is_an_error_naming_the_file(tmp_path):
+    path = make_pdf(tmp_path / "scan.pdf")
+    with pytest.raises(MetatuneError, match=r"scan\.pdf: no extractable text in the PDF"):
+        pdf_text(path)
+    (tmp_path / "fake.pdf").write_bytes(b"not a pdf at all")
+    with pytest.raises(MetatuneError, match=r"fake\.pdf: cannot read the PDF"):
+        pdf_text(tmp_path / "fake.pdf")
+
+
+# --- the command --------------------------------------------------------------------------------
+
+def test_extract_a_folder_reports_the_pdf_without_text(tiny_run, tmp_path, monkeypatch, capsys):
+    texts, _ = sample_texts()
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    make_pdf(folder / "a.pdf", texts[0])
+    (folder / "b.txt").write_text(texts[1], encoding="utf-8")
+    make_pdf(folder / "c.pdf")  # image only
+    (folder / "ignored.png").write_bytes(b"\x89PNG")
+
+    status, out, err = cli(monkeypatch, capsys, "extract", tiny_run, folder)
+    assert status == 1
+    assert f"error: {folder / 'c.pdf'}: no extractable text in the PDF" in err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["source"] for r in records] == [str(folder / "a.pdf"), str(folder / "b.txt")]
+    allowed = set(TypeRegistry.load().general.target_fields(["date", "language"], []))
+    for r in records:
+        assert r["type"] == "general"  # no --type, no fallback_type in the run, no type in the output
+        if r["metadata"] is None:
+            assert r["error"] and "raw" in r
+        else:
+            assert set(r["metadata"]) <= allowed and all(isinstance(v, str) for v in r["metadata"].values())
+
+    # the same document through the Extractor directly: the command adds only the schema check
+    direct = Extractor(tiny_run).extract([texts[1]], [None])[0]
+    assert records[1]["metadata"] == (None if direct.data is None else conform(
+        direct.data, TypeRegistry.load().general.json_schema(sorted(allowed)))[0])
+
+
+def test_extract_stdin_with_a_type_to_a_file(tiny_run, tmp_path, monkeypatch, capsys):
+    texts, _ = sample_texts()
+    out_file = tmp_path / "out.json"
+    status, out, err = cli(monkeypatch, capsys, "extract", tiny_run, "-", "--type", "tesis", "--out", out_file,
+                           stdin=texts[0])
+    assert status == 0 and out == ""
+    record = json.loads(out_file.read_text(encoding="utf-8"))  # one document: one JSON object
+    assert record["source"] == "-" and record["type"] == "Tesis"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{empty}"], "{empty}: no extractable text in the PDF (scanned or image-only? run OCR first)"),
+    (["{missing}"], "{missing}: input not found"),
+    (["{empty}", "--type", "poema"], "--type: unknown document type 'poema' (known: general, Tesis, Libro, Articulo, Objeto de conferencia)"),
+])
+def test_extract_mistakes_are_one_line_errors(tiny_run, tmp_path, monkeypatch, capsys, args, message):
+    empty, missing = make_pdf(tmp_path / "empty.pdf"), tmp_path / "missing.txt"
+    args = [a.format(empty=empty, missing=missing) for a in args]
+    out_file = tmp_path / "out.jsonl"
+    status, out, err = cli(monkeypatch, capsys, "extract", tiny_run, *args, "--out", out_file)
+    assert status == 2
+    assert err.strip().splitlines() == ["error: " + message.format(empty=empty, missing=missing)]
+    assert not out_file.exists()
