@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
@@ -157,6 +158,8 @@ def run_loop(prepared: Prepared, work: Path, resume: bool) -> dict:
     t = prepared.config.training
     accum = t.gradient_accumulation_steps
     shift = not prepared.seq2seq
+    # A second run in the same Python process may use another precision; the Trainer resets this too.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=mixed_precision(prepared.config),
         gradient_accumulation_steps=accum,  # fills DeepSpeed's "auto"; the loop groups micro-batches itself
