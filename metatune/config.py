@@ -87,7 +87,7 @@ class TrainingSettings(Section):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     lr_scheduler_type: SchedulerName = "linear"
-    bf16: Literal["auto", "true", "false"] = "auto"
+    bf16: Literal["auto"] | bool = "auto"  # auto: where the hardware has bf16 matrix units
     fp16: bool = False  # float16 autocast with loss scaling, for GPUs without bfloat16 (V100, T4)
     group_by_length: bool = True  # batches of similar length: less padding
     eval_each_epoch: bool = True
