@@ -86,22 +86,45 @@ def global_attention_mask(attention_mask):
     return mask
 
 
+def target_positions(labels):
+    """The positions whose next token is a target: the only ones whose logits a causal LM's loss needs.
+
+    A boolean (batch, length) mask, which transformers models take as `logits_to_keep`: they then
+    project onto the vocabulary only there (the prompt, often two thirds of the tokens, is masked
+    out of the loss anyway), saving that compute and the memory of the prompt's logits.
+    """
+    import torch
+
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
 @dataclass
 class Collator(DataCollatorForSeq2Seq):
     """DataCollatorForSeq2Seq, plus `global_attention_mask` when the tokenizer lists it as a model input.
 
-    metatune.models.load_base lists it for LED models, which need it in every batch.
+    metatune.models.load_base lists it for LED models, which need it in every batch. With
+    `target_logits`, batches also carry `logits_to_keep` (see `target_positions`).
     """
+
+    target_logits: bool = False
 
     def __call__(self, features, return_tensors=None):
         batch = super().__call__(features, return_tensors)
         if "global_attention_mask" in self.tokenizer.model_input_names:
             batch["global_attention_mask"] = global_attention_mask(batch["attention_mask"])
+        if self.target_logits:
+            batch["logits_to_keep"] = target_positions(batch["labels"])
         return batch
 
 
-def collator(tokenizer, pad_to_multiple_of: int | None = None) -> Collator:
+def collator(tokenizer, pad_to_multiple_of: int | None = None, target_logits: bool = False) -> Collator:
     """Pads each batch to its longest member; labels are padded with -100."""
     return Collator(
-        tokenizer, label_pad_token_id=IGNORE_INDEX, padding="longest", pad_to_multiple_of=pad_to_multiple_of
+        tokenizer,
+        label_pad_token_id=IGNORE_INDEX,
+        padding="longest",
+        pad_to_multiple_of=pad_to_multiple_of,
+        target_logits=target_logits,
     )

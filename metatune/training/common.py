@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import time
@@ -13,7 +14,7 @@ import torch
 from metatune import __version__
 from metatune.config import Config
 from metatune.data import load_for_training, record_type
-from metatune.encoding import Limits, encode_example
+from metatune.encoding import IGNORE_INDEX, Limits, encode_example
 from metatune.errors import MetatuneError
 from metatune.export import check_output
 from metatune.formatting import InputFormat, build_prompts, make_examples
@@ -48,6 +49,37 @@ def use_bf16(config: Config) -> bool:
     return {"true": True, "false": False}.get(config.training.bf16, None) or (
         config.training.bf16 == "auto" and bf16_supported()
     )
+
+
+def target_logits_supported(model, seq2seq: bool) -> bool:
+    """Whether the model can compute logits at target positions only (see encoding.target_positions).
+
+    Causal models of transformers 5 take a boolean `logits_to_keep` mask (`slice_logits_to_keep`);
+    seq2seq models compute logits for the decoder's positions only, which are all targets already.
+    """
+    if seq2seq:
+        return False
+    import transformers.modeling_utils
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model passes it on
+    return hasattr(transformers.modeling_utils, "slice_logits_to_keep") and (
+        "logits_to_keep" in inspect.signature(base.forward).parameters
+    )
+
+
+def target_only_loss(outputs, labels, num_items_in_batch=None):
+    """The causal LM loss from logits computed at target positions only (`compute_loss_func` of the Trainer).
+
+    Equal to the model's own shifted cross-entropy: the logits arrive flattened, row by row, at the
+    positions `target_positions` marked, and the targets are the labels one position later.
+    """
+    logits = outputs["logits"]
+    if logits.dim() != 2:
+        raise MetatuneError("the model ignored logits_to_keep; train it with its full logits")
+    shifted = labels[:, 1:]
+    targets = shifted[shifted != IGNORE_INDEX].to(logits.device)
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    return loss / (num_items_in_batch if num_items_in_batch is not None else targets.numel())
 
 
 def work_dir(output: Path) -> Path:
