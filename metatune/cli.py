@@ -153,6 +153,27 @@ def serve(
     run_server(run_dir, host, port, max_bytes, batch_size, batch_wait_ms)
 
 
+@app.command()
+def bench(
+    output: Annotated[Path, typer.Option(help="Directory for bench-<date>.json and .md")] = Path("benchmarks/results"),
+    model: Annotated[str, typer.Option(help="Preset name, Hub id or local path")] = "smollm2-135m",
+    data: Annotated[Optional[str], typer.Option(help="Dataset file (default: ../shared/data/grobid-headers, else the sample)")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps timed on each side")] = 3,
+    extract_docs: Annotated[int, typer.Option(help="Documents in the extraction timing")] = 8,
+    extract_batch_size: Annotated[int, typer.Option(help="Batch size of the Extractor")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Generation limit in the extraction timing")] = 128,
+    memory: Annotated[bool, typer.Option(help="Measure peak memory of training (full, LoRA) in subprocesses")] = True,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a setting of metatune's side: section.key=value")] = [],
+):
+    """Time training and extraction against the original approach on this machine (docs/benchmarks.md)."""
+    from metatune.bench import BenchSettings, run_bench, write_results
+
+    settings = BenchSettings(output, model, data, steps, extract_docs, extract_batch_size, max_new_tokens, memory, set_)
+    json_path, md_path = write_results(run_bench(settings), output)
+    typer.echo(md_path.read_text(encoding="utf-8"))
+    typer.echo(f"Wrote {json_path} and {md_path}")
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

@@ -1,0 +1,165 @@
+"""`metatune bench` end to end on a tiny model, and the training levers it measures.
+
+No timing is asserted: speed figures vary with the machine and its load. The tests check that every
+figure is produced and consistent, and that the faster training path computes the same loss.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+
+from metatune import bench
+from metatune.bench import BenchSettings, Turns, original_features, run_bench, write_results
+from metatune.encoding import collator, target_positions
+from metatune.training.common import target_logits_supported, target_only_loss
+
+from conftest import SAMPLE
+
+FEATURES = [  # a causal example is prompt + target, the prompt masked out of the loss
+    {"input_ids": list(range(5, 25)), "attention_mask": [1] * 20, "labels": [-100] * 12 + list(range(17, 25))},
+    {"input_ids": list(range(30, 44)), "attention_mask": [1] * 14, "labels": [-100] * 5 + list(range(35, 44))},
+]
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(tiny_llama)
+
+
+def test_target_positions_mark_the_tokens_before_each_target():
+    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 5, 6, 7, 8]])
+    assert target_positions(labels).tolist() == [
+        [False, True, True, False, False],
+        [True, True, True, True, False],
+    ]
+
+
+def test_target_only_logits_give_the_models_own_loss_and_gradients(llama):
+    model, tokenizer = llama
+    assert target_logits_supported(model, seq2seq=False)
+    batch = collator(tokenizer, target_logits=True)(FEATURES)
+    keep = batch.pop("logits_to_keep")
+
+    model.zero_grad()
+    reference = model(**batch)  # full logits, the model's own shifted cross-entropy
+    reference.loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.zero_grad()
+    labels = batch.pop("labels")
+    outputs = model(**batch, logits_to_keep=keep)
+    assert outputs.logits.shape == (8 + 9, len(tokenizer))  # one row per target token, none for the prompt
+    loss = target_only_loss(outputs, labels)
+    loss.backward()
+    assert loss.item() == pytest.approx(reference.loss.item(), rel=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_target_only_loss_divides_by_the_items_of_the_whole_accumulated_batch(llama):
+    model, tokenizer = llama
+    batch = collator(tokenizer, target_logits=True)(FEATURES)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        outputs = model(**batch)
+    mean = target_only_loss(outputs, labels)
+    assert target_only_loss(outputs, labels, num_items_in_batch=34).item() == pytest.approx(mean.item() * 17 / 34)
+
+
+def test_seq2seq_models_keep_their_full_logits(tiny_t5):
+    from transformers import AutoModelForSeq2SeqLM
+
+    assert not target_logits_supported(AutoModelForSeq2SeqLM.from_pretrained(tiny_t5), seq2seq=True)
+
+
+def test_original_features_pad_prompt_and_target_to_fixed_lengths():
+    causal = original_features(FEATURES[0], pad_id=0, seq2seq=False)
+    assert {k: len(v) for k, v in causal.items()} == {"input_ids": 2560, "attention_mask": 2560, "labels": 2560}
+    assert causal["input_ids"][:12] == list(range(5, 17)) and causal["input_ids"][12:2048] == [0] * 2036
+    assert causal["input_ids"][2048:2056] == list(range(17, 25))  # the target starts after the padded prompt
+    assert [x for x in causal["labels"] if x != -100] == list(range(17, 25))
+    assert sum(causal["attention_mask"]) == 20
+
+    seq2seq = original_features({"input_ids": [4, 5, 6], "attention_mask": [1] * 3, "labels": [7, 8]}, 0, True)
+    assert len(seq2seq["input_ids"]) == 2048 and len(seq2seq["labels"]) == 512
+    assert seq2seq["labels"][:3] == [7, 8, -100]
+
+
+def test_turns_alternate_and_skip_a_participant_that_left():
+    turns, seen = Turns(["a", "b"]), []
+
+    def player(name, rounds):
+        for _ in range(rounds):
+            turns.wait(name)
+            seen.append(name)
+            turns.done(name)
+        turns.leave(name)
+
+    threads = [threading.Thread(target=player, args=("a", 2)), threading.Thread(target=player, args=("b", 4))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert seen == ["a", "b", "a", "b", "b", "b"]
+
+
+def test_without_the_shared_data_the_sample_is_used_and_said(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "GROBID", tmp_path / "absent.json")
+    path, note = bench.default_data()
+    assert path == str(bench.SAMPLE) and "absent" in note and "sample" in note
+
+
+def test_bench_produces_every_figure(tiny_llama, tmp_path):
+    settings = BenchSettings(
+        output=tmp_path / "results", model=str(tiny_llama), data=str(SAMPLE), steps=2,
+        extract_docs=3, extract_batch_size=2, max_new_tokens=4, matmul_size=128,
+    )
+    json_path, md_path = write_results(run_bench(settings), settings.output)
+    result = json.loads(json_path.read_text(encoding="utf-8"))
+
+    training = result["training"]
+    original, metatune = training["original"], training["metatune"]
+    for side in (original, metatune):
+        assert len(side["steps"]) == 2 and all(s["seconds"] > 0 for s in side["steps"])
+        assert side["epoch_seconds"] > 0 and side["target_tokens_per_second"] > 0
+        assert 0 < side["mfu"] and side["model_flops_per_second"] > 0
+    examples = result["examples"]["train"]
+    assert original["epoch"]["positions"] == 2560 * examples  # every example padded to 2048 + 512
+    assert original["steps"][0]["positions"] == 2 * 2560
+    assert original["epoch"]["targets"] == metatune["epoch"]["targets"]  # the same useful tokens on both sides
+    assert metatune["epoch"]["positions"] < original["epoch"]["positions"]
+    assert metatune["setup"]["target_only_logits"] and metatune["setup"]["group_by_length"]
+    assert training["speedup_per_epoch"] == pytest.approx(original["epoch_seconds"] / metatune["epoch_seconds"], rel=0.01)
+    peak = training["peak_flops_per_second"]
+    assert peak["float32_best"] > 0 and peak["bfloat16"] > 0 and peak["samples"] >= 2
+
+    extraction = result["extraction"]
+    assert extraction["documents"] == 3
+    assert extraction["plain_docs_per_second"] > 0 and extraction["batched_docs_per_second"] > 0
+    assert 0 <= extraction["identical_predictions"] <= 3 and extraction["peak_rss_mb"] > 0
+
+    memory = result["memory"]
+    for key in ("train_original", "train_full", "train_lora"):
+        assert memory[key]["peak_rss_mb"] >= memory[key]["rss_after_load_mb"] > 0
+    assert memory["train_original"]["longest_sequence"] == 2560
+
+    assert "data_note" not in result and result["machine"]["logical_cpus"] >= 1
+    table = md_path.read_text(encoding="utf-8")
+    for row in ("| useful target tokens / s |", "| seconds per epoch |", "| MFU", "| documents / s |",
+                "metatune LoRA", "extraction, batched"):
+        assert row in table
+    assert sorted(p.name for p in settings.output.iterdir()) == sorted([json_path.name, md_path.name])
+
+
+def test_bench_refuses_a_step_count_below_one(tmp_path):
+    from metatune.errors import MetatuneError
+
+    with pytest.raises(MetatuneError, match="--steps"):
+        run_bench(BenchSettings(output=tmp_path / "out", steps=0))
+    assert not (tmp_path / "out").exists()
