@@ -46,9 +46,8 @@ def bf16_supported() -> bool:
 
 
 def use_bf16(config: Config) -> bool:
-    return {"true": True, "false": False}.get(config.training.bf16, None) or (
-        config.training.bf16 == "auto" and bf16_supported()
-    )
+    setting = config.training.bf16
+    return bf16_supported() if setting == "auto" else setting
 
 
 def target_logits_supported(model, seq2seq: bool) -> bool:

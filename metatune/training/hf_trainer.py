@@ -28,7 +28,7 @@ def mixed_precision(config: Config) -> str:
     """accelerate's `mixed_precision` for this run: "bf16", "fp16" or "no"."""
     t = config.training
     if t.fp16:
-        if t.bf16 == "true":
+        if t.bf16 is True:
             raise MetatuneError("training.fp16 and training.bf16 are both true; choose one")
         return "fp16"
     return "bf16" if use_bf16(config) else "no"
