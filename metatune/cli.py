@@ -111,11 +111,12 @@ def evaluate(
     baseline: Annotated[Optional[str], typer.Option(help="Also evaluate the base model untrained: zero-shot")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Generation limit (default: the run's max_target_tokens)")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N documents of the split")] = None,
+    dtype: Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")] = "auto",
 ):
     """Score a run field by field on a dataset split; write metrics, predictions, table and chart."""
     from metatune.evaluate import run_evaluate
 
-    run_evaluate(run_dir, data, split, report, num_beams, batch_size, baseline, max_new_tokens, limit)
+    run_evaluate(run_dir, data, split, report, num_beams, batch_size, baseline, max_new_tokens, limit, dtype=dtype)
 
 
 @app.command()
@@ -127,11 +128,12 @@ def extract(
     batch_size: Annotated[int, typer.Option(help="Documents generated together")] = 8,
     num_beams: Annotated[int, typer.Option(help="Beam search width (1: greedy)")] = 1,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Generation limit (default: the run's max_target_tokens)")] = None,
+    dtype: Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")] = "auto",
 ):
     """Extract metadata from documents with a saved run."""
     from metatune.extract import run_extract
 
-    code = run_extract(run_dir, inputs, type_, out, batch_size, num_beams, max_new_tokens)
+    code = run_extract(run_dir, inputs, type_, out, batch_size, num_beams, max_new_tokens, dtype)
     if code:
         raise typer.Exit(code)
 
@@ -144,13 +146,14 @@ def serve(
     max_bytes: Annotated[Optional[int], typer.Option(help="Largest request body accepted, in bytes (env METATUNE_MAX_BYTES; default 10 MB)")] = None,
     batch_size: Annotated[int, typer.Option(help="Most requests generated together")] = 8,
     batch_wait_ms: Annotated[float, typer.Option(help="How long the first request of a batch waits for others")] = 10.0,
+    dtype: Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")] = "auto",
 ):
     """Serve a run over HTTP (FastAPI): /extract, /extract/pdf, /consume-llm, /health, /docs.
 
     Set METATUNE_API_TOKEN to require `Authorization: Bearer <token>`."""
     from metatune.service import serve as run_server
 
-    run_server(run_dir, host, port, max_bytes, batch_size, batch_wait_ms)
+    run_server(run_dir, host, port, max_bytes, batch_size, batch_wait_ms, dtype)
 
 
 @app.command()

@@ -152,6 +152,7 @@ def run_evaluate(
     max_new_tokens: int | None = None,
     limit: int | None = None,
     progress: bool = True,
+    dtype: str = "auto",
 ) -> dict:
     """Evaluate a run (and optionally the zero-shot base model), write the report, print the table."""
     if batch_size < 1:
@@ -170,7 +171,7 @@ def run_evaluate(
     runs = {"fine-tuned": False} | ({"zero-shot": True} if baseline else {})
     results = {}
     for name, base in runs.items():
-        extractor = Extractor(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, base_model=base)
+        extractor = Extractor(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, base_model=base)
         print(f"Evaluating {name} model on {len(items)} '{split}' documents of {data}")
         raws, seconds, tokens = generate_outputs(extractor, items, batch_size, progress)
         metrics, rows = evaluate_outputs(items, raws, seconds)
@@ -185,6 +186,7 @@ def run_evaluate(
             "max_new_tokens": extractor.max_new_tokens,
             "generated_tokens": tokens,
             "device": str(extractor.device),
+            "dtype": str(extractor.model.dtype).removeprefix("torch."),
         }
         results[name] = (metrics, rows)
         del extractor

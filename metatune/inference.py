@@ -115,15 +115,6 @@ class JsonObjectEnd(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def _default_dtype(device) -> torch.dtype:
-    """bfloat16 where the hardware has bf16 units (most GPUs, AMX / AVX512-BF16 CPUs), else float32."""
-    from metatune.training.common import bf16_supported
-
-    if torch.device(device).type in ("cuda", "cpu") and bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -132,6 +123,9 @@ class Extractor:
 
     `base_model=True` loads the run's base model (metatune.json config.model) instead of the
     fine-tuned weights, with the same tokenizer and prompts: the zero-shot baseline.
+    `dtype="auto"` keeps the precision the weights were saved in (float32 for a full fine-tune);
+    bfloat16 halves the memory, but then a document's greedy output may change with the documents
+    batched beside it (rounding differs with the padded shapes).
     """
 
     def __init__(
@@ -156,9 +150,8 @@ class Extractor:
         else:
             self.model, self.tokenizer, self.info = load_run(run_dir, device)
         self.device = self.model.device
-        torch_dtype = _default_dtype(self.device) if dtype == "auto" else DTYPES[dtype]
-        if self.model.dtype != torch_dtype and not getattr(self.model, "is_loaded_in_4bit", False):
-            self.model.to(torch_dtype)
+        if dtype != "auto" and self.model.dtype != DTYPES[dtype] and not getattr(self.model, "is_loaded_in_4bit", False):
+            self.model.to(DTYPES[dtype])
         self.registry = TypeRegistry.from_dict(self.info["types"], source=f"{run_dir}/metatune.json")
         self.prompts = self.info["input"]["prompts"]
         self.chat = self.info["input"]["chat_template"]
@@ -219,8 +212,9 @@ class Extractor:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
         outputs: list[str] = [""] * len(encoded)
         counts: list[int] = [0] * len(encoded)
-        pad = self.tokenizer.pad_token_id
         config = self.generation_config
+        eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+        not_counted = {self.tokenizer.pad_token_id, *eos}  # padding and end-of-sequence are not content
         if max_new_tokens and max_new_tokens != config.max_new_tokens:
             config = copy.deepcopy(config)
             config.max_new_tokens = max_new_tokens
@@ -239,7 +233,7 @@ class Extractor:
                 end = stop.stop_at[r] if stop.stop_at and stop.stop_at[r] else len(seq)
                 new = seq[offset:end]
                 outputs[i] = self.tokenizer.decode(new, skip_special_tokens=True)
-                counts[i] = sum(1 for t in new if t != pad)
+                counts[i] = sum(1 for t in new if t not in not_counted)
             bar.update(len(rows))
         bar.close()
         return outputs, counts

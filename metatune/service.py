@@ -289,7 +289,7 @@ def max_bytes_setting(value: int | None) -> int:
 
 
 def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: int | None = None,
-          batch_size: int = 8, batch_wait_ms: float = 10.0) -> None:
+          batch_size: int = 8, batch_wait_ms: float = 10.0, dtype: str = "auto") -> None:
     import uvicorn
 
     from metatune.export import read_run_info
@@ -298,7 +298,7 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: i
     read_run_info(run_dir)  # a wrong path fails here, before the model loads
     limit = max_bytes_setting(max_bytes)
     token = os.environ.get(TOKEN_ENV) or None
-    extractor = Extractor(run_dir)
+    extractor = Extractor(run_dir, dtype=dtype)
     app = create_app(extractor, token, limit, batch_size, batch_wait_ms)
     auth = f"bearer token required ({TOKEN_ENV} is set)" if token else f"no authentication ({TOKEN_ENV} is not set)"
     print(f"Serving {run_dir} on http://{host}:{port} ({auth}; API docs at /docs)", flush=True)

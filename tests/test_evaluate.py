@@ -175,3 +175,18 @@ def test_cli_prints_one_line_error(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path}: not a metatune run (no metatune.json)"
+
+
+@pytest.mark.slow
+def test_evaluate_on_the_grobid_headers(tiny_run, tmp_path):
+    """The real annotated headers load and score (types, list fields, English text) end to end."""
+    from conftest import GROBID
+
+    if not GROBID.is_file():
+        pytest.skip(f"{GROBID} is absent")
+    metrics = run_evaluate(tiny_run, GROBID, "validation", tmp_path / "r", batch_size=6, limit=6, progress=False)
+    assert metrics["documents"] == 6 and set(metrics["by_type"]) == {"Articulo"}
+    assert set(metrics["fields"]) <= {"date", "language"}
+    assert metrics["fields"]["language"]["strict"]["support"] == 6  # every header has its language
+    rows = [json.loads(x) for x in (tmp_path / "r" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["reference"]["language"] for r in rows] == ["en"] * 6

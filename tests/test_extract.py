@@ -119,6 +119,24 @@ def test_generation_stops_where_the_object_closes(tiny_run):
     assert closed > 0  # the trained run does close its objects
 
 
+def test_dtype_keeps_the_saved_precision_unless_asked(tiny_run):
+    assert Extractor(tiny_run).model.dtype == torch.float32  # saved in float32
+    assert Extractor(tiny_run, dtype="bfloat16").model.dtype == torch.bfloat16
+    with pytest.raises(MetatuneError, match="unknown dtype 'fp8' \\(choose from auto, float32, bfloat16, float16\\)"):
+        Extractor(tiny_run, dtype="fp8")
+
+
+def test_beam_search_stops_at_the_object_too(tiny_run):
+    extractor = Extractor(tiny_run, num_beams=3)
+    texts, types = sample_texts()
+    results = extractor.extract(texts[:4], types[:4], batch_size=4)
+    assert any(closes_object(r.raw) for r in results)
+    for r in results:
+        if closes_object(r.raw):
+            assert r.raw.rstrip().endswith("}")
+            assert r.tokens == len(extractor.tokenizer(r.raw, add_special_tokens=False)["input_ids"])
+
+
 # --- schema and type ----------------------------------------------------------------------------
 
 def test_conform_converts_or_drops_what_violates_the_schema():
