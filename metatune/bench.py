@@ -248,16 +248,17 @@ def batch_counts(batch, seq2seq: bool) -> dict:
     return {"positions": positions, "tokens": tokens, "targets": targets}
 
 
-def step_timer(turns: Turns, name: str, times: list[float]):
+def step_timer(turns: Turns, name: str, times: list[tuple[float, float]]):
+    """Wall and CPU seconds (all threads of the process) of each optimizer step, taken in turn."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             turns.wait(name)
-            self.start = time.perf_counter()
+            self.start = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
-            times.append(time.perf_counter() - self.start)
+            times.append((time.perf_counter() - self.start[0], time.process_time() - self.start[1]))
             turns.done(name)
 
     return StepTimer()
@@ -284,7 +285,7 @@ class Side:
     trainer: object
     log: BatchLog
     accumulation: int
-    times: list[float] = field(default_factory=list)
+    times: list[tuple[float, float]] = field(default_factory=list)  # (wall, CPU) seconds per step
     error: BaseException | None = None
 
 
@@ -302,12 +303,13 @@ def epoch_totals(trainer, seq2seq: bool, accumulation: int) -> dict:
 def side_figures(side: Side, epoch: dict, parameters: int, peak: float) -> dict:
     """Per-step measurements turned into per-epoch and per-second figures."""
     steps = []
-    for i, seconds in enumerate(side.times):
+    for i, (seconds, cpu) in enumerate(side.times):
         batches = side.log.batches[i * side.accumulation : (i + 1) * side.accumulation]
         counts = {k: sum(b[k] for b in batches) for k in ("positions", "tokens", "targets")}
-        steps.append({"seconds": round(seconds, 3), **counts})
+        steps.append({"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), **counts})
     measured = steps[1:] if len(steps) >= 3 else steps  # the first step warms up allocators and caches
     per_position = statistics.median(s["seconds"] / s["positions"] for s in measured)
+    cpu_per_position = statistics.median(s["cpu_seconds"] / s["positions"] for s in measured)
     flops = statistics.median(6 * parameters * s["tokens"] / s["seconds"] for s in measured)
     epoch_seconds = per_position * epoch["positions"]
     return {
@@ -316,6 +318,7 @@ def side_figures(side: Side, epoch: dict, parameters: int, peak: float) -> dict:
         "epoch": epoch,
         "padding_share": round(1 - epoch["tokens"] / epoch["positions"], 4),
         "epoch_seconds": round(epoch_seconds, 1),
+        "epoch_cpu_seconds": round(cpu_per_position * epoch["positions"], 1),
         "target_tokens_per_second": round(epoch["targets"] / epoch_seconds, 2),
         "tokens_per_second": round(epoch["tokens"] / epoch_seconds, 2),
         "model_flops_per_second": flops,
@@ -329,7 +332,7 @@ def timed_training(prepared, original_model, settings: BenchSettings, work: Path
     from transformers import Trainer, set_seed
 
     from metatune.encoding import collator
-    from metatune.training.common import use_bf16
+    from metatune.training.common import padding_free, use_bf16
     from metatune.training.hf_trainer import build_trainer, training_arguments
 
     base_args = training_arguments(prepared, work)
@@ -401,8 +404,9 @@ def timed_training(prepared, original_model, settings: BenchSettings, work: Path
     }
     out["original"]["setup"] = {"batch_size": ORIGINAL_BATCH, "dtype": "float32", "padding": "max_length 2048 + 512"}
     out["metatune"]["setup"] = {
-        "batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": accumulation,
+        "examples_per_step": args.per_device_train_batch_size * accumulation,
+        "micro_batch": args.per_device_train_batch_size,
+        "padding_free": padding_free(prepared.config, prepared.seq2seq),
         "bf16": use_bf16(prepared.config),
         "group_by_length": prepared.config.training.group_by_length,
         "target_only_logits": getattr(metatune, "compute_loss_func", None) is not None,
@@ -419,6 +423,8 @@ def timed_training(prepared, original_model, settings: BenchSettings, work: Path
     }
     original_epoch, metatune_epoch = out["original"]["epoch_seconds"], out["metatune"]["epoch_seconds"]
     out["speedup_per_epoch"] = round(original_epoch / metatune_epoch, 2)
+    # CPU time counts the work, not the waiting for cores other programs hold: steadier on a shared machine
+    out["speedup_per_epoch_cpu"] = round(out["original"]["epoch_cpu_seconds"] / out["metatune"]["epoch_cpu_seconds"], 2)
     return out
 
 
@@ -523,32 +529,35 @@ def probe_extract(spec: dict) -> dict:
     extractor = Extractor(spec["run"])
     texts, types = spec["texts"], [extractor.resolve_type(t) for t in spec["types"]]
     size, max_new = spec["batch_size"], spec["max_new_tokens"]
-    plain_seconds, batched_seconds, plain_raw, batched, peaks, chunk_ratios = 0.0, 0.0, [], [], [], []
+    plain_seconds = batched_seconds = plain_cpu = batched_cpu = 0.0
+    plain_raw, batched, peaks, chunk_ratios = [], [], [], []
     can_reset = reset_peak_rss()
     loaded = peak_rss_mb()
     for c, start in enumerate(range(0, len(texts), size)):
         chunk_t, chunk_ty = texts[start : start + size], types[start : start + size]
 
         def run_plain():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = [plain_generate(extractor.model, extractor.tokenizer, extractor.input_ids(t, ty), max_new,
                                   extractor.seq2seq) for t, ty in zip(chunk_t, chunk_ty)]
-            return out, time.perf_counter() - t0
+            return out, time.perf_counter() - t0, time.process_time() - c0
 
         def run_batched():
             reset_peak_rss()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = extractor.extract(chunk_t, chunk_ty, batch_size=size)
-            seconds = time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
             peaks.append(peak_rss_mb())
-            return out, seconds
+            return out, seconds, cpu
 
         if c % 2 == 0:  # alternate which goes first, so a drift in load favours neither
-            (p_out, p_s), (b_out, b_s) = run_plain(), run_batched()
+            (p_out, p_s, p_c), (b_out, b_s, b_c) = run_plain(), run_batched()
         else:
-            (b_out, b_s), (p_out, p_s) = run_batched(), run_plain()
+            (b_out, b_s, b_c), (p_out, p_s, p_c) = run_batched(), run_plain()
         plain_seconds += p_s
         batched_seconds += b_s
+        plain_cpu += p_c
+        batched_cpu += b_c
         chunk_ratios.append(p_s / b_s)
         plain_raw += p_out
         batched += b_out
@@ -563,6 +572,9 @@ def probe_extract(spec: dict) -> dict:
         "batched_docs_per_second": n / batched_seconds,
         "speedup": round(plain_seconds / batched_seconds, 2),
         "speedup_per_chunk": [round(r, 2) for r in chunk_ratios],
+        "plain_cpu_seconds": round(plain_cpu, 2),
+        "batched_cpu_seconds": round(batched_cpu, 2),
+        "speedup_cpu": round(plain_cpu / batched_cpu, 2),
         "identical_predictions": same_data,
         "identical_raw_outputs": same_raw,
         "parsed_outputs": sum(b.data is not None for b in batched),
@@ -714,6 +726,8 @@ def markdown(r: dict) -> str:
         f"| useful target tokens / s | {o['target_tokens_per_second']:.1f} | {n['target_tokens_per_second']:.1f} | "
         f"{n['target_tokens_per_second'] / o['target_tokens_per_second']:.2f}x |",
         f"| seconds per epoch | {o['epoch_seconds']:.0f} | {n['epoch_seconds']:.0f} | {t['speedup_per_epoch']:.2f}x |",
+        f"| CPU seconds per epoch (all threads) | {o['epoch_cpu_seconds']:.0f} | {n['epoch_cpu_seconds']:.0f} | "
+        f"{t['speedup_per_epoch_cpu']:.2f}x |",
         f"| optimizer steps per epoch | {o['epoch']['steps']} | {n['epoch']['steps']} | |",
         f"| token positions computed per epoch | {o['epoch']['positions']:,} | {n['epoch']['positions']:,} | "
         f"{o['epoch']['positions'] / n['epoch']['positions']:.2f}x |",
@@ -734,6 +748,8 @@ def markdown(r: dict) -> str:
             "| | plain generate, one document at a time | Extractor, batched | ratio |",
             "|---|---:|---:|---:|",
             f"| documents / s | {e['plain_docs_per_second']:.3f} | {e['batched_docs_per_second']:.3f} | {e['speedup']:.2f}x |",
+            f"| CPU seconds (all threads) | {e['plain_cpu_seconds']:.0f} | {e['batched_cpu_seconds']:.0f} | "
+            f"{e['speedup_cpu']:.2f}x |",
             "",
             f"{e['documents']} documents, batch size {e['batch_size']}, at most {e['max_new_tokens']} new tokens, greedy; "
             f"identical predictions: {e['identical_predictions']}/{e['documents']} "

@@ -90,6 +90,9 @@ class TrainingSettings(Section):
     bf16: Literal["auto"] | bool = "auto"  # auto: where the hardware has bf16 matrix units
     fp16: bool = False  # float16 autocast with loss scaling, for GPUs without bfloat16 (V100, T4)
     group_by_length: bool = True  # batches of similar length: less padding
+    # Causal models: every example its own micro-batch, gradients accumulated over the batch (same
+    # optimizer steps and loss): no padding, no attention mask. auto: on CPUs (docs/performance.md).
+    padding_free: Literal["auto"] | bool = "auto"
     eval_each_epoch: bool = True
     save_steps: NonNegativeInt = 0  # also save a checkpoint every N optimizer steps (0: only at each epoch's end)
     save_total_limit: int = 2

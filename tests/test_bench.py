@@ -15,7 +15,8 @@ import torch
 from metatune import bench
 from metatune.bench import BenchSettings, Turns, original_features, run_bench, write_results
 from metatune.encoding import collator, target_positions
-from metatune.training.common import target_logits_supported, target_only_loss
+from metatune.config import load_config
+from metatune.training.common import micro_batches, target_logits_supported, target_only_loss
 
 from conftest import SAMPLE
 
@@ -76,6 +77,46 @@ def test_seq2seq_models_keep_their_full_logits(tiny_t5):
     from transformers import AutoModelForSeq2SeqLM
 
     assert not target_logits_supported(AutoModelForSeq2SeqLM.from_pretrained(tiny_t5), seq2seq=True)
+
+
+def test_padding_free_splits_batches_of_causal_models_into_single_examples():
+    config = load_config(sets=["training.per_device_train_batch_size=4", "training.gradient_accumulation_steps=2",
+                               "training.padding_free=true"])
+    assert micro_batches(config, seq2seq=False) == (1, 8)
+    assert micro_batches(config, seq2seq=True) == (4, 2)  # seq2seq losses are per-batch means
+    config.training.padding_free = False
+    assert micro_batches(config, seq2seq=False) == (4, 2)
+
+
+def test_padding_free_training_takes_the_same_step_as_padded_batches(tiny_llama, tmp_path):
+    from transformers import TrainerCallback
+
+    from metatune.training.common import prepare
+    from metatune.training.hf_trainer import build_trainer, training_arguments
+
+    grads, losses = {}, {}
+    for free in (True, False):
+        config = load_config(sets=[
+            f"model.name={tiny_llama}", f"data.path={SAMPLE}", f"training.output_dir={tmp_path / str(free)}",
+            "data.max_input_tokens=256", "data.include_fields=[title, creator, date, language]",
+            "training.per_device_train_batch_size=4", "training.max_steps=1", "training.group_by_length=false",
+            "training.eval_each_epoch=false", "training.max_grad_norm=0", f"training.padding_free={free}",
+        ])
+        prepared = prepare(config, need_validation=False)
+        args = bench.quiet_arguments(training_arguments(prepared, tmp_path / str(free)))
+        assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == ((1, 4) if free else (4, 1))
+        grads[free] = {}
+
+        class KeepGradients(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+                grads[free].update({n: p.grad.clone() for n, p in model.named_parameters()})
+
+        trainer = build_trainer(prepared, args, callbacks=[KeepGradients()])
+        losses[free] = trainer.train().training_loss
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert grads[True].keys() == grads[False].keys()
+    for name, value in grads[False].items():  # the gradients the optimizer steps on, summed over micro-batches
+        torch.testing.assert_close(grads[True][name], value, rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_original_features_pad_prompt_and_target_to_fixed_lengths():

@@ -50,6 +50,27 @@ def use_bf16(config: Config) -> bool:
     return bf16_supported() if setting == "auto" else setting
 
 
+def micro_batches(config: Config, seq2seq: bool) -> tuple[int, int]:
+    """(examples per forward pass, gradient accumulation steps) for `training.padding_free`.
+
+    Padding-free, each example is its own micro-batch: nothing padded, and no attention mask, so
+    attention takes its causal fast path. The optimizer still steps once per
+    per_device_train_batch_size x gradient_accumulation_steps examples, on the same loss (summed
+    over the target tokens of them all, divided by their count). On CPUs this is faster than padded
+    batches; GPUs keep batches, which they run in parallel. Seq2seq losses are per-batch means, so
+    seq2seq models keep their batches too.
+    """
+    t = config.training
+    if padding_free(config, seq2seq):
+        return 1, t.per_device_train_batch_size * t.gradient_accumulation_steps
+    return t.per_device_train_batch_size, t.gradient_accumulation_steps
+
+
+def padding_free(config: Config, seq2seq: bool) -> bool:
+    setting = config.training.padding_free
+    return not seq2seq and ((not torch.cuda.is_available()) if setting == "auto" else setting)
+
+
 def target_logits_supported(model, seq2seq: bool) -> bool:
     """Whether the model can compute logits at target positions only (see encoding.target_positions).
 

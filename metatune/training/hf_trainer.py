@@ -20,7 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from metatune.config import Config
 from metatune.encoding import collator
 from metatune.errors import MetatuneError
-from metatune.training.common import Prepared, target_logits_supported, target_only_loss, use_bf16
+from metatune.training.common import Prepared, micro_batches, target_logits_supported, target_only_loss, use_bf16
 from metatune.training.distributed import whole_model
 
 
@@ -66,14 +66,15 @@ def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
     t = prepared.config.training
     evaluate = t.eval_each_epoch and bool(prepared.validation)
     cls = Seq2SeqTrainingArguments if prepared.seq2seq else TrainingArguments
+    batch, accumulation = micro_batches(prepared.config, prepared.seq2seq)
     return cls(
         output_dir=str(work / "checkpoints"),
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
         learning_rate=t.learning_rate,
-        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_train_batch_size=batch,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        gradient_accumulation_steps=accumulation,
         warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
