@@ -129,16 +129,17 @@ def merge(base: dict, top: dict) -> dict:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, what: str = "config file", expected: str = "a mapping at the top level") -> dict:
+    """A YAML file holding a mapping; every problem is a one-line error naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise MetatuneError(f"{path}: config file not found")
+        raise MetatuneError(f"{path}: {what} not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise MetatuneError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
-        raise MetatuneError(f"{path}: expected a mapping at the top level")
+        raise MetatuneError(f"{path}: expected {expected}")
     return data
 
 

@@ -11,8 +11,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
+from metatune.config import read_yaml
 from metatune.errors import MetatuneError
 from metatune.paths import CONFIG_DIR
 
@@ -153,12 +153,4 @@ def _check_spec(name: str, spec: object, source: str) -> dict:
 
 
 def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise MetatuneError(f"{path}: document types file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise MetatuneError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise MetatuneError(f"{path}: expected a mapping of type name to its definition")
-    return data
+    return read_yaml(path, "document types file", "a mapping of type name to its definition")
