@@ -11,7 +11,6 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from metatune.config import read_yaml
 from metatune.errors import MetatuneError
 from metatune.paths import CONFIG_DIR
