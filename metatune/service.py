@@ -185,10 +185,7 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
     from metatune.extract import document_record
     from metatune.pdf import pdf_text
 
-    if batch_size < 1:
-        raise MetatuneError(f"--batch-size must be at least 1, got {batch_size}")
-    if max_bytes < 1:
-        raise MetatuneError(f"--max-bytes must be at least 1, got {max_bytes}")
+    check_settings(max_bytes, batch_size)
     batcher = Batcher(extractor, batch_size, batch_wait_ms / 1000)
 
     @asynccontextmanager
@@ -277,6 +274,13 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
     return app
 
 
+def check_settings(max_bytes: int, batch_size: int) -> None:
+    if batch_size < 1:
+        raise MetatuneError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_bytes < 1:
+        raise MetatuneError(f"--max-bytes must be at least 1, got {max_bytes}")
+
+
 def max_bytes_setting(value: int | None) -> int:
     if value is not None:
         return value
@@ -295,8 +299,9 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: i
     from metatune.export import read_run_info
     from metatune.inference import Extractor
 
-    read_run_info(run_dir)  # a wrong path fails here, before the model loads
+    read_run_info(run_dir)  # mistakes fail here, before the model loads
     limit = max_bytes_setting(max_bytes)
+    check_settings(limit, batch_size)
     token = os.environ.get(TOKEN_ENV) or None
     extractor = Extractor(run_dir, dtype=dtype)
     app = create_app(extractor, token, limit, batch_size, batch_wait_ms)

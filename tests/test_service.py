@@ -230,3 +230,16 @@ def test_serve_command(tiny_run, tmp_path):
     output = log.read_text()
     assert f"Serving {tiny_run} on http://127.0.0.1:{port}" in output
     assert "POST /extract HTTP/1.1" in output and TOKEN not in output
+
+
+def test_bad_settings_fail_before_the_model_loads(tiny_run, tmp_path, monkeypatch):
+    from metatune.errors import MetatuneError
+    from metatune.service import serve
+
+    with pytest.raises(MetatuneError, match="--max-bytes must be at least 1, got 0"):
+        serve(tiny_run, max_bytes=0)
+    monkeypatch.setenv("METATUNE_MAX_BYTES", "lots")
+    with pytest.raises(MetatuneError, match="METATUNE_MAX_BYTES='lots': expected a number of bytes"):
+        serve(tiny_run)
+    with pytest.raises(MetatuneError, match="not a metatune run"):
+        serve(tmp_path)
