@@ -179,6 +179,10 @@ def bench(
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # OpenMP threads that sleep while they wait, instead of spinning: on a CPU other programs also
+    # use, spinning threads hold cores their partners need (2.6x slower steps measured; see
+    # docs/performance.md). Read once, when torch loads, so it must be set before that.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         app()
     except MetatuneError as e:

@@ -26,6 +26,15 @@ FEATURES = [  # a causal example is prompt + target, the prompt masked out of th
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run as fast on one thread, and far faster than on two when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def llama(tiny_llama):
     from transformers import AutoModelForCausalLM, AutoTokenizer
