@@ -34,6 +34,7 @@ bench: install
 quality: install
 	$(BIN)/metatune train --config configs/grobid-headers.yaml --output runs/grobid-headers --overwrite
 	$(BIN)/metatune evaluate runs/grobid-headers --data ../shared/data/grobid-headers/dataset.json --split validation --report runs/grobid-headers/eval
+	$(BIN)/python scripts/grobid_comparison.py runs/grobid-headers --out runs/grobid-headers/eval/grobid-comparison.md
 
 clean:
 	rm -rf runs build *.egg-info

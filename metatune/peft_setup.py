@@ -6,6 +6,7 @@ model at the top of the run directory, which loads with plain `from_pretrained`.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def prepare_for_training(model, settings: ModelSettings, seq2seq: bool):
             raise MetatuneError(f"model.lora.target_modules: {str(e).splitlines()[0]}") from None
     trainable, total = parameter_counts(model)
     what = f"LoRA r={settings.lora.r}" if settings.lora.enabled else "full fine-tuning"
-    print(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%, {what})")
+    if int(os.environ.get("RANK", "0")) == 0:  # once per launch, not once per process
+        print(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%, {what})")
     return model
 
 

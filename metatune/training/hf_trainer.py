@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from transformers import (
     EarlyStoppingCallback,
     Seq2SeqTrainer,
@@ -94,6 +95,7 @@ def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
         seed=t.seed,
         data_seed=t.seed,
         remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinned memory only helps copies to a GPU
         disable_tqdm=False,
     )
 
