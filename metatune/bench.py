@@ -58,6 +58,7 @@ class BenchSettings:
     memory: bool = True  # the subprocess memory probes
     matmul_size: int | None = None  # n of the n x n peak-rate products (default: 2048 on CPUs, 8192 on GPUs)
     sets: list[str] = field(default_factory=list)  # --set overrides for metatune's side
+    extract_run: Path | None = None  # a saved run to time extraction with (default: the base model saved as a run)
 
 
 def default_data() -> tuple[str, str | None]:
@@ -640,6 +641,8 @@ def run_bench(settings: BenchSettings) -> dict:
 
     if settings.steps < 1 or settings.extract_docs < 1 or settings.extract_batch_size < 1 or settings.max_new_tokens < 1:
         raise MetatuneError("--steps, --extract-docs, --extract-batch-size and --max-new-tokens must be at least 1")
+    if settings.extract_run is not None and not (Path(settings.extract_run) / "metatune.json").is_file():
+        raise MetatuneError(f"--extract-run {settings.extract_run}: not a saved run (no metatune.json)")
     data, data_note = (settings.data, None) if settings.data else default_data()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -660,8 +663,12 @@ def run_bench(settings: BenchSettings) -> dict:
             "mean_tokens": round(prepared.stats["train_tokens"] / len(prepared.train), 1),
             "mean_target_tokens": round(prepared.stats["train_target_tokens"] / len(prepared.train), 1),
         }
-        run_dir = extraction_run(prepared, copy.deepcopy(original_model), tokenizer, work / "extract-run",
-                                 settings.max_new_tokens)
+        if settings.extract_run is not None:
+            run_dir = Path(settings.extract_run)
+            result["extraction_run"] = str(run_dir)
+        else:
+            run_dir = extraction_run(prepared, copy.deepcopy(original_model), tokenizer, work / "extract-run",
+                                     settings.max_new_tokens)
         print(f"Timing {settings.steps} training steps of each side, in turn")
         result["training"] = timed_training(prepared, original_model, settings, work, device)
         del prepared, original_model
@@ -769,7 +776,9 @@ def markdown(r: dict) -> str:
             "",
             f"{e['documents']} documents, batch size {e['batch_size']}, at most {e['max_new_tokens']} new tokens, greedy; "
             f"identical predictions: {e['identical_predictions']}/{e['documents']} "
-            f"(identical raw text: {e['identical_raw_outputs']}/{e['documents']}).",
+            f"(identical raw text: {e['identical_raw_outputs']}/{e['documents']}); "
+            f"{e['parsed_outputs']}/{e['documents']} outputs are JSON; model: "
+            + (f"the run `{r['extraction_run']}`." if "extraction_run" in r else "the base model, untrained."),
         ]
     mem = r.get("memory")
     if mem or e:

@@ -166,12 +166,14 @@ def bench(
     extract_batch_size: Annotated[int, typer.Option(help="Batch size of the Extractor")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Generation limit in the extraction timing")] = 128,
     memory: Annotated[bool, typer.Option(help="Measure peak memory of training (full, LoRA) in subprocesses")] = True,
+    extract_run: Annotated[Optional[Path], typer.Option(help="Time extraction with this saved run (default: the base model)")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a setting of metatune's side: section.key=value")] = [],
 ):
     """Time training and extraction against the original approach on this machine (docs/benchmarks.md)."""
     from metatune.bench import BenchSettings, run_bench, write_results
 
-    settings = BenchSettings(output, model, data, steps, extract_docs, extract_batch_size, max_new_tokens, memory, set_)
+    settings = BenchSettings(output, model, data, steps, extract_docs, extract_batch_size, max_new_tokens, memory,
+                             sets=set_, extract_run=extract_run)
     json_path, md_path = write_results(run_bench(settings), output)
     typer.echo(md_path.read_text(encoding="utf-8"))
     typer.echo(f"Wrote {json_path} and {md_path}")

@@ -202,7 +202,7 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
     assert "data_note" not in result and result["machine"]["logical_cpus"] >= 1
     table = md_path.read_text(encoding="utf-8")
     for row in ("| useful target tokens / s |", "| seconds per epoch |", "| MFU", "| documents / s |",
-                "metatune LoRA", "extraction, batched"):
+                "metatune LoRA", "extraction, batched", "model: the base model, untrained."):
         assert row in table
     assert sorted(p.name for p in settings.output.iterdir()) == sorted([json_path.name, md_path.name])
 
@@ -212,4 +212,6 @@ def test_bench_refuses_a_step_count_below_one(tmp_path):
 
     with pytest.raises(MetatuneError, match="--steps"):
         run_bench(BenchSettings(output=tmp_path / "out", steps=0))
+    with pytest.raises(MetatuneError, match="--extract-run .*no metatune.json"):
+        run_bench(BenchSettings(output=tmp_path / "out", extract_run=tmp_path))
     assert not (tmp_path / "out").exists()
