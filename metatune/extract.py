@@ -74,8 +74,9 @@ def conform(data: dict, schema: dict) -> tuple[dict, dict[str, str]]:
     """The metadata made valid under `schema`, and what was changed, field by field.
 
     Empty values are left out (as in the training targets). A string where a list of strings is
-    expected is wrapped in a list; a number where a string is expected becomes a string; anything
-    else that does not validate is dropped.
+    expected is wrapped in a list; a number where a string is expected becomes a string, and a list
+    of strings is joined with "; " (affiliations written as a list); anything else that does not
+    validate is dropped.
     """
     from jsonschema import Draft202012Validator
 
@@ -94,6 +95,8 @@ def conform(data: dict, schema: dict) -> tuple[dict, dict[str, str]]:
             value, fixes[key] = [value], "converted: a single string to a list"
         elif expected == "string" and isinstance(value, (int, float)) and not isinstance(value, bool):
             value, fixes[key] = str(value), "converted: a number to text"
+        elif expected == "string" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value, fixes[key] = "; ".join(value), "converted: a list of texts joined with '; '"
         error = next(Draft202012Validator(properties[key]).iter_errors(value), None)
         if error is not None:
             fixes[key] = f"dropped: {error.message}"

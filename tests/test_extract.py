@@ -153,7 +153,8 @@ def test_conform_converts_or_drops_what_violates_the_schema():
         "journalTitle": "dropped: not a field of type 'Tesis'",
         "language": "dropped: not a field of type 'Tesis'",
     }
-    assert conform({"title": ["a", "b"]}, schema) == ({}, {"title": "dropped: ['a', 'b'] is not of type 'string'"})
+    assert conform({"title": ["a", "b"]}, schema) == ({"title": "a; b"}, {"title": "converted: a list of texts joined with '; '"})
+    assert conform({"title": ["a", 1]}, schema) == ({}, {"title": "dropped: ['a', 1] is not of type 'string'"})
 
 
 def test_type_comes_from_the_output_when_it_names_a_known_type():
