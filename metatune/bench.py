@@ -338,7 +338,8 @@ def timed_training(prepared, original_model, settings: BenchSettings, work: Path
     from transformers import Trainer, set_seed
 
     from metatune.encoding import collator
-    from metatune.training.common import padding_free, use_bf16
+    from metatune.precision import use_bf16
+    from metatune.training.common import padding_free
     from metatune.training.hf_trainer import build_trainer, training_arguments
 
     base_args = training_arguments(prepared, work)

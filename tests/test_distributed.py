@@ -34,6 +34,7 @@ def settings(model: Path, per_device_batch: int) -> list[str]:
         "training.group_by_length=false",
         "training.learning_rate=3e-3",
         "training.logging_steps=1",
+        "training.bf16=false",  # the processes must agree to float32 rounding
     ]
 
 

@@ -30,6 +30,7 @@ def config_for(model: Path, output: Path, *extra: str):
         "training.per_device_eval_batch_size=8",
         "training.learning_rate=3e-3",
         "training.logging_steps=1",
+        "training.bf16=false",  # the comparisons below hold in float32
         *extra,
     ])
 

@@ -34,22 +34,6 @@ class Prepared:
     stats: dict = field(default_factory=dict)
 
 
-def bf16_supported() -> bool:
-    """bf16 pays off on GPUs that have it and on CPUs with bf16 matrix units (AMX / AVX512-BF16)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def use_bf16(config: Config) -> bool:
-    setting = config.training.bf16
-    return bf16_supported() if setting == "auto" else setting
-
-
 def micro_batches(config: Config, seq2seq: bool) -> tuple[int, int]:
     """(examples per forward pass, gradient accumulation steps) for `training.padding_free`.
 

@@ -21,18 +21,9 @@ from transformers.trainer_utils import get_last_checkpoint
 from metatune.config import Config
 from metatune.encoding import collator
 from metatune.errors import MetatuneError
-from metatune.training.common import Prepared, micro_batches, target_logits_supported, target_only_loss, use_bf16
+from metatune.precision import mixed_precision
+from metatune.training.common import Prepared, micro_batches, target_logits_supported, target_only_loss
 from metatune.training.distributed import whole_model
-
-
-def mixed_precision(config: Config) -> str:
-    """accelerate's `mixed_precision` for this run: "bf16", "fp16" or "no"."""
-    t = config.training
-    if t.fp16:
-        if t.bf16 is True:
-            raise MetatuneError("training.fp16 and training.bf16 are both true; choose one")
-        return "fp16"
-    return "bf16" if use_bf16(config) else "no"
 
 
 def append_metrics(path: Path, step: int, epoch: float | None, logs: dict) -> None:
@@ -82,6 +73,7 @@ def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
         lr_scheduler_type=t.lr_scheduler_type,
         bf16=mixed_precision(prepared.config) == "bf16",
         fp16=mixed_precision(prepared.config) == "fp16",
+        use_cpu=not torch.cuda.is_available(),  # bf16 autocast on a CPU (the Trainer refuses it otherwise)
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         eval_strategy="epoch" if evaluate else "no",
         save_strategy="epoch",

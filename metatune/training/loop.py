@@ -36,7 +36,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from metatune.encoding import IGNORE_INDEX, collator
 from metatune.training.common import Prepared
 from metatune.training.distributed import whole_model
-from metatune.training.hf_trainer import append_metrics, mixed_precision
+from metatune.precision import mixed_precision
+from metatune.training.hf_trainer import append_metrics
 
 STATE_FILE = "loop_state.json"  # counters that accelerate's save_state does not keep
 

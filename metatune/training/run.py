@@ -15,7 +15,7 @@ from metatune.config import Config
 from metatune.export import save_run
 from metatune.training.common import prepare, start_output, work_dir
 from metatune.training.distributed import check_launch, on_main, process_state
-from metatune.training.hf_trainer import mixed_precision
+from metatune.precision import mixed_precision
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path:
@@ -35,14 +35,20 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
             f"validating on {prepared.stats['validation_examples']}"
             + (f", {state.num_processes} processes" if state.num_processes > 1 else "")
         )
-    if config.training.mode == "loop":
-        from metatune.training.loop import run_loop
+    try:
+        if config.training.mode == "loop":
+            from metatune.training.loop import run_loop
 
-        summary = run_loop(prepared, work, resume)
-    else:
-        from metatune.training.hf_trainer import run_trainer
+            summary = run_loop(prepared, work, resume)
+        else:
+            from metatune.training.hf_trainer import run_trainer
 
-        summary = run_trainer(prepared, work, resume)
+            summary = run_trainer(prepared, work, resume)
+    except BaseException:
+        # A run that failed before its first checkpoint has nothing to resume: leave nothing behind.
+        if state.is_main_process and not any((work / "checkpoints").glob("checkpoint-*")):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     model = prepared.model
     generation = model.generation_config
     generation.max_new_tokens = config.data.max_target_tokens
