@@ -211,3 +211,83 @@ def test_bad_input_leaves_nothing_on_disk(tmp_path, tiny_llama):
         with pytest.raises(MetatuneError):
             train(cfg)
         assert sorted(tmp_path.rglob("*")) == before
+
+
+def break_checkpoint(path: Path) -> None:
+    """What a kill -9 in the middle of the Trainer's save leaves: config files and a temporary file."""
+    for f in path.iterdir():
+        if f.name not in ("config.json", "generation_config.json"):
+            f.unlink()
+    (path / "tmpk2x9_model.safetensors").write_bytes(b"\0" * 1000)
+
+
+def test_resume_skips_a_checkpoint_killed_mid_save(tmp_path, tiny_llama, monkeypatch):
+    """Killed while checkpoint-6 was written: --resume goes on from checkpoint-3, logs every step once,
+    and metatune.json's train_loss and seconds cover the whole run, not only the resumed part."""
+    import time
+
+    from transformers.trainer_callback import CallbackHandler
+
+    from metatune.training.run import train
+
+    output, work = tmp_path / "run", tmp_path / "run.partial"
+    cfg = config_for(tiny_llama, output, "training.num_train_epochs=3", "training.save_total_limit=0")
+    real_on_save, real_on_step_end = CallbackHandler.on_save, CallbackHandler.on_step_end
+
+    def on_save(self, args, state, control, **kwargs):
+        control = real_on_save(self, args, state, control, **kwargs)
+        if state.global_step == 6:
+            raise RuntimeError("killed")
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(1)  # a first session that takes measurably long
+        return real_on_step_end(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(CallbackHandler, "on_save", on_save)
+    monkeypatch.setattr(CallbackHandler, "on_step_end", on_step_end)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg)
+    monkeypatch.undo()
+    break_checkpoint(work / "checkpoints" / "checkpoint-6")
+    earlier = json.loads((work / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text(encoding="utf-8"))
+    earlier_seconds = earlier["stateful_callbacks"]["RunTotals"]["attributes"]["seconds"]
+    assert earlier_seconds >= 3
+
+    began = time.perf_counter()
+    assert train(cfg, resume=True) == output
+    wall = time.perf_counter() - began
+    info = json.loads((output / "metatune.json").read_text(encoding="utf-8"))["training"]
+    assert info["resumed_from"] == "checkpoint-3" and info["steps"] == 9
+    metrics = read_metrics(output / "metrics.jsonl")
+    steps = [m["step"] for m in metrics if "loss" in m]
+    assert steps == list(range(1, 10))  # steps 4-6 of the killed session are not there twice
+    assert [m["step"] for m in metrics if "eval_loss" in m] == [3, 6, 9]
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert info["train_loss"] == pytest.approx(sum(losses) / 9, rel=1e-5)
+    assert metrics[-1]["train_loss"] == pytest.approx(info["train_loss"])
+    assert earlier_seconds <= info["seconds"] <= earlier_seconds + wall + 0.1
+    assert metrics[-1]["train_runtime"] == pytest.approx(info["seconds"], abs=0.1)
+
+
+def test_resume_with_only_an_unfinished_checkpoint_starts_again(tmp_path, tiny_llama, monkeypatch):
+    from transformers.trainer_callback import CallbackHandler
+
+    from metatune.training.run import train
+
+    output, work = tmp_path / "run", tmp_path / "run.partial"
+    cfg = config_for(tiny_llama, output, "training.max_steps=4", "training.save_steps=2", "training.eval_each_epoch=false")
+
+    def on_save(self, args, state, control, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(CallbackHandler, "on_save", on_save)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg)
+    monkeypatch.undo()
+    break_checkpoint(work / "checkpoints" / "checkpoint-2")
+
+    assert train(cfg, resume=True) == output
+    info = json.loads((output / "metatune.json").read_text(encoding="utf-8"))["training"]
+    assert info["resumed_from"] is None and info["steps"] == 4
+    assert [m["step"] for m in read_metrics(output / "metrics.jsonl") if "loss" in m] == [1, 2, 3, 4]

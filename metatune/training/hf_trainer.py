@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -16,12 +17,12 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_callback import ExportableState
 
 from metatune.config import Config
 from metatune.encoding import collator
 from metatune.errors import MetatuneError
-from metatune.precision import mixed_precision
+from metatune.precision import apply_precision
 from metatune.training.common import Prepared, micro_batches, target_logits_supported, target_only_loss
 from metatune.training.distributed import whole_model
 
@@ -30,6 +31,87 @@ def append_metrics(path: Path, step: int, epoch: float | None, logs: dict) -> No
     """One line of metrics.jsonl: {"step": ..., "epoch": ..., <metrics>}."""
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps({"step": step, "epoch": epoch, **logs}) + "\n")
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """On resume: forget lines logged after the checkpoint, which the resumed run logs again."""
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        path.write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] <= step), encoding="utf-8")
+
+
+TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last into a checkpoint
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """N of a directory named checkpoint-N, else None."""
+    prefix, _, number = path.name.partition("-")
+    return int(number) if prefix == "checkpoint" and number.isdigit() else None
+
+
+def complete_checkpoint(path: Path) -> bool:
+    """Whether the Trainer finished writing this checkpoint: a kill in the middle of a save leaves a
+    directory without a readable trainer_state.json."""
+    try:
+        json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(root: Path, remove_others: bool) -> Path | None:
+    """The newest complete Trainer checkpoint under `root`; with `remove_others`, unfinished ones are deleted."""
+    found = sorted((p for p in root.glob("checkpoint-*") if checkpoint_step(p) is not None), key=checkpoint_step)
+    complete = [p for p in found if complete_checkpoint(p)]
+    if remove_others:
+        for path in found:
+            if path not in complete:
+                shutil.rmtree(path, ignore_errors=True)
+    return complete[-1] if complete else None
+
+
+class RunTotals(TrainerCallback, ExportableState):
+    """The summed training loss and the training seconds of the whole run, across resumes.
+
+    The Trainer's own figures cover only the current `train()` call; these are saved in every
+    checkpoint's trainer_state.json and read back on resume. `count` wraps `Trainer.training_step`.
+    """
+
+    def __init__(self, loss_sum: float = 0.0, seconds: float = 0.0):
+        self.loss_sum, self.seconds = loss_sum, seconds  # up to the last checkpoint
+        self.session_loss, self.session_start = 0.0, time.perf_counter()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Path | None) -> "RunTotals":
+        if checkpoint is None:
+            return cls()
+        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+        saved = state.get("stateful_callbacks", {}).get(cls.__name__)
+        return cls(**saved["attributes"]) if saved else cls()
+
+    def count(self, training_step):
+        def counted(*args, **kwargs):
+            loss = training_step(*args, **kwargs)
+            self.session_loss += loss.item()
+            return loss
+
+        return counted
+
+    def totals(self) -> tuple[float, float]:
+        return self.loss_sum + self.session_loss, self.seconds + time.perf_counter() - self.session_start
+
+    def state(self) -> dict:
+        loss_sum, seconds = self.totals()
+        return {"args": {}, "attributes": {"loss_sum": loss_sum, "seconds": seconds}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.session_start = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "train_loss" in logs:  # the Trainer's summary at the end: make it the whole run's
+            loss_sum, seconds = self.totals()
+            logs["train_loss"] = loss_sum / max(state.global_step, 1)
+            logs["train_runtime"] = round(seconds, 4)
 
 
 class JsonlLogger(TrainerCallback):
@@ -59,6 +141,7 @@ def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
     evaluate = t.eval_each_epoch and bool(prepared.validation)
     cls = Seq2SeqTrainingArguments if prepared.seq2seq else TrainingArguments
     batch, accumulation = micro_batches(prepared.config, prepared.seq2seq)
+    precision = apply_precision(prepared.config)
     return cls(
         output_dir=str(work / "checkpoints"),
         num_train_epochs=t.num_train_epochs,
@@ -71,8 +154,8 @@ def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         lr_scheduler_type=t.lr_scheduler_type,
-        bf16=mixed_precision(prepared.config) == "bf16",
-        fp16=mixed_precision(prepared.config) == "fp16",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),  # bf16 autocast on a CPU (the Trainer refuses it otherwise)
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         eval_strategy="epoch" if evaluate else "no",
@@ -119,22 +202,30 @@ def build_trainer(prepared: Prepared, args: TrainingArguments, callbacks: list) 
 
 def run_trainer(prepared: Prepared, work: Path, resume: bool) -> dict:
     args = training_arguments(prepared, work)
-    callbacks = [JsonlLogger(work / "metrics.jsonl")]
+    metrics, main = work / "metrics.jsonl", args.process_index == 0
+    checkpoint = None
+    if resume and Path(args.output_dir).is_dir():
+        checkpoint = last_complete_checkpoint(Path(args.output_dir), remove_others=main)
+        if main:
+            drop_metrics_after(metrics, checkpoint_step(checkpoint) if checkpoint else 0)
+            print(f"Resuming from {checkpoint}" if checkpoint else "No complete checkpoint saved yet: training from the start")
+    totals = RunTotals.from_checkpoint(checkpoint)
+    callbacks = [totals, JsonlLogger(metrics)]  # totals first: it completes the summary the logger writes
     if args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(prepared.config.training.early_stopping_patience))
     if prepared.config.training.save_steps > 0:
         callbacks.append(SaveEverySteps(prepared.config.training.save_steps))
     trainer = build_trainer(prepared, args, callbacks)
-    checkpoint = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).is_dir() else None
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.training_step = totals.count(trainer.training_step)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    loss_sum, seconds = totals.totals()
     summary = {
         "mode": "trainer",
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
-        "train_loss": result.training_loss,
-        "seconds": round(time.perf_counter() - start, 1),
-        "resumed_from": Path(checkpoint).name if checkpoint else None,
+        "train_loss": loss_sum / max(trainer.state.global_step, 1),
+        "seconds": round(seconds, 1),
+        "resumed_from": checkpoint.name if checkpoint else None,
     }
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     if evals:

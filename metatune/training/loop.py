@@ -37,7 +37,7 @@ from metatune.encoding import IGNORE_INDEX, collator
 from metatune.training.common import Prepared
 from metatune.training.distributed import whole_model
 from metatune.precision import mixed_precision
-from metatune.training.hf_trainer import append_metrics
+from metatune.training.hf_trainer import append_metrics, drop_metrics_after
 
 STATE_FILE = "loop_state.json"  # counters that accelerate's save_state does not keep
 
@@ -146,13 +146,6 @@ def rotate(root: Path, keep: int, best: str | None) -> None:
     for path in found[:-keep]:
         if path.name != best:
             shutil.rmtree(path)
-
-
-def drop_metrics_after(path: Path, step: int) -> None:
-    """On resume: forget lines logged after the checkpoint, which the resumed run logs again."""
-    if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        path.write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] <= step), encoding="utf-8")
 
 
 def run_loop(prepared: Prepared, work: Path, resume: bool) -> dict:
