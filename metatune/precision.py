@@ -9,6 +9,7 @@ only when it is clearly faster. The probe runs once per process and takes well u
 
 from __future__ import annotations
 
+import os
 import time
 from functools import lru_cache
 
@@ -60,3 +61,15 @@ def mixed_precision(config) -> str:
             raise MetatuneError("training.fp16 needs a CUDA GPU; on a CPU use training.bf16 (or neither)")
         return "fp16"
     return "bf16" if use_bf16(config) else "no"
+
+
+def apply_precision(config) -> str:
+    """Sets accelerate's precision for this process from the config and returns it.
+
+    Both training modes (and DeepSpeed) read ACCELERATE_MIXED_PRECISION when they build their
+    Accelerator; set from the config every time, an earlier run in the same process cannot leak its
+    precision into the next.
+    """
+    mode = mixed_precision(config)
+    os.environ["ACCELERATE_MIXED_PRECISION"] = mode
+    return mode

@@ -55,3 +55,12 @@ def test_forced_bf16_trains_and_extracts_on_any_cpu(tmp_path, tiny_llama, mode):
     assert extractor.model.dtype == torch.bfloat16
     result = extractor.extract(["Universidad Nacional de La Plata, 2020"], ["Tesis"], batch_size=1)[0]
     assert result.tokens > 0
+
+
+def test_an_earlier_runs_precision_does_not_leak_into_the_next(monkeypatch):
+    """accelerate reads ACCELERATE_MIXED_PRECISION: each run sets it from its own config."""
+    import os
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # left by a bf16 run in this process
+    assert precision.apply_precision(load_config(sets=["training.bf16=false"])) == "no"
+    assert os.environ["ACCELERATE_MIXED_PRECISION"] == "no"

@@ -7,7 +7,6 @@ the others wait for it, so nothing is written twice.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -15,13 +14,13 @@ from metatune.config import Config
 from metatune.export import save_run
 from metatune.training.common import prepare, start_output, work_dir
 from metatune.training.distributed import check_launch, on_main, process_state
-from metatune.precision import mixed_precision
+from metatune.precision import apply_precision
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path:
     # Both modes (and DeepSpeed) take the precision from here, not from an accelerate config file;
     # a conflicting fp16/bf16 setting fails before anything is written.
-    os.environ["ACCELERATE_MIXED_PRECISION"] = mixed_precision(config)
+    apply_precision(config)
     state = process_state()
     check_launch(config, state)
     output = Path(config.training.output_dir)
