@@ -153,6 +153,7 @@ def run_evaluate(
     limit: int | None = None,
     progress: bool = True,
     dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> dict:
     """Evaluate a run (and optionally the zero-shot base model), write the report, print the table."""
     if batch_size < 1:
@@ -171,7 +172,8 @@ def run_evaluate(
     runs = {"fine-tuned": False} | ({"zero-shot": True} if baseline else {})
     results = {}
     for name, base in runs.items():
-        extractor = Extractor(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, base_model=base)
+        extractor = Extractor(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, base_model=base,
+                              trust_remote_code=trust_remote_code)
         print(f"Evaluating {name} model on {len(items)} '{split}' documents of {data}")
         raws, seconds, tokens = generate_outputs(extractor, items, batch_size, progress)
         metrics, rows = evaluate_outputs(items, raws, seconds)

@@ -79,8 +79,21 @@ def read_run_info(run_dir: str | Path) -> dict:
     return info
 
 
-def load_run(run_dir: str | Path, device: str | None = None):
-    """(model, tokenizer, info) of a saved run, ready for generation."""
+def load_run(run_dir: str | Path, device: str | None = None, trust_remote_code: bool = False):
+    """(model, tokenizer, info) of a saved run, ready for generation.
+
+    Python code in the run, or in the base model it names, runs only with `trust_remote_code` (the
+    caller's choice; metatune.json's model.trust_remote_code is ignored): a run is data, not a program.
+    """
+    from metatune.models import load_error
+
+    try:
+        return _load_run(run_dir, device, trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise load_error(str(run_dir), e) from None
+
+
+def _load_run(run_dir: str | Path, device: str | None, trust_remote_code: bool):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -88,11 +101,11 @@ def load_run(run_dir: str | Path, device: str | None = None):
     if info.get("lora", {}).get("merged") is False:  # only the adapter was saved: base + adapter via peft
         from metatune.peft_setup import load_adapter_run
 
-        model = load_adapter_run(run_dir, info)
+        model = load_adapter_run(run_dir, info, trust_remote_code)
     else:
         cls = AutoModelForSeq2SeqLM if info["architecture"] == "seq2seq" else AutoModelForCausalLM
-        model = cls.from_pretrained(run_dir)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+        model = cls.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     return model, tokenizer, info

@@ -125,7 +125,8 @@ def document_record(name: str, extraction, extractor) -> dict:
 
 
 def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Path | None, batch_size: int = 8,
-                num_beams: int = 1, max_new_tokens: int | None = None, dtype: str = "auto") -> int:
+                num_beams: int = 1, max_new_tokens: int | None = None, dtype: str = "auto",
+                trust_remote_code: bool = False) -> int:
     """Extract and write; returns the exit status (1 when some inputs were unreadable and skipped)."""
     from metatune.doctypes import TypeRegistry
     from metatune.export import read_run_info
@@ -145,7 +146,8 @@ def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Pat
     for p in problems:
         typer.echo(f"error: {p} (skipped)", err=True)
 
-    extractor = Extractor(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype)
+    extractor = Extractor(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype,
+                          trust_remote_code=trust_remote_code)
     results = extractor.extract([text for _, text in docs], [doc_type] * len(docs), batch_size, progress=len(docs) > 1)
     records = [document_record(name, r, extractor) for (name, _), r in zip(docs, results)]
     single = len(inputs) == 1 and (inputs[0] == "-" or not Path(inputs[0]).is_dir())

@@ -126,6 +126,8 @@ class Extractor:
     `dtype="auto"` keeps the precision the weights were saved in (float32 for a full fine-tune);
     bfloat16 halves the memory, but then a document's greedy output may change with the documents
     batched beside it (rounding differs with the padded shapes).
+    `trust_remote_code`: let the model (or the run's base) run Python code of its own; never taken
+    from metatune.json.
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class Extractor:
         max_new_tokens: int | None = None,
         dtype: str = "auto",
         base_model: bool = False,
+        trust_remote_code: bool = False,
     ):
         if num_beams < 1:
             raise MetatuneError(f"num_beams must be at least 1, got {num_beams}")
@@ -146,9 +149,9 @@ class Extractor:
             raise MetatuneError(f"unknown dtype {dtype!r} (choose from auto, {', '.join(DTYPES)})")
         self.run_dir = Path(run_dir)
         if base_model:
-            self.model, self.tokenizer, self.info = _load_base(run_dir, device)
+            self.model, self.tokenizer, self.info = _load_base(run_dir, device, trust_remote_code)
         else:
-            self.model, self.tokenizer, self.info = load_run(run_dir, device)
+            self.model, self.tokenizer, self.info = load_run(run_dir, device, trust_remote_code)
         self.device = self.model.device
         if dtype != "auto" and self.model.dtype != DTYPES[dtype] and not getattr(self.model, "is_loaded_in_4bit", False):
             self.model.to(DTYPES[dtype])
@@ -262,7 +265,7 @@ def output_type(registry: TypeRegistry, data: dict | None, default: str) -> str:
     return named.name if named is not None else default
 
 
-def _load_base(run_dir, device: str | None):
+def _load_base(run_dir, device: str | None, trust_remote_code: bool = False):
     """The run's base model, untrained, with the run's tokenizer (so inputs are token for token the same)."""
     from transformers import AutoTokenizer
 
@@ -271,9 +274,10 @@ def _load_base(run_dir, device: str | None):
 
     info = read_run_info(run_dir)
     settings = ModelSettings.model_validate(info.get("config", {}).get("model", {}))
-    settings = settings.model_copy(update={"quantization": "none", "lora": settings.lora.model_copy(update={"enabled": False})})
+    settings = settings.model_copy(update={"quantization": "none", "lora": settings.lora.model_copy(update={"enabled": False}),
+                                           "trust_remote_code": trust_remote_code})
     model, _, _ = load_base(settings)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     return model, tokenizer, info

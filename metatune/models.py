@@ -117,13 +117,23 @@ def check_settings(settings: ModelSettings) -> None:
         four_bit_backend()
 
 
+def load_error(name: str, error: Exception) -> MetatuneError:
+    """A one-line error for a model transformers could not load."""
+    if "custom code" in str(error):  # transformers refused to run Python files that come with the model
+        return MetatuneError(
+            f"cannot load model '{name}': it needs to run Python code from its files; allow that only for a model "
+            "you trust (--trust-remote-code, or model.trust_remote_code=true when training)"
+        )
+    return MetatuneError(f"cannot load model '{name}': {str(error).splitlines()[0]}")
+
+
 def load_model_config(source: Source, settings: ModelSettings):
     try:
         return AutoConfig.from_pretrained(
             source.path, revision=settings.revision, trust_remote_code=settings.trust_remote_code, token=_token()
         )
-    except OSError as e:
-        raise MetatuneError(f"cannot load model '{settings.name}': {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError) as e:
+        raise load_error(settings.name, e) from None
 
 
 def load_pretrained(settings: ModelSettings):

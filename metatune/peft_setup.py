@@ -117,13 +117,16 @@ def load_base_for_adapter(settings: ModelSettings, base: str | None = None):
     return model
 
 
-def load_adapter_run(run_dir: Path, info: dict):
-    """Base + adapter of a run saved with model.lora.merge=false, merged in memory for fast generation."""
+def load_adapter_run(run_dir: Path, info: dict, trust_remote_code: bool = False):
+    """Base + adapter of a run saved with model.lora.merge=false, merged in memory for fast generation.
+
+    The base may run Python code of its own only with `trust_remote_code` (the caller's, not the run's)."""
     from peft import PeftModel
     from transformers import GenerationConfig
 
     run_dir = Path(run_dir)
     settings = ModelSettings.model_validate(info["config"]["model"])
+    settings = settings.model_copy(update={"trust_remote_code": trust_remote_code})
     base = load_base_for_adapter(settings, info["lora"]["base"])
     model = PeftModel.from_pretrained(base, run_dir / info["lora"]["adapter"]).merge_and_unload()
     if (run_dir / "generation_config.json").is_file():

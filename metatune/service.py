@@ -293,7 +293,7 @@ def max_bytes_setting(value: int | None) -> int:
 
 
 def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: int | None = None,
-          batch_size: int = 8, batch_wait_ms: float = 10.0, dtype: str = "auto") -> None:
+          batch_size: int = 8, batch_wait_ms: float = 10.0, dtype: str = "auto", trust_remote_code: bool = False) -> None:
     import uvicorn
 
     from metatune.export import read_run_info
@@ -303,7 +303,7 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: i
     limit = max_bytes_setting(max_bytes)
     check_settings(limit, batch_size)
     token = os.environ.get(TOKEN_ENV) or None
-    extractor = Extractor(run_dir, dtype=dtype)
+    extractor = Extractor(run_dir, dtype=dtype, trust_remote_code=trust_remote_code)
     app = create_app(extractor, token, limit, batch_size, batch_wait_ms)
     auth = f"bearer token required ({TOKEN_ENV} is set)" if token else f"no authentication ({TOKEN_ENV} is not set)"
     print(f"Serving {run_dir} on http://{host}:{port} ({auth}; API docs at /docs)", flush=True)
