@@ -16,6 +16,10 @@ from metatune.errors import MetatuneError
 from metatune.formatting import Example
 
 IGNORE_INDEX = -100
+# Only this many characters per token of the budget are tokenised at first: far more than any real
+# text needs (3-5), so a 50 MB document costs no more than one that just fills the input.
+CHARS_PER_TOKEN = 16
+MAX_CHARS_PER_TOKEN = 256  # and never more, whatever the text
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,20 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
+def _first_ids(tokenizer, text: str, budget: int) -> list[int]:
+    """The first `budget` tokens of `text`, tokenising only a prefix of it.
+
+    The prefix grows until it yields a few tokens more than the budget (the tokens at a cut may
+    differ from those of the whole text), up to MAX_CHARS_PER_TOKEN characters per token.
+    """
+    size = budget * CHARS_PER_TOKEN
+    while True:
+        ids = _ids(tokenizer, text[:size])
+        if size >= len(text) or len(ids) > budget + 8 or size >= budget * MAX_CHARS_PER_TOKEN:
+            return ids[:budget]
+        size *= 4
+
+
 def encode_prompt(example: Example, tokenizer, max_input_tokens: int, seq2seq: bool, chat: bool) -> list[int]:
     """The model's input ids, with the document cut to fit `max_input_tokens`."""
     head, tail = special_tokens(tokenizer)
@@ -53,7 +71,7 @@ def encode_prompt(example: Example, tokenizer, max_input_tokens: int, seq2seq: b
             f"the instruction for type '{example.doc_type}' alone takes {max_input_tokens - budget} tokens, "
             f"more than data.max_input_tokens={max_input_tokens}"
         )
-    document = _ids(tokenizer, example.document)[:budget]
+    document = _first_ids(tokenizer, example.document, budget)
     return head + prefix + document + suffix + tail
 
 

@@ -218,3 +218,33 @@ def test_prepare_reports_skipped_targets(tmp_path, tiny_llama, capsys):
     assert all(len(x["input_ids"]) - x["labels"].count(IGNORE_INDEX) <= limit for x in part.train)
     with pytest.raises(MetatuneError, match="no training example fits data.max_target_tokens=3"):
         prepare(load_config(sets=base + ["data.max_target_tokens=3"]))
+
+
+class Spy:
+    """A tokenizer that records the length of every text it is given."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.lengths = tokenizer, []
+
+    def __call__(self, text, **kwargs):
+        self.lengths.append(len(text))
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_huge_document_is_cut_by_characters_before_it_is_tokenised(tiny_tokenizer, records):
+    """Only a bounded prefix of the document is tokenised, and the kept tokens are those of the whole text."""
+    text = records[0]["original_text"]
+    long = (text + "\n") * (100_000 // len(text) + 1)  # ~100k characters: cheap enough to tokenise whole here
+    prefix, suffix = ids(tiny_tokenizer, "Extrae:\n"), ids(tiny_tokenizer, "\nJSON:")
+    spy = Spy(tiny_tokenizer)
+    got = encode_prompt(Example("Extrae:\n", long, "\nJSON:", "", "Tesis"), spy, 256, seq2seq=False, chat=False)
+    assert got == prefix + ids(tiny_tokenizer, long)[: 256 - len(prefix) - len(suffix)] + suffix
+    assert max(spy.lengths) <= 256 * 64, spy.lengths
+
+    spy.lengths.clear()
+    huge = Example("Extrae:\n", "palabra " * 2_000_000, "\nJSON:", "", "Tesis")  # 16 MB
+    assert len(encode_prompt(huge, spy, 256, seq2seq=False, chat=False)) == 256
+    assert max(spy.lengths) <= 256 * 64, spy.lengths
