@@ -1,31 +1,83 @@
-"""Text of a PDF, via pypdf. A PDF without extractable text (scanned, image-only) is an error, never ''."""
+"""Text of a PDF, via pypdf. A PDF without extractable text (scanned, image-only) is an error, never ''.
+
+pypdf is pure Python: a crafted PDF of a few kilobytes can make it parse millions of operators
+(minutes of CPU) while it holds the interpreter lock of whatever process runs it. So the PDF is read
+in a child process, at low priority, with a time and a memory limit, and only its first pages: a
+server's event loop and model keep running meanwhile.
+"""
 
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from metatune.errors import MetatuneError
 
 # Bibliographic metadata sits on the first pages, and the model reads only max_input_tokens of text:
-# pages after this many characters are not read.
+# pages after this many characters, or after MAX_PAGES pages, are not read.
 MAX_CHARS = 100_000
+MAX_PAGES = 10
+# Content-stream bytes parsed per PDF: a page of text takes 2-50 KB; pages that would go over are skipped.
+MAX_CONTENT_BYTES = 2_000_000
+TIMEOUT_S = 20.0
+MEMORY_BYTES = 1 << 30
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
-def pdf_text(source: str | Path | bytes, name: str | None = None, max_chars: int = MAX_CHARS) -> str:
-    """The text of a PDF file (path) or upload (bytes), page after page."""
+def pdf_text(source: str | Path | bytes, name: str | None = None, max_chars: int = MAX_CHARS,
+             timeout: float | None = None) -> str:
+    """The text of a PDF file (path) or upload (bytes), page after page, read in a child process
+    that gets `timeout` seconds (default TIMEOUT_S)."""
+    name = name or str(source)
+    timeout = TIMEOUT_S if timeout is None else timeout
+    if isinstance(source, bytes):
+        data = source
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as e:
+            raise MetatuneError(f"{name}: cannot read: {e.strerror or e}") from None
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
+    try:
+        done = subprocess.run([sys.executable, "-m", "metatune.pdf", name, str(max_chars)], input=data,
+                              capture_output=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise MetatuneError(f"{name}: cannot read the PDF: gave up after {timeout:g} s") from None
+    try:
+        result = json.loads(done.stdout)
+    except ValueError:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        why = "it needs too much memory" if lines and "MemoryError" in lines[-1] else (lines[-1] if lines else f"exit status {done.returncode}")
+        raise MetatuneError(f"{name}: cannot read the PDF: {why}") from None
+    if "error" in result:
+        raise MetatuneError(result["error"])
+    return result["text"]
+
+
+def read_pdf(data: bytes, name: str, max_chars: int = MAX_CHARS) -> str:
+    """pdf_text's work, in this process: the text of the first pages, within MAX_CONTENT_BYTES."""
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
-    name = name or str(source)
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # pypdf warns about every small defect
+    budget, skipped = MAX_CONTENT_BYTES, 0
     try:
-        reader = PdfReader(io.BytesIO(source) if isinstance(source, bytes) else source)
+        reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise MetatuneError(f"{name}: the PDF is encrypted with a password")
         parts, size = [], 0
-        for page in reader.pages:
+        for page in reader.pages[:MAX_PAGES]:
+            contents = page.get_contents()
+            cost = len(contents.get_data()) if contents is not None else 0
+            if cost > budget:
+                skipped += 1
+                continue
+            budget -= cost
             text = page.extract_text() or ""
             parts.append(text)
             size += len(text)
@@ -36,6 +88,32 @@ def pdf_text(source: str | Path | bytes, name: str | None = None, max_chars: int
     except (PyPdfError, OSError, ValueError, KeyError, TypeError) as e:
         raise MetatuneError(f"{name}: cannot read the PDF: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     text = "\n".join(parts).strip()
+    if not text and skipped:
+        raise MetatuneError(f"{name}: no text read from the PDF: the content of its first pages is too large "
+                            f"(over {MAX_CONTENT_BYTES // 1_000_000} MB)")
     if not text:
         raise MetatuneError(f"{name}: no extractable text in the PDF (scanned or image-only? run OCR first)")
     return text
+
+
+def _child() -> None:
+    """`python -m metatune.pdf NAME MAX_CHARS` < PDF: {"text": ...} or {"error": ...} on standard output."""
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
+        os.nice(10)  # the model's work comes first
+    except (ImportError, OSError, ValueError):  # not on every system
+        pass
+    name, max_chars = sys.argv[1], int(sys.argv[2])
+    try:
+        result = {"text": read_pdf(sys.stdin.buffer.read(), name, max_chars)}
+    except MetatuneError as e:
+        result = {"error": str(e)}
+    except MemoryError:
+        result = {"error": f"{name}: cannot read the PDF: it needs more than {MEMORY_BYTES >> 30} GB of memory"}
+    sys.stdout.write(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _child()

@@ -31,6 +31,38 @@ def make_pdf(path, text: str | None = None):
     return path
 
 
+def heavy_pdf(pages: int, operators: int, form: bool = False) -> bytes:
+    """A few kilobytes that cost pypdf minutes: `pages` pages sharing one compressed content stream
+    of `operators` text operators that show nothing; with `form`, that stream is a form XObject the
+    pages draw (so the pages' own content is tiny)."""
+    import zlib
+
+    heavy = zlib.compress(b"BT /F1 12 Tf 72 700 Td\n" + b"() Tj\n" * operators + b"ET\n", 9)
+    font, stream = 3 + pages, 4 + pages
+    resources = b"/Font << /F1 %d 0 R >>" % font + (b" /XObject << /X0 %d 0 R >>" % stream if form else b"")
+    if form:
+        contents = b"%d 0 R" % (5 + pages)
+        extra = [b"<< /Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >> "
+                 b"/Length %d /Filter /FlateDecode >>\nstream\n" % (font, len(heavy)) + heavy + b"\nendstream",
+                 b"<< /Length 6 >>\nstream\n/X0 Do\nendstream"]
+    else:
+        contents = b"%d 0 R" % stream
+        extra = [b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(heavy) + heavy + b"\nendstream"]
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % (3 + i) for i in range(pages)) + b"] /Count %d >>" % pages]
+    objects += [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << " + resources
+                + b" >> /Contents " + contents + b" >>"] * pages
+    objects += [b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>", *extra]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for n, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % n + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1) + b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
 def sample_texts():
     from conftest import SAMPLE
 
@@ -172,6 +204,31 @@ def test_pdf_text(tmp_path):
     text = pdf_text(path)
     assert "Universidad Nacional de La Plata" in text and "2019" in text
     assert pdf_text(path.read_bytes(), "upload.pdf") == text
+
+
+def test_a_pdf_of_heavy_pages_is_refused_at_once():
+    """11 KB, 30 pages sharing 3.6 MB of text operators: its pages are skipped, not parsed (minutes)."""
+    import time
+
+    data = heavy_pdf(30, 600_000)
+    assert len(data) < 12_000
+    began = time.perf_counter()
+    with pytest.raises(MetatuneError, match=r"^heavy.pdf: no text read from the PDF: the content of its first pages is too large"):
+        pdf_text(data, "heavy.pdf")
+    assert time.perf_counter() - began < 10
+
+
+def test_reading_a_pdf_is_bounded_in_time_and_done_in_another_process():
+    """The same operators drawn through a form XObject get past the content budget: the time limit
+    stops them, and this process spends no CPU on them (a server's model keeps its cores and lock)."""
+    import time
+
+    data = heavy_pdf(30, 600_000, form=True)
+    began, cpu = time.perf_counter(), time.process_time()
+    with pytest.raises(MetatuneError, match=r"^heavy.pdf: cannot read the PDF: gave up after 2 s$"):
+        pdf_text(data, "heavy.pdf", timeout=2)
+    assert time.perf_counter() - began < 10
+    assert time.process_time() - cpu < 1
 
 
 def test_pdf_without_text_is_an_error_naming_the_file(tmp_path):
