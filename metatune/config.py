@@ -118,7 +118,10 @@ def parse_set(items: list[str]) -> dict:
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+        try:
+            node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as e:
+            raise MetatuneError(f"--set {item!r}: invalid value: {' '.join(str(e).split())}") from None
     return out
 
 

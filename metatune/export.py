@@ -74,8 +74,13 @@ def read_run_info(run_dir: str | Path) -> dict:
         info = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise MetatuneError(f"{path}: invalid JSON: {e.msg}") from None
+    if not isinstance(info, dict):
+        raise MetatuneError(f"{path}: expected a JSON object")
     if info.get("format_version") != FORMAT_VERSION:
         raise MetatuneError(f"{path}: unsupported format_version {info.get('format_version')!r}")
+    missing = [key for key in ("architecture", "input", "limits", "types") if key not in info]
+    if missing:
+        raise MetatuneError(f"{run_dir}: not a complete metatune run: {RUN_FILE} has no '{missing[0]}'")
     return info
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from metatune.config import ModelSettings, preset_file, read_yaml
+from metatune.config import ModelSettings, preset_file, preset_names, read_yaml
 from metatune.errors import MetatuneError
 from metatune.paths import CACHE_DIR
 
@@ -46,6 +47,13 @@ def resolve_source(settings: ModelSettings) -> Source:
         if not path.is_dir():
             raise MetatuneError(f"{path}: model directory not found")
         return Source(str(path), settings.gguf_file)
+    if "/" not in settings.name:  # not a Hub id (owner/name): a mistyped preset, said at once, not after Hub retries
+        close = difflib.get_close_matches(settings.name, preset_names(), n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise MetatuneError(
+            f"unknown model preset '{settings.name}'{hint} (presets: {', '.join(preset_names())}; "
+            "a Hub model is named owner/name, a local one by its path)"
+        )
     return Source(settings.name, settings.gguf_file)
 
 
@@ -56,6 +64,9 @@ def gguf_as_transformers(source: Source) -> Source:
     from GGUF, so training and saving work from this plain copy instead.
     """
     gguf = Path(source.path) / source.gguf_file
+    with gguf.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise MetatuneError(f"{gguf}: not a GGUF file (it does not start with the GGUF magic bytes)")
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = CACHE_DIR / "gguf" / f"{gguf.stem}-{key}"

@@ -131,6 +131,39 @@ def test_train_unknown_yaml_key(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_train_bad_set_value_and_bad_models_are_one_line_errors(tmp_path):
+    before = snapshot(tmp_path)
+    result = run_cli("train", "--set", "training.max_steps=[1", cwd=tmp_path)
+    assert_one_line_error(result, "--set 'training.max_steps=[1': invalid value: ")
+
+    result = run_cli("train", "--model", "smollm2-13m", "--data", SAMPLE, "--output", tmp_path / "run", cwd=tmp_path)
+    assert_one_line_error(result, "unknown model preset 'smollm2-13m'; did you mean 'smollm2-135m'?", "owner/name")
+    assert snapshot(tmp_path) == before
+
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}", encoding="utf-8")
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_text("not a GGUF file", encoding="utf-8")
+    before = snapshot(tmp_path)
+    result = run_cli("train", "--model", empty, "--data", SAMPLE, "--output", tmp_path / "run", cwd=tmp_path)
+    assert_one_line_error(result, f"cannot load model '{empty}': Unrecognized model in {empty}")
+    result = run_cli("train", "--model", not_gguf, "--data", SAMPLE, "--output", tmp_path / "run", cwd=tmp_path)
+    assert_one_line_error(result, f"{not_gguf}: not a GGUF file")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"format_version": 1, "base_model": "other"}, "not a complete metatune run: metatune.json has no 'architecture'"),
+    ([1, 2], "metatune.json: expected a JSON object"),
+])
+def test_serve_a_directory_that_is_not_a_run(tmp_path, content, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metatune.json").write_text(json.dumps(content), encoding="utf-8")
+    assert_one_line_error(run_cli("serve", run, "--port", "1", cwd=tmp_path), message)
+
+
 # --- runs that train (in this process) ----------------------------------------------------------------
 
 
