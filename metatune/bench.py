@@ -39,6 +39,7 @@ from pathlib import Path
 
 from metatune.config import DEFAULT_MODEL, load_config
 from metatune.errors import MetatuneError
+from metatune.files import write_atomic
 from metatune.paths import REPO_DIR
 
 GROBID = REPO_DIR.parent / "shared" / "data" / "grobid-headers" / "dataset.json"
@@ -602,9 +603,7 @@ def probe_main(spec: dict) -> None:
         result = probe_train(spec) if spec["kind"] == "train" else probe_extract(spec)
     except Exception as e:  # reported by the parent as one line
         result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-    tmp = Path(spec["result"] + ".tmp")
-    tmp.write_text(json.dumps(result), encoding="utf-8")
-    tmp.replace(spec["result"])
+    write_atomic(spec["result"], json.dumps(result))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -705,9 +704,7 @@ def write_results(result: dict, output: Path) -> tuple[Path, Path]:
     stem = "bench-" + time.strftime("%Y%m%d-%H%M%S")
     paths = (output / f"{stem}.json", output / f"{stem}.md")
     for path, text in zip(paths, (json.dumps(result, indent=2) + "\n", markdown(result))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        write_atomic(path, text)
     return paths
 
 

@@ -61,7 +61,7 @@ def data_validate(
     """Report every problem in a dataset file."""
     from collections import Counter
 
-    from metatune.data import record_type, validate_file
+    from metatune.data import alignment_coverage, record_type, validate_file
     from metatune.doctypes import TypeRegistry
 
     registry = TypeRegistry.load(types_file)
@@ -76,6 +76,12 @@ def data_validate(
     for name in ("training", "validation", "test"):
         if not dataset.splits.get(name):
             typer.echo(f"warning: split '{name}' is empty", err=True)
+    for warning in dataset.warnings:
+        typer.echo(f"warning: {path}: {warning}", err=True)
+    coverage = alignment_coverage(dataset, registry, fallback_type)
+    if coverage:
+        typer.echo("found in the text (what training.objective=tag can label): " + ", ".join(
+            f"{f} {a}/{t} ({100 * a / t:.0f}%)" for f, (t, a) in coverage.items()))
     typer.echo(f"{path}: OK")
 
 
@@ -85,12 +91,14 @@ def data_split(
     out: Annotated[Optional[Path], typer.Option(help="Where to write (default: NAME.split.json beside the input)")] = None,
     seed: int = 42,
     overwrite: bool = False,
+    types_file: Annotated[Optional[Path], typer.Option(help="YAML adding or replacing document types")] = None,
+    fallback_type: Annotated[Optional[str], typer.Option(help="Type for records whose type is unknown")] = None,
 ):
     """Write a seeded, type-stratified 80/10/10 split in the SEDICI layout."""
     from metatune.data import load_dataset, split_records, write_split, SPLITS
     from metatune.doctypes import TypeRegistry
 
-    dataset = load_dataset(path, TypeRegistry.load(), fallback_type="general", seed=seed)
+    dataset = load_dataset(path, TypeRegistry.load(types_file), fallback_type=fallback_type, seed=seed)
     if not dataset.was_split:  # already in splits: re-split all records together
         dataset.splits = split_records([r for s in SPLITS for r in dataset.splits.get(s, [])], seed)
     out = out or path.with_name(path.stem + ".split.json")

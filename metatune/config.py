@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from metatune.errors import MetatuneError
 from metatune.paths import PRESET_DIR
@@ -75,6 +75,8 @@ SchedulerName = Literal[
 
 
 class TrainingSettings(Section):
+    # generate: the model writes the JSON; tag: it labels the tokens of the text that hold each value
+    objective: Literal["generate", "tag"] = "generate"
     mode: Literal["trainer", "loop"] = "trainer"
     output_dir: str = "runs/latest"
     num_train_epochs: PositiveFloat = 3
@@ -99,6 +101,13 @@ class TrainingSettings(Section):
     early_stopping_patience: int = 0  # epochs without validation improvement (0: off)
     logging_steps: PositiveInt = 5
     seed: int = 42
+
+    @field_validator("max_steps")
+    @classmethod
+    def _max_steps(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("must be -1 (train num_train_epochs epochs) or at least 1")
+        return value
 
 
 class Config(Section):
@@ -125,10 +134,15 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def merge(base: dict, top: dict) -> dict:
+def merge(base: dict, top: dict, where: str = "") -> dict:
+    """`top` over `base`, section by section. Settings for a section that `base` gives as a single
+    value (`training: 5`) are an error: replacing that value would hide the mistake."""
     out = dict(base)
     for k, v in top.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        old = out.get(k)
+        if isinstance(v, dict) and old is not None and not isinstance(old, dict):
+            raise MetatuneError(f"{where}{k}: expected a mapping of settings, got {old!r}")
+        out[k] = merge(old, v, f"{where}{k}.") if isinstance(v, dict) and isinstance(old, dict) else v
     return out
 
 

@@ -9,11 +9,12 @@ import json
 import os
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
+from metatune.files import write_atomic
 
 SPLITS = ("training", "validation", "test")
 SPLIT_ALIASES = {"train": "training", "valid": "validation", "dev": "validation", "eval": "validation"}
@@ -143,6 +144,7 @@ class Dataset:
     path: Path
     splits: dict[str, list[dict]]
     was_split: bool  # True when the file was one list and metatune split it
+    warnings: list[str] = field(default_factory=list)  # worth a look, not wrong (duplicate ids)
 
     def split(self, name: str) -> list[dict]:
         name = SPLIT_ALIASES.get(name, name)
@@ -164,13 +166,44 @@ def validate_file(path: str | Path, registry: TypeRegistry, fallback_type: str |
     parsed = parse_file(path)
     was_split = isinstance(parsed, list)
     splits = {"all": parsed} if was_split else parsed
+    if not any(splits.values()):
+        raise MetatuneError(f"{path}: no records")
     problems = []
+    where = {}  # id(record) -> "split[i]" as in the file
     for name, records in splits.items():
         for i, record in enumerate(records):
+            where[id(record)] = f"{name}[{i}]"
             problems += check_record(record, f"{name}[{i}]", registry, fallback_type)
     if was_split:
         splits = split_records(parsed, seed) if not problems else {}
-    return Dataset(path, splits, was_split), problems
+    problems += documents_in_two_splits(splits, where)
+    return Dataset(path, splits, was_split, duplicate_ids(splits, where)), problems
+
+
+def documents_in_two_splits(splits: dict[str, list], where: dict[int, str]) -> list[Problem]:
+    """Records with the same text in different splits: the model would be evaluated on what it trained on."""
+    first: dict[str, tuple[str, object]] = {}
+    problems = []
+    for name, records in splits.items():
+        for record in records:
+            text = record.get("original_text") if isinstance(record, dict) else None
+            if not isinstance(text, str) or not text.strip():
+                continue
+            seen_in, seen = first.setdefault(text.strip(), (name, record))
+            if seen_in != name:
+                problems.append(Problem(where[id(record)], "original_text",
+                                        f"the same text as {where[id(seen)]}: one document in two splits ({seen_in}, {name})"))
+    return problems
+
+
+def duplicate_ids(splits: dict[str, list], where: dict[int, str]) -> list[str]:
+    """One line for each `id` that several records share."""
+    places: dict[str, list[str]] = defaultdict(list)
+    for records in splits.values():
+        for record in records:
+            if isinstance(record, dict) and record.get("id") not in (None, ""):
+                places[str(record["id"])].append(where[id(record)])
+    return [f"id {key!r} is shared by records {', '.join(found)}" for key, found in places.items() if len(found) > 1]
 
 
 def load_dataset(path: str | Path, registry: TypeRegistry, fallback_type: str | None = None, seed: int = 42) -> Dataset:
@@ -232,16 +265,28 @@ def ensure_local(path: str | Path, hub_dataset: str | None, hub_filename: str | 
             f"{path}: not on disk and the download of {filename} from '{hub_dataset}' failed: {type(e).__name__}: {reason}"
         ) from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    # one temporary file per process: under `accelerate launch` every process may get here at once
-    tmp = path.with_name(f"{path.name}.download-{os.getpid()}")
-    tmp.write_bytes(Path(downloaded).read_bytes())
-    tmp.replace(path)  # cache it where the config says the dataset lives
+    # a temporary file of its own per process: under `accelerate launch` every process may get here at once
+    write_atomic(path, Path(downloaded).read_bytes())  # cache it where the config says the dataset lives
     return path
 
 
 def write_split(dataset: Dataset, out: Path) -> None:
     if out.is_dir() or not out.parent.is_dir():
         raise MetatuneError(f"{out}: cannot write there ({'a directory' if out.is_dir() else 'no such directory'})")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(dataset.splits, ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(out)
+    write_atomic(out, json.dumps(dataset.splits, ensure_ascii=False, indent=1))
+
+
+def alignment_coverage(dataset: Dataset, registry: TypeRegistry, fallback_type: str | None = None) -> dict[str, list[int]]:
+    """Per field, [values, values found in their document's text]: what training.objective=tag can label."""
+    from metatune.alignment import align_record
+
+    coverage: dict[str, list[int]] = {}
+    for records in dataset.splits.values():
+        for record in records:
+            doc_type = registry.find(record_type(record)) or registry.find(fallback_type)
+            fields = [f for f in doc_type.fields if f != "language"] if doc_type else []
+            for (field, _), span in align_record(record["original_text"], record, fields).items():
+                counts = coverage.setdefault(field, [0, 0])
+                counts[0] += 1
+                counts[1] += span is not None
+    return coverage

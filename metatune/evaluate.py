@@ -8,7 +8,6 @@ under the run's include/exclude settings (metatune.json), via formatting.target_
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from metatune.data import load_dataset, record_type
 from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.export import read_run_info
+from metatune.files import temp_dir_beside
 from metatune.formatting import target_json
 from metatune.metrics import MATCHINGS, score_documents
 from metatune.parsing import parse_output
@@ -101,10 +101,10 @@ def evaluate_outputs(items: list[Item], raws: list[str], seconds: float = 0.0) -
 
 def generate_outputs(extractor, items: list[Item], batch_size: int, progress: bool = True) -> tuple[list[str], float, int]:
     """(raw outputs, seconds, generated tokens) of the extractor on the items' texts and types."""
-    encoded = [extractor.input_ids(item.text, item.doc_type) for item in items]
     start = time.perf_counter()
-    raws, counts = extractor.generate_with_counts(encoded, batch_size, progress=progress)
-    return raws, time.perf_counter() - start, sum(counts)
+    results = extractor.extract([item.text for item in items], [item.doc_type for item in items], batch_size,
+                                progress=progress)
+    return [r.raw for r in results], time.perf_counter() - start, sum(r.tokens for r in results)
 
 
 def write_report(directory: Path, metrics: dict, rows: list[dict]) -> None:
@@ -167,13 +167,13 @@ def run_evaluate(
     report = Path(report) if report else Path(run_dir) / f"eval-{split}"
     check_report_dir(report)
 
-    from metatune.inference import Extractor  # after the checks above: importing torch takes seconds
+    from metatune.inference import open_run  # after the checks above: importing torch takes seconds
 
     runs = {"fine-tuned": False} | ({"zero-shot": True} if baseline else {})
     results = {}
     for name, base in runs.items():
-        extractor = Extractor(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, base_model=base,
-                              trust_remote_code=trust_remote_code)
+        extractor = open_run(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, base_model=base,
+                             trust_remote_code=trust_remote_code)
         print(f"Evaluating {name} model on {len(items)} '{split}' documents of {data}")
         raws, seconds, tokens = generate_outputs(extractor, items, batch_size, progress)
         metrics, rows = evaluate_outputs(items, raws, seconds)
@@ -193,8 +193,8 @@ def run_evaluate(
         results[name] = (metrics, rows)
         del extractor
 
-    tmp = report.with_name(f".{report.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_beside(report)
     try:
         write_report(tmp, *results["fine-tuned"])
         if baseline:
@@ -204,7 +204,6 @@ def run_evaluate(
             )
         if report.exists():
             shutil.rmtree(report)
-        report.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(report)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,11 +7,11 @@ output only ever holds a finished run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from metatune.errors import MetatuneError
+from metatune.files import temp_dir_beside, usual_modes
 
 RUN_FILE = "metatune.json"
 FORMAT_VERSION = 1
@@ -35,8 +35,8 @@ def save_run(model, tokenizer, info: dict, output: Path, extra: dict[str, Path] 
     from metatune.peft_setup import is_peft, save_lora
 
     output = Path(output)
-    tmp = output.with_name(f".{output.name}.saving-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_beside(output)
     try:
         if is_peft(model):
             from metatune.config import ModelSettings
@@ -54,6 +54,7 @@ def save_run(model, tokenizer, info: dict, output: Path, extra: dict[str, Path] 
                 shutil.copy2(src, tmp / name)
         info = {"format_version": FORMAT_VERSION, **info}
         (tmp / RUN_FILE).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+        usual_modes(tmp)  # safetensors files come out 0600
         if output.exists():
             shutil.rmtree(output)
         tmp.rename(output)
@@ -109,6 +110,8 @@ def _load_run(run_dir: str | Path, device: str | None, trust_remote_code: bool):
         model = load_adapter_run(run_dir, info, trust_remote_code)
     else:
         cls = AutoModelForSeq2SeqLM if info["architecture"] == "seq2seq" else AutoModelForCausalLM
+        if info.get("objective") == "tag":
+            from transformers import AutoModelForTokenClassification as cls
         model = cls.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -16,6 +16,7 @@ from pathlib import Path
 import typer
 
 from metatune.errors import MetatuneError
+from metatune.files import write_atomic
 from metatune.formatting import has_value
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
@@ -130,7 +131,7 @@ def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Pat
     """Extract and write; returns the exit status (1 when some inputs were unreadable and skipped)."""
     from metatune.doctypes import TypeRegistry
     from metatune.export import read_run_info
-    from metatune.inference import Extractor
+    from metatune.inference import open_run
 
     if batch_size < 1:
         raise MetatuneError(f"--batch-size must be at least 1, got {batch_size}")
@@ -139,6 +140,8 @@ def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Pat
         raise MetatuneError(f"--type: unknown document type {doc_type!r} (known: {', '.join(info['types'])})")
     if out is not None and out.is_dir():
         raise MetatuneError(f"{out}: is a directory; --out takes a file name")
+    if out is not None and not out.parent.is_dir():
+        raise MetatuneError(f"{out}: cannot write there (no such directory)")
     docs, problems = read_inputs(inputs)
     if not docs:
         more = f" (and {len(problems) - 1} more unreadable inputs)" if len(problems) > 1 else ""
@@ -146,8 +149,8 @@ def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Pat
     for p in problems:
         typer.echo(f"error: {p} (skipped)", err=True)
 
-    extractor = Extractor(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype,
-                          trust_remote_code=trust_remote_code)
+    extractor = open_run(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype,
+                         trust_remote_code=trust_remote_code)
     results = extractor.extract([text for _, text in docs], [doc_type] * len(docs), batch_size, progress=len(docs) > 1)
     records = [document_record(name, r, extractor) for (name, _), r in zip(docs, results)]
     single = len(inputs) == 1 and (inputs[0] == "-" or not Path(inputs[0]).is_dir())
@@ -156,9 +159,7 @@ def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Pat
     else:
         text = "\n".join(json.dumps(r, ensure_ascii=False) for r in records)
     if out:
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(out)
+        write_atomic(out, text + "\n")
         typer.echo(f"Wrote {len(records)} document(s) to {out}", err=True)
     else:
         typer.echo(text)

@@ -281,3 +281,14 @@ def _load_base(run_dir, device: str | None, trust_remote_code: bool = False):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     return model, tokenizer, info
+
+
+def open_run(run_dir, device: str | None = None, **settings):
+    """The extractor a saved run needs: an Extractor (generate) or a Tagger (tag), same interface."""
+    if read_run_info(run_dir).get("objective") == "tag":
+        if settings.get("base_model"):
+            raise MetatuneError("a tag run has no zero-shot baseline: its base model has no labels to predict")
+        from metatune.tagger import Tagger
+
+        return Tagger(run_dir, device, **settings)
+    return Extractor(run_dir, device, **settings)

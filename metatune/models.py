@@ -11,10 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
 
 from metatune.config import ModelSettings, preset_file, preset_names, read_yaml
 from metatune.errors import MetatuneError
+from metatune.files import temp_dir_beside, usual_modes
 from metatune.paths import CACHE_DIR
 
 
@@ -84,11 +91,16 @@ def gguf_as_transformers(source: Source) -> Source:
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.replace(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_beside(target)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        usual_modes(tmp)
+        tmp.replace(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return Source(str(target))
 
 
@@ -147,8 +159,12 @@ def load_model_config(source: Source, settings: ModelSettings):
         raise load_error(settings.name, e) from None
 
 
-def load_pretrained(settings: ModelSettings):
-    """(model, tokenizer, seq2seq) as published, in `settings.dtype`, 4-bit if `settings` ask for it."""
+def load_pretrained(settings: ModelSettings, labels: list[str] | None = None):
+    """(model, tokenizer, seq2seq) as published, in `settings.dtype`, 4-bit if `settings` ask for it.
+
+    With `labels`, the backbone gets a new token-classification head with those labels (the tag
+    objective) instead of its language-model head.
+    """
     source = resolve_source(settings)
     if source.gguf_file:
         source = gguf_as_transformers(source)
@@ -156,6 +172,14 @@ def load_pretrained(settings: ModelSettings):
     seq2seq = is_seq2seq(config)
     cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     kwargs = {}
+    if labels is not None:
+        cls = AutoModelForTokenClassification
+        if type(config) not in cls._model_mapping:
+            raise MetatuneError(f"model '{settings.name}' ({config.model_type}) has no token-classification head "
+                                "in transformers; training.objective=tag needs one (Llama, Qwen, Mistral, Gemma...)")
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
     if settings.quantization == "4bit":
         from metatune.quantization import four_bit_config
 
@@ -171,8 +195,9 @@ def load_pretrained(settings: ModelSettings):
         token=_token(),
         **kwargs,
     )
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, seq2seq
 
 
@@ -181,10 +206,18 @@ def unwritable_characters(tokenizer) -> list[str]:
     return [c for c in JSON_CHARACTERS if c not in tokenizer.decode(tokenizer(c, add_special_tokens=False)["input_ids"])]
 
 
-def load_base(settings: ModelSettings):
-    """(model, tokenizer, seq2seq) ready to train as `settings` describe: 4-bit, checkpointing, LoRA."""
+def load_base(settings: ModelSettings, labels: list[str] | None = None):
+    """(model, tokenizer, seq2seq) ready to train as `settings` describe: 4-bit, checkpointing, LoRA.
+
+    `labels`: a token-classification model with these labels (training.objective=tag).
+    """
     check_settings(settings)
-    model, tokenizer, seq2seq = load_pretrained(settings)
+    if labels is not None and (settings.lora.enabled or settings.quantization != "none"):
+        raise MetatuneError("training.objective=tag trains the full model: set model.lora.enabled=false "
+                            "and model.quantization=none")
+    model, tokenizer, seq2seq = load_pretrained(settings, labels)
+    if labels is not None:
+        return model, tokenizer, seq2seq
     if missing := unwritable_characters(tokenizer):
         # Adding them as tokens does not help: T5's pre-tokenizer then puts a space before the text after each.
         print(f"warning: the tokenizer of '{settings.name}' cannot write {' '.join(missing)}; "

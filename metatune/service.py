@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import logging
 import os
+import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class ConsumeResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: str
-    run: str
+    run: str = Field(description="The run's name (its directory's, not its path)")
     base_model: str | None
     types: list[str]
     default_type: str
@@ -113,6 +114,24 @@ class Batcher:
             for (_, _, future), result in zip(items, results):
                 if not future.done():
                     future.set_result(result)
+
+
+def token_matches(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+class TokenCheck:
+    """ASGI middleware: 401 on `paths` without the bearer token, before the body is read or parsed."""
+
+    def __init__(self, app, token: str, paths: set[str]):
+        self.app, self.token, self.paths = app, token, paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not token_matches(given.strip(), self.token):
+                return await _error(401, "missing or invalid bearer token", scope)(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -201,13 +220,15 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
     )
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    if token:  # added last, so it runs first: no body is read (413) or parsed (422) without the token
+        app.add_middleware(TokenCheck, token=token, paths={"/extract", "/extract/pdf", CONSUME_PATH})
     bearer = HTTPBearer(auto_error=False, description=f"The value of {TOKEN_ENV} on the server")
 
     def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if not token:
             return
         given = credentials.credentials if credentials else ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        if not token_matches(given, token):
             raise HTTPException(401, "missing or invalid bearer token")
 
     @app.exception_handler(StarletteHTTPException)
@@ -241,7 +262,7 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
         """Whether the model is loaded, what it extracts, and how requests were batched. No token needed."""
         info = extractor.info
         return HealthResponse(
-            status="ok", run=str(extractor.run_dir), base_model=info.get("base_model"),
+            status="ok", run=extractor.run_dir.name, base_model=info.get("base_model"),
             types=list(extractor.registry.types), default_type=extractor.default_type, device=str(extractor.device),
             requests=batcher.requests, batches=batcher.batches, largest_batch=batcher.largest,
             failed_batches=batcher.failed,
@@ -297,14 +318,22 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: i
     import uvicorn
 
     from metatune.export import read_run_info
-    from metatune.inference import Extractor
+    from metatune.inference import open_run
 
     read_run_info(run_dir)  # mistakes fail here, before the model loads
     limit = max_bytes_setting(max_bytes)
     check_settings(limit, batch_size)
     token = os.environ.get(TOKEN_ENV) or None
-    extractor = Extractor(run_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    extractor = open_run(run_dir, dtype=dtype, trust_remote_code=trust_remote_code)
     app = create_app(extractor, token, limit, batch_size, batch_wait_ms)
+    try:  # bound here, so that "Serving" is printed only once it is true
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        raise MetatuneError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     auth = f"bearer token required ({TOKEN_ENV} is set)" if token else f"no authentication ({TOKEN_ENV} is not set)"
     print(f"Serving {run_dir} on http://{host}:{port} ({auth}; API docs at /docs)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run(sockets=[sock])

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from metatune.errors import MetatuneError
+from metatune.files import write_atomic
 
 
 def describe(run_dir: Path) -> str:
@@ -91,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(args.out)
+        write_atomic(args.out, text)
         print(f"Wrote {args.out}")
     return 0
 

@@ -301,6 +301,20 @@ def test_data_split_bad_file_writes_nothing(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_data_validate_and_split_refuse_what_training_refuses(tmp_path):
+    empty = write_json(tmp_path / "empty.json", [])
+    assert_one_line_error(run_cli("data", "validate", empty, cwd=tmp_path), f"{empty}: no records")
+    data = json.loads(flat_file(tmp_path).read_text(encoding="utf-8"))
+    data[3]["type"] = "Revista"
+    path = write_json(tmp_path / "flat.json", data)
+    before = snapshot(tmp_path)
+    assert_one_line_error(run_cli("data", "split", path, cwd=tmp_path),
+                          f"{path}: record all[3]: field 'type': unknown document type 'Revista'")
+    assert snapshot(tmp_path) == before
+    result = run_cli("data", "split", path, "--fallback-type", "general", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
 def test_models_lists_the_presets(tmp_path):
     result = run_cli("models", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

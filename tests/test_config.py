@@ -127,3 +127,22 @@ def test_file_errors(tmp_path):
     listed = write(tmp_path / "list.yaml", "- a\n- b\n")
     assert "mapping" in error_of(config_file=listed)
     assert "expected section.key=value" in error_of(sets=["training.max_steps"])
+
+
+@pytest.mark.parametrize("value", [-5, 0, -2])
+def test_max_steps_is_minus_one_or_positive(value):
+    with pytest.raises(MetatuneError, match=r"training.max_steps: Value error, must be -1 \(train num_train_epochs epochs\) or at least 1"):
+        load_config(sets=[f"training.max_steps={value}"])
+    assert load_config(sets=["training.max_steps=-1"]).training.max_steps == -1
+    assert load_config(sets=["training.max_steps=3"]).training.max_steps == 3
+
+
+def test_a_section_given_as_a_value_is_not_dropped_by_set(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("training: 5\n", encoding="utf-8")
+    with pytest.raises(MetatuneError, match=r"^training: expected a mapping of settings, got 5$"):
+        load_config(config, ["training.max_steps=3"])
+    with pytest.raises(MetatuneError, match="training"):
+        load_config(config)  # alone, validation names it too
+    config.write_text("training:\n", encoding="utf-8")  # an empty section is fine
+    assert load_config(config, ["training.max_steps=3"]).training.max_steps == 3

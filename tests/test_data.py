@@ -297,3 +297,54 @@ def test_no_hub_dataset_means_file_not_found(tmp_path, fake_hub, registry):
     settings = DataSettings(path=str(tmp_path / "missing.json"))
     assert error(load_for_training, settings) == f"{tmp_path / 'missing.json'}: dataset file not found"
     assert fake_hub == []
+
+
+def test_a_file_without_records_is_not_ok(tmp_path, registry):
+    for content in ([], {"training": [], "validation": [], "test": []}):
+        path = write_json(tmp_path / "empty.json", content)
+        with pytest.raises(MetatuneError, match=r"empty.json: no records$"):
+            validate_file(path, registry)
+
+
+def test_duplicate_ids_are_warned_and_a_document_in_two_splits_is_a_problem(tmp_path, registry, sample):
+    data = json.loads(json.dumps(sample))
+    data["validation"][1]["id"] = data["training"][0]["id"]
+    data["test"][2]["original_text"] = data["training"][5]["original_text"]
+    dataset, problems = validate_file(write_json(tmp_path / "d.json", data), registry)
+    assert [p.render("d.json") for p in problems] == [
+        "d.json: record test[2]: field 'original_text': the same text as training[5]: one document in two splits (training, test)"
+    ]
+    assert dataset.warnings == [f"id {data['training'][0]['id']!r} is shared by records training[0], validation[1]"]
+
+    flat = [r for s in ("training", "validation", "test") for r in sample[s]]
+    flat.append(dict(flat[0]))  # the same document twice in a flat list: it may land in two splits
+    dataset, problems = validate_file(write_json(tmp_path / "flat.json", flat), registry)
+    assert dataset.warnings == [f"id {flat[0]['id']!r} is shared by records all[0], all[32]"]
+    assert all("one document in two splits" in p.message and {p.where} <= {"all[0]", "all[32]"} for p in problems)
+
+
+def test_writes_never_follow_a_planted_temporary_name(tmp_path, registry):
+    from metatune.data import write_split
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me", encoding="utf-8")
+    out = tmp_path / "out.json"
+    (tmp_path / "out.json.tmp").symlink_to(victim)
+    write_split(load_dataset(SAMPLE, registry), out)
+    assert victim.read_text(encoding="utf-8") == "keep me"
+    assert json.loads(out.read_text(encoding="utf-8"))["training"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.json.tmp", "victim.txt"]  # no temporary left
+
+
+def test_write_atomic(tmp_path):
+    import os
+
+    from metatune.files import UMASK, write_atomic
+
+    path = tmp_path / "a.txt"
+    write_atomic(path, "uno")
+    write_atomic(path, b"dos")
+    assert path.read_text() == "dos" and os.stat(path).st_mode & 0o777 == 0o666 & ~UMASK
+    with pytest.raises(TypeError):
+        write_atomic(path, 3)
+    assert path.read_text() == "dos" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]

@@ -81,7 +81,7 @@ def test_health_needs_no_token(url, extractor):
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok" and body["types"] == list(extractor.registry.types)
-    assert body["default_type"] == "general" and body["run"] == str(extractor.run_dir)
+    assert body["default_type"] == "general" and body["run"] == extractor.run_dir.name
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}])
@@ -243,3 +243,45 @@ def test_bad_settings_fail_before_the_model_loads(tiny_run, tmp_path, monkeypatc
         serve(tiny_run)
     with pytest.raises(MetatuneError, match="not a metatune run"):
         serve(tmp_path)
+
+
+class StubExtractor:
+    """What the app needs of an Extractor to answer /health and refuse requests: no model."""
+
+    def __init__(self, run_dir, *args, **kwargs):
+        from metatune.doctypes import TypeRegistry
+
+        self.run_dir, self.info, self.registry = Path(run_dir), {"base_model": "tiny"}, TypeRegistry.load()
+        self.default_type, self.device = "general", "cpu"
+
+
+def test_the_token_is_checked_before_the_body_and_health_names_only_the_run():
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(StubExtractor("/srv/private/runs/demo"), token=TOKEN, max_bytes=100))
+    for path in ("/extract", "/consume-llm", "/extract/pdf"):
+        r = client.post(path, content=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 401 and "missing or invalid bearer token" in r.text, (path, r.text)
+        r = client.post(path, content=b"x" * 500, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401, (path, r.text)  # not 413: nothing about the request before the token
+    r = client.post("/extract", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"].startswith("invalid request: invalid JSON")
+    health = client.get("/health").json()
+    assert health["run"] == "demo" and "/srv" not in json.dumps(health)
+
+
+def test_serving_is_announced_only_once_the_port_is_bound(tmp_path, monkeypatch, capsys):
+    import metatune.inference
+    from metatune.errors import MetatuneError
+    from metatune.service import serve
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metatune.json").write_text(json.dumps({"format_version": 1, "architecture": "causal", "input": {},
+                                                   "limits": {}, "types": {}}), encoding="utf-8")
+    monkeypatch.setattr(metatune.inference, "Extractor", StubExtractor)
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(MetatuneError, match=f"^cannot listen on 127.0.0.1:{port}: Address already in use$"):
+            serve(run, port=port)
+    assert "Serving" not in capsys.readouterr().out

@@ -87,7 +87,7 @@ def test_saved_run_loads_with_transformers_alone(trained, tiny_llama):
             "metatune.json", "metrics.jsonl"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)  # safetensors only
     assert not output.with_name("run.partial").exists()  # checkpoints are gone once the run is saved
-    assert not list(output.parent.glob(".run.saving-*"))
+    assert not list(output.parent.glob(".run.*"))
     model = AutoModelForCausalLM.from_pretrained(output)
     tokenizer = AutoTokenizer.from_pretrained(output)
     assert model.config.model_type == "llama"
@@ -106,6 +106,18 @@ def test_saved_run_loads_with_transformers_alone(trained, tiny_llama):
     assert info["input"]["prompts"]["Tesis"]["suffix"] == "\n<|output|>\n"
     assert info["limits"] == {"max_input_tokens": 256, "max_target_tokens": 192}
     assert info["training"]["steps"] == 18 and info["training"]["train_examples"] == 24
+
+
+def test_every_file_of_a_saved_run_has_the_usual_mode(trained):
+    import os
+
+    from metatune.files import UMASK
+
+    output, _ = trained
+    modes = {str(p.relative_to(output)): os.stat(p).st_mode & 0o777 for p in output.rglob("*")}
+    assert modes["model.safetensors"] == 0o666 & ~UMASK, modes
+    assert {m for name, m in modes.items() if (output / name).is_file()} == {0o666 & ~UMASK}, modes
+    assert os.stat(output).st_mode & 0o777 == 0o777 & ~UMASK
 
 
 def test_round_trip_save_load_generate(trained):
@@ -175,7 +187,7 @@ def test_crash_leaves_no_output_and_resume_continues(tmp_path, tiny_llama, monke
     monkeypatch.undo()
 
     assert not output.exists()  # only a complete run gets the output's name
-    assert not list(tmp_path.glob(".run.saving-*"))
+    assert not list(tmp_path.glob(".run.*"))
     checkpoints = sorted(p.name for p in (work / "checkpoints").iterdir() if p.name.startswith("checkpoint-"))
     assert checkpoints == ["checkpoint-3", "checkpoint-6"]  # one per epoch
     for name in checkpoints:

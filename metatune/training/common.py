@@ -19,6 +19,7 @@ from metatune.errors import MetatuneError
 from metatune.export import check_output
 from metatune.formatting import InputFormat, build_prompts, make_examples
 from metatune.models import load_base
+from metatune.tagging import NOT_TAGGED, TagScheme, encode_tagged
 
 
 @dataclass
@@ -118,15 +119,96 @@ def encode_split(records, registry, fallback_type, fmt, prompts, tokenizer, limi
     return encoded, skipped
 
 
+def describe(config: Config, registry, fmt: InputFormat, seq2seq: bool, chat: bool, prompts: dict) -> dict:
+    """The run's description for metatune.json: how its inputs were built, from what."""
+    d = config.data
+    return {
+        "metatune_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "base_model": config.model.name,
+        "architecture": "seq2seq" if seq2seq else "causal",
+        "objective": config.training.objective,
+        "input": {
+            "style": fmt.style,
+            "include_fields": fmt.include_fields,
+            "exclude_fields": list(fmt.exclude_fields),
+            "chat_template": chat,
+            "prompts": prompts,
+        },
+        "limits": {"max_input_tokens": d.max_input_tokens, "max_target_tokens": d.max_target_tokens},
+        "fallback_type": d.fallback_type,
+        "types": registry.to_dict(),
+        "config": json.loads(config.model_dump_json()),
+    }
+
+
+def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> TagScheme:
+    """The fields to tag (every field some type of the records is trained on) and the types to tell apart."""
+    types = sorted({(registry.find(record_type(r)) or registry.find(fallback_type)).name for r in records})
+    fields = dict.fromkeys(f for t in types for f in fmt.fields(registry.types[t]) if f not in NOT_TAGGED)
+    return TagScheme(tuple(fields), tuple(types))
+
+
+def encode_tag_split(records, registry, fallback_type, fmt, scheme, tokenizer, max_input_tokens, coverage):
+    """Token-label features per record; `coverage` (field -> [values, aligned]) is updated."""
+    encoded = []
+    for record in records:
+        doc_type = registry.find(record_type(record)) or registry.find(fallback_type)
+        if doc_type.name not in scheme.types:  # a type only the validation split has: nothing to learn from
+            continue
+        features, counts = encode_tagged(record, record["original_text"], doc_type.name, fmt.fields(doc_type),
+                                         scheme, tokenizer, max_input_tokens)
+        encoded.append(features)
+        for field, (total, aligned) in counts.items():
+            c = coverage.setdefault(field, [0, 0])
+            c[0] += total
+            c[1] += aligned
+    return encoded
+
+
+def prepare_tagging(config: Config, registry, train_records, val_records, fmt: InputFormat):
+    """(model, tokenizer, seq2seq, train, validation, description) for training.objective=tag."""
+    d = config.data
+    if config.training.mode != "trainer":
+        raise MetatuneError("training.objective=tag trains with training.mode=trainer")
+    scheme = tag_scheme(train_records, registry, d.fallback_type, fmt)
+    model, tokenizer, seq2seq = load_base(config.model, labels=scheme.labels)
+    coverage: dict[str, list[int]] = {}
+    args = (registry, d.fallback_type, fmt, scheme, tokenizer, d.max_input_tokens)
+    train = encode_tag_split(train_records, *args, coverage)
+    validation = encode_tag_split(val_records, *args, {})
+    print("Aligned values (training split): " + ", ".join(
+        f"{f} {a}/{t}" for f, (t, a) in coverage.items()) + " (values not found in the text are left unlabelled)")
+    description = {
+        "scheme": scheme.to_dict(),
+        "bidirectional": not seq2seq,
+        "alignment": {f: {"values": t, "aligned": a} for f, (t, a) in coverage.items()},
+        "not_tagged": {"language": "detected from the text (py3langid)"},
+    }
+    return model, tokenizer, seq2seq, train, validation, description
+
+
 def prepare(config: Config, need_validation: bool = True) -> Prepared:
     d = config.data
     registry, dataset = load_for_training(d, need_validation)
     path = dataset.path
     train_records = dataset.split("training")
     val_records = dataset.split("validation") if need_validation else []
+    fmt = InputFormat(d.input_style, d.include_fields, tuple(d.exclude_fields), d.chat_template)
+    if config.training.objective == "tag":
+        model, tokenizer, seq2seq, train, validation, tagging = prepare_tagging(
+            config, registry, train_records, val_records, fmt)
+        info = describe(config, registry, fmt, seq2seq, chat=False, prompts={}) | {"tagging": tagging}
+        stats = {
+            "train_examples": len(train),
+            "validation_examples": len(validation),
+            "train_tokens": sum(len(x["input_ids"]) for x in train),
+            "train_labelled_tokens": sum(sum(1 for t in x["labels"] if t > 0) for x in train),
+        }
+        work_dir(Path(config.training.output_dir)).mkdir(parents=True, exist_ok=True)
+        return Prepared(config, model, tokenizer, seq2seq, train, validation, info, 0, stats)
 
     model, tokenizer, seq2seq = load_base(config.model)
-    fmt = InputFormat(d.input_style, d.include_fields, tuple(d.exclude_fields), d.chat_template)
     chat = d.input_style == "prompt" and d.chat_template and bool(getattr(tokenizer, "chat_template", None))
     prompts = build_prompts(registry, fmt, tokenizer if chat else None)
     limits = Limits(d.max_input_tokens, d.max_target_tokens)
@@ -140,23 +222,7 @@ def prepare(config: Config, need_validation: bool = True) -> Prepared:
         print(f"Skipped {skipped_train + skipped_val} examples whose target is longer than "
               f"data.max_target_tokens={limits.max_target_tokens} (targets are never truncated)")
 
-    info = {
-        "metatune_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "base_model": config.model.name,
-        "architecture": "seq2seq" if seq2seq else "causal",
-        "input": {
-            "style": fmt.style,
-            "include_fields": fmt.include_fields,
-            "exclude_fields": list(fmt.exclude_fields),
-            "chat_template": chat,
-            "prompts": prompts,
-        },
-        "limits": {"max_input_tokens": limits.max_input_tokens, "max_target_tokens": limits.max_target_tokens},
-        "fallback_type": d.fallback_type,
-        "types": registry.to_dict(),
-        "config": json.loads(config.model_dump_json()),
-    }
+    info = describe(config, registry, fmt, seq2seq, chat, prompts)
     stats = {
         "train_examples": len(train),
         "validation_examples": len(validation),

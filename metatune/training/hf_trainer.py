@@ -23,6 +23,7 @@ from metatune.config import Config
 from metatune.encoding import collator
 from metatune.errors import MetatuneError
 from metatune.precision import apply_precision
+from metatune.tagging import TagCollator, tag_loss
 from metatune.training.common import Prepared, micro_batches, target_logits_supported, target_only_loss
 from metatune.training.distributed import whole_model
 
@@ -180,6 +181,17 @@ def build_trainer(prepared: Prepared, args: TrainingArguments, callbacks: list) 
 
     Causal models compute their logits at target positions only (docs/performance.md).
     """
+    if prepared.info.get("objective") == "tag":
+        return Trainer(
+            model=prepared.model,
+            args=args,
+            train_dataset=prepared.train,
+            eval_dataset=prepared.validation or None,
+            data_collator=TagCollator(prepared.tokenizer.pad_token_id, prepared.info["tagging"]["bidirectional"]),
+            processing_class=prepared.tokenizer,
+            callbacks=callbacks,
+            compute_loss_func=tag_loss,
+        )
     target_logits = target_logits_supported(prepared.model, prepared.seq2seq)
     cls = Seq2SeqTrainer if prepared.seq2seq else Trainer
     trainer = cls(

@@ -49,12 +49,13 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
             shutil.rmtree(work, ignore_errors=True)
         raise
     model = prepared.model
-    generation = model.generation_config
-    generation.max_new_tokens = config.data.max_target_tokens
-    generation.do_sample = False
-    generation.pad_token_id = prepared.tokenizer.pad_token_id
-    for key in ("temperature", "top_p", "top_k"):
-        setattr(generation, key, None)
+    generation = getattr(model, "generation_config", None)  # a tagger generates nothing
+    if generation is not None:
+        generation.max_new_tokens = config.data.max_target_tokens
+        generation.do_sample = False
+        generation.pad_token_id = prepared.tokenizer.pad_token_id
+        for key in ("temperature", "top_p", "top_k"):
+            setattr(generation, key, None)
     info = {**prepared.info, "training": {**summary, **prepared.stats, "processes": state.num_processes}}
     extra = {"metrics.jsonl": work / "metrics.jsonl", "logs": work / "checkpoints" / "runs"}
 

@@ -1,0 +1,213 @@
+"""Source alignment: where a metadata value sits in the document text.
+
+A value is searched in a folded copy of the text that keeps only letters and digits, lower-cased and
+without accents, with a map back to the original characters. Line breaks, hyphenation at line ends
+(`methylation--\\nregulated`), repeated spaces, case, accents and punctuation therefore do not
+prevent a match; a match must start and end at word boundaries of the original text. When the
+value is not there verbatim, rapidfuzz finds the closest stretch of the folded text and accepts it
+above a similarity threshold. Everything runs in C-level string search: no Python loop over
+characters of the text other than the one pass that folds it.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from rapidfuzz import fuzz
+
+FUZZY_MIN_SCORE = 90.0  # rapidfuzz partial_ratio (0-100) for a value that is not verbatim in the text
+FUZZY_MIN_CHARS = 12  # shorter values must be there verbatim: a near match of a short name is a guess
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int  # character offsets in the original text, end exclusive
+    end: int
+    exact: bool = True
+
+    def overlaps(self, other: Span) -> bool:
+        return self.start < other.end and other.start < self.end
+
+
+def fold(text: str) -> tuple[str, list[int]]:
+    """The text's letters and digits, lower-cased, accents removed; and each one's index in `text`."""
+    chars: list[str] = []
+    where: list[int] = []
+    for i, c in enumerate(text):
+        if c.isascii():
+            if c.isalnum():
+                chars.append(c.lower())
+                where.append(i)
+            continue
+        for d in unicodedata.normalize("NFKD", c):  # ligatures (ﬁ -> fi) and accents (é -> e + mark)
+            if d.isalnum():
+                chars.append(d.lower())
+                where.append(i)
+    return "".join(chars), where
+
+
+class Source:
+    """A document text, folded once, in which values are located."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.folded, self.where = fold(text)
+
+    def _is_word_start(self, i: int) -> bool:
+        return i == 0 or not self.text[i - 1].isalnum()
+
+    def _is_word_end(self, i: int) -> bool:
+        return i >= len(self.text) or not self.text[i].isalnum()
+
+    def _span(self, a: int, b: int, exact: bool) -> Span:
+        """The original-text span of folded characters a..b (end exclusive)."""
+        return Span(self.where[a], self.where[b - 1] + 1, exact)
+
+    def occurrences(self, value: str) -> list[Span]:
+        """Every verbatim (folded) occurrence of `value` that starts and ends on word boundaries."""
+        needle, _ = fold(value)
+        if not needle:
+            return []
+        found, i = [], self.folded.find(needle)
+        while i >= 0:
+            span = self._span(i, i + len(needle), True)
+            if self._is_word_start(span.start) and self._is_word_end(span.end):
+                found.append(span)
+            i = self.folded.find(needle, i + 1)
+        return found
+
+    def nearest(self, value: str, min_score: float = FUZZY_MIN_SCORE) -> Span | None:
+        """The stretch of text most like `value` (rapidfuzz partial ratio), widened to whole words."""
+        needle, _ = fold(value)
+        if len(needle) < FUZZY_MIN_CHARS or not self.folded:
+            return None
+        hit = fuzz.partial_ratio_alignment(needle, self.folded, score_cutoff=min_score)
+        if hit is None or hit.dest_end <= hit.dest_start:
+            return None
+        start, end = self.where[hit.dest_start], self.where[hit.dest_end - 1] + 1
+        while start > 0 and self.text[start - 1].isalnum():
+            start -= 1
+        while end < len(self.text) and self.text[end].isalnum():
+            end += 1
+        return Span(start, end, exact=False)
+
+    def locate(self, value: str, taken: list[Span] = (), fuzzy: bool = True) -> Span | None:
+        """The first occurrence of `value` that overlaps no span in `taken`; else a near match, or None."""
+        for span in self.occurrences(value):
+            if not any(span.overlaps(t) for t in taken):
+                return span
+        if fuzzy:
+            span = self.nearest(value)
+            if span is not None and not any(span.overlaps(t) for t in taken):
+                return span
+        return None
+
+    def snippet(self, span: Span) -> str:
+        """The span's text with its whitespace folded to single spaces (how metadata values are written)."""
+        return " ".join(self.text[span.start : span.end].split())
+
+
+def values_of(record: dict, fields: list[str]) -> list[tuple[str, int, str]]:
+    """(field, item index, text) for every non-empty string value or list item of the fields."""
+    out = []
+    for field in fields:
+        value = record.get(field)
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, str) and item.strip():
+                out.append((field, i, item))
+    return out
+
+
+DATE_FIELDS = {"date", "date.issued", "date.created"}
+PERSON_FIELDS = {"creator", "director", "codirector", "compiler"}
+
+
+def name_forms(value: str) -> list[str]:
+    """A person's name as catalogues write it ("Pérez, Juan") and as documents do ("Juan Pérez")."""
+    surname, comma, given = value.partition(",")
+    return [value, f"{given.strip()} {surname.strip()}"] if comma and given.strip() else [value]
+
+
+def align_record(text: str, record: dict, fields: list[str], fuzzy: bool = True) -> dict[tuple[str, int], Span | None]:
+    """Each value's span in `text`, or None where it does not align; no two spans overlap.
+
+    Longer values claim their place first: an abstract or a title takes its words before a keyword
+    that also occurs in them is searched, so the keyword lands in the keywords line. Dates are
+    matched by their normalised form, after the other fields.
+    """
+    source = Source(text)
+    wanted = sorted(values_of(record, fields), key=lambda v: -len(v[2]))
+    taken: list[Span] = []
+    spans: dict[tuple[str, int], Span | None] = {}
+    wanted.sort(key=lambda v: v[0] in DATE_FIELDS)
+    for field, i, value in wanted:
+        if field in DATE_FIELDS:
+            span = locate_date(text, value, taken)
+        elif field in PERSON_FIELDS:
+            span = next(filter(None, (source.locate(form, taken, fuzzy) for form in name_forms(value))), None)
+        else:
+            span = source.locate(value, taken, fuzzy)
+        spans[(field, i)] = span
+        if span is not None:
+            taken.append(span)
+    return spans
+
+
+# --- dates: values are normalised (yyyy/mm/dd, yyyy/mm, yyyy), the text writes them in many ways ---
+
+_MONTH_NAMES = (
+    "january february march april may june july august september october november december",
+    "enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre diciembre",
+)
+MONTHS = {name: i + 1 for names in _MONTH_NAMES for i, name in enumerate(names.split())}
+MONTHS.update({name[:3]: n for name, n in list(MONTHS.items())})
+MONTHS.update({"sept": 9, "setiembre": 9, "set": 9})
+_MONTH = r"(?P<month>" + "|".join(sorted(MONTHS, key=len, reverse=True)) + r")\.?"
+_DATE_PATTERNS = [
+    re.compile(r"\b(?P<year>(?:1[89]|20)\d\d)[-/.](?P<mm>\d{1,2})(?:[-/.](?P<day>\d{1,2}))?\b"),
+    re.compile(r"\b(?P<day>\d{1,2})[-/.](?P<mm>\d{1,2})[-/.](?P<year>(?:1[89]|20)\d\d)\b"),
+    re.compile(rf"\b(?:(?P<day>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:de\s+)?)?{_MONTH},?\s+(?:(?P<day2>\d{{1,2}}),?\s+)?(?:de\s+)?(?P<year>(?:1[89]|20)\d\d)\b", re.IGNORECASE),
+    re.compile(r"\b(?P<year>(?:1[89]|20)\d\d)\b"),
+]
+
+
+def date_spans(text: str) -> list[tuple[Span, str]]:
+    """Date expressions in the text, in order, each with its normalised form; none overlap."""
+    found: list[tuple[Span, str]] = []
+    for pattern in _DATE_PATTERNS:  # most specific first: a full date wins over the year inside it
+        for m in pattern.finditer(text):
+            span = Span(m.start(), m.end())
+            if any(span.overlaps(s) for s, _ in found):
+                continue
+            if normalised := _normalise_match(m):
+                found.append((span, normalised))
+    return sorted(found, key=lambda x: x[0].start)
+
+
+def _normalise_match(m: re.Match) -> str | None:
+    groups = m.groupdict()
+    month = groups.get("mm") or (MONTHS.get(groups["month"].lower().rstrip(".")) if groups.get("month") else None)
+    day = groups.get("day") or groups.get("day2")
+    month, day = int(month) if month else None, int(day) if day else None
+    if month is not None and not 1 <= month <= 12 or day is not None and not 1 <= day <= 31:
+        return None
+    parts = [groups["year"]] + ([f"{month:02d}"] if month else []) + ([f"{day:02d}"] if month and day else [])
+    return "/".join(parts)
+
+
+def normalise_date(text: str) -> str | None:
+    """The first date in `text` as yyyy/mm/dd, yyyy/mm or yyyy; None when there is none."""
+    spans = date_spans(text)
+    return spans[0][1] if spans else None
+
+
+def locate_date(text: str, value: str, taken: list[Span] = ()) -> Span | None:
+    """The first date expression of the text whose normalised form is `value` (also yyyy/mm/dd form)."""
+    want = normalise_date(value) or value
+    for span, normalised in date_spans(text):
+        if normalised == want and not any(span.overlaps(t) for t in taken):
+            return span
+    return None

@@ -1,0 +1,91 @@
+"""The Tagger: a saved tag run (training.objective=tag) turned into extraction.
+
+One forward pass per document labels its tokens; the labelled spans become the same JSON the
+generative Extractor writes, so evaluate, extract and serve treat both alike. The type comes from
+the run's type label unless the caller names one; the language, not a span of the text, is
+detected (metatune.language).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from metatune.doctypes import TypeRegistry
+from metatune.errors import MetatuneError
+from metatune.export import load_run
+from metatune.inference import DTYPES, Extraction
+from metatune.language import detect_language
+from metatune.tagging import TagCollator, TagScheme, allowed_transitions, decode, first_token_id, to_record, token_offsets
+
+
+class Tagger:
+    def __init__(self, run_dir, device: str | None = None, *, dtype: str = "auto", trust_remote_code: bool = False,
+                 **_generation):
+        if dtype != "auto" and dtype not in DTYPES:
+            raise MetatuneError(f"unknown dtype {dtype!r} (choose from auto, {', '.join(DTYPES)})")
+        self.run_dir = Path(run_dir)
+        self.model, self.tokenizer, self.info = load_run(run_dir, device, trust_remote_code)
+        self.device = self.model.device
+        if dtype != "auto" and self.model.dtype != DTYPES[dtype]:
+            self.model.to(DTYPES[dtype])
+        self.registry = TypeRegistry.from_dict(self.info["types"], source=f"{run_dir}/metatune.json")
+        tagging = self.info["tagging"]
+        self.scheme = TagScheme.from_dict(tagging["scheme"])
+        self.collate = TagCollator(self.tokenizer.pad_token_id, tagging["bidirectional"])
+        self.allowed = allowed_transitions(self.scheme)
+        self.max_input_tokens = self.info["limits"]["max_input_tokens"]
+        self.default_type = self.info.get("fallback_type") or (
+            self.scheme.types[0] if len(self.scheme.types) == 1 else "general")
+        self.seq2seq = self.info["architecture"] == "seq2seq"
+        self.num_beams, self.max_new_tokens = 1, 0  # nothing is generated
+
+    def resolve_type(self, name: str | None) -> str:
+        doc_type = self.registry.find(name or self.default_type)
+        if doc_type is None:
+            raise MetatuneError(f"unknown document type {name!r} (known: {', '.join(self.registry.types)})")
+        return doc_type.name
+
+    def fields(self, doc_type: str) -> list[str]:
+        spec = self.info["input"]
+        return self.registry.types[doc_type].target_fields(spec.get("include_fields"), spec.get("exclude_fields") or [])
+
+    @torch.inference_mode()
+    def extract(self, texts: list[str], types: list[str | None] | None = None, batch_size: int = 8,
+                progress: bool = False) -> list[Extraction]:
+        """Metadata for each text. A type left as None is the one the run's type label predicts."""
+        from tqdm.auto import tqdm
+
+        if batch_size < 1:
+            raise MetatuneError(f"batch size must be at least 1, got {batch_size}")
+        requested = list(types or [None] * len(texts))
+        if len(requested) != len(texts):
+            raise MetatuneError(f"{len(texts)} texts but {len(requested)} types")
+        asked = [self.resolve_type(t) if t is not None else None for t in requested]
+        encoded = [token_offsets(self.tokenizer, text, self.max_input_tokens - 1) for text in texts]
+        start_id = first_token_id(self.tokenizer)
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i][0]), reverse=True)
+        results: list[Extraction | None] = [None] * len(texts)
+        bar = tqdm(total=len(texts), unit="doc", disable=not progress, leave=False)
+        for begin in range(0, len(order), batch_size):
+            rows = order[begin : begin + batch_size]
+            batch = self.collate([{"input_ids": [start_id, *encoded[i][0]]} for i in rows])
+            logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.cpu()
+            for r, i in enumerate(rows):
+                predicted, values = decode(logits[r], encoded[i][1], texts[i], self.scheme, self.allowed)
+                doc_type = asked[i] or (predicted if self.registry.find(predicted) else self.resolve_type(None))
+                results[i] = self._extraction(texts[i], doc_type, values)
+            bar.update(len(rows))
+        bar.close()
+        return results
+
+    def _extraction(self, text: str, doc_type: str, values: dict[str, list[str]]) -> Extraction:
+        fields = self.fields(doc_type)
+        kinds = self.registry.types[doc_type].fields
+        data = to_record(values, {f: kinds[f] for f in fields})
+        if "language" in fields and (language := detect_language(text)):
+            data["language"] = language
+        data = {f: data[f] for f in fields if f in data}
+        return Extraction(doc_type, data, json.dumps(data, ensure_ascii=False))

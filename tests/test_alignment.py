@@ -1,0 +1,114 @@
+"""Source alignment: values found in the document text despite line breaks, hyphens, case and accents."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metatune.alignment import Source, align_record, date_spans, locate_date, name_forms, normalise_date
+
+from conftest import GROBID, SAMPLE
+
+TEXT = (
+    "Journal of Things 12 (2020)\n"
+    "DNA methylation--\nregulated   binding of\nTRANSCRIPTION factors\n"
+    "José  Pérez-Gómez 1 , Ana María Ruiz 2\n"
+    "Received 31 March 2011; published 5 Sep 2012\n"
+    "Keywords: DNA methylation; chromatin\n"
+)
+
+
+def found(text: str, value: str, **kw) -> str | None:
+    source = Source(text)
+    span = source.locate(value, **kw)
+    return None if span is None else text[span.start : span.end]
+
+
+def test_line_breaks_hyphenation_spaces_and_case_do_not_matter():
+    value = "DNA methylation--regulated binding of transcription factors"
+    assert found(TEXT, value) == "DNA methylation--\nregulated   binding of\nTRANSCRIPTION factors"
+
+
+def test_accents_and_other_unicode():
+    assert found(TEXT, "Jose Perez-Gomez") == "José  Pérez-Gómez"
+    assert found("e\ufb03cient methods", "efficient methods") == "e\ufb03cient methods"  # the ffi ligature
+
+
+def test_a_value_absent_from_the_text_gives_nothing():
+    assert found(TEXT, "Quantum chromodynamics at high energies") is None
+    assert found(TEXT, "") is None
+
+
+def test_matches_start_and_end_on_word_boundaries():
+    assert found("the mitochondna of cells", "dna", fuzzy=False) is None
+    assert found("the DNA of cells", "dna", fuzzy=False) == "DNA"
+
+
+def test_a_value_occurring_twice_takes_the_first_free_occurrence():
+    source = Source(TEXT)
+    first, second = source.occurrences("DNA methylation")
+    assert TEXT[first.start : first.end].startswith("DNA methylation") and first.start < second.start
+    assert source.locate("DNA methylation", taken=[first]) == second
+
+
+def test_longer_values_claim_their_place_first():
+    """The keyword occurs in the title too; it is labelled in the keywords line."""
+    record = {"title": "DNA methylation--regulated binding of transcription factors",
+              "keywords": ["DNA methylation", "chromatin"]}
+    spans = align_record(TEXT, record, ["title", "keywords"])
+    assert TEXT[spans[("keywords", 0)].start :].startswith("DNA methylation; chromatin")
+    assert not spans[("keywords", 0)].overlaps(spans[("title", 0)])
+
+
+def test_near_matches_are_found_and_marked_inexact():
+    text = "An abstract that says the con- struction of models is hard and worth a long study of its own."
+    source = Source(text)
+    span = source.locate("the con- structure of models is hard and worth a long study of its own")
+    assert span is not None and not span.exact
+    assert text[span.start : span.end].startswith("the con- struction")
+    assert source.locate("Pérez", fuzzy=True) is None  # short values never match approximately
+
+
+def test_catalogue_names_are_found_in_document_order():
+    assert name_forms("Pérez-Gómez, José") == ["Pérez-Gómez, José", "José Pérez-Gómez"]
+    spans = align_record(TEXT, {"creator": ["Pérez-Gómez, José", "Ruiz, Ana María"]}, ["creator"])
+    assert [TEXT[s.start : s.end] for s in spans.values()] == ["José  Pérez-Gómez", "Ana María Ruiz"]
+
+
+def test_dates_are_found_by_their_normalised_form():
+    assert [d for _, d in date_spans(TEXT)] == ["2020", "2011/03/31", "2012/09/05"]
+    span = locate_date(TEXT, "2012/09/05")
+    assert TEXT[span.start : span.end] == "5 Sep 2012"
+    assert locate_date(TEXT, "1999") is None
+    assert normalise_date("December 18, 2020") == "2020/12/18"
+    assert normalise_date("13/31/2020") is None or normalise_date("13/31/2020") == "2020"
+
+
+def test_snapped_values_are_always_text_of_the_source():
+    source = Source(TEXT)
+    for value in ("José Pérez-Gómez", "dna methylation regulated", "Ana Maria Ruiz"):
+        span = source.locate(value)
+        assert span is not None and source.snippet(span) in " ".join(TEXT.split())
+
+
+@pytest.mark.parametrize("path", [SAMPLE, GROBID], ids=["sample", "grobid-headers"])
+def test_every_record_aligns_fast_and_spans_hold_the_value(path):
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    records = [r for split in data.values() for r in split]
+    fields = ["title", "creator", "keywords", "abstract", "originPlaceInfo", "doi"]
+    total = aligned = 0
+    for record in records:
+        text = record["original_text"]
+        spans = align_record(text, record, fields)
+        for (field, i), span in spans.items():
+            total += 1
+            if span is None:
+                continue
+            aligned += 1
+            if span.exact:  # an exact span folds to exactly the value (or the name in document order)
+                value = record[field][i] if isinstance(record[field], list) else record[field]
+                assert Source(text[span.start : span.end]).folded in {Source(v).folded for v in name_forms(value)}
+    assert total > 0 and aligned / total > (0.95 if path == GROBID else 0.3)

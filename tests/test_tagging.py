@@ -1,0 +1,237 @@
+"""The tag objective: labels from aligned spans, BIO decoding, a tiny tagger that learns, save / load / extract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from metatune.alignment import Span
+from metatune.tagging import (
+    TagCollator,
+    TagScheme,
+    allowed_transitions,
+    decode,
+    encode_tagged,
+    span_labels,
+    to_record,
+    viterbi,
+)
+
+from conftest import SAMPLE
+
+SCHEME = TagScheme(("title", "creator", "keywords", "date"), ("Articulo", "Tesis"))
+O, B_TITLE, I_TITLE, B_CREATOR, I_CREATOR, B_KW, I_KW, B_DATE, I_DATE = range(9)
+
+
+def test_labels_list_outside_then_bio_per_field_then_types():
+    assert SCHEME.labels == ["O", "B-title", "I-title", "B-creator", "I-creator", "B-keywords", "I-keywords",
+                             "B-date", "I-date", "TYPE=Articulo", "TYPE=Tesis"]
+    assert TagScheme.from_dict(SCHEME.to_dict()) == SCHEME
+
+
+def test_span_labels_begin_each_item_and_leave_the_rest_outside():
+    offsets = [(0, 4), (5, 9), (10, 13), (14, 18), (19, 23)]
+    spans = [(Span(0, 9), "title"), (Span(10, 13), "creator"), (Span(14, 18), "creator")]
+    assert span_labels(offsets, spans, SCHEME) == [B_TITLE, I_TITLE, B_CREATOR, B_CREATOR, O]
+
+
+def test_encoded_record_puts_the_type_first_and_counts_unaligned_values(tiny_tokenizer):
+    text = "A study of things\nAna Ruiz, Juan Pérez\nKeywords: things; stuff"
+    record = {"title": "A study of things", "creator": ["Ana Ruiz", "Juan Pérez", "Nobody Here"],
+              "keywords": ["things", "stuff"]}
+    features, counts = encode_tagged(record, text, "Tesis", ["title", "creator", "keywords"], SCHEME,
+                                     tiny_tokenizer, 256)
+    assert features["labels"][0] == SCHEME.labels.index("TYPE=Tesis")
+    assert len(features["labels"]) == len(features["input_ids"])
+    assert counts == {"title": [1, 1], "creator": [3, 2], "keywords": [2, 2]}
+    labels = features["labels"][1:]
+    assert labels.count(B_CREATOR) == 2 and labels.count(B_KW) == 2 and labels.count(B_TITLE) == 1
+    # "things" in the title is the title's: the keyword is labelled in the keywords line
+    _, offsets = features["input_ids"], None
+
+
+def test_viterbi_never_puts_an_inside_label_without_its_begin():
+    allowed = allowed_transitions(SCHEME)[: SCHEME.first_type_label, : SCHEME.first_type_label]
+    scores = torch.full((4, 9), -10.0)
+    scores[0, O] = 0
+    scores[1, I_TITLE] = 0  # alone, argmax would start a title with I-
+    scores[1, B_TITLE] = -1
+    scores[2, I_CREATOR] = 0  # I-creator after a title: not allowed
+    scores[2, I_TITLE] = -2
+    scores[3, O] = 0
+    assert viterbi(scores, allowed) == [O, B_TITLE, I_TITLE, O]
+
+
+def test_decode_reads_spans_as_values_of_the_text():
+    text = "Deep  learning\nfor all Ana Ruiz Juan Paz 5 Sep 2012"
+    offsets = [(0, 4), (6, 14), (15, 18), (19, 22), (23, 26), (27, 31), (32, 36), (37, 40), (41, 42), (43, 46), (47, 51)]
+    path = [B_TITLE, I_TITLE, I_TITLE, I_TITLE, B_CREATOR, I_CREATOR, B_CREATOR, I_CREATOR, B_DATE, I_DATE, I_DATE]
+    logits = torch.full((1 + len(offsets), len(SCHEME.labels)), -5.0)
+    logits[0, SCHEME.labels.index("TYPE=Tesis")] = 5
+    for i, label in enumerate(path):
+        logits[1 + i, label] = 5
+    doc_type, values = decode(logits, offsets, text, SCHEME, allowed_transitions(SCHEME))
+    assert doc_type == "Tesis"
+    assert values == {"title": ["Deep learning for all"], "creator": ["Ana Ruiz", "Juan Paz"], "date": ["2012/09/05"]}
+    assert to_record(values, {"title": "string", "creator": "array", "date": "string", "keywords": "array"}) == {
+        "title": "Deep learning for all", "creator": ["Ana Ruiz", "Juan Paz"], "date": "2012/09/05"}
+
+
+def test_collator_pads_and_lets_every_token_see_every_real_token():
+    batch = TagCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "labels": [9, 1, 2]}, {"input_ids": [5, 6], "labels": [9, 0]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 6, 0]]
+    assert batch["labels"].tolist() == [[9, 1, 2], [9, 0, -100]]
+    mask = batch["attention_mask"]
+    assert mask.shape == (2, 1, 3, 3) and mask[0].all()
+    assert mask[1, 0, 0].tolist() == [True, True, False]  # the first token sees the one after it, not the padding
+
+
+WORDS = ("estudio síntesis formación docente escuelas simulación térmica puentes hormigón noticia organizaciones "
+         "financiamiento empresas economía informalidad laboral municipios química suelos agua").split()
+NAMES = "Ana Ruiz|Juan Pérez|María Gómez|Pedro Díaz|Laura Sosa|Carlos Vega|Sofía Paz|Diego Ríos".split("|")
+
+
+def synthetic_records(n: int, seed: int) -> list[dict]:
+    """Short documents whose title and authors follow markers: a task a tiny model learns in a few steps."""
+    import random
+
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        title = " ".join(rng.sample(WORDS, rng.randint(3, 5))).capitalize()
+        creators = rng.sample(NAMES, rng.randint(1, 2))
+        text = (f"Universidad Nacional de La Plata\nTítulo: {title}\nAutores: {'; '.join(creators)}\n"
+                f"Resumen: {' '.join(rng.sample(WORDS, 6))}.")
+        records.append({"id": f"s{i}", "type": "Articulo", "original_text": text, "title": title,
+                        "creator": creators, "language": "es"})
+    return records
+
+
+def tag_config(model, data, output, *extra):
+    from metatune.config import load_config
+
+    return load_config(sets=[
+        f"model.name={model}", f"data.path={data}", f"training.output_dir={output}", "training.objective=tag",
+        "data.include_fields=[title, creator, language]", "data.max_input_tokens=128",
+        "training.max_steps=120", "training.learning_rate=2e-3", "training.per_device_train_batch_size=8",
+        "training.warmup_ratio=0", "training.logging_steps=5", "training.eval_each_epoch=false", "training.bf16=false",
+        *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synthetic") / "data.json"
+    path.write_text(json.dumps({"training": synthetic_records(48, 0), "validation": synthetic_records(8, 1),
+                                "test": synthetic_records(8, 2)}, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tag_run(tmp_path_factory, tiny_llama, synthetic):
+    from metatune.training.run import train
+
+    return train(tag_config(tiny_llama, synthetic, tmp_path_factory.mktemp("tag") / "run"))
+
+
+def test_a_tiny_tagger_learns_and_its_run_says_how_it_was_trained(tag_run):
+    losses = [json.loads(line)["loss"] for line in (tag_run / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert losses[-1] < 0.3 * losses[0], losses
+    info = json.loads((tag_run / "metatune.json").read_text(encoding="utf-8"))
+    assert info["objective"] == "tag"
+    assert info["tagging"]["scheme"] == {"fields": ["title", "creator"], "types": ["Articulo"]}
+    assert info["tagging"]["alignment"]["title"] == {"values": 48, "aligned": 48}
+    assert "language" in info["tagging"]["not_tagged"]
+
+
+def test_tag_run_extracts_the_right_spans_after_reload(tag_run):
+    from metatune.inference import open_run
+    from metatune.tagger import Tagger
+
+    tagger = open_run(tag_run)
+    assert isinstance(tagger, Tagger)
+    records = synthetic_records(8, 2)  # documents it never saw
+    texts = [r["original_text"] for r in records]
+    together = tagger.extract(texts, batch_size=4)
+    alone = [tagger.extract([t], batch_size=1)[0] for t in texts]
+    assert [r.data for r in together] == [r.data for r in alone]  # padding does not change a document's labels
+    right = 0
+    for result, record in zip(together, records):
+        assert result.doc_type == "Articulo" and json.loads(result.raw) == result.data
+        assert result.data["language"] == "es"
+        right += result.data.get("title") == record["title"] and result.data.get("creator") == record["creator"]
+    assert right >= 6, [r.data for r in together]
+
+
+def test_tag_objective_refuses_lora_and_the_loop(tmp_path, tiny_llama):
+    from metatune.errors import MetatuneError
+    from metatune.training.run import train
+
+    with pytest.raises(MetatuneError, match="training.objective=tag trains the full model"):
+        train(tag_config(tiny_llama, SAMPLE, tmp_path / "a", "model.lora.enabled=true"))
+    with pytest.raises(MetatuneError, match="training.objective=tag trains with training.mode=trainer"):
+        train(tag_config(tiny_llama, SAMPLE, tmp_path / "b", "training.mode=loop"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_extract_and_evaluate_work_unchanged_on_a_tag_run(tag_run, synthetic, tmp_path):
+    from test_cli import run_cli
+
+    record = synthetic_records(1, 5)[0]
+    doc = tmp_path / "doc.txt"
+    doc.write_text(record["original_text"], encoding="utf-8")
+    result = run_cli("extract", tag_run, doc, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["type"] == "Articulo" and out["metadata"]["title"] == record["title"]
+
+    result = run_cli("evaluate", tag_run, "--data", synthetic, "--split", "test", "--report", tmp_path / "eval", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["documents"] == 8 and metrics["parse_failures"] == 0
+    assert metrics["fields"]["title"]["soft"]["f1"] >= 0.75
+
+    result = run_cli("evaluate", tag_run, "--data", synthetic, "--baseline", "zero-shot", cwd=tmp_path)
+    assert result.returncode == 2 and "a tag run has no zero-shot baseline" in result.stderr
+
+
+def test_service_answers_from_a_tag_run(tag_run):
+    import httpx
+    import uvicorn
+
+    from metatune.inference import open_run
+    from metatune.service import create_app
+    from test_service import free_port
+
+    app = create_app(open_run(tag_run), token=None, max_bytes=4096, batch_size=4, batch_wait_ms=50)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    import threading
+    import time
+
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        record = synthetic_records(1, 6)[0]
+        r = httpx.post(f"http://127.0.0.1:{port}/extract", json={"text": record["original_text"]}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["metadata"]["title"] == record["title"]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_data_validate_reports_what_the_tagger_can_label(tmp_path):
+    from test_cli import run_cli
+
+    result = run_cli("data", "validate", SAMPLE, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("found in the text"))
+    assert "title 32/32 (100%)" in line and "creator 69/70 (99%)" in line  # "Pérez, Juan" is found as "Juan Pérez"
