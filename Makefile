@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch that pip finds on this machine; an unpinned torch pulls CUDA wheels.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-fast bench quality clean
+.PHONY: install demo test test-fast bench quality quality-tag clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,12 @@ quality: install
 	$(BIN)/metatune train --config configs/grobid-headers.yaml --output runs/grobid-headers --overwrite
 	$(BIN)/metatune evaluate runs/grobid-headers --data ../shared/data/grobid-headers/dataset.json --split validation --report runs/grobid-headers/eval
 	$(BIN)/python scripts/grobid_comparison.py runs/grobid-headers --out runs/grobid-headers/eval/grobid-comparison.md
+
+# the tag objective on the same data (configs/grobid-headers-tag.yaml); same evaluation and table
+quality-tag: install
+	$(BIN)/metatune train --config configs/grobid-headers-tag.yaml --output runs/grobid-headers-tag --overwrite
+	$(BIN)/metatune evaluate runs/grobid-headers-tag --data ../shared/data/grobid-headers/dataset.json --split validation --report runs/grobid-headers-tag/eval
+	$(BIN)/python scripts/grobid_comparison.py runs/grobid-headers-tag --out runs/grobid-headers-tag/eval/grobid-comparison.md
 
 clean:
 	rm -rf runs build *.egg-info

@@ -211,3 +211,30 @@ def locate_date(text: str, value: str, taken: list[Span] = ()) -> Span | None:
         if normalised == want and not any(span.overlaps(t) for t in taken):
             return span
     return None
+
+
+NOT_SNAPPED = DATE_FIELDS | {"language", "type", "rights", "rightsurl"}  # normalised values, not text to copy
+
+
+def snap_record(text: str, data: dict) -> dict:
+    """A predicted record with every text value that (nearly) occurs in `text` replaced by the text's
+    own words: the source's spelling, hyphens and accents instead of the model's retyping. List items
+    are snapped one by one; a name written "Surname, Name" keeps the catalogue's form; a value the text
+    does not hold stays as predicted. Snapped values are always text of the source."""
+    source = Source(text)
+    out = {}
+    for field, value in data.items():
+        if field in NOT_SNAPPED:
+            out[field] = value
+        elif isinstance(value, list):
+            out[field] = [_snap(source, field, v) for v in value]
+        else:
+            out[field] = _snap(source, field, value)
+    return out
+
+
+def _snap(source: Source, field: str, value):
+    if not isinstance(value, str) or (field in PERSON_FIELDS and "," in value):
+        return value
+    span = source.locate(value)
+    return source.snippet(span) if span is not None else value

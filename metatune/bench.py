@@ -531,14 +531,20 @@ def plain_generate(model, tokenizer, ids: list[int], max_new_tokens: int, seq2se
 
 
 def probe_extract(spec: dict) -> dict:
-    """Plain one-at-a-time generation against the batched Extractor, interleaved chunk by chunk."""
+    """Plain one-at-a-time generation against the batched Extractor, interleaved chunk by chunk.
+
+    A tag run (training.objective=tag) generates nothing: its Tagger one document at a time is timed
+    against the same Tagger batched.
+    """
     from transformers import set_seed
 
-    from metatune.inference import Extractor
+    from metatune.export import read_run_info
+    from metatune.inference import open_run
     from metatune.parsing import parse_output
 
     set_seed(0)
-    extractor = Extractor(spec["run"])
+    tag = read_run_info(spec["run"]).get("objective") == "tag"
+    extractor = open_run(spec["run"], snap=False)  # the raw outputs are compared
     texts, types = spec["texts"], [extractor.resolve_type(t) for t in spec["types"]]
     size, max_new = spec["batch_size"], spec["max_new_tokens"]
     plain_seconds = batched_seconds = plain_cpu = batched_cpu = 0.0
@@ -550,8 +556,11 @@ def probe_extract(spec: dict) -> dict:
 
         def run_plain():
             t0, c0 = time.perf_counter(), time.process_time()
-            out = [plain_generate(extractor.model, extractor.tokenizer, extractor.input_ids(t, ty), max_new,
-                                  extractor.seq2seq) for t, ty in zip(chunk_t, chunk_ty)]
+            if tag:
+                out = [extractor.extract([t], [ty], batch_size=1)[0].raw for t, ty in zip(chunk_t, chunk_ty)]
+            else:
+                out = [plain_generate(extractor.model, extractor.tokenizer, extractor.input_ids(t, ty), max_new,
+                                      extractor.seq2seq) for t, ty in zip(chunk_t, chunk_ty)]
             return out, time.perf_counter() - t0, time.process_time() - c0
 
         def run_batched():
@@ -590,7 +599,8 @@ def probe_extract(spec: dict) -> dict:
         "identical_predictions": same_data,
         "identical_raw_outputs": same_raw,
         "parsed_outputs": sum(b.data is not None for b in batched),
-        "generated_tokens_plain": sum(len(extractor.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in plain_raw),
+        "objective": "tag" if tag else "generate",
+        "generated_tokens_plain": 0 if tag else sum(len(extractor.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in plain_raw),
         "rss_after_load_mb": round(loaded, 1),
         "peak_rss_mb": round(max(peaks) if can_reset else peak_rss_mb(), 1),
         "peak_rss_scope": "batched extraction" if can_reset else "whole probe process",

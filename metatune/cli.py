@@ -121,12 +121,13 @@ def evaluate(
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N documents of the split")] = None,
     dtype: Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust")] = False,
+    snap: Annotated[Optional[bool], typer.Option("--snap/--no-snap", help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)")] = None,
 ):
     """Score a run field by field on a dataset split; write metrics, predictions, table and chart."""
     from metatune.evaluate import run_evaluate
 
     run_evaluate(run_dir, data, split, report, num_beams, batch_size, baseline, max_new_tokens, limit, dtype=dtype,
-                 trust_remote_code=trust_remote_code)
+                 trust_remote_code=trust_remote_code, snap=snap)
 
 
 @app.command()
@@ -140,11 +141,12 @@ def extract(
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Generation limit (default: the run's max_target_tokens)")] = None,
     dtype: Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust")] = False,
+    snap: Annotated[Optional[bool], typer.Option("--snap/--no-snap", help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)")] = None,
 ):
     """Extract metadata from documents with a saved run."""
     from metatune.extract import run_extract
 
-    code = run_extract(run_dir, inputs, type_, out, batch_size, num_beams, max_new_tokens, dtype, trust_remote_code)
+    code = run_extract(run_dir, inputs, type_, out, batch_size, num_beams, max_new_tokens, dtype, trust_remote_code, snap)
     if code:
         raise typer.Exit(code)
 
@@ -159,13 +161,14 @@ def serve(
     batch_wait_ms: Annotated[float, typer.Option(help="How long the first request of a batch waits for others")] = 10.0,
     dtype: Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust")] = False,
+    snap: Annotated[Optional[bool], typer.Option("--snap/--no-snap", help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)")] = None,
 ):
     """Serve a run over HTTP (FastAPI): /extract, /extract/pdf, /consume-llm, /health, /docs.
 
     Set METATUNE_API_TOKEN to require `Authorization: Bearer <token>`."""
     from metatune.service import serve as run_server
 
-    run_server(run_dir, host, port, max_bytes, batch_size, batch_wait_ms, dtype, trust_remote_code)
+    run_server(run_dir, host, port, max_bytes, batch_size, batch_wait_ms, dtype, trust_remote_code, snap)
 
 
 @app.command()

@@ -58,6 +58,7 @@ class DataSettings(Section):
     general_examples: bool = False  # also one example per document asking only the general fields
     max_input_tokens: PositiveInt = 2048
     max_target_tokens: PositiveInt = 512
+    snap_to_source: bool = True  # at extraction, values that (nearly) occur in the text become the text's own words
 
     @model_validator(mode="after")
     def _fields_not_both_included_and_excluded(self):

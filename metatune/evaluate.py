@@ -76,10 +76,16 @@ def score_predictions(items: list[Item], predictions: list[dict | None]) -> dict
     return score_documents(triples, scored_fields(items, predictions))
 
 
-def evaluate_outputs(items: list[Item], raws: list[str], seconds: float = 0.0) -> tuple[dict, list[dict]]:
-    """Parse every raw output, score; returns (metrics, one row per document for predictions.jsonl)."""
+def evaluate_outputs(items: list[Item], raws: list[str], seconds: float = 0.0,
+                     final: list[dict | None] | None = None) -> tuple[dict, list[dict]]:
+    """Parse every raw output, score; returns (metrics, one row per document for predictions.jsonl).
+
+    `final`: the values the extractor returned after parsing (snapped to the source), scored instead
+    of the parsed raw outputs; each row keeps both.
+    """
     parsed = [parse_output(raw) for raw in raws]
-    metrics = score_predictions(items, [p.data for p in parsed])
+    predictions = final if final is not None else [p.data for p in parsed]
+    metrics = score_predictions(items, predictions)
     metrics["parse_failures"] = sum(p.data is None for p in parsed)
     metrics["repaired"] = sum(p.repaired for p in parsed)
     metrics["seconds"] = round(seconds, 3)
@@ -88,23 +94,24 @@ def evaluate_outputs(items: list[Item], raws: list[str], seconds: float = 0.0) -
             "index": item.index,
             "id": item.id,
             "type": item.doc_type,
-            "prediction": p.data,
+            "prediction": prediction,
             "reference": item.reference,
             "raw": raw,
             "parse_error": p.error,
             "repaired": p.repaired,
         }
-        for item, p, raw in zip(items, parsed, raws)
+        for item, p, raw, prediction in zip(items, parsed, raws, predictions)
     ]
     return metrics, rows
 
 
-def generate_outputs(extractor, items: list[Item], batch_size: int, progress: bool = True) -> tuple[list[str], float, int]:
-    """(raw outputs, seconds, generated tokens) of the extractor on the items' texts and types."""
+def generate_outputs(extractor, items: list[Item], batch_size: int, progress: bool = True):
+    """(raw outputs, seconds, generated tokens, final predictions) of the extractor on the items' texts and types."""
     start = time.perf_counter()
     results = extractor.extract([item.text for item in items], [item.doc_type for item in items], batch_size,
                                 progress=progress)
-    return [r.raw for r in results], time.perf_counter() - start, sum(r.tokens for r in results)
+    seconds = time.perf_counter() - start
+    return [r.raw for r in results], seconds, sum(r.tokens for r in results), [r.data for r in results]
 
 
 def write_report(directory: Path, metrics: dict, rows: list[dict]) -> None:
@@ -154,6 +161,7 @@ def run_evaluate(
     progress: bool = True,
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    snap: bool | None = None,
 ) -> dict:
     """Evaluate a run (and optionally the zero-shot base model), write the report, print the table."""
     if batch_size < 1:
@@ -173,10 +181,10 @@ def run_evaluate(
     results = {}
     for name, base in runs.items():
         extractor = open_run(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, base_model=base,
-                             trust_remote_code=trust_remote_code)
+                             trust_remote_code=trust_remote_code, snap=snap)
         print(f"Evaluating {name} model on {len(items)} '{split}' documents of {data}")
-        raws, seconds, tokens = generate_outputs(extractor, items, batch_size, progress)
-        metrics, rows = evaluate_outputs(items, raws, seconds)
+        raws, seconds, tokens, final = generate_outputs(extractor, items, batch_size, progress)
+        metrics, rows = evaluate_outputs(items, raws, seconds, final)
         metrics["run"] = {
             "run_dir": str(run_dir),
             "model": info.get("base_model") if base else str(run_dir),

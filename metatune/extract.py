@@ -127,7 +127,7 @@ def document_record(name: str, extraction, extractor) -> dict:
 
 def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Path | None, batch_size: int = 8,
                 num_beams: int = 1, max_new_tokens: int | None = None, dtype: str = "auto",
-                trust_remote_code: bool = False) -> int:
+                trust_remote_code: bool = False, snap: bool | None = None) -> int:
     """Extract and write; returns the exit status (1 when some inputs were unreadable and skipped)."""
     from metatune.doctypes import TypeRegistry
     from metatune.export import read_run_info
@@ -150,7 +150,7 @@ def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Pat
         typer.echo(f"error: {p} (skipped)", err=True)
 
     extractor = open_run(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype,
-                         trust_remote_code=trust_remote_code)
+                         trust_remote_code=trust_remote_code, snap=snap)
     results = extractor.extract([text for _, text in docs], [doc_type] * len(docs), batch_size, progress=len(docs) > 1)
     records = [document_record(name, r, extractor) for (name, _), r in zip(docs, results)]
     single = len(inputs) == 1 and (inputs[0] == "-" or not Path(inputs[0]).is_dir())

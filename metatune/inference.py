@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from metatune.alignment import snap_record
 from metatune.doctypes import TypeRegistry
 from metatune.encoding import encode_prompt, global_attention_mask
 from metatune.errors import MetatuneError
@@ -128,6 +129,8 @@ class Extractor:
     batched beside it (rounding differs with the padded shapes).
     `trust_remote_code`: let the model (or the run's base) run Python code of its own; never taken
     from metatune.json.
+    `snap`: replace predicted values that (nearly) occur in the document by the document's own text
+    (metatune.alignment.snap_record); None takes the run's data.snap_to_source (on by default).
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class Extractor:
         dtype: str = "auto",
         base_model: bool = False,
         trust_remote_code: bool = False,
+        snap: bool | None = None,
     ):
         if num_beams < 1:
             raise MetatuneError(f"num_beams must be at least 1, got {num_beams}")
@@ -162,6 +166,7 @@ class Extractor:
         self.max_input_tokens = self.info["limits"]["max_input_tokens"]
         self.max_new_tokens = max_new_tokens or self.info["limits"]["max_target_tokens"]
         self.num_beams = num_beams
+        self.snap = self.info.get("config", {}).get("data", {}).get("snap_to_source", True) if snap is None else snap
         self.default_type = self.info.get("fallback_type") or "general"
         # A causal model continues from the right edge of every row; an encoder reads rows padded on the
         # right, as in training (LED's learned positions would shift under left padding).
@@ -252,10 +257,11 @@ class Extractor:
         encoded = [self.input_ids(text, t) for text, t in zip(texts, resolved)]
         results = []
         raws, counts = self.generate_with_counts(encoded, batch_size, progress=progress)
-        for asked, t, raw, n in zip(requested, resolved, raws, counts):
+        for text, asked, t, raw, n in zip(texts, requested, resolved, raws, counts):
             parsed = parse_output(raw)
             t = t if asked is not None else output_type(self.registry, parsed.data, t)
-            results.append(Extraction(t, parsed.data, raw, parsed.error, parsed.repaired, n))
+            data = snap_record(text, parsed.data) if self.snap and parsed.data else parsed.data
+            results.append(Extraction(t, data, raw, parsed.error, parsed.repaired, n))
         return results
 
 

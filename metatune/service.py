@@ -314,7 +314,8 @@ def max_bytes_setting(value: int | None) -> int:
 
 
 def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: int | None = None,
-          batch_size: int = 8, batch_wait_ms: float = 10.0, dtype: str = "auto", trust_remote_code: bool = False) -> None:
+          batch_size: int = 8, batch_wait_ms: float = 10.0, dtype: str = "auto", trust_remote_code: bool = False,
+          snap: bool | None = None) -> None:
     import uvicorn
 
     from metatune.export import read_run_info
@@ -324,7 +325,7 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: i
     limit = max_bytes_setting(max_bytes)
     check_settings(limit, batch_size)
     token = os.environ.get(TOKEN_ENV) or None
-    extractor = open_run(run_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    extractor = open_run(run_dir, dtype=dtype, trust_remote_code=trust_remote_code, snap=snap)
     app = create_app(extractor, token, limit, batch_size, batch_wait_ms)
     try:  # bound here, so that "Serving" is printed only once it is true
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]

@@ -112,3 +112,27 @@ def test_every_record_aligns_fast_and_spans_hold_the_value(path):
                 value = record[field][i] if isinstance(record[field], list) else record[field]
                 assert Source(text[span.start : span.end]).folded in {Source(v).folded for v in name_forms(value)}
     assert total > 0 and aligned / total > (0.95 if path == GROBID else 0.3)
+
+
+def test_snapping_replaces_retyped_values_by_the_source_text():
+    from metatune.alignment import snap_record
+
+    predicted = {
+        "title": "DNA methylation-regulated binding of transcription factor",  # retyped, one letter short
+        "creator": ["Jose Perez-Gomez", "Ruiz, Ana María"],  # the catalogue's "Surname, Name" is kept
+        "keywords": ["dna methylation", "histone code"],  # the second is not in the text
+        "date": "2012/09/05",
+        "language": "en",
+    }
+    snapped = snap_record(TEXT, predicted)
+    assert snapped == {
+        "title": "DNA methylation-- regulated binding of TRANSCRIPTION factors",
+        "creator": ["José Pérez-Gómez", "Ruiz, Ana María"],
+        "keywords": ["DNA methylation", "histone code"],
+        "date": "2012/09/05",
+        "language": "en",
+    }
+    flat = " ".join(TEXT.split())
+    for field in ("title", "keywords"):
+        for value in snapped[field] if isinstance(snapped[field], list) else [snapped[field]]:
+            assert value in flat or value in predicted[field]  # source text, or the prediction untouched

@@ -293,3 +293,17 @@ def test_extract_mistakes_are_one_line_errors(tiny_run, tmp_path, monkeypatch, c
     assert status == 2
     assert err.strip().splitlines() == ["error: " + message.format(empty=empty, missing=missing)]
     assert not out_file.exists()
+
+
+def test_snapping_follows_the_option_and_keeps_the_raw_output(tiny_run):
+    from metatune.alignment import snap_record
+    from metatune.parsing import parse_output
+
+    texts, types = sample_texts()
+    assert Extractor(tiny_run).snap is True  # the run's data.snap_to_source
+    off = Extractor(tiny_run, snap=False)
+    assert off.snap is False
+    for result, text in zip(Extractor(tiny_run).extract(texts, types), texts):
+        parsed = parse_output(result.raw).data
+        assert result.data == (snap_record(text, parsed) if parsed else parsed)
+    assert [r.data for r in off.extract(texts, types)] == [parse_output(r.raw).data for r in off.extract(texts, types)]

@@ -235,3 +235,14 @@ def test_data_validate_reports_what_the_tagger_can_label(tmp_path):
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stdout.splitlines() if x.startswith("found in the text"))
     assert "title 32/32 (100%)" in line and "creator 69/70 (99%)" in line  # "Pérez, Juan" is found as "Juan Pérez"
+
+
+def test_bench_times_a_tag_run_and_finds_batched_equal_to_one_at_a_time(tag_run):
+    from metatune.bench import probe_extract
+
+    records = synthetic_records(4, 7)
+    result = probe_extract({"run": str(tag_run), "texts": [r["original_text"] for r in records],
+                            "types": [None] * 4, "batch_size": 2, "max_new_tokens": 4})
+    assert result["objective"] == "tag" and result["documents"] == 4
+    assert result["identical_raw_outputs"] == 4 and result["parsed_outputs"] == 4
+    assert result["batched_docs_per_second"] > 0 and result["plain_docs_per_second"] > 0
