@@ -176,14 +176,14 @@ def validate_file(path: str | Path, registry: TypeRegistry, fallback_type: str |
             problems += check_record(record, f"{name}[{i}]", registry, fallback_type)
     if was_split:
         splits = split_records(parsed, seed) if not problems else {}
-    problems += documents_in_two_splits(splits, where)
-    return Dataset(path, splits, was_split, duplicate_ids(splits, where)), problems
+    warnings = documents_in_two_splits(splits, where) + duplicate_ids(splits, where)
+    return Dataset(path, splits, was_split, warnings), problems
 
 
-def documents_in_two_splits(splits: dict[str, list], where: dict[int, str]) -> list[Problem]:
-    """Records with the same text in different splits: the model would be evaluated on what it trained on."""
+def documents_in_two_splits(splits: dict[str, list], where: dict[int, str]) -> list[str]:
+    """One line for each record whose text is also in another split: evaluated on what it was trained on?"""
     first: dict[str, tuple[str, object]] = {}
-    problems = []
+    found = []
     for name, records in splits.items():
         for record in records:
             text = record.get("original_text") if isinstance(record, dict) else None
@@ -191,9 +191,9 @@ def documents_in_two_splits(splits: dict[str, list], where: dict[int, str]) -> l
                 continue
             seen_in, seen = first.setdefault(text.strip(), (name, record))
             if seen_in != name:
-                problems.append(Problem(where[id(record)], "original_text",
-                                        f"the same text as {where[id(seen)]}: one document in two splits ({seen_in}, {name})"))
-    return problems
+                found.append(f"record {where[id(record)]} has the same text as {where[id(seen)]}: "
+                             f"one document in two splits ({seen_in}, {name})")
+    return found
 
 
 def duplicate_ids(splits: dict[str, list], where: dict[int, str]) -> list[str]:
