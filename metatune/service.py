@@ -26,9 +26,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from metatune.errors import MetatuneError
 
 TOKEN_ENV = "METATUNE_API_TOKEN"
+ORIGINAL_TOKEN_ENV = "SERVICE_TOKEN"  # the original SEDICI LLM service's variable, read when TOKEN_ENV is unset
 MAX_BYTES_ENV = "METATUNE_MAX_BYTES"
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 CONSUME_PATH = "/consume-llm"
+INTEGRATION_PATH = "/test-integration"
 
 log = logging.getLogger("metatune.service")
 
@@ -53,10 +55,15 @@ class ExtractResponse(BaseModel):
     raw: str | None = Field(None, description="The model's output, given when it could not be parsed")
 
 
+class ConsumeError(BaseModel):
+    code: int = Field(description="The HTTP status")
+    message: str
+
+
 class ConsumeResponse(BaseModel):
     success: bool
     data: dict | None
-    error: str | None
+    error: ConsumeError | None
 
 
 class HealthResponse(BaseModel):
@@ -179,9 +186,14 @@ class BodyLimit:
 
 
 def _error(status: int, message: str, scope_or_request) -> JSONResponse:
-    """Error bodies: {"error": ...}; on /consume-llm the original contract's {"success", "data", "error"}."""
+    """Error bodies: {"error": ...}; on /consume-llm the original contract's
+    {"success": false, "data": null, "error": {"code", "message"}}, where a bad request is a 400."""
     path = scope_or_request["path"] if isinstance(scope_or_request, dict) else scope_or_request.url.path
-    body = {"success": False, "data": None, "error": message} if path == CONSUME_PATH else {"error": message}
+    if path == CONSUME_PATH:
+        status = 400 if status == 422 else status
+        body = {"success": False, "data": None, "error": {"code": status, "message": message}}
+    else:
+        body = {"error": message}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -201,6 +213,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES, batch_size: int = 8,
                batch_wait_ms: float = 10.0) -> FastAPI:
     """The app around an already-loaded Extractor. `token`: require `Authorization: Bearer <token>`."""
+    from metatune.compat import split_instruction
     from metatune.extract import document_record
     from metatune.pdf import pdf_text
 
@@ -221,7 +234,7 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     if token:  # added last, so it runs first: no body is read (413) or parsed (422) without the token
-        app.add_middleware(TokenCheck, token=token, paths={"/extract", "/extract/pdf", CONSUME_PATH})
+        app.add_middleware(TokenCheck, token=token, paths={"/extract", "/extract/pdf", CONSUME_PATH, INTEGRATION_PATH})
     bearer = HTTPBearer(auto_error=False, description=f"The value of {TOKEN_ENV} on the server")
 
     def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -286,11 +299,20 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
 
     @app.post(CONSUME_PATH, response_model=ConsumeResponse, dependencies=[Depends(authorize)])
     async def consume_llm(request: ConsumeRequest):
-        """The original SEDICI LLM service's contract: {"text"} in, {"success", "data", "error"} out."""
-        result = response("text", await run(request.text, request.type))
+        """The original SEDICI LLM service's contract: {"text"} in, {"success", "data", "error"} out.
+
+        A leading instruction of the original orchestrator (its prompt for the type, then the document)
+        is recognised: it chooses the type, and only the document reaches the model."""
+        split = split_instruction(request.text, extractor.registry)
+        result = response("text", await run(split.document, request.type or split.doc_type))
         if result.metadata is None:
-            return ConsumeResponse(success=False, data=None, error=result.error)
+            raise HTTPException(500, f"cannot parse json output: {result.error}")
         return ConsumeResponse(success=True, data=result.metadata, error=None)
+
+    @app.get(INTEGRATION_PATH, dependencies=[Depends(authorize)])
+    async def test_integration():
+        """The original service's check that the caller's token is accepted."""
+        return {"message": "Integration tests passed"}
 
     return app
 
@@ -324,7 +346,7 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: i
     read_run_info(run_dir)  # mistakes fail here, before the model loads
     limit = max_bytes_setting(max_bytes)
     check_settings(limit, batch_size)
-    token = os.environ.get(TOKEN_ENV) or None
+    token = os.environ.get(TOKEN_ENV) or os.environ.get(ORIGINAL_TOKEN_ENV) or None
     extractor = open_run(run_dir, dtype=dtype, trust_remote_code=trust_remote_code, snap=snap)
     app = create_app(extractor, token, limit, batch_size, batch_wait_ms)
     try:  # bound here, so that "Serving" is printed only once it is true
@@ -335,6 +357,7 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: i
         sock.listen(2048)
     except OSError as e:
         raise MetatuneError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    auth = f"bearer token required ({TOKEN_ENV} is set)" if token else f"no authentication ({TOKEN_ENV} is not set)"
+    source = TOKEN_ENV if os.environ.get(TOKEN_ENV) else ORIGINAL_TOKEN_ENV
+    auth = f"bearer token required ({source} is set)" if token else f"no authentication ({TOKEN_ENV} is not set)"
     print(f"Serving {run_dir} on http://{host}:{port} ({auth}; API docs at /docs)", flush=True)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run(sockets=[sock])
