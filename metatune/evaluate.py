@@ -106,12 +106,11 @@ def evaluate_outputs(items: list[Item], raws: list[str], seconds: float = 0.0,
 
 
 def generate_outputs(extractor, items: list[Item], batch_size: int, progress: bool = True):
-    """(raw outputs, seconds, generated tokens, final predictions) of the extractor on the items' texts and types."""
+    """(one Extraction per item, seconds) of the extractor on the items' texts and types."""
     start = time.perf_counter()
     results = extractor.extract([item.text for item in items], [item.doc_type for item in items], batch_size,
                                 progress=progress)
-    seconds = time.perf_counter() - start
-    return [r.raw for r in results], seconds, sum(r.tokens for r in results), [r.data for r in results]
+    return results, time.perf_counter() - start
 
 
 def write_report(directory: Path, metrics: dict, rows: list[dict]) -> None:
@@ -183,8 +182,10 @@ def run_evaluate(
         extractor = open_run(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, base_model=base,
                              trust_remote_code=trust_remote_code, snap=snap)
         print(f"Evaluating {name} model on {len(items)} '{split}' documents of {data}")
-        raws, seconds, tokens, final = generate_outputs(extractor, items, batch_size, progress)
-        metrics, rows = evaluate_outputs(items, raws, seconds, final)
+        outputs, seconds = generate_outputs(extractor, items, batch_size, progress)
+        metrics, rows = evaluate_outputs(items, [r.raw for r in outputs], seconds, [r.data for r in outputs])
+        metrics["loops"] = sum(r.looped for r in outputs)
+        tokens = sum(r.tokens for r in outputs)
         metrics["run"] = {
             "run_dir": str(run_dir),
             "model": info.get("base_model") if base else str(run_dir),

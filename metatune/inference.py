@@ -32,6 +32,7 @@ class Extraction:
     error: str | None = None
     repaired: bool = False
     tokens: int = 0  # generated tokens
+    looped: bool = False  # generation was stopped in a repetition loop (the repeats are cut)
 
 
 class _Scan:
@@ -69,12 +70,37 @@ def closes_object(text: str) -> bool:
     return _Scan().feed(text)
 
 
+LOOP_MAX_PERIOD = 64  # tokens in the longest block a repetition loop may repeat
+LOOP_MIN_TOKENS = 32  # a loop is at least this many tokens of repeats (and at least 3 copies)
+
+
+def loop_start(tokens: list[int]) -> int | None:
+    """Where a repetition loop at the end of `tokens` begins its second copy, or None.
+
+    A loop is a block of 1..LOOP_MAX_PERIOD tokens repeated at least 3 times and over at least
+    LOOP_MIN_TOKENS tokens at the very end: what a small model writes once it is stuck.
+    """
+    n = len(tokens)
+    for period in range(1, LOOP_MAX_PERIOD + 1):
+        copies = max(3, -(-LOOP_MIN_TOKENS // period))
+        if copies * period > n:
+            break
+        block = tokens[n - period :]
+        if all(tokens[n - k * period : n - (k - 1) * period] == block for k in range(2, copies + 1)):
+            start = n - copies * period
+            while start - period >= 0 and tokens[start - period : start] == block:  # the first copy of the block
+                start -= period
+            return start + period
+    return None
+
+
 class JsonObjectEnd(StoppingCriteria):
-    """Stops a row as soon as the JSON object it generates is closed.
+    """Stops a row as soon as the JSON object it generates is closed, or once it is caught in a loop.
 
     Greedy decoding keeps rows in place, so each row's scan state is carried over and only new tokens
     are read (`incremental`). Beam search reorders rows between calls, so there every row's generated
-    text is scanned again. `stop_at[row]` is the sequence length at which the row closed its object.
+    text is scanned again. `stop_at[row]` is the sequence length at which the row closed its object,
+    or where its loop's second copy began (the repeats are cut; `looped[row]` says so).
     """
 
     def __init__(self, tokenizer, incremental: bool = True):
@@ -103,6 +129,8 @@ class JsonObjectEnd(StoppingCriteria):
         if not self.scans:
             self.scans = [_Scan() for _ in range(rows)]
             self.stop_at = [None] * rows
+            self.looped = [False] * rows
+            self.written = [[] for _ in range(rows)]
         new = input_ids[:, self.seen :].tolist()  # only the tokens not read yet leave the device
         for r, row in enumerate(new):
             if self.stop_at[r] is not None:
@@ -111,6 +139,11 @@ class JsonObjectEnd(StoppingCriteria):
                 if self.scans[r].feed(self.piece(token)):
                     self.stop_at[r] = self.seen + offset + 1
                     break
+            else:
+                self.written[r] += row
+                if (start := loop_start(self.written[r])) is not None:
+                    self.stop_at[r] = self.start + start
+                    self.looped[r] = True
         self.seen = length
         done = [s is not None for s in self.stop_at]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
@@ -211,8 +244,9 @@ class Extractor:
 
     @torch.inference_mode()
     def generate_with_counts(self, encoded: list[list[int]], batch_size: int = 8, max_new_tokens: int | None = None,
-                             progress: bool = False) -> tuple[list[str], list[int]]:
-        """Like `generate`, plus the number of tokens generated for each prompt."""
+                             progress: bool = False) -> tuple[list[str], list[int], list[bool]]:
+        """Like `generate`, plus the number of tokens generated for each prompt and whether it was cut
+        out of a repetition loop."""
         if batch_size < 1:
             raise MetatuneError(f"batch size must be at least 1, got {batch_size}")
         from tqdm.auto import tqdm
@@ -220,6 +254,7 @@ class Extractor:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
         outputs: list[str] = [""] * len(encoded)
         counts: list[int] = [0] * len(encoded)
+        looped: list[bool] = [False] * len(encoded)
         config = self.generation_config
         eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
         not_counted = {self.tokenizer.pad_token_id, *eos}  # padding and end-of-sequence are not content
@@ -242,9 +277,10 @@ class Extractor:
                 new = seq[offset:end]
                 outputs[i] = self.tokenizer.decode(new, skip_special_tokens=True)
                 counts[i] = sum(1 for t in new if t not in not_counted)
+                looped[i] = bool(getattr(stop, "looped", None) and stop.looped[r])
             bar.update(len(rows))
         bar.close()
-        return outputs, counts
+        return outputs, counts, looped
 
     def extract(self, texts: list[str], types: list[str | None] | None = None, batch_size: int = 8,
                 progress: bool = False) -> list[Extraction]:
@@ -256,12 +292,12 @@ class Extractor:
         resolved = [self.resolve_type(t) for t in requested]
         encoded = [self.input_ids(text, t) for text, t in zip(texts, resolved)]
         results = []
-        raws, counts = self.generate_with_counts(encoded, batch_size, progress=progress)
-        for text, asked, t, raw, n in zip(texts, requested, resolved, raws, counts):
+        raws, counts, looped = self.generate_with_counts(encoded, batch_size, progress=progress)
+        for text, asked, t, raw, n, loop in zip(texts, requested, resolved, raws, counts, looped):
             parsed = parse_output(raw)
             t = t if asked is not None else output_type(self.registry, parsed.data, t)
             data = snap_record(text, parsed.data) if self.snap and parsed.data else parsed.data
-            results.append(Extraction(t, data, raw, parsed.error, parsed.repaired, n))
+            results.append(Extraction(t, data, raw, parsed.error, parsed.repaired, n, loop))
         return results
 
 

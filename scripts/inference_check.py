@@ -99,7 +99,7 @@ def main() -> None:
             outputs, row = {}, {"dtype": str(ex.model.dtype)}
             for batch_size in (1, 8, 32):
                 docs = encoded[:4] if batch_size == 1 else encoded
-                (outs, counts), seconds = timed(lambda: ex.generate_with_counts(docs, batch_size))
+                (outs, counts, _), seconds = timed(lambda: ex.generate_with_counts(docs, batch_size))
                 outputs[batch_size] = outs
                 row[f"batch{batch_size}"] = {"documents": len(docs), "seconds": round(seconds, 2),
                                              "tokens_per_s": round(sum(counts) / seconds, 1)}

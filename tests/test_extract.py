@@ -307,3 +307,33 @@ def test_snapping_follows_the_option_and_keeps_the_raw_output(tiny_run):
         parsed = parse_output(result.raw).data
         assert result.data == (snap_record(text, parsed) if parsed else parsed)
     assert [r.data for r in off.extract(texts, types)] == [parse_output(r.raw).data for r in off.extract(texts, types)]
+
+
+def test_loop_start_finds_a_block_repeated_at_the_end():
+    from metatune.inference import loop_start
+
+    prose = list(range(100, 140))
+    assert loop_start(prose) is None
+    loop = prose + [1, 2, 3, 4] * 9  # a 4-token block, 36 tokens of repeats
+    assert loop_start(loop) == len(prose) + 4  # the first copy stays, the repeats are cut
+    assert loop_start(prose + [7] * 31) is None and loop_start(prose + [7] * 32) == len(prose) + 1
+    assert loop_start(prose + [1, 2, 3, 4] * 2) is None  # two copies are not a loop
+
+
+def test_a_row_caught_in_a_loop_stops_and_is_cut(tiny_tokenizer):
+    from metatune.inference import JsonObjectEnd
+
+    stop = JsonObjectEnd(tiny_tokenizer)
+    word = tiny_tokenizer(' "abstract": "la la', add_special_tokens=False)["input_ids"]
+    block = tiny_tokenizer(" la", add_special_tokens=False)["input_ids"]
+    prompt = [5, 6]
+    seq = prompt + tiny_tokenizer("{", add_special_tokens=False)["input_ids"] + word
+    done = stop(torch.tensor([seq[: len(prompt) + 1]]), None)  # first call: one generated token
+    for _ in range(40):
+        seq += block
+        done = stop(torch.tensor([seq]), None)
+        if done[0]:
+            break
+    assert done[0] and stop.looped[0]
+    kept = tiny_tokenizer.decode(seq[: stop.stop_at[0]])
+    assert kept.count(" la") <= 3
