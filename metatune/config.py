@@ -78,6 +78,9 @@ SchedulerName = Literal[
 class TrainingSettings(Section):
     # generate: the model writes the JSON; tag: it labels the tokens of the text that hold each value
     objective: Literal["generate", "tag"] = "generate"
+    # tag objective with a decoder: let every token see the whole document (bidirectional) or only
+    # what precedes it (causal, as the model was pretrained)
+    tag_attention: Literal["bidirectional", "causal"] = "bidirectional"
     mode: Literal["trainer", "loop"] = "trainer"
     output_dir: str = "runs/latest"
     num_train_epochs: PositiveFloat = 3

@@ -124,8 +124,9 @@ class TagCollator:
         lengths = [len(f["input_ids"]) for f in features]
         batch = {
             "input_ids": torch.tensor(ids),
+            # encoders see both sides already; a causal decoder keeps its own causal mask
             "attention_mask": bidirectional_mask(lengths, width) if self.bidirectional
-            else (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long(),  # encoders see both sides already
+            else (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long(),
         }
         if "labels" in features[0]:
             batch["labels"] = torch.tensor([f["labels"] + [IGNORE_INDEX] * (width - len(f["labels"])) for f in features])

@@ -181,7 +181,7 @@ def prepare_tagging(config: Config, registry, train_records, val_records, fmt: I
         f"{f} {a}/{t}" for f, (t, a) in coverage.items()) + " (values not found in the text are left unlabelled)")
     description = {
         "scheme": scheme.to_dict(),
-        "bidirectional": not seq2seq,
+        "bidirectional": not seq2seq and config.training.tag_attention == "bidirectional",
         "alignment": {f: {"values": t, "aligned": a} for f, (t, a) in coverage.items()},
         "not_tagged": {"language": "detected from the text (py3langid)"},
     }
