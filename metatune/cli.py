@@ -142,11 +142,13 @@ def extract(
     dtype: Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust")] = False,
     snap: Annotated[Optional[bool], typer.Option("--snap/--no-snap", help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)")] = None,
+    format_: Annotated[str, typer.Option("--format", help="json, bibtex, tei (GROBID-style teiHeader), dc (Dublin Core XML) or csv (DSpace metadata import)")] = "json",
 ):
     """Extract metadata from documents with a saved run."""
     from metatune.extract import run_extract
 
-    code = run_extract(run_dir, inputs, type_, out, batch_size, num_beams, max_new_tokens, dtype, trust_remote_code, snap)
+    code = run_extract(run_dir, inputs, type_, out, batch_size, num_beams, max_new_tokens, dtype, trust_remote_code, snap,
+                       fmt=format_)
     if code:
         raise typer.Exit(code)
 

@@ -9,7 +9,6 @@ wrong shape) is dropped and named in `schema_fixes`.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -127,14 +126,18 @@ def document_record(name: str, extraction, extractor) -> dict:
 
 def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Path | None, batch_size: int = 8,
                 num_beams: int = 1, max_new_tokens: int | None = None, dtype: str = "auto",
-                trust_remote_code: bool = False, snap: bool | None = None) -> int:
+                trust_remote_code: bool = False, snap: bool | None = None, fmt: str = "json") -> int:
     """Extract and write; returns the exit status (1 when some inputs were unreadable and skipped)."""
     from metatune.doctypes import TypeRegistry
     from metatune.export import read_run_info
     from metatune.inference import open_run
 
+    from metatune.formats import FORMATS, render
+
     if batch_size < 1:
         raise MetatuneError(f"--batch-size must be at least 1, got {batch_size}")
+    if fmt not in FORMATS:
+        raise MetatuneError(f"--format: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     info = read_run_info(run_dir)
     if doc_type is not None and TypeRegistry.from_dict(info["types"]).find(doc_type) is None:
         raise MetatuneError(f"--type: unknown document type {doc_type!r} (known: {', '.join(info['types'])})")
@@ -154,15 +157,12 @@ def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Pat
     results = extractor.extract([text for _, text in docs], [doc_type] * len(docs), batch_size, progress=len(docs) > 1)
     records = [document_record(name, r, extractor) for (name, _), r in zip(docs, results)]
     single = len(inputs) == 1 and (inputs[0] == "-" or not Path(inputs[0]).is_dir())
-    if single:
-        text = json.dumps(records[0], ensure_ascii=False, indent=2)
-    else:
-        text = "\n".join(json.dumps(r, ensure_ascii=False) for r in records)
+    text = render(records, fmt, single)
     if out:
-        write_atomic(out, text + "\n")
+        write_atomic(out, text)
         typer.echo(f"Wrote {len(records)} document(s) to {out}", err=True)
     else:
-        typer.echo(text)
+        typer.echo(text, nl=False)
     failed = sum(r["metadata"] is None for r in records)
     if failed:
         typer.echo(f"warning: {failed} of {len(records)} outputs could not be parsed as JSON (see 'error')", err=True)

@@ -15,15 +15,17 @@ import os
 import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Literal
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metatune.errors import MetatuneError
+from metatune.formats import FORMATS
 
 TOKEN_ENV = "METATUNE_API_TOKEN"
 ORIGINAL_TOKEN_ENV = "SERVICE_TOKEN"  # the original SEDICI LLM service's variable, read when TOKEN_ENV is unset
@@ -33,6 +35,7 @@ CONSUME_PATH = "/consume-llm"
 INTEGRATION_PATH = "/test-integration"
 
 log = logging.getLogger("metatune.service")
+Format = Literal[FORMATS]
 
 
 class ExtractRequest(BaseModel):
@@ -215,6 +218,7 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
     """The app around an already-loaded Extractor. `token`: require `Authorization: Bearer <token>`."""
     from metatune.compat import split_instruction
     from metatune.extract import document_record
+    from metatune.formats import MEDIA_TYPES, render
     from metatune.pdf import pdf_text
 
     check_settings(max_bytes, batch_size)
@@ -265,10 +269,15 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
         except Exception as e:  # noqa: BLE001 - the model failed: 500, and the worker keeps serving
             raise HTTPException(500, f"generation failed: {type(e).__name__}: {e}".splitlines()[0]) from None
 
-    def response(name: str, extraction) -> ExtractResponse:
+    def response(name: str, extraction, fmt: str = "json") -> ExtractResponse | Response:
         record = document_record(name, extraction, extractor)
+        if fmt != "json":  # a catalogue format (metatune/formats.py); metadata null gives an empty document
+            return Response(render([record], fmt, single=True), media_type=MEDIA_TYPES[fmt])
         record.pop("source")
         return ExtractResponse(**record)
+
+    format_query = Query("json", description="Answer format: json, bibtex, tei (GROBID-style teiHeader), "
+                                             "dc (Dublin Core XML) or csv (DSpace metadata import)")
 
     @app.get("/health", response_model=HealthResponse)
     async def health():
@@ -282,20 +291,21 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
         )
 
     @app.post("/extract", response_model=ExtractResponse, dependencies=[Depends(authorize)])
-    async def extract(request: ExtractRequest):
+    async def extract(request: ExtractRequest, format: Format = format_query):
         """Metadata of one document's text."""
-        return response("text", await run(request.text, request.type))
+        return response("text", await run(request.text, request.type), format)
 
     @app.post("/extract/pdf", response_model=ExtractResponse, dependencies=[Depends(authorize)])
     async def extract_pdf(file: UploadFile = File(description="A PDF file"),
-                          type: str | None = Form(None, description="Document type")):
+                          type: str | None = Form(None, description="Document type"),
+                          format: Format = format_query):
         """Metadata of an uploaded PDF (its text read with pypdf)."""
         data = await file.read()
         try:
             text = await asyncio.to_thread(pdf_text, data, file.filename or "upload")
         except MetatuneError as e:
             raise HTTPException(422, str(e)) from None
-        return response(file.filename or "upload", await run(text, type))
+        return response(file.filename or "upload", await run(text, type), format)
 
     @app.post(CONSUME_PATH, response_model=ConsumeResponse, dependencies=[Depends(authorize)])
     async def consume_llm(request: ConsumeRequest):
