@@ -143,12 +143,14 @@ def extract(
     trust_remote_code: Annotated[bool, typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust")] = False,
     snap: Annotated[Optional[bool], typer.Option("--snap/--no-snap", help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)")] = None,
     format_: Annotated[str, typer.Option("--format", help="json, bibtex, tei (GROBID-style teiHeader), dc (Dublin Core XML) or csv (DSpace metadata import)")] = "json",
+    out_dir: Annotated[Optional[Path], typer.Option(help="Write one file per input here, each as soon as it is done; a rerun skips those written")] = None,
+    force: Annotated[bool, typer.Option(help="Redo documents already in --out-dir or in the JSON Lines --out")] = False,
 ):
     """Extract metadata from documents with a saved run."""
     from metatune.extract import run_extract
 
     code = run_extract(run_dir, inputs, type_, out, batch_size, num_beams, max_new_tokens, dtype, trust_remote_code, snap,
-                       fmt=format_)
+                       fmt=format_, out_dir=out_dir, force=force)
     if code:
         raise typer.Exit(code)
 
@@ -161,6 +163,7 @@ def serve(
     max_bytes: Annotated[Optional[int], typer.Option(help="Largest request body accepted, in bytes (env METATUNE_MAX_BYTES; default 10 MB)")] = None,
     batch_size: Annotated[int, typer.Option(help="Most requests generated together")] = 8,
     batch_wait_ms: Annotated[float, typer.Option(help="How long the first request of a batch waits for others")] = 10.0,
+    max_queue: Annotated[int, typer.Option(help="Most requests waiting for the model; more are answered 503 with Retry-After")] = 64,
     dtype: Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust")] = False,
     snap: Annotated[Optional[bool], typer.Option("--snap/--no-snap", help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)")] = None,
@@ -170,7 +173,7 @@ def serve(
     Set METATUNE_API_TOKEN to require `Authorization: Bearer <token>`."""
     from metatune.service import serve as run_server
 
-    run_server(run_dir, host, port, max_bytes, batch_size, batch_wait_ms, dtype, trust_remote_code, snap)
+    run_server(run_dir, host, port, max_bytes, batch_size, batch_wait_ms, dtype, trust_remote_code, snap, max_queue)
 
 
 @app.command()

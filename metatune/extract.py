@@ -126,13 +126,17 @@ def document_record(name: str, extraction, extractor) -> dict:
 
 def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Path | None, batch_size: int = 8,
                 num_beams: int = 1, max_new_tokens: int | None = None, dtype: str = "auto",
-                trust_remote_code: bool = False, snap: bool | None = None, fmt: str = "json") -> int:
-    """Extract and write; returns the exit status (1 when some inputs were unreadable and skipped)."""
+                trust_remote_code: bool = False, snap: bool | None = None, fmt: str = "json",
+                out_dir: Path | None = None, force: bool = False) -> int:
+    """Extract and write; returns the exit status (1 when some inputs were unreadable and skipped).
+
+    With `out_dir`, or several inputs and a JSON Lines `out`, each result is written when done and a
+    rerun skips what is there (metatune/folder_run.py)."""
     from metatune.doctypes import TypeRegistry
     from metatune.export import read_run_info
-    from metatune.inference import open_run
-
+    from metatune.folder_run import check_outputs, list_inputs, run_many
     from metatune.formats import FORMATS, render
+    from metatune.inference import open_run
 
     if batch_size < 1:
         raise MetatuneError(f"--batch-size must be at least 1, got {batch_size}")
@@ -145,6 +149,16 @@ def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Pat
         raise MetatuneError(f"{out}: is a directory; --out takes a file name")
     if out is not None and not out.parent.is_dir():
         raise MetatuneError(f"{out}: cannot write there (no such directory)")
+    check_outputs(out, out_dir)
+    single = len(inputs) == 1 and (inputs[0] == "-" or not Path(inputs[0]).is_dir())
+    if out_dir is not None or (not single and out is not None and fmt == "json"):
+        items, problems = list_inputs(inputs)
+        if not items:
+            more = f" (and {len(problems) - 1} more unreadable inputs)" if len(problems) > 1 else ""
+            raise MetatuneError((problems[0] if problems else "no input documents") + more)
+        return run_many(run_dir, items, problems, doc_type, out, out_dir, fmt, force, batch_size, lambda: open_run(
+            run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype,
+            trust_remote_code=trust_remote_code, snap=snap))
     docs, problems = read_inputs(inputs)
     if not docs:
         more = f" (and {len(problems) - 1} more unreadable inputs)" if len(problems) > 1 else ""
@@ -156,7 +170,6 @@ def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Pat
                          trust_remote_code=trust_remote_code, snap=snap)
     results = extractor.extract([text for _, text in docs], [doc_type] * len(docs), batch_size, progress=len(docs) > 1)
     records = [document_record(name, r, extractor) for (name, _), r in zip(docs, results)]
-    single = len(inputs) == 1 and (inputs[0] == "-" or not Path(inputs[0]).is_dir())
     text = render(records, fmt, single)
     if out:
         write_atomic(out, text)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import os
 import socket
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
@@ -31,6 +33,7 @@ TOKEN_ENV = "METATUNE_API_TOKEN"
 ORIGINAL_TOKEN_ENV = "SERVICE_TOKEN"  # the original SEDICI LLM service's variable, read when TOKEN_ENV is unset
 MAX_BYTES_ENV = "METATUNE_MAX_BYTES"
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_QUEUE = 64
 CONSUME_PATH = "/consume-llm"
 INTEGRATION_PATH = "/test-integration"
 
@@ -85,16 +88,22 @@ class HealthResponse(BaseModel):
 class Batcher:
     """One worker: takes queued requests, waits `wait_s` for more, extracts them together."""
 
-    def __init__(self, extractor, max_batch: int, wait_s: float):
+    def __init__(self, extractor, max_batch: int, wait_s: float, max_queue: int = 0):
         self.extractor = extractor
         self.max_batch = max_batch
         self.wait_s = wait_s
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.queue: asyncio.Queue = asyncio.Queue(max_queue)  # 0: unbounded
         self.requests = self.batches = self.largest = self.failed = 0
+        self.busy_s = 0.0  # time spent generating, for Retry-After
+
+    def retry_after(self) -> int:
+        """Seconds until the queue has likely drained: the batches ahead times the mean batch time."""
+        mean = self.busy_s / self.batches if self.batches else 1.0
+        return max(1, math.ceil(mean * (self.queue.qsize() / self.max_batch + 1)))
 
     async def submit(self, text: str, doc_type: str | None):
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((text, doc_type, future))
+        self.queue.put_nowait((text, doc_type, future))  # QueueFull when full: the caller answers 503
         return await future
 
     async def run(self) -> None:
@@ -108,6 +117,7 @@ class Batcher:
             if not items:
                 continue
             texts, types = [i[0] for i in items], [i[1] for i in items]
+            started = time.monotonic()
             try:
                 results = await asyncio.to_thread(self.extractor.extract, texts, types, len(items))
             except Exception as e:  # noqa: BLE001 - reported to every waiting request, the worker goes on
@@ -118,6 +128,7 @@ class Batcher:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            self.busy_s += time.monotonic() - started
             self.batches += 1
             self.requests += len(items)
             self.largest = max(self.largest, len(items))
@@ -188,7 +199,7 @@ class BodyLimit:
         await _error(413, message, scope)(scope, receive, send)
 
 
-def _error(status: int, message: str, scope_or_request) -> JSONResponse:
+def _error(status: int, message: str, scope_or_request, headers: dict | None = None) -> JSONResponse:
     """Error bodies: {"error": ...}; on /consume-llm the original contract's
     {"success": false, "data": null, "error": {"code", "message"}}, where a bad request is a 400."""
     path = scope_or_request["path"] if isinstance(scope_or_request, dict) else scope_or_request.url.path
@@ -197,7 +208,7 @@ def _error(status: int, message: str, scope_or_request) -> JSONResponse:
         body = {"success": False, "data": None, "error": {"code": status, "message": message}}
     else:
         body = {"error": message}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else headers
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -214,15 +225,18 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES, batch_size: int = 8,
-               batch_wait_ms: float = 10.0) -> FastAPI:
-    """The app around an already-loaded Extractor. `token`: require `Authorization: Bearer <token>`."""
+               batch_wait_ms: float = 10.0, max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
+    """The app around an already-loaded Extractor. `token`: require `Authorization: Bearer <token>`.
+    `max_queue`: requests waiting beyond it are answered 503 with Retry-After."""
     from metatune.compat import split_instruction
     from metatune.extract import document_record
     from metatune.formats import MEDIA_TYPES, render
     from metatune.pdf import pdf_text
 
     check_settings(max_bytes, batch_size)
-    batcher = Batcher(extractor, batch_size, batch_wait_ms / 1000)
+    if max_queue < 1:
+        raise MetatuneError(f"--max-queue must be at least 1, got {max_queue}")
+    batcher = Batcher(extractor, batch_size, batch_wait_ms / 1000, max_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -250,7 +264,7 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail), request)
+        return _error(exc.status_code, str(exc.detail), request, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -264,6 +278,9 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
             raise HTTPException(422, f"invalid request: type: unknown document type {doc_type!r} (known: {known})")
         try:
             return await batcher.submit(text, doc_type)
+        except asyncio.QueueFull:
+            raise HTTPException(503, f"the server is busy ({batcher.queue.qsize()} requests queued, the --max-queue); "
+                                     "retry later", headers={"Retry-After": str(batcher.retry_after())}) from None
         except MetatuneError as e:
             raise HTTPException(422, str(e)) from None
         except Exception as e:  # noqa: BLE001 - the model failed: 500, and the worker keeps serving
@@ -347,7 +364,7 @@ def max_bytes_setting(value: int | None) -> int:
 
 def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: int | None = None,
           batch_size: int = 8, batch_wait_ms: float = 10.0, dtype: str = "auto", trust_remote_code: bool = False,
-          snap: bool | None = None) -> None:
+          snap: bool | None = None, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
     import uvicorn
 
     from metatune.export import read_run_info
@@ -356,9 +373,11 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: i
     read_run_info(run_dir)  # mistakes fail here, before the model loads
     limit = max_bytes_setting(max_bytes)
     check_settings(limit, batch_size)
+    if max_queue < 1:
+        raise MetatuneError(f"--max-queue must be at least 1, got {max_queue}")
     token = os.environ.get(TOKEN_ENV) or os.environ.get(ORIGINAL_TOKEN_ENV) or None
     extractor = open_run(run_dir, dtype=dtype, trust_remote_code=trust_remote_code, snap=snap)
-    app = create_app(extractor, token, limit, batch_size, batch_wait_ms)
+    app = create_app(extractor, token, limit, batch_size, batch_wait_ms, max_queue)
     try:  # bound here, so that "Serving" is printed only once it is true
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
