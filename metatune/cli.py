@@ -16,6 +16,27 @@ data_app = typer.Typer(no_args_is_help=True, help="Check and split dataset files
 app.add_typer(data_app, name="data")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from metatune import __version__
+
+        typer.echo(f"metatune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit")] = False,
+):
+    """Fine-tune language models to extract bibliographic metadata."""
+
+
+def _print_json(value) -> None:
+    import json
+
+    typer.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+
 @app.command()
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file")] = None,
@@ -42,14 +63,19 @@ def train(
 
 
 @app.command()
-def models():
+def models(json_: Annotated[bool, typer.Option("--json", help="Print a JSON list")] = False):
     """List the model presets."""
     from metatune.config import preset_file, preset_names, read_yaml
 
+    presets = []
     for name in preset_names():
         spec = read_yaml(preset_file(name))
         source = spec["source"] if isinstance(spec["source"], str) else f"{spec['source']['package']} (GGUF)"
-        typer.echo(f"{name:<14} {source:<44} {spec.get('description', '')}")
+        presets.append({"name": name, "source": source, "description": spec.get("description", "")})
+    if json_:
+        return _print_json(presets)
+    for p in presets:
+        typer.echo(f"{p['name']:<14} {p['source']:<44} {p['description']}")
 
 
 @data_app.command("validate")
@@ -57,6 +83,7 @@ def data_validate(
     path: Path,
     types_file: Annotated[Optional[Path], typer.Option(help="YAML adding or replacing document types")] = None,
     fallback_type: Annotated[Optional[str], typer.Option(help="Type for records whose type is unknown")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON on standard output")] = False,
 ):
     """Report every problem in a dataset file."""
     from collections import Counter
@@ -66,10 +93,22 @@ def data_validate(
 
     registry = TypeRegistry.load(types_file)
     dataset, problems = validate_file(path, registry, fallback_type)
+    if json_:
+        report = {"path": str(path), "ok": not problems, "problems": [p.render(path) for p in problems]}
+        if not problems:
+            report["splits"] = {name: {"records": len(records), "types": dict(Counter(str(record_type(r)) for r in records))}
+                                for name, records in dataset.splits.items()}
+            report["warnings"] = [f"split '{n}' is empty" for n in ("training", "validation", "test")
+                                  if not dataset.splits.get(n)] + list(dataset.warnings)
+            coverage = alignment_coverage(dataset, registry, fallback_type)
+            report["found_in_text"] = {f: {"found": a, "total": t} for f, (t, a) in (coverage or {}).items()}
+        _print_json(report)
     for p in problems:
         typer.echo(p.render(path), err=True)
     if problems:
         raise MetatuneError(f"{path}: {len(problems)} problem(s) found")
+    if json_:
+        return
     for name, records in dataset.splits.items():
         types = Counter(str(record_type(r)) for r in records)
         typer.echo(f"{name}: {len(records)} records ({', '.join(f'{t}: {n}' for t, n in sorted(types.items()))})")
@@ -122,12 +161,19 @@ def evaluate(
     dtype: Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust")] = False,
     snap: Annotated[Optional[bool], typer.Option("--snap/--no-snap", help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on standard output (the tables go to standard error)")] = False,
 ):
     """Score a run field by field on a dataset split; write metrics, predictions, table and chart."""
+    from contextlib import redirect_stdout
+
     from metatune.evaluate import run_evaluate
 
-    run_evaluate(run_dir, data, split, report, num_beams, batch_size, baseline, max_new_tokens, limit, dtype=dtype,
-                 trust_remote_code=trust_remote_code, snap=snap)
+    with redirect_stdout(sys.stderr if json_ else sys.stdout):
+        metrics = run_evaluate(run_dir, data, split, report, num_beams, batch_size, baseline, max_new_tokens, limit,
+                               dtype=dtype, trust_remote_code=trust_remote_code, snap=snap)
+    if json_:
+        _print_json({key: metrics[key] for key in ("documents", "parse_failures", "repaired", "seconds", "micro", "macro",
+                                                   "fields", "run") if key in metrics})
 
 
 @app.command()
@@ -174,6 +220,20 @@ def serve(
     from metatune.service import serve as run_server
 
     run_server(run_dir, host, port, max_bytes, batch_size, batch_wait_ms, dtype, trust_remote_code, snap, max_queue)
+
+
+@app.command()
+def push(
+    run_dir: Path,
+    repo_id: Annotated[str, typer.Argument(help="Hub model repository, owner/name (created if missing)")],
+    private: Annotated[bool, typer.Option(help="Create the repository private")] = False,
+    message: Annotated[Optional[str], typer.Option(help="Commit message")] = None,
+):
+    """Upload a saved run (weights, tokenizer, model card) to the Hugging Face Hub. Token: HF_TOKEN."""
+    from metatune.push import push as push_run
+
+    url = push_run(run_dir, repo_id, private, message)
+    typer.echo(f"Pushed {run_dir} to {url}")
 
 
 @app.command()

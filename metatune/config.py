@@ -104,6 +104,9 @@ class TrainingSettings(Section):
     save_total_limit: int = 2
     early_stopping_patience: int = 0  # epochs without validation improvement (0: off)
     logging_steps: PositiveInt = 5
+    # where the Trainer also logs (metrics.jsonl is always written): tensorboard (skipped when not
+    # installed), wandb, mlflow or none
+    report_to: Literal["tensorboard", "wandb", "mlflow", "none"] = "tensorboard"
     seed: int = 42
 
     @field_validator("max_steps")

@@ -226,6 +226,9 @@ def run_evaluate(
         print("\n## fine-tuned vs zero-shot\n")
         print((report / "comparison.md").read_text(encoding="utf-8"), end="")
     print(f"\nReport written to {report}")
+    from metatune.card import record_evaluation
+
+    record_evaluation(run_dir, results["fine-tuned"][0])  # the run's model card shows the last evaluation
     return results["fine-tuned"][0]
 
 

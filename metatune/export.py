@@ -32,6 +32,7 @@ def save_run(model, tokenizer, info: dict, output: Path, extra: dict[str, Path] 
     A LoRA model (peft) is saved as its adapter in `adapter/` plus, unless model.lora.merge is false
     in info["config"], the merged full model (see metatune.peft_setup.save_lora).
     """
+    from metatune.card import fix_tokenizer_class, write_card
     from metatune.peft_setup import is_peft, save_lora
 
     output = Path(output)
@@ -46,6 +47,7 @@ def save_run(model, tokenizer, info: dict, output: Path, extra: dict[str, Path] 
         else:
             model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)
+        fix_tokenizer_class(tmp)
         for name, src in (extra or {}).items():
             src = Path(src)
             if src.is_dir():
@@ -54,6 +56,7 @@ def save_run(model, tokenizer, info: dict, output: Path, extra: dict[str, Path] 
                 shutil.copy2(src, tmp / name)
         info = {"format_version": FORMAT_VERSION, **info}
         (tmp / RUN_FILE).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+        write_card(tmp, info, name=output.name)
         usual_modes(tmp)  # safetensors files come out 0600
         if output.exists():
             shutil.rmtree(output)

@@ -137,6 +137,22 @@ class SaveEverySteps(TrainerCallback):
             control.should_save = True
 
 
+REPORT_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def report_to(setting: str) -> str | list[str]:
+    """The Trainer's report_to for training.report_to; tensorboard is skipped quietly when not installed
+    (the default), the others must be installed (and configured: WANDB_*, MLFLOW_TRACKING_URI)."""
+    if setting == "none":
+        return "none"
+    if importlib.util.find_spec(REPORT_PACKAGES[setting]) is None:
+        if setting == "tensorboard":
+            return "none"
+        raise MetatuneError(f"training.report_to={setting} needs the {REPORT_PACKAGES[setting]} package "
+                            f"(pip install {REPORT_PACKAGES[setting]}), or set training.report_to=none")
+    return [setting]
+
+
 def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
     t = prepared.config.training
     evaluate = t.eval_each_epoch and bool(prepared.validation)
@@ -167,7 +183,7 @@ def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
         greater_is_better=False,
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else "none",
+        report_to=report_to(t.report_to),
         seed=t.seed,
         data_seed=t.seed,
         remove_unused_columns=False,
