@@ -288,7 +288,9 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
 
     def response(name: str, extraction, fmt: str = "json") -> ExtractResponse | Response:
         record = document_record(name, extraction, extractor)
-        if fmt != "json":  # a catalogue format (metatune/formats.py); metadata null gives an empty document
+        if fmt != "json":  # a catalogue format (metatune/formats.py)
+            if record["metadata"] is None:
+                raise HTTPException(500, f"cannot write {fmt}: the model's output was not JSON ({record['error']})")
             return Response(render([record], fmt, single=True), media_type=MEDIA_TYPES[fmt])
         record.pop("source")
         return ExtractResponse(**record)

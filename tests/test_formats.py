@@ -172,3 +172,25 @@ def test_the_service_answers_in_the_format_asked_for(tiny_run, fixed_model):
         r = client.post("/extract?format=marc", json={"text": "x"})
         assert r.status_code == 422
         assert r.json()["error"].startswith("invalid request: query.format: Input should be 'json', 'bibtex'")
+
+
+def test_the_service_says_when_there_is_nothing_to_write_in_a_catalogue_format():
+    from fastapi.testclient import TestClient
+
+    from metatune.doctypes import TypeRegistry
+    from metatune.inference import Extraction
+    from metatune.service import create_app
+
+    class NoJson:
+        run_dir, info, default_type, device = None, {}, "general", "cpu"
+        registry = TypeRegistry.load()
+
+        def extract(self, texts, types, batch_size):
+            return [Extraction("general", None, "sin json", "no JSON object in the output") for _ in texts]
+
+    with TestClient(create_app(NoJson(), batch_wait_ms=0)) as client:
+        r = client.post("/extract?format=tei", json={"text": "Un documento"})
+        assert r.status_code == 500
+        assert r.json() == {"error": "cannot write tei: the model's output was not JSON (no JSON object in the output)"}
+        r = client.post("/extract", json={"text": "Un documento"})
+        assert r.status_code == 200 and r.json()["metadata"] is None
