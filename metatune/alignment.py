@@ -238,3 +238,52 @@ def _snap(source: Source, field: str, value):
         return value
     span = source.locate(value)
     return source.snippet(span) if span is not None else value
+
+
+# --- anchors: a long verbatim value written as its first and last words, expanded from the source ---
+
+ANCHOR_MARK = " [...] "
+
+
+def anchor(text: str, value: str, min_words: int, words: int) -> str:
+    """`value` as "first words [...] last words" when it has at least `min_words` words and is found
+    in `text`; otherwise `value` unchanged. The words are the source's own, and as many as it takes
+    (from `words` up to three times that) for `expand` to give back exactly the value's source span:
+    an ending that also occurs earlier in the text gets more words."""
+    if min_words <= 0 or len(value.split()) < min_words or ANCHOR_MARK.strip() in value:
+        return value
+    source = Source(text)
+    span = source.locate(value)
+    if span is None:
+        return value
+    wanted = source.snippet(span)
+    found = wanted.split()
+    for n in range(words, 3 * words + 1):
+        if 2 * n + 1 > len(found):
+            break
+        candidate = " ".join(found[:n]) + ANCHOR_MARK + " ".join(found[-n:])
+        if expand(text, candidate, source) == wanted:
+            return candidate
+    return value
+
+
+def expand(text: str, value: str, source: Source | None = None) -> str:
+    """The source text an anchored value stands for: the shortest stretch from an occurrence of its
+    head to an occurrence of its tail. A value without the mark, or whose ends are not both found,
+    comes back with the mark replaced by a space."""
+    if ANCHOR_MARK.strip() not in value:
+        return value
+    head, _, tail = value.partition(ANCHOR_MARK.strip())
+    source = source or Source(text)
+    heads, tails = source.occurrences(head.strip()), source.occurrences(tail.strip())
+    pairs = [(t.end - h.start, h, t) for h in heads for t in tails if t.end > h.start and t.start >= h.start]
+    if not pairs:
+        return " ".join(f"{head} {tail}".split())
+    _, h, t = min(pairs, key=lambda p: p[0])
+    return source.snippet(Span(h.start, t.end))
+
+
+def expand_record(text: str, data: dict) -> dict:
+    """Every anchored text value of a predicted record expanded from the document (see `expand`)."""
+    source = Source(text)
+    return {f: expand(text, v, source) if isinstance(v, str) else v for f, v in data.items()}

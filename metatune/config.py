@@ -58,6 +58,11 @@ class DataSettings(Section):
     general_examples: bool = False  # also one example per document asking only the general fields
     max_input_tokens: PositiveInt = 2048
     max_target_tokens: PositiveInt = 512
+    # generate objective: a text value of at least this many words found in the document is written as
+    # its first and last words ("The nuclear genome of every [...] sequences remain unbound."), and
+    # extraction expands it back from the document (0: off)
+    anchor_min_words: NonNegativeInt = 0
+    anchor_words: PositiveInt = 5  # words at each end of an anchor (more where an end repeats in the text)
     snap_to_source: bool = True  # at extraction, values that (nearly) occur in the text become the text's own words
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from metatune.alignment import anchor
 from metatune.doctypes import DocType, TypeRegistry
 
 SCHEMA_PREFIX = "<|input|>\n### Template:\n{schema}\n### Text:\n"
@@ -26,6 +27,8 @@ class InputFormat:
     include_fields: list[str] | None = None
     exclude_fields: tuple[str, ...] = ()
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template when it has one
+    anchor_min_words: int = 0  # long verbatim values written as anchors (metatune.alignment.anchor); 0: off
+    anchor_words: int = 5
 
     def fields(self, doc_type: DocType) -> list[str]:
         return doc_type.target_fields(self.include_fields, list(self.exclude_fields))
@@ -44,8 +47,14 @@ def has_value(value: object) -> bool:
     return value not in (None, "", [], {})
 
 
-def target_json(record: dict, fields: list[str]) -> dict:
-    return {f: record[f] for f in fields if has_value(record.get(f))}
+def target_json(record: dict, fields: list[str], fmt: InputFormat | None = None) -> dict:
+    """The values the model must write; long verbatim text values as anchors when `fmt` asks for them."""
+    target = {f: record[f] for f in fields if has_value(record.get(f))}
+    if fmt is not None and fmt.anchor_min_words > 0:
+        for field, value in target.items():
+            if isinstance(value, str):
+                target[field] = anchor(record["original_text"], value, fmt.anchor_min_words, fmt.anchor_words)
+    return target
 
 
 def dump_target(target: dict, style: str) -> str:
@@ -88,7 +97,7 @@ def make_examples(record: dict, doc_type: DocType, registry: TypeRegistry, fmt: 
         types.append(registry.general)
     out = []
     for t in types:
-        target = dump_target(target_json(record, fmt.fields(t)), fmt.style)
+        target = dump_target(target_json(record, fmt.fields(t), fmt), fmt.style)
         parts = prompts[t.name]
         out.append(Example(parts["prefix"], record["original_text"], parts["suffix"], target, t.name))
     return out

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from metatune.alignment import snap_record
+from metatune.alignment import expand_record, snap_record
 from metatune.doctypes import TypeRegistry
 from metatune.encoding import encode_prompt, global_attention_mask
 from metatune.errors import MetatuneError
@@ -200,6 +200,7 @@ class Extractor:
         self.max_new_tokens = max_new_tokens or self.info["limits"]["max_target_tokens"]
         self.num_beams = num_beams
         self.snap = self.info.get("config", {}).get("data", {}).get("snap_to_source", True) if snap is None else snap
+        self.anchored = self.info["input"].get("anchor_min_words", 0) > 0  # runs before anchors had none
         self.default_type = self.info.get("fallback_type") or "general"
         # A causal model continues from the right edge of every row; an encoder reads rows padded on the
         # right, as in training (LED's learned positions would shift under left padding).
@@ -296,7 +297,11 @@ class Extractor:
         for text, asked, t, raw, n, loop in zip(texts, requested, resolved, raws, counts, looped):
             parsed = parse_output(raw)
             t = t if asked is not None else output_type(self.registry, parsed.data, t)
-            data = snap_record(text, parsed.data) if self.snap and parsed.data else parsed.data
+            data = parsed.data
+            if data and self.anchored:
+                data = expand_record(text, data)
+            if data and self.snap:
+                data = snap_record(text, data)
             results.append(Extraction(t, data, raw, parsed.error, parsed.repaired, n, loop))
         return results
 

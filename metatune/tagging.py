@@ -185,6 +185,12 @@ def decode(logits: torch.Tensor, offsets: list[tuple[int, int]], text: str, sche
     source = Source(text)
     values: dict[str, list[str]] = {}
     for field, start, end in spans:
+        # spans start and end on word boundaries, as the aligned labels did: a span that begins or ends
+        # inside a word (a sub-word token left out) takes the whole word
+        while start > 0 and text[start - 1].isalnum() and text[start].isalnum():
+            start -= 1
+        while end < len(text) and text[end].isalnum() and text[end - 1].isalnum():
+            end += 1
         value = source.snippet(Span(start, end))
         if field in DATE_FIELDS:
             value = normalise_date(value) or value
@@ -194,11 +200,12 @@ def decode(logits: torch.Tensor, offsets: list[tuple[int, int]], text: str, sche
 
 
 def to_record(values: dict[str, list[str]], fields: dict[str, str]) -> dict:
-    """Field values shaped as the type declares them: lists stay lists, a text field takes its first span."""
+    """Field values shaped as the type declares them: lists stay lists, a text field takes its longest
+    span (a stray token labelled B- must not win over the whole title)."""
     out = {}
     for field, kind in fields.items():
         if field in values:
-            out[field] = values[field] if kind == "array" else values[field][0]
+            out[field] = values[field] if kind == "array" else max(values[field], key=len)
     return out
 
 

@@ -136,3 +136,40 @@ def test_snapping_replaces_retyped_values_by_the_source_text():
     for field in ("title", "keywords"):
         for value in snapped[field] if isinstance(snapped[field], list) else [snapped[field]]:
             assert value in flat or value in predicted[field]  # source text, or the prediction untouched
+
+
+@pytest.mark.parametrize("path", [SAMPLE, GROBID], ids=["sample", "grobid-headers"])
+def test_anchors_expand_back_to_the_source_span_of_every_value(path):
+    from metatune.alignment import ANCHOR_MARK, anchor, expand
+
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    anchored = 0
+    for record in (r for split in data.values() for r in split):
+        text = record["original_text"]
+        for field in ("title", "abstract", "originPlaceInfo"):
+            for value in record.get(field) if isinstance(record.get(field), list) else [record.get(field)]:
+                if not isinstance(value, str):
+                    continue
+                short = anchor(text, value, 20, 5)
+                span = Source(text).locate(value)
+                if short == value:
+                    continue
+                anchored += 1
+                assert ANCHOR_MARK in short and len(short.split()) < len(value.split())
+                assert expand(text, short) == Source(text).snippet(span)
+    assert anchored > 0
+
+
+def test_an_anchor_whose_ending_repeats_takes_more_words():
+    from metatune.alignment import anchor, expand
+
+    value = " ".join(f"w{i}" for i in range(10)) + " in the plane " + " ".join(f"v{i}" for i in range(10)) + " in the plane."
+    text = f"Abstract. {value} Keywords: graphs"
+    short = anchor(text, value, 10, 3)
+    # "v9 in the plane" is the shortest ending that does not also occur inside the value
+    assert short == "w0 w1 w2 w3 [...] v9 in the plane"
+    assert expand(text, short) == value.rstrip(".")  # spans end on a word
+    assert anchor(text, "w1 w2 w3", 10, 3) == "w1 w2 w3"  # short values stay literal
+    assert expand(text, "w0 w1 [...] nowhere") == "w0 w1 nowhere"  # an end not in the text: no guess

@@ -337,3 +337,31 @@ def test_a_row_caught_in_a_loop_stops_and_is_cut(tiny_tokenizer):
     assert done[0] and stop.looped[0]
     kept = tiny_tokenizer.decode(seq[: stop.stop_at[0]])
     assert kept.count(" la") <= 3
+
+
+def test_anchored_targets_in_training_and_their_expansion_at_extraction(tiny_run, tiny_llama, tmp_path, monkeypatch):
+    """A run trained with anchors writes "head [...] tail"; extraction gives back the document's span."""
+    from conftest import SAMPLE
+
+    from metatune.alignment import ANCHOR_MARK, Source
+    from metatune.config import load_config
+    from metatune.training.common import prepare
+
+    config = load_config(sets=[f"model.name={tiny_llama}", f"data.path={SAMPLE}", f"training.output_dir={tmp_path / 'r'}",
+                               "data.include_fields=[title, abstract]", "data.exclude_fields=[]",
+                               "data.max_input_tokens=1024", "data.max_target_tokens=1024",
+                               "data.anchor_min_words=12", "data.anchor_words=4"])
+    prepared = prepare(config, need_validation=False)
+    assert prepared.info["input"]["anchor_min_words"] == 12
+    targets = [prepared.tokenizer.decode([t for t in x["labels"] if t != -100]) for x in prepared.train]
+    assert sum(ANCHOR_MARK.strip() in t for t in targets) >= 20  # the abstracts (the titles are shorter)
+
+    record = next(r for r in json.loads(SAMPLE.read_text(encoding="utf-8"))["test"] if r.get("abstract"))
+    text, abstract = record["original_text"], record["abstract"]
+    words = Source(text).snippet(Source(text).locate(abstract)).split()
+    raw = json.dumps({"abstract": " ".join(words[:4]) + ANCHOR_MARK + " ".join(words[-4:])}, ensure_ascii=False)
+    extractor = Extractor(tiny_run)
+    extractor.anchored = True  # as a run trained with data.anchor_min_words > 0 says in metatune.json
+    monkeypatch.setattr(extractor, "generate_with_counts", lambda encoded, *a, **k: ([raw], [9], [False]))
+    result = extractor.extract([text], [record["type"]])[0]
+    assert result.raw == raw and result.data["abstract"] == " ".join(words)
