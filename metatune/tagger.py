@@ -84,7 +84,7 @@ class Tagger:
     def _extraction(self, text: str, doc_type: str, values: dict[str, list[str]]) -> Extraction:
         fields = self.fields(doc_type)
         kinds = self.registry.types[doc_type].fields
-        data = to_record(values, {f: kinds[f] for f in fields})
+        data = to_record(values, {f: kinds[f] for f in fields}, self.scheme.lists)
         if "language" in fields and (language := detect_language(text)):
             data["language"] = language
         data = {f: data[f] for f in fields if f in data}

@@ -30,6 +30,8 @@ class TagScheme:
 
     fields: tuple[str, ...]
     types: tuple[str, ...]
+    lists: tuple[str, ...] = ()  # fields the training data gives as lists (whatever the type table says)
+    repeats: bool = False  # the training lists name a value again where the text repeats it
 
     @property
     def labels(self) -> list[str]:
@@ -44,11 +46,12 @@ class TagScheme:
         return 1 + 2 * self.fields.index(field)
 
     def to_dict(self) -> dict:
-        return {"fields": list(self.fields), "types": list(self.types)}
+        return {"fields": list(self.fields), "types": list(self.types), "lists": list(self.lists),
+                "repeats": self.repeats}
 
     @classmethod
     def from_dict(cls, raw: dict) -> TagScheme:
-        return cls(tuple(raw["fields"]), tuple(raw["types"]))
+        return cls(tuple(raw["fields"]), tuple(raw["types"]), tuple(raw.get("lists", ())), raw.get("repeats", False))
 
 
 def token_offsets(tokenizer, text: str, max_tokens: int) -> tuple[list[int], list[tuple[int, int]]]:
@@ -166,7 +169,11 @@ def viterbi(log_probs: torch.Tensor, allowed: torch.Tensor) -> list[int]:
 
 def decode(logits: torch.Tensor, offsets: list[tuple[int, int]], text: str, scheme: TagScheme,
            allowed: torch.Tensor) -> tuple[str, dict[str, list[str]]]:
-    """(document type, field -> values in text order) from one document's logits (type position first)."""
+    """(document type, field -> values in text order) from one document's logits (type position first).
+
+    A value found again is listed again only when the training lists did so (`scheme.repeats`); a
+    one-word value that begins another value of the field (a name cut short) is dropped.
+    """
     logits = logits.float()
     types = logits[0, scheme.first_type_label :]
     doc_type = scheme.types[int(types.argmax())] if scheme.types else ""
@@ -194,18 +201,21 @@ def decode(logits: torch.Tensor, offsets: list[tuple[int, int]], text: str, sche
         value = source.snippet(Span(start, end))
         if field in DATE_FIELDS:
             value = normalise_date(value) or value
-        if value and value not in values.get(field, []):
+        if value and (scheme.repeats or value not in values.get(field, [])):
             values.setdefault(field, []).append(value)
+    for field, found in values.items():
+        values[field] = [v for v in found if " " in v or not any(o != v and o.startswith(v + " ") for o in found)]
     return doc_type, values
 
 
-def to_record(values: dict[str, list[str]], fields: dict[str, str]) -> dict:
-    """Field values shaped as the type declares them: lists stay lists, a text field takes its longest
-    span (a stray token labelled B- must not win over the whole title)."""
+def to_record(values: dict[str, list[str]], fields: dict[str, str], lists: tuple[str, ...] = ()) -> dict:
+    """Field values shaped as the type declares them (or as the training data had them, `lists`): lists
+    stay lists, a text field takes its longest span (a stray token labelled B- must not win over the
+    whole title)."""
     out = {}
     for field, kind in fields.items():
         if field in values:
-            out[field] = values[field] if kind == "array" else max(values[field], key=len)
+            out[field] = values[field] if kind == "array" or field in lists else max(values[field], key=len)
     return out
 
 

@@ -148,7 +148,9 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> TagScheme:
     """The fields to tag (every field some type of the records is trained on) and the types to tell apart."""
     types = sorted({(registry.find(record_type(r)) or registry.find(fallback_type)).name for r in records})
     fields = dict.fromkeys(f for t in types for f in fmt.fields(registry.types[t]) if f not in NOT_TAGGED)
-    return TagScheme(tuple(fields), tuple(types))
+    lists = tuple(f for f in fields if any(isinstance(r.get(f), list) for r in records))
+    repeats = any(len(set(v)) < len(v) for r in records for f in lists if isinstance(v := r.get(f), list))
+    return TagScheme(tuple(fields), tuple(types), lists, repeats)
 
 
 def encode_tag_split(records, registry, fallback_type, fmt, scheme, tokenizer, max_input_tokens, coverage):
