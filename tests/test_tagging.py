@@ -79,6 +79,24 @@ def test_decode_reads_spans_as_values_of_the_text():
         "title": "Deep learning for all", "creator": ["Ana Ruiz", "Juan Paz"], "date": "2012/09/05"}
 
 
+def test_decoded_values_take_whole_words_the_longest_text_span_and_lists_as_trained():
+    text = "BrowseVCF: a tool\nAlan Borning, Alan Borning and Alan"
+    offsets = [(0, 6), (6, 9), (9, 10), (11, 12), (13, 17), (18, 22), (23, 30), (32, 36), (37, 44), (49, 53)]
+    path = [O, B_TITLE, I_TITLE, I_TITLE, I_TITLE, B_CREATOR, I_CREATOR, B_CREATOR, I_CREATOR, B_CREATOR]
+    logits = torch.full((1 + len(offsets), len(SCHEME.labels)), -5.0)
+    for i, label in enumerate(path):
+        logits[1 + i, label] = 5
+    _, values = decode(logits, offsets, text, SCHEME, allowed_transitions(SCHEME))
+    assert values["title"] == ["BrowseVCF: a tool"]  # the span began inside a word: it takes the word
+    assert values["creator"] == ["Alan Borning"]  # listed once; "Alan", the start of a name, is dropped
+    repeating = TagScheme(SCHEME.fields, SCHEME.types, lists=("creator",), repeats=True)
+    _, values = decode(logits, offsets, text, repeating, allowed_transitions(repeating))
+    assert values["creator"] == ["Alan Borning", "Alan Borning"]  # the training lists repeat names
+    assert to_record({"title": ["C", "Crooked Functions"]}, {"title": "string"}) == {"title": "Crooked Functions"}
+    assert to_record({"originPlaceInfo": ["A", "B"]}, {"originPlaceInfo": "string"}, lists=("originPlaceInfo",)) == {
+        "originPlaceInfo": ["A", "B"]}
+
+
 def test_collator_pads_and_lets_every_token_see_every_real_token():
     batch = TagCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "labels": [9, 1, 2]}, {"input_ids": [5, 6], "labels": [9, 0]}])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 6, 0]]
@@ -142,7 +160,8 @@ def test_a_tiny_tagger_learns_and_its_run_says_how_it_was_trained(tag_run):
     assert losses[-1] < 0.3 * losses[0], losses
     info = json.loads((tag_run / "metatune.json").read_text(encoding="utf-8"))
     assert info["objective"] == "tag"
-    assert info["tagging"]["scheme"] == {"fields": ["title", "creator"], "types": ["Articulo"]}
+    assert info["tagging"]["scheme"] == {"fields": ["title", "creator"], "types": ["Articulo"], "lists": ["creator"],
+                                         "repeats": False}
     assert info["tagging"]["alignment"]["title"] == {"values": 48, "aligned": 48}
     assert "language" in info["tagging"]["not_tagged"]
 
