@@ -9,7 +9,6 @@ wrong shape) is dropped and named in `schema_fixes`.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
@@ -46,27 +45,15 @@ def read_document(path: Path) -> str:
 
 def read_inputs(inputs: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
     """(name, text) of every readable document, and a one-line message for every unreadable one."""
-    docs, problems = [], []
-    for item in inputs:
-        if item == "-":
-            text = sys.stdin.read()
-            if text.strip():
-                docs.append(("-", text))
-            else:
-                problems.append("-: no text on standard input")
-            continue
-        path = Path(item)
-        if not path.exists():
-            problems.append(f"{path}: input not found")
-            continue
-        files = _files(path)
-        if not files:
-            problems.append(f"{path}: no PDF or text files ({', '.join(sorted(TEXT_SUFFIXES | {PDF_SUFFIX}))}) in this folder")
-        for f in files:
-            try:
-                docs.append((str(f), read_document(f)))
-            except MetatuneError as e:
-                problems.append(str(e))
+    from metatune.folder_run import list_inputs, read_item
+
+    items, problems = list_inputs(inputs)
+    docs = []
+    for item in items:
+        try:
+            docs.append((item.name, read_item(item)))
+        except MetatuneError as e:
+            problems.append(str(e))
     return docs, problems
 
 

@@ -152,7 +152,23 @@ class JsonObjectEnd(StoppingCriteria):
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class Extractor:
+class RunTypes:
+    """What Extractor and Tagger share: the run's document types and the fields it writes for each
+    (needs `registry`, `default_type` and `info`)."""
+
+    def resolve_type(self, name: str | None) -> str:
+        doc_type = self.registry.find(name or self.default_type)
+        if doc_type is None:
+            raise MetatuneError(f"unknown document type {name!r} (known: {', '.join(self.registry.types)})")
+        return doc_type.name
+
+    def fields(self, doc_type: str) -> list[str]:
+        """The fields the run was trained to write for this type (metatune.json input settings)."""
+        spec = self.info["input"]
+        return self.registry.types[doc_type].target_fields(spec.get("include_fields"), spec.get("exclude_fields") or [])
+
+
+class Extractor(RunTypes):
     """Loads a saved run once; `extract` turns document texts into parsed metadata.
 
     `base_model=True` loads the run's base model (metatune.json config.model) instead of the
@@ -220,17 +236,6 @@ class Extractor:
         if config.eos_token_id is None:
             config.eos_token_id = self.tokenizer.eos_token_id
         return config
-
-    def resolve_type(self, name: str | None) -> str:
-        doc_type = self.registry.find(name or self.default_type)
-        if doc_type is None:
-            raise MetatuneError(f"unknown document type {name!r} (known: {', '.join(self.registry.types)})")
-        return doc_type.name
-
-    def fields(self, doc_type: str) -> list[str]:
-        """The fields the run was trained to write for this type (metatune.json input settings)."""
-        spec = self.info["input"]
-        return self.registry.types[doc_type].target_fields(spec.get("include_fields"), spec.get("exclude_fields") or [])
 
     def input_ids(self, text: str, doc_type: str) -> list[int]:
         parts = self.prompts[doc_type]

@@ -16,12 +16,12 @@ import torch
 from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.export import load_run
-from metatune.inference import DTYPES, Extraction
+from metatune.inference import DTYPES, Extraction, RunTypes
 from metatune.language import detect_language
 from metatune.tagging import TagCollator, TagScheme, allowed_transitions, decode, first_token_id, to_record, token_offsets
 
 
-class Tagger:
+class Tagger(RunTypes):
     def __init__(self, run_dir, device: str | None = None, *, dtype: str = "auto", trust_remote_code: bool = False,
                  **_generation):
         if dtype != "auto" and dtype not in DTYPES:
@@ -41,16 +41,6 @@ class Tagger:
             self.scheme.types[0] if len(self.scheme.types) == 1 else "general")
         self.seq2seq = self.info["architecture"] == "seq2seq"
         self.num_beams, self.max_new_tokens = 1, 0  # nothing is generated
-
-    def resolve_type(self, name: str | None) -> str:
-        doc_type = self.registry.find(name or self.default_type)
-        if doc_type is None:
-            raise MetatuneError(f"unknown document type {name!r} (known: {', '.join(self.registry.types)})")
-        return doc_type.name
-
-    def fields(self, doc_type: str) -> list[str]:
-        spec = self.info["input"]
-        return self.registry.types[doc_type].target_fields(spec.get("include_fields"), spec.get("exclude_fields") or [])
 
     @torch.inference_mode()
     def extract(self, texts: list[str], types: list[str | None] | None = None, batch_size: int = 8,

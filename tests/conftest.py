@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,45 @@ def tiny_run(tmp_path_factory, tiny_llama) -> Path:
         output=str(output),
     )
     return train(config)
+
+
+@contextmanager
+def serving(app):
+    """The app served by uvicorn on a free loopback port, in a thread of this process; yields its URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def run_main(monkeypatch, capsys, *args, stdin: str | None = None):
+    """Runs the real `metatune` entry point in this process: (exit status, stdout, stderr)."""
+    import io
+    import sys
+
+    from metatune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["metatune", *map(str, args)])
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err

@@ -1,13 +1,10 @@
 """`metatune extract`, PDF text, schema checks, and the Extractor's batched generation that stops at '}'."""
 
-import io
 import json
-import sys
 
 import pytest
 import torch
 
-from metatune.cli import main
 from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.extract import conform
@@ -73,13 +70,9 @@ def sample_texts():
 
 def cli(monkeypatch, capsys, *args, stdin: str | None = None):
     """Runs the real `metatune` entry point in this process: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["metatune", *map(str, args)])
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    out = capsys.readouterr()
-    return exit_.value.code, out.out, out.err
+    from conftest import run_main
+
+    return run_main(monkeypatch, capsys, *args, stdin=stdin)
 
 
 # --- stopping at the end of the JSON object ---------------------------------------------------

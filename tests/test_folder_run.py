@@ -2,7 +2,6 @@
 end, and the service answers 503 with Retry-After when its queue is full."""
 
 import json
-import sys
 import threading
 import time
 
@@ -12,13 +11,9 @@ from metatune.inference import Extraction
 
 
 def cli(monkeypatch, capsys, *args):
-    from metatune.cli import main
+    from conftest import run_main
 
-    monkeypatch.setattr(sys, "argv", ["metatune", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    out = capsys.readouterr()
-    return exit_.value.code, out.out, out.err
+    return run_main(monkeypatch, capsys, *args)
 
 
 @pytest.fixture

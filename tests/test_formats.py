@@ -3,7 +3,6 @@
 import csv
 import io
 import json
-import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -117,13 +116,9 @@ def test_dspace_csv_rows():
 
 
 def cli(monkeypatch, capsys, *args):
-    from metatune.cli import main
+    from conftest import run_main
 
-    monkeypatch.setattr(sys, "argv", ["metatune", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    out = capsys.readouterr()
-    return exit_.value.code, out.out, out.err
+    return run_main(monkeypatch, capsys, *args)
 
 
 @pytest.fixture

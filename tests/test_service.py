@@ -6,13 +6,11 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from metatune.extract import document_record
 from metatune.inference import Extractor
@@ -55,18 +53,10 @@ def extractor(tiny_run):
 @pytest.fixture(scope="module")
 def url(extractor):
     """The app served by uvicorn in a thread of this process (so a test can make the model fail)."""
-    app = create_app(extractor, token=TOKEN, max_bytes=4096, batch_size=8, batch_wait_ms=200)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    from conftest import serving
+
+    with serving(create_app(extractor, token=TOKEN, max_bytes=4096, batch_size=8, batch_wait_ms=200)) as address:
+        yield address
 
 
 def expected(extractor, text: str, doc_type: str | None = None) -> dict:

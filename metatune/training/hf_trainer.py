@@ -19,7 +19,6 @@ from transformers import (
 )
 from transformers.trainer_callback import ExportableState
 
-from metatune.config import Config
 from metatune.encoding import collator
 from metatune.errors import MetatuneError
 from metatune.precision import apply_precision
