@@ -194,7 +194,7 @@ def decode(logits: torch.Tensor, offsets: list[tuple[int, int]], text: str, sche
     for field, start, end in spans:
         # spans start and end on word boundaries, as the aligned labels did: a span that begins or ends
         # inside a word (a sub-word token left out) takes the whole word
-        while start > 0 and text[start - 1].isalnum() and text[start].isalnum():
+        while 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum():
             start -= 1
         while end < len(text) and text[end].isalnum() and text[end - 1].isalnum():
             end += 1
