@@ -249,3 +249,18 @@ def test_bench_times_a_tag_run_and_finds_batched_equal_to_one_at_a_time(tag_run)
     assert result["objective"] == "tag" and result["documents"] == 4
     assert result["identical_raw_outputs"] == 4 and result["parsed_outputs"] == 4
     assert result["batched_docs_per_second"] > 0 and result["plain_docs_per_second"] > 0
+
+
+def test_forced_bf16_tag_training_and_extraction_run_on_any_cpu(tmp_path, tiny_llama, synthetic):
+    """bf16 autocast for the tag objective and a bf16 Tagger: what `auto` picks on CPUs with bf16 units."""
+    from metatune.inference import open_run
+    from metatune.training.run import train
+
+    run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", "training.bf16=true", "training.max_steps=12"))
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert losses[-1] < losses[0], losses
+    tagger = open_run(run, dtype="bfloat16")
+    assert tagger.model.dtype == torch.bfloat16
+    result = tagger.extract([synthetic_records(1, 9)[0]["original_text"]])[0]
+    assert result.data is not None and result.data["language"] == "es"
