@@ -139,10 +139,9 @@ def align_record(text: str, record: dict, fields: list[str], fuzzy: bool = True)
     matched by their normalised form, after the other fields.
     """
     source = Source(text)
-    wanted = sorted(values_of(record, fields), key=lambda v: -len(v[2]))
+    wanted = sorted(values_of(record, fields), key=lambda v: (v[0] in DATE_FIELDS, -len(v[2])))
     taken: list[Span] = []
     spans: dict[tuple[str, int], Span | None] = {}
-    wanted.sort(key=lambda v: v[0] in DATE_FIELDS)
     for field, i, value in wanted:
         if field in DATE_FIELDS:
             span = locate_date(text, value, taken)

@@ -152,6 +152,17 @@ class JsonObjectEnd(StoppingCriteria):
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def check_dtype(dtype: str) -> None:
+    if dtype != "auto" and dtype not in DTYPES:
+        raise MetatuneError(f"unknown dtype {dtype!r} (choose from auto, {', '.join(DTYPES)})")
+
+
+def cast(model, dtype: str) -> None:
+    """Casts a loaded model to `dtype` ("auto": as saved); 4-bit weights stay as they are."""
+    if dtype != "auto" and model.dtype != DTYPES[dtype] and not getattr(model, "is_loaded_in_4bit", False):
+        model.to(DTYPES[dtype])
+
+
 class RunTypes:
     """What Extractor and Tagger share: the run's document types and the fields it writes for each
     (needs `registry`, `default_type` and `info`)."""
@@ -198,16 +209,14 @@ class Extractor(RunTypes):
             raise MetatuneError(f"num_beams must be at least 1, got {num_beams}")
         if max_new_tokens is not None and max_new_tokens < 1:
             raise MetatuneError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if dtype != "auto" and dtype not in DTYPES:
-            raise MetatuneError(f"unknown dtype {dtype!r} (choose from auto, {', '.join(DTYPES)})")
+        check_dtype(dtype)
         self.run_dir = Path(run_dir)
         if base_model:
             self.model, self.tokenizer, self.info = _load_base(run_dir, device, trust_remote_code)
         else:
             self.model, self.tokenizer, self.info = load_run(run_dir, device, trust_remote_code)
         self.device = self.model.device
-        if dtype != "auto" and self.model.dtype != DTYPES[dtype] and not getattr(self.model, "is_loaded_in_4bit", False):
-            self.model.to(DTYPES[dtype])
+        cast(self.model, dtype)
         self.registry = TypeRegistry.from_dict(self.info["types"], source=f"{run_dir}/metatune.json")
         self.prompts = self.info["input"]["prompts"]
         self.chat = self.info["input"]["chat_template"]

@@ -16,7 +16,7 @@ import torch
 from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.export import load_run
-from metatune.inference import DTYPES, Extraction, RunTypes
+from metatune.inference import Extraction, RunTypes, cast, check_dtype
 from metatune.language import detect_language
 from metatune.tagging import TagCollator, TagScheme, allowed_transitions, decode, first_token_id, to_record, token_offsets
 
@@ -24,13 +24,11 @@ from metatune.tagging import TagCollator, TagScheme, allowed_transitions, decode
 class Tagger(RunTypes):
     def __init__(self, run_dir, device: str | None = None, *, dtype: str = "auto", trust_remote_code: bool = False,
                  **_generation):
-        if dtype != "auto" and dtype not in DTYPES:
-            raise MetatuneError(f"unknown dtype {dtype!r} (choose from auto, {', '.join(DTYPES)})")
+        check_dtype(dtype)
         self.run_dir = Path(run_dir)
         self.model, self.tokenizer, self.info = load_run(run_dir, device, trust_remote_code)
         self.device = self.model.device
-        if dtype != "auto" and self.model.dtype != DTYPES[dtype]:
-            self.model.to(DTYPES[dtype])
+        cast(self.model, dtype)
         self.registry = TypeRegistry.from_dict(self.info["types"], source=f"{run_dir}/metatune.json")
         tagging = self.info["tagging"]
         self.scheme = TagScheme.from_dict(tagging["scheme"])
