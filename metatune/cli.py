@@ -57,9 +57,11 @@ def train(
     check_output(Path(cfg.training.output_dir), overwrite)
     load_for_training(cfg.data, need_validation=cfg.training.eval_each_epoch)
 
+    from metatune.training.distributed import close_processes
     from metatune.training.run import train as run_training
 
     run_training(cfg, resume=resume, overwrite=overwrite)
+    close_processes()
 
 
 @app.command()

@@ -90,4 +90,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_llama
 
 
 if __name__ == "__main__":  # the torchrun worker: python -m torch.distributed.run ... test_distributed.py ROOT SETTINGS...
+    from metatune.training.distributed import close_processes
+
     train_both_modes(Path(sys.argv[1]), sys.argv[2:])
+    close_processes()

@@ -70,3 +70,14 @@ def whole_model(accelerator: Accelerator, wrapped):
     whole.load_state_dict(state_dict)
     whole.generation_config = model.generation_config
     return whole
+
+
+def close_processes() -> None:
+    """Ends the process group of a multi-process launch, if one was started.
+
+    Left to interpreter exit, gloo's teardown can race between ranks and abort one of them
+    ("terminate called without an active exception") after the run was saved.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
