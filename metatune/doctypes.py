@@ -38,15 +38,17 @@ class DocType:
         names = list(self.fields) if include is None else [f for f in include if f in self.fields]
         return [f for f in names if f not in exclude]
 
-    def prompt(self, fields: list[str]) -> str:
-        """The instruction: names the fields and shows one example JSON of the output shape."""
-        example = {f: self.example[f] for f in fields if f in self.example}
-        return (
+    def prompt(self, fields: list[str], example: bool = True) -> str:
+        """The instruction: names the fields and (with `example`) shows one example JSON of the output shape."""
+        text = (
             f"Extraé los metadatos bibliográficos de {self.noun} que sigue. "
             f"Campos posibles: {', '.join(fields)}. "
-            "Respondé solo con un objeto JSON; omití los campos que no aparecen en el texto. "
-            f"Ejemplo de formato: {json.dumps(example, ensure_ascii=False)}"
+            "Respondé solo con un objeto JSON; omití los campos que no aparecen en el texto."
         )
+        if not example:
+            return text
+        shown = {f: self.example[f] for f in fields if f in self.example}
+        return f"{text} Ejemplo de formato: {json.dumps(shown, ensure_ascii=False)}"
 
     def template(self, fields: list[str]) -> dict:
         """NuExtract-style template: every field with an empty value of its kind."""

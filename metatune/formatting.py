@@ -29,6 +29,7 @@ class InputFormat:
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template when it has one
     anchor_min_words: int = 0  # long verbatim values written as anchors (metatune.alignment.anchor); 0: off
     anchor_words: int = 5
+    prompt_example: bool = True  # the instruction shows one example JSON of the output
 
     def fields(self, doc_type: DocType) -> list[str]:
         return doc_type.target_fields(self.include_fields, list(self.exclude_fields))
@@ -68,7 +69,7 @@ def prompt_parts(doc_type: DocType, fmt: InputFormat, tokenizer=None) -> tuple[s
     if fmt.style == "schema":
         schema = json.dumps(doc_type.template(fields), ensure_ascii=False, indent=4)
         return SCHEMA_PREFIX.format(schema=schema), SCHEMA_SUFFIX
-    instruction = doc_type.prompt(fields)
+    instruction = doc_type.prompt(fields, fmt.prompt_example)
     if fmt.chat_template and tokenizer is not None and tokenizer.chat_template:
         messages = [
             {"role": "system", "content": instruction},

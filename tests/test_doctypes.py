@@ -69,6 +69,13 @@ def test_prompt_names_the_fields_and_shows_one_example(registry):
     assert set(thesis_example) == {"title", "director"} and isinstance(thesis_example["director"], list)
 
 
+def test_prompt_without_example_keeps_the_instruction(registry):
+    tesis = registry.types["Tesis"]
+    short, full = tesis.prompt(["title", "director"], example=False), tesis.prompt(["title", "director"])
+    assert full.startswith(short) and "Campos posibles: title, director." in short
+    assert "{" not in short and "Ejemplo de formato" in full
+
+
 def test_json_schema_accepts_real_targets_and_rejects_others(registry):
     for name in ("Tesis", "Articulo", "Libro", "Objeto de conferencia"):
         doc_type = registry.types[name]

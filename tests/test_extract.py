@@ -343,9 +343,10 @@ def test_anchored_targets_in_training_and_their_expansion_at_extraction(tiny_run
     config = load_config(sets=[f"model.name={tiny_llama}", f"data.path={SAMPLE}", f"training.output_dir={tmp_path / 'r'}",
                                "data.include_fields=[title, abstract]", "data.exclude_fields=[]",
                                "data.max_input_tokens=1024", "data.max_target_tokens=1024",
-                               "data.anchor_min_words=12", "data.anchor_words=4"])
+                               "data.anchor_min_words=12", "data.anchor_words=4", "data.prompt_example=false"])
     prepared = prepare(config, need_validation=False)
-    assert prepared.info["input"]["anchor_min_words"] == 12
+    assert prepared.info["input"]["anchor_min_words"] == 12 and prepared.info["input"]["prompt_example"] is False
+    assert all("Ejemplo de formato" not in p["prefix"] for p in prepared.info["input"]["prompts"].values())
     targets = [prepared.tokenizer.decode([t for t in x["labels"] if t != -100]) for x in prepared.train]
     assert sum(ANCHOR_MARK.strip() in t for t in targets) >= 20  # the abstracts (the titles are shorter)
 

@@ -136,6 +136,7 @@ def describe(config: Config, registry, fmt: InputFormat, seq2seq: bool, chat: bo
             "prompts": prompts,
             "anchor_min_words": fmt.anchor_min_words,
             "anchor_words": fmt.anchor_words,
+            "prompt_example": fmt.prompt_example,
         },
         "limits": {"max_input_tokens": d.max_input_tokens, "max_target_tokens": d.max_target_tokens},
         "fallback_type": d.fallback_type,
@@ -199,7 +200,8 @@ def prepare(config: Config, need_validation: bool = True) -> Prepared:
     train_records = dataset.split("training")
     val_records = dataset.split("validation") if need_validation else []
     fmt = InputFormat(d.input_style, d.include_fields, tuple(d.exclude_fields), d.chat_template,
-                      d.anchor_min_words if config.training.objective == "generate" else 0, d.anchor_words)
+                      d.anchor_min_words if config.training.objective == "generate" else 0, d.anchor_words,
+                      d.prompt_example)
     if config.training.objective == "tag":
         model, tokenizer, seq2seq, train, validation, tagging = prepare_tagging(
             config, registry, train_records, val_records, fmt)
