@@ -22,6 +22,7 @@ from metatune.errors import MetatuneError
 from metatune.export import load_run, read_run_info
 from metatune.formatting import Example
 from metatune.parsing import parse_output
+from metatune.type_classifier import TypeClassifier
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Extraction:
     repaired: bool = False
     tokens: int = 0  # generated tokens
     looped: bool = False  # generation was stopped in a repetition loop (the repeats are cut)
+    type_source: str | None = None  # how doc_type was decided: given, classifier, model (its "type" field), default
 
 
 class _Scan:
@@ -97,18 +99,20 @@ def loop_start(tokens: list[int]) -> int | None:
 class JsonObjectEnd(StoppingCriteria):
     """Stops a row as soon as the JSON object it generates is closed, or once it is caught in a loop.
 
-    Greedy decoding keeps rows in place, so each row's scan state is carried over and only new tokens
-    are read (`incremental`). Beam search reorders rows between calls, so there every row's generated
-    text is scanned again. `stop_at[row]` is the sequence length at which the row closed its object,
-    or where its loop's second copy began (the repeats are cut; `looped[row]` says so).
+    `start` is the sequence length before the first generated token (the padded prompt of a causal
+    model; the decoder's start token of a seq2seq one). Greedy decoding keeps rows in place, so each
+    row's scan state is carried over and only new tokens are read (`incremental`); a call may bring
+    several new tokens (prompt-lookup decoding accepts a run of them at once). Beam search reorders
+    rows between calls, so there every row's generated text is scanned again. `stop_at[row]` is the
+    sequence length at which the row closed its object, or where its loop's second copy began (the
+    repeats are cut; `looped[row]` says so).
     """
 
-    def __init__(self, tokenizer, incremental: bool = True):
+    def __init__(self, tokenizer, start: int, incremental: bool = True):
         self.tokenizer = tokenizer
         self.incremental = incremental
         self.pieces: dict[int, str] = {}
-        self.start: int | None = None  # sequence length before the first generated token
-        self.seen = 0
+        self.start = self.seen = start
         self.scans: list[_Scan] = []
         self.stop_at: list[int | None] = []
 
@@ -120,8 +124,6 @@ class JsonObjectEnd(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         rows, length = input_ids.shape
-        if self.start is None:  # first call: exactly one token was generated
-            self.start = self.seen = length - 1
         if not self.incremental:
             ids = input_ids[:, self.start :].tolist()
             done = [closes_object("".join(self.piece(t) for t in row)) for row in ids]
@@ -191,6 +193,10 @@ class Extractor(RunTypes):
     from metatune.json.
     `snap`: replace predicted values that (nearly) occur in the document by the document's own text
     (metatune.alignment.snap_record); None takes the run's data.snap_to_source (on by default).
+    `prompt_lookup`: prompt-lookup decoding, proposing up to this many tokens per step copied from
+    the prompt where the output's last words occur in it, all checked in one forward pass (0: off).
+    Greedy and causal models only; transformers' assisted decoding takes one sequence at a time, so
+    documents are decoded one by one whatever the batch size.
     """
 
     def __init__(
@@ -204,6 +210,7 @@ class Extractor(RunTypes):
         base_model: bool = False,
         trust_remote_code: bool = False,
         snap: bool | None = None,
+        prompt_lookup: int = 0,
     ):
         if num_beams < 1:
             raise MetatuneError(f"num_beams must be at least 1, got {num_beams}")
@@ -224,9 +231,17 @@ class Extractor(RunTypes):
         self.max_input_tokens = self.info["limits"]["max_input_tokens"]
         self.max_new_tokens = max_new_tokens or self.info["limits"]["max_target_tokens"]
         self.num_beams = num_beams
+        if prompt_lookup < 0:
+            raise MetatuneError(f"prompt_lookup must be 0 (off) or more, got {prompt_lookup}")
+        if prompt_lookup and (num_beams > 1 or self.seq2seq):
+            raise MetatuneError("prompt-lookup decoding needs greedy decoding (num_beams 1) and a causal model "
+                                "(a seq2seq decoder does not see the document it would copy from)")
+        self.prompt_lookup = prompt_lookup
         self.snap = self.info.get("config", {}).get("data", {}).get("snap_to_source", True) if snap is None else snap
         self.anchored = self.info["input"].get("anchor_min_words", 0) > 0  # runs before anchors had none
         self.default_type = self.info.get("fallback_type") or "general"
+        name = self.info.get("type_classifier")  # runs saved before it had none
+        self.type_classifier = TypeClassifier.load(self.run_dir, name) if name else None
         # A causal model continues from the right edge of every row; an encoder reads rows padded on the
         # right, as in training (LED's learned positions would shift under left padding).
         self.tokenizer.padding_side = "right" if self.seq2seq else "left"
@@ -242,6 +257,7 @@ class Extractor(RunTypes):
         config.max_new_tokens = self.max_new_tokens
         config.max_length = None
         config.pad_token_id = self.tokenizer.pad_token_id
+        config.prompt_lookup_num_tokens = self.prompt_lookup or None
         if config.eos_token_id is None:
             config.eos_token_id = self.tokenizer.eos_token_id
         return config
@@ -264,6 +280,8 @@ class Extractor(RunTypes):
         out of a repetition loop."""
         if batch_size < 1:
             raise MetatuneError(f"batch size must be at least 1, got {batch_size}")
+        if self.prompt_lookup:
+            batch_size = 1
         from tqdm.auto import tqdm
 
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
@@ -282,11 +300,11 @@ class Extractor(RunTypes):
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(self.device)
             if self.model.config.model_type == "led":  # LED needs global attention on the first token
                 batch["global_attention_mask"] = global_attention_mask(batch["attention_mask"])
-            stop = JsonObjectEnd(self.tokenizer, incremental=self.num_beams == 1)
+            offset = 1 if self.seq2seq else batch["input_ids"].shape[1]  # after the decoder's start token / the prompt
+            stop = JsonObjectEnd(self.tokenizer, offset, incremental=self.num_beams == 1)
             generated = self.model.generate(
                 **batch, generation_config=config, stopping_criteria=StoppingCriteriaList([stop])
             )
-            offset = 1 if self.seq2seq else batch["input_ids"].shape[1]  # after the decoder's start token / the prompt
             for r, (i, seq) in enumerate(zip(rows, generated.tolist())):
                 end = stop.stop_at[r] if stop.stop_at and stop.stop_at[r] else len(seq)
                 new = seq[offset:end]
@@ -299,25 +317,37 @@ class Extractor(RunTypes):
 
     def extract(self, texts: list[str], types: list[str | None] | None = None, batch_size: int = 8,
                 progress: bool = False) -> list[Extraction]:
-        """Parsed metadata for each text. A type left as None is the run's default type, unless the
-        model's output names a known type in a "type" field."""
+        """Parsed metadata for each text. A type left as None is the one the run's type classifier
+        predicts from the text; a run without a classifier takes its default type, unless the model's
+        output names a known type in a "type" field."""
         requested = list(types or [None] * len(texts))
         if len(requested) != len(texts):
             raise MetatuneError(f"{len(texts)} texts but {len(requested)} types")
-        resolved = [self.resolve_type(t) for t in requested]
-        encoded = [self.input_ids(text, t) for text, t in zip(texts, resolved)]
+        decided = [self.choose_type(text, t) for text, t in zip(texts, requested)]
+        encoded = [self.input_ids(text, t) for text, (t, _) in zip(texts, decided)]
         results = []
         raws, counts, looped = self.generate_with_counts(encoded, batch_size, progress=progress)
-        for text, asked, t, raw, n, loop in zip(texts, requested, resolved, raws, counts, looped):
+        for text, (t, source), raw, n, loop in zip(texts, decided, raws, counts, looped):
             parsed = parse_output(raw)
-            t = t if asked is not None else output_type(self.registry, parsed.data, t)
+            if source == "default" and (named := output_type(self.registry, parsed.data, t)) != t:
+                t, source = named, "model"
             data = parsed.data
             if data and self.anchored:
                 data = expand_record(text, data)
             if data and self.snap:
                 data = snap_record(text, data)
-            results.append(Extraction(t, data, raw, parsed.error, parsed.repaired, n, loop))
+            results.append(Extraction(t, data, raw, parsed.error, parsed.repaired, n, loop, source))
         return results
+
+    def choose_type(self, text: str, name: str | None) -> tuple[str, str]:
+        """(the type whose prompt the text gets, how it was decided: given, classifier or default)."""
+        if name is not None:
+            return self.resolve_type(name), "given"
+        if self.type_classifier is not None:
+            predicted = self.registry.find(self.type_classifier.predict(text)[0])
+            if predicted is not None:
+                return predicted.name, "classifier"
+        return self.resolve_type(None), "default"
 
 
 def output_type(registry: TypeRegistry, data: dict | None, default: str) -> str:

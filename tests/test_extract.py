@@ -97,7 +97,7 @@ def test_criterion_stops_each_row_at_the_token_closing_its_object(tiny_tokenizer
     prompt = [7, 8, 9]
     longest = max(map(len, rows))
     for incremental in (True, False):
-        stop = JsonObjectEnd(tiny_tokenizer, incremental=incremental)
+        stop = JsonObjectEnd(tiny_tokenizer, len(prompt), incremental=incremental)
         first_done = [None, None]
         for k in range(1, longest + 1):
             # rows run out of text: pad them with a token that changes nothing once finished
@@ -112,6 +112,11 @@ def test_criterion_stops_each_row_at_the_token_closing_its_object(tiny_tokenizer
             assert closes_object(tiny_tokenizer.decode(row[:k])) and not closes_object(tiny_tokenizer.decode(row[: k - 1]))
             if incremental:
                 assert stop.stop_at[i] == len(prompt) + k
+        if incremental:  # several tokens per call (prompt-lookup decoding): the same stops
+            chunked = JsonObjectEnd(tiny_tokenizer, len(prompt))
+            for k in range(3, longest + 3, 3):
+                chunked(torch.tensor([prompt + (r + [tiny_tokenizer.pad_token_id] * (longest + 3))[:k] for r in rows]), None)
+            assert chunked.stop_at == stop.stop_at
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_run):
@@ -226,7 +231,7 @@ def test_reading_a_pdf_is_bounded_in_time_and_done_in_another_process():
 
 def test_pdf_without_text_is_an_error_naming_the_file(tmp_path):
     path = make_pdf(tmp_path / "scan.pdf")
-    with pytest.raises(MetatuneError, match=r"scan\.pdf: no extractable text in the PDF"):
+    with pytest.raises(MetatuneError, match=r"scan\.pdf: has no text layer \(scanned or image-only PDF\); OCR is not supported"):
         pdf_text(path)
     (tmp_path / "fake.pdf").write_bytes(b"not a pdf at all")
     with pytest.raises(MetatuneError, match=r"fake\.pdf: cannot read the PDF"):
@@ -246,12 +251,12 @@ def test_extract_a_folder_reports_the_pdf_without_text(tiny_run, tmp_path, monke
 
     status, out, err = cli(monkeypatch, capsys, "extract", tiny_run, folder)
     assert status == 1
-    assert f"error: {folder / 'c.pdf'}: no extractable text in the PDF" in err
+    assert f"error: {folder / 'c.pdf'}: has no text layer (scanned or image-only PDF)" in err
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["source"] for r in records] == [str(folder / "a.pdf"), str(folder / "b.txt")]
     allowed = set(TypeRegistry.load().general.target_fields(["date", "language"], []))
-    for r in records:
-        assert r["type"] == "general"  # no --type, no fallback_type in the run, no type in the output
+    for r, want in zip(records, ["Tesis", "Articulo"]):
+        assert r["type"] == want  # no --type: the run's type classifier reads it from the text
         if r["metadata"] is None:
             assert r["error"] and "raw" in r
         else:
@@ -260,7 +265,7 @@ def test_extract_a_folder_reports_the_pdf_without_text(tiny_run, tmp_path, monke
     # the same document through the Extractor directly: the command adds only the schema check
     direct = Extractor(tiny_run).extract([texts[1]], [None])[0]
     assert records[1]["metadata"] == (None if direct.data is None else conform(
-        direct.data, TypeRegistry.load().general.json_schema(sorted(allowed)))[0])
+        direct.data, TypeRegistry.load().types["Articulo"].json_schema(sorted(allowed)))[0])
 
 
 def test_extract_stdin_with_a_type_to_a_file(tiny_run, tmp_path, monkeypatch, capsys):
@@ -274,7 +279,7 @@ def test_extract_stdin_with_a_type_to_a_file(tiny_run, tmp_path, monkeypatch, ca
 
 
 @pytest.mark.parametrize("args, message", [
-    (["{empty}"], "{empty}: no extractable text in the PDF (scanned or image-only? run OCR first)"),
+    (["{empty}"], "{empty}: has no text layer (scanned or image-only PDF); OCR is not supported"),
     (["{missing}"], "{missing}: input not found"),
     (["{empty}", "--type", "poema"], "--type: unknown document type 'poema' (known: general, Tesis, Libro, Articulo, Objeto de conferencia)"),
 ])
@@ -316,10 +321,10 @@ def test_loop_start_finds_a_block_repeated_at_the_end():
 def test_a_row_caught_in_a_loop_stops_and_is_cut(tiny_tokenizer):
     from metatune.inference import JsonObjectEnd
 
-    stop = JsonObjectEnd(tiny_tokenizer)
+    prompt = [5, 6]
+    stop = JsonObjectEnd(tiny_tokenizer, len(prompt))
     word = tiny_tokenizer(' "abstract": "la la', add_special_tokens=False)["input_ids"]
     block = tiny_tokenizer(" la", add_special_tokens=False)["input_ids"]
-    prompt = [5, 6]
     seq = prompt + tiny_tokenizer("{", add_special_tokens=False)["input_ids"] + word
     done = stop(torch.tensor([seq[: len(prompt) + 1]]), None)  # first call: one generated token
     for _ in range(40):
@@ -359,3 +364,31 @@ def test_anchored_targets_in_training_and_their_expansion_at_extraction(tiny_run
     monkeypatch.setattr(extractor, "generate_with_counts", lambda encoded, *a, **k: ([raw], [9], [False]))
     result = extractor.extract([text], [record["type"]])[0]
     assert result.raw == raw and result.data["abstract"] == " ".join(words)
+
+
+def test_prompt_lookup_decoding_writes_what_plain_greedy_writes(tiny_run):
+    """Prompt-lookup decoding checks its proposals with the model's own greedy choice, so in float64
+    (where a forward pass over several tokens rounds as one token at a time does) the outputs are the
+    plain ones, token for token; in float32 a near-tie may round the other way (docs/performance.md)."""
+    from conftest import SAMPLE
+
+    records = json.loads(SAMPLE.read_text(encoding="utf-8"))["validation"]
+    texts, types = [r["original_text"] for r in records], [r["type"] for r in records]
+    plain, lookup = Extractor(tiny_run, max_new_tokens=48), Extractor(tiny_run, max_new_tokens=48, prompt_lookup=8)
+    for extractor in (plain, lookup):
+        extractor.model.to(torch.float64)
+    expected = plain.generate_with_counts([plain.input_ids(t, ty) for t, ty in zip(texts, types)], batch_size=1)
+    forward, calls = lookup.model.forward, []
+    lookup.model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    got = lookup.generate_with_counts([lookup.input_ids(t, ty) for t, ty in zip(texts, types)], batch_size=4)
+    del lookup.model.forward
+    assert got == expected and sum(expected[1]) > 0
+    assert len(calls) < sum(expected[1])  # proposals were taken: fewer forward passes than tokens written
+    assert [e.data for e in lookup.extract(texts, types)] == [e.data for e in plain.extract(texts, types)]
+
+
+def test_prompt_lookup_needs_greedy_causal_decoding(tiny_run):
+    with pytest.raises(MetatuneError, match="num_beams 1"):
+        Extractor(tiny_run, num_beams=2, prompt_lookup=4)
+    with pytest.raises(MetatuneError, match="0 \\(off\\) or more"):
+        Extractor(tiny_run, prompt_lookup=-1)
