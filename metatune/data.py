@@ -15,6 +15,7 @@ from pathlib import Path
 from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.files import write_atomic
+from metatune.text import clean_text
 
 SPLITS = ("training", "validation", "test")
 SPLIT_ALIASES = {"train": "training", "valid": "validation", "dev": "validation", "eval": "validation"}
@@ -92,6 +93,18 @@ def record_type(record: dict) -> object:
     """`type`, or SEDICI's `dc.type` when `type` is absent or empty."""
     value = record.get("type")
     return value if value not in (None, "") else record.get("dc.type", value)
+
+
+def clean_record(record: object) -> None:
+    """The record's text and string values through clean_text, in place: the model trains on text as
+    `metatune extract` gives it ("François", not "Franc¸ois"), and its targets are spelled the same way."""
+    if not isinstance(record, dict):
+        return
+    for key, value in record.items():
+        if isinstance(value, str) and key != "id":
+            record[key] = clean_text(value)
+        elif isinstance(value, list):
+            record[key] = [clean_text(v) if isinstance(v, str) else v for v in value]
 
 
 def check_record(record: object, where: str, registry: TypeRegistry, fallback_type: str | None) -> list[Problem]:
@@ -173,6 +186,7 @@ def validate_file(path: str | Path, registry: TypeRegistry, fallback_type: str |
     for name, records in splits.items():
         for i, record in enumerate(records):
             where[id(record)] = f"{name}[{i}]"
+            clean_record(record)
             problems += check_record(record, f"{name}[{i}]", registry, fallback_type)
     if was_split:
         splits = split_records(parsed, seed) if not problems else {}

@@ -1,6 +1,7 @@
 """`metatune extract`: documents in, one JSON object per document out.
 
-Inputs are PDF files (text via pypdf), text files, folders of them, or '-' for standard input.
+Inputs are PDF files (text via pdfplumber, metatune/pdf.py), text files, folders of them, or '-' for
+standard input. Every text goes through metatune.text.clean_text, as training text does.
 Every output is checked against the JSON schema of its document type (DocType.json_schema): a
 single string where a list is expected becomes a one-element list, a number where text is
 expected becomes text, and any other violation (a field the type does not have, a value of the
@@ -28,30 +29,32 @@ def _files(path: Path) -> list[Path]:
 
 
 def read_document(path: Path) -> str:
-    """The text of one file: a PDF through pypdf, anything else as text. Raises when there is none."""
+    """The cleaned text of one file: a PDF through pdfplumber, anything else as text. Raises when there is none."""
     from metatune.data import read_text
     from metatune.pdf import pdf_text
+    from metatune.text import clean_text
 
     if path.suffix.lower() == PDF_SUFFIX:
-        return pdf_text(path)
+        return pdf_text(path)  # cleaned already
     try:
         text = read_text(path)
     except OSError as e:
         raise MetatuneError(f"{path}: cannot read: {e.strerror or e}") from None
     if not text.strip():
         raise MetatuneError(f"{path}: no text to extract from")
-    return text
+    return clean_text(text)
 
 
 def read_inputs(inputs: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
     """(name, text) of every readable document, and a one-line message for every unreadable one."""
     from metatune.folder_run import list_inputs, read_item
+    from metatune.text import clean_text
 
     items, problems = list_inputs(inputs)
     docs = []
     for item in items:
         try:
-            docs.append((item.name, read_item(item)))
+            docs.append((item.name, clean_text(read_item(item))))  # standard input too
         except MetatuneError as e:
             problems.append(str(e))
     return docs, problems

@@ -1,6 +1,8 @@
-"""Text of a PDF, via pypdf. A PDF without extractable text (scanned, image-only) is an error, never ''.
+"""Text of a PDF, via pdfplumber (pdfminer.six), the extractor the SEDICI dataset's `original_text` was
+made with, then metatune.text.clean_text, as training text is. A PDF without a text layer (scanned,
+image-only) is an error, never ''. docs/pdf.md has the measurements behind these choices.
 
-pypdf is pure Python: a crafted PDF of a few kilobytes can make it parse millions of operators
+pdfminer.six is pure Python: a crafted PDF of a few kilobytes can make it parse millions of operators
 (minutes of CPU) while it holds the interpreter lock of whatever process runs it. So the PDF is read
 in a child process, at low priority, with a time and a memory limit, and only its first pages: a
 server's event loop and model keep running meanwhile.
@@ -18,14 +20,19 @@ from pathlib import Path
 
 from metatune.errors import MetatuneError
 
-# Bibliographic metadata sits on the first pages, and the model reads only max_input_tokens of text:
-# pages after this many characters, or after MAX_PAGES pages, are not read.
-MAX_CHARS = 100_000
+# Bibliographic metadata sits on the first pages, and the model reads only max_input_tokens of text
+# (2048 by default, some 6,000-8,000 characters): pages after this many characters, or after
+# MAX_PAGES pages, are not read. Each page costs pdfminer 0.1-0.5 s.
+MAX_CHARS = 16_000
 MAX_PAGES = 10
 # Content-stream bytes parsed per PDF: a page of text takes 2-50 KB; pages that would go over are skipped.
 MAX_CONTENT_BYTES = 2_000_000
 TIMEOUT_S = 20.0
 MEMORY_BYTES = 1 << 30
+# A space between two letters when the gap is over 0.15 of the font size. pdfplumber's default, a
+# fixed 3 points, glues the words of most LaTeX PDFs together ("UltralightbosonicdarkmatterandCMB");
+# on PDFs that write their spaces (Word) both give the same text.
+X_TOLERANCE_RATIO = 0.15
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -60,40 +67,51 @@ def pdf_text(source: str | Path | bytes, name: str | None = None, max_chars: int
 
 
 def read_pdf(data: bytes, name: str, max_chars: int = MAX_CHARS) -> str:
-    """pdf_text's work, in this process: the text of the first pages, within MAX_CONTENT_BYTES."""
-    from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
+    """pdf_text's work, in this process: the cleaned text of the first pages, within MAX_CONTENT_BYTES."""
+    import pdfplumber
+    from pdfminer.pdfdocument import PDFPasswordIncorrect
+    from pdfminer.pdftypes import resolve1
+    from pdfminer.psexceptions import PSException
+    from pdfplumber.utils.exceptions import PdfminerException
 
-    logging.getLogger("pypdf").setLevel(logging.ERROR)  # pypdf warns about every small defect
+    from metatune.text import clean_text
+
+    logging.getLogger("pdfminer").setLevel(logging.ERROR)  # pdfminer warns about every small defect
     budget, skipped = MAX_CONTENT_BYTES, 0
+    parts, size = [], 0
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise MetatuneError(f"{name}: the PDF is encrypted with a password")
-        parts, size = [], 0
-        for page in reader.pages[:MAX_PAGES]:
-            contents = page.get_contents()
-            cost = len(contents.get_data()) if contents is not None else 0
-            if cost > budget:
-                skipped += 1
-                continue
-            budget -= cost
-            text = page.extract_text() or ""
-            parts.append(text)
-            size += len(text)
-            if size >= max_chars:
-                break
-    except MetatuneError:
-        raise
-    except (PyPdfError, OSError, ValueError, KeyError, TypeError) as e:
-        raise MetatuneError(f"{name}: cannot read the PDF: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    text = "\n".join(parts).strip()
+        with pdfplumber.open(io.BytesIO(data), pages=range(1, MAX_PAGES + 1)) as pdf:
+            for page in pdf.pages:
+                cost = sum(len(resolve1(stream).get_data()) for stream in page.page_obj.contents)
+                if cost > budget:
+                    skipped += 1
+                    continue
+                budget -= cost
+                text = page.extract_text(x_tolerance_ratio=X_TOLERANCE_RATIO) or ""
+                page.close()
+                parts.append(text)
+                size += len(text)
+                if size >= max_chars:
+                    break
+    except PdfminerException as e:
+        cause = e.args[0] if e.args else e
+        if isinstance(cause, PDFPasswordIncorrect):
+            raise MetatuneError(f"{name}: the PDF is encrypted with a password") from None
+        raise MetatuneError(f"{name}: cannot read the PDF: {_why(cause)}") from None
+    except (PSException, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise MetatuneError(f"{name}: cannot read the PDF: {_why(e)}") from None
+    text = clean_text("\n".join(parts).strip())
     if not text and skipped:
         raise MetatuneError(f"{name}: no text read from the PDF: the content of its first pages is too large "
                             f"(over {MAX_CONTENT_BYTES // 1_000_000} MB)")
     if not text:
-        raise MetatuneError(f"{name}: no extractable text in the PDF (scanned or image-only? run OCR first)")
+        raise MetatuneError(f"{name}: has no text layer (scanned or image-only PDF); OCR is not supported")
     return text
+
+
+def _why(error: object) -> str:
+    message = str(error).strip()
+    return message.splitlines()[0] if message else type(error).__name__
 
 
 def _child() -> None:

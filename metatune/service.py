@@ -232,6 +232,7 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
     from metatune.extract import document_record
     from metatune.formats import MEDIA_TYPES, render
     from metatune.pdf import pdf_text
+    from metatune.text import clean_text
 
     check_settings(max_bytes, batch_size)
     if max_queue < 1:
@@ -277,7 +278,7 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
             known = ", ".join(extractor.registry.types)
             raise HTTPException(422, f"invalid request: type: unknown document type {doc_type!r} (known: {known})")
         try:
-            return await batcher.submit(text, doc_type)
+            return await batcher.submit(clean_text(text), doc_type)  # as training text (metatune/text.py)
         except asyncio.QueueFull:
             raise HTTPException(503, f"the server is busy ({batcher.queue.qsize()} requests queued, the --max-queue); "
                                      "retry later", headers={"Retry-After": str(batcher.retry_after())}) from None
@@ -318,7 +319,7 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
     async def extract_pdf(file: UploadFile = File(description="A PDF file"),
                           type: str | None = Form(None, description="Document type"),
                           format: Format = format_query):
-        """Metadata of an uploaded PDF (its text read with pypdf)."""
+        """Metadata of an uploaded PDF (its text read with pdfplumber)."""
         data = await file.read()
         try:
             text = await asyncio.to_thread(pdf_text, data, file.filename or "upload")

@@ -104,7 +104,7 @@ def test_extract_pdf(url, extractor):
     assert r.json()["type"] == "general"
     r = httpx.post(f"{url}/extract/pdf", files={"file": ("scan.pdf", pdf_bytes(None), "application/pdf")}, headers=AUTH)
     assert r.status_code == 422
-    assert r.json()["error"].startswith("scan.pdf: no extractable text in the PDF")
+    assert r.json()["error"].startswith("scan.pdf: has no text layer (scanned or image-only PDF)")
     r = httpx.post(f"{url}/extract/pdf", files={"file": ("notes.pdf", b"plain text", "application/pdf")}, headers=AUTH)
     assert r.status_code == 422 and r.json()["error"].startswith("notes.pdf: cannot read the PDF")
 
