@@ -1,7 +1,9 @@
 """Saved runs: a directory transformers loads on its own, plus metatune.json.
 
 A run is written under a temporary name and renamed when complete, so a directory named like the
-output only ever holds a finished run.
+output only ever holds a finished run. A LoRA run holds the adapter in `adapter/` and, unless
+model.lora.merge is false, the merged full model at the top of the run directory, which loads with
+plain `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ import json
 import shutil
 from pathlib import Path
 
+from metatune.config import ModelSettings, preset_file
+from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.files import temp_dir_beside, usual_modes
 
 RUN_FILE = "metatune.json"
 FORMAT_VERSION = 1
+ADAPTER_DIR = "adapter"
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -30,18 +35,16 @@ def save_run(model, tokenizer, info: dict, output: Path, extra: dict[str, Path] 
     """Writes model, tokenizer, generation config and metatune.json, then renames into place.
 
     A LoRA model (peft) is saved as its adapter in `adapter/` plus, unless model.lora.merge is false
-    in info["config"], the merged full model (see metatune.peft_setup.save_lora).
+    in info["config"], the merged full model (see save_lora).
     """
     from metatune.card import fix_tokenizer_class, write_card
-    from metatune.peft_setup import is_peft, save_lora
+    from metatune.models import is_peft
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_beside(output)
     try:
         if is_peft(model):
-            from metatune.config import ModelSettings
-
             settings = ModelSettings.model_validate(info.get("config", {}).get("model", {}))
             info = {**info, "lora": save_lora(model, tmp, settings, merge=settings.lora.merge)}
         else:
@@ -103,13 +106,12 @@ def load_run(run_dir: str | Path, device: str | None = None, trust_remote_code: 
 
 
 def _load_run(run_dir: str | Path, device: str | None, trust_remote_code: bool):
-    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from metatune.models import default_device
 
     info = read_run_info(run_dir)
     if info.get("lora", {}).get("merged") is False:  # only the adapter was saved: base + adapter via peft
-        from metatune.peft_setup import load_adapter_run
-
         model = load_adapter_run(run_dir, info, trust_remote_code)
     else:
         cls = AutoModelForSeq2SeqLM if info["architecture"] == "seq2seq" else AutoModelForCausalLM
@@ -117,6 +119,88 @@ def _load_run(run_dir: str | Path, device: str | None, trust_remote_code: bool):
             from transformers import AutoModelForTokenClassification as cls
         model = cls.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model.to(device).eval()
     return model, tokenizer, info
+
+
+def save_lora(model, directory: Path, settings: ModelSettings, merge: bool) -> dict:
+    """Writes the adapter to `directory/adapter` and, if `merge`, the merged model to `directory`.
+
+    What metatune.json records under "lora". A 4-bit model is merged into a fresh full-precision copy
+    of its base (merging into 4-bit weights would round them again); otherwise the LoRA weights are
+    merged in place, so `model` is no longer a peft model afterwards.
+    """
+    from peft import PeftModel
+
+    directory = Path(directory)
+    targets = model.peft_config["default"].target_modules
+    model.save_pretrained(directory / ADAPTER_DIR)
+    if merge:
+        if getattr(model, "is_loaded_in_4bit", False):
+            base = load_base_for_adapter(settings)
+            merged = PeftModel.from_pretrained(base, directory / ADAPTER_DIR).merge_and_unload()
+            merged.generation_config = model.generation_config
+        else:
+            merged = model.merge_and_unload()
+        merged.save_pretrained(directory)
+    else:
+        model.generation_config.save_pretrained(directory)
+    return {
+        "adapter": ADAPTER_DIR,
+        "merged": merge,
+        "base": base_reference(settings),
+        "r": settings.lora.r,
+        "alpha": settings.lora.alpha,
+        "target_modules": sorted({t.rsplit(".", 1)[-1] for t in targets}) if isinstance(targets, set) else targets,
+    }
+
+
+def base_reference(settings: ModelSettings) -> str:
+    """The base model as a later load can find it: a preset or Hub id as is, a local path made absolute."""
+    path = Path(settings.name).expanduser()
+    if preset_file(settings.name) is None and path.exists():
+        return str(path.resolve())
+    return settings.name
+
+
+def load_base_for_adapter(settings: ModelSettings, base: str | None = None):
+    """The base model in full precision (never 4-bit), on the CPU, to put an adapter on."""
+    from metatune.models import load_pretrained
+
+    plain = settings.model_copy(update={"name": base or settings.name, "quantization": "none"})
+    model, _, _ = load_pretrained(plain)
+    return model
+
+
+def load_adapter_run(run_dir: Path, info: dict, trust_remote_code: bool = False):
+    """Base + adapter of a run saved with model.lora.merge=false, merged in memory for fast generation.
+
+    The base may run Python code of its own only with `trust_remote_code` (the caller's, not the run's)."""
+    from peft import PeftModel
+    from transformers import GenerationConfig
+
+    run_dir = Path(run_dir)
+    settings = ModelSettings.model_validate(info["config"]["model"])
+    settings = settings.model_copy(update={"trust_remote_code": trust_remote_code})
+    base = load_base_for_adapter(settings, info["lora"]["base"])
+    model = PeftModel.from_pretrained(base, run_dir / info["lora"]["adapter"]).merge_and_unload()
+    if (run_dir / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(run_dir)
+    return model
+
+
+class RunTypes:
+    """What Extractor and Tagger share: the run's document types and the fields it writes for each
+    (needs `registry`, `default_type` and `info`)."""
+
+    def resolve_type(self, name: str | None) -> str:
+        doc_type = self.registry.find(name or self.default_type)
+        if doc_type is None:
+            raise MetatuneError(f"unknown document type {name!r} (known: {', '.join(self.registry.types)})")
+        return doc_type.name
+
+    def fields(self, doc_type: str) -> list[str]:
+        """The fields the run was trained to write for this type (metatune.json input settings)."""
+        spec = self.info["input"]
+        return self.registry.types[doc_type].target_fields(spec.get("include_fields"), spec.get("exclude_fields") or [])

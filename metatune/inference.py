@@ -9,7 +9,6 @@ writes is closed (JsonObjectEnd).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,22 +18,11 @@ from metatune.alignment import expand_record, snap_record
 from metatune.doctypes import TypeRegistry
 from metatune.encoding import encode_prompt, global_attention_mask
 from metatune.errors import MetatuneError
-from metatune.export import load_run, read_run_info
+from metatune.export import RunTypes, load_run, read_run_info
 from metatune.formatting import Example
-from metatune.parsing import parse_output
+from metatune.models import cast, check_dtype, default_device
+from metatune.parsing import Extraction, parse_output
 from metatune.type_classifier import TypeClassifier
-
-
-@dataclass
-class Extraction:
-    doc_type: str
-    data: dict | None  # the parsed metadata, None when the output could not be parsed
-    raw: str  # what the model wrote
-    error: str | None = None
-    repaired: bool = False
-    tokens: int = 0  # generated tokens
-    looped: bool = False  # generation was stopped in a repetition loop (the repeats are cut)
-    type_source: str | None = None  # how doc_type was decided: given, classifier, model (its "type" field), default
 
 
 class _Scan:
@@ -149,36 +137,6 @@ class JsonObjectEnd(StoppingCriteria):
         self.seen = length
         done = [s is not None for s in self.stop_at]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def check_dtype(dtype: str) -> None:
-    if dtype != "auto" and dtype not in DTYPES:
-        raise MetatuneError(f"unknown dtype {dtype!r} (choose from auto, {', '.join(DTYPES)})")
-
-
-def cast(model, dtype: str) -> None:
-    """Casts a loaded model to `dtype` ("auto": as saved); 4-bit weights stay as they are."""
-    if dtype != "auto" and model.dtype != DTYPES[dtype] and not getattr(model, "is_loaded_in_4bit", False):
-        model.to(DTYPES[dtype])
-
-
-class RunTypes:
-    """What Extractor and Tagger share: the run's document types and the fields it writes for each
-    (needs `registry`, `default_type` and `info`)."""
-
-    def resolve_type(self, name: str | None) -> str:
-        doc_type = self.registry.find(name or self.default_type)
-        if doc_type is None:
-            raise MetatuneError(f"unknown document type {name!r} (known: {', '.join(self.registry.types)})")
-        return doc_type.name
-
-    def fields(self, doc_type: str) -> list[str]:
-        """The fields the run was trained to write for this type (metatune.json input settings)."""
-        spec = self.info["input"]
-        return self.registry.types[doc_type].target_fields(spec.get("include_fields"), spec.get("exclude_fields") or [])
 
 
 class Extractor(RunTypes):
@@ -369,7 +327,7 @@ def _load_base(run_dir, device: str | None, trust_remote_code: bool = False):
                                            "trust_remote_code": trust_remote_code})
     model, _, _ = load_base(settings)
     tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model.to(device).eval()
     return model, tokenizer, info
 

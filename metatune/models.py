@@ -124,6 +124,29 @@ def _token():
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype != "auto" and dtype not in DTYPES:
+        raise MetatuneError(f"unknown dtype {dtype!r} (choose from auto, {', '.join(DTYPES)})")
+
+
+def cast(model, dtype: str) -> None:
+    """Casts a loaded model to `dtype` ("auto": as saved); 4-bit weights stay as they are."""
+    if dtype != "auto" and model.dtype != DTYPES[dtype] and not getattr(model, "is_loaded_in_4bit", False):
+        model.to(DTYPES[dtype])
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def is_peft(model) -> bool:
+    if "peft" not in sys.modules:  # nothing wrapped a model, and importing peft takes seconds
+        return False
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
 JSON_CHARACTERS = '{}[]":,'  # what the model must be able to write (T5's vocabulary has no braces)
 
 
@@ -207,7 +230,8 @@ def unwritable_characters(tokenizer) -> list[str]:
 
 
 def load_base(settings: ModelSettings, labels: list[str] | None = None):
-    """(model, tokenizer, seq2seq) ready to train as `settings` describe: 4-bit, checkpointing, LoRA.
+    """(model, tokenizer, seq2seq) of the base model `settings` name, checked for training; the
+    training preparation (4-bit, checkpointing, LoRA) is metatune.peft_setup.prepare_for_training.
 
     `labels`: a token-classification model with these labels (training.objective=tag).
     """
@@ -225,6 +249,4 @@ def load_base(settings: ModelSettings, labels: list[str] | None = None):
     if model.config.model_type == "led" and "global_attention_mask" not in tokenizer.model_input_names:
         # encoding.collator reads this and adds global attention on the first token to every batch
         tokenizer.model_input_names = [*tokenizer.model_input_names, "global_attention_mask"]
-    from metatune.peft_setup import prepare_for_training
-
-    return prepare_for_training(model, settings, seq2seq), tokenizer, seq2seq
+    return model, tokenizer, seq2seq

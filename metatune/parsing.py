@@ -18,6 +18,20 @@ class ParseResult:
     repaired: bool = False
 
 
+@dataclass
+class Extraction:
+    """What extraction returns for one document (Extractor and Tagger alike)."""
+
+    doc_type: str
+    data: dict | None  # the parsed metadata, None when the output could not be parsed
+    raw: str  # what the model wrote
+    error: str | None = None
+    repaired: bool = False
+    tokens: int = 0  # generated tokens
+    looped: bool = False  # generation was stopped in a repetition loop (the repeats are cut)
+    type_source: str | None = None  # how doc_type was decided: given, classifier, model (its "type" field), default
+
+
 def parse_output(text: str) -> ParseResult:
     start = (text or "").find("{")
     if start < 0:

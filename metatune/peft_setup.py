@@ -1,19 +1,15 @@
-"""LoRA through peft: wrapping a model for training, saving the adapter and the merged model, loading back.
+"""A loaded base model made ready to train: 4-bit preparation, gradient checkpointing, LoRA (peft).
 
-A LoRA run holds the adapter in `adapter/` and, unless model.lora.merge is false, the merged full
-model at the top of the run directory, which loads with plain `from_pretrained`.
+Saving and loading LoRA runs is metatune.export's.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 from metatune.config import LoraSettings, ModelSettings
 from metatune.errors import MetatuneError
-
-ADAPTER_DIR = "adapter"
+from metatune.models import is_peft, load_base
 
 
 def lora_config(settings: LoraSettings, seq2seq: bool):
@@ -26,14 +22,6 @@ def lora_config(settings: LoraSettings, seq2seq: bool):
         lora_dropout=settings.dropout,
         target_modules=settings.target_modules,  # "all-linear": every linear layer but the output head
     )
-
-
-def is_peft(model) -> bool:
-    if "peft" not in sys.modules:  # nothing wrapped a model, and importing peft takes seconds
-        return False
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
 
 
 def parameter_counts(model) -> tuple[int, int]:
@@ -66,69 +54,12 @@ def prepare_for_training(model, settings: ModelSettings, seq2seq: bool):
     return model
 
 
-def save_lora(model, directory: Path, settings: ModelSettings, merge: bool) -> dict:
-    """Writes the adapter to `directory/adapter` and, if `merge`, the merged model to `directory`.
+def load_trainable(settings: ModelSettings, labels: list[str] | None = None):
+    """(model, tokenizer, seq2seq): the base model loaded and prepared as `settings` describe.
 
-    What metatune.json records under "lora". A 4-bit model is merged into a fresh full-precision copy
-    of its base (merging into 4-bit weights would round them again); otherwise the LoRA weights are
-    merged in place, so `model` is no longer a peft model afterwards.
+    `labels`: a token-classification model with these labels (training.objective=tag), trained whole.
     """
-    from peft import PeftModel
-
-    directory = Path(directory)
-    targets = model.peft_config["default"].target_modules
-    model.save_pretrained(directory / ADAPTER_DIR)
-    if merge:
-        if getattr(model, "is_loaded_in_4bit", False):
-            base = load_base_for_adapter(settings)
-            merged = PeftModel.from_pretrained(base, directory / ADAPTER_DIR).merge_and_unload()
-            merged.generation_config = model.generation_config
-        else:
-            merged = model.merge_and_unload()
-        merged.save_pretrained(directory)
-    else:
-        model.generation_config.save_pretrained(directory)
-    return {
-        "adapter": ADAPTER_DIR,
-        "merged": merge,
-        "base": base_reference(settings),
-        "r": settings.lora.r,
-        "alpha": settings.lora.alpha,
-        "target_modules": sorted({t.rsplit(".", 1)[-1] for t in targets}) if isinstance(targets, set) else targets,
-    }
-
-
-def base_reference(settings: ModelSettings) -> str:
-    """The base model as a later load can find it: a preset or Hub id as is, a local path made absolute."""
-    from metatune.config import preset_file
-
-    path = Path(settings.name).expanduser()
-    if preset_file(settings.name) is None and path.exists():
-        return str(path.resolve())
-    return settings.name
-
-
-def load_base_for_adapter(settings: ModelSettings, base: str | None = None):
-    """The base model in full precision (never 4-bit), on the CPU, to put an adapter on."""
-    from metatune.models import load_pretrained
-
-    plain = settings.model_copy(update={"name": base or settings.name, "quantization": "none"})
-    model, _, _ = load_pretrained(plain)
-    return model
-
-
-def load_adapter_run(run_dir: Path, info: dict, trust_remote_code: bool = False):
-    """Base + adapter of a run saved with model.lora.merge=false, merged in memory for fast generation.
-
-    The base may run Python code of its own only with `trust_remote_code` (the caller's, not the run's)."""
-    from peft import PeftModel
-    from transformers import GenerationConfig
-
-    run_dir = Path(run_dir)
-    settings = ModelSettings.model_validate(info["config"]["model"])
-    settings = settings.model_copy(update={"trust_remote_code": trust_remote_code})
-    base = load_base_for_adapter(settings, info["lora"]["base"])
-    model = PeftModel.from_pretrained(base, run_dir / info["lora"]["adapter"]).merge_and_unload()
-    if (run_dir / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(run_dir)
-    return model
+    model, tokenizer, seq2seq = load_base(settings, labels)
+    if labels is None:
+        model = prepare_for_training(model, settings, seq2seq)
+    return model, tokenizer, seq2seq

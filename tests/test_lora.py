@@ -13,7 +13,7 @@ from metatune.config import LoraSettings, ModelSettings, load_config
 from metatune.errors import MetatuneError
 from metatune.export import load_run
 from metatune.inference import Extractor
-from metatune.models import load_base
+from metatune.peft_setup import load_trainable
 from metatune.peft_setup import lora_config
 from metatune.training.run import train
 
@@ -67,7 +67,7 @@ def test_lora_config_defaults_and_task_types():
 @pytest.mark.parametrize("arch", ["llama", "t5"])
 def test_lora_wraps_every_linear_layer_but_the_head(arch, tiny_tokenizer, tmp_path, capsys):
     base = make_tiny_model(arch, tiny_tokenizer, tmp_path / "base")
-    model, _, seq2seq = load_base(ModelSettings(name=str(base), lora=LoraSettings(enabled=True, r=4, alpha=8)))
+    model, _, seq2seq = load_trainable(ModelSettings(name=str(base), lora=LoraSettings(enabled=True, r=4, alpha=8)))
     assert model.peft_config["default"].task_type == ("SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
     linear = {name for name, m in model.base_model.model.named_modules() if isinstance(m, torch.nn.Linear)}
     wrapped = {name.removesuffix(".base_layer") for name in linear if name.endswith(".base_layer")}
@@ -83,7 +83,7 @@ def test_unknown_target_modules_is_a_one_line_error(tiny_tokenizer, tmp_path):
     base = make_tiny_model("llama", tiny_tokenizer, tmp_path / "base")
     settings = ModelSettings(name=str(base), lora=LoraSettings(enabled=True, target_modules=["nope_proj"]))
     with pytest.raises(MetatuneError, match=r"^model\.lora\.target_modules: Target modules .*nope_proj.* not found") as e:
-        load_base(settings)
+        load_trainable(settings)
     assert "\n" not in str(e.value)
 
 
@@ -129,7 +129,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_tokenizer, tmp_pat
     grads = []
     for checkpointing in (False, True):
         lora = LoraSettings(enabled=True, r=4, alpha=8, dropout=0.0)
-        model, _, _ = load_base(ModelSettings(name=str(base), lora=lora, gradient_checkpointing=checkpointing))
+        model, _, _ = load_trainable(ModelSettings(name=str(base), lora=lora, gradient_checkpointing=checkpointing))
         assert model.base_model.model.is_gradient_checkpointing is checkpointing
         model.train()
         for p in model.parameters():  # LoRA B starts at zero: give it values so A gets a gradient too

@@ -18,7 +18,7 @@ from conftest import make_tiny_model
 from metatune.config import LoraSettings, ModelSettings, load_config
 from metatune.errors import MetatuneError
 from metatune.inference import Extractor
-from metatune.models import load_base
+from metatune.peft_setup import load_trainable
 from metatune.training.run import train
 from test_lora import base_plus_adapter, logits, lora_run_config
 
@@ -66,7 +66,7 @@ def test_decoder_presets_ask_for_qlora(preset):
 def test_four_bit_without_lora_is_refused_before_loading():
     settings = ModelSettings(name="/no/such/model", quantization="4bit")  # would fail later if it got that far
     with pytest.raises(MetatuneError, match=r"^model\.quantization=4bit trains LoRA adapters only .*model\.lora\.enabled=true$"):
-        load_base(settings)
+        load_trainable(settings)
 
 
 def test_no_backend_fails_at_once_with_what_to_do(no_four_bit, tiny_tokenizer, tmp_path, monkeypatch):
@@ -98,7 +98,7 @@ def check_qlora_trains(base, device_type: str):
     import bitsandbytes as bnb
 
     lora = LoraSettings(enabled=True, r=8, alpha=16, dropout=0.0)
-    model, tokenizer, _ = load_base(ModelSettings(name=str(base), quantization="4bit", lora=lora))
+    model, tokenizer, _ = load_trainable(ModelSettings(name=str(base), quantization="4bit", lora=lora))
     q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit)
     state = q_proj.base_layer.weight.quant_state
