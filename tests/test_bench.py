@@ -161,7 +161,9 @@ def test_turns_alternate_and_skip_a_participant_that_left():
 
 
 def test_without_the_shared_data_the_sample_is_used_and_said(monkeypatch, tmp_path):
-    monkeypatch.setattr(bench, "GROBID", tmp_path / "absent.json")
+    from metatune.bench import settings  # default_data reads GROBID there
+
+    monkeypatch.setattr(settings, "GROBID", tmp_path / "absent.json")
     path, note = bench.default_data()
     assert path == str(bench.SAMPLE) and "absent" in note and "sample" in note
 

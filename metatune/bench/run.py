@@ -1,0 +1,106 @@
+"""The whole benchmark: the training race, then the extraction and memory probes, in one result."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from metatune.bench.machine import machine_info
+from metatune.bench.probes import probe_context, run_probe
+from metatune.bench.settings import BenchSettings, bench_sets, default_data
+from metatune.bench.training_race import timed_training
+from metatune.config import load_config
+from metatune.errors import MetatuneError
+
+
+def extraction_run(prepared, model, tokenizer, directory: Path, max_new_tokens: int) -> Path:
+    """A saved run of the (untrained) base model, for timing extraction: speed does not need a good model."""
+    from metatune.export import save_run
+
+    info = copy.deepcopy(prepared.info)
+    info["limits"]["max_target_tokens"] = max_new_tokens
+    generation = model.generation_config
+    generation.max_new_tokens, generation.do_sample = max_new_tokens, False
+    for key in ("temperature", "top_p", "top_k"):
+        setattr(generation, key, None)
+    return save_run(model, tokenizer, info, directory)
+
+
+def documents(config, count: int) -> tuple[list[str], list[str]]:
+    """The first `count` validation documents (texts, types), else training ones."""
+    from metatune.data import load_for_training, record_type
+
+    _, dataset = load_for_training(config.data, need_validation=False)
+    records = dataset.splits.get("validation") or dataset.split("training")
+    records = records[:count]
+    return [r["original_text"] for r in records], [str(record_type(r)) for r in records]
+
+
+def run_bench(settings: BenchSettings) -> dict:
+    import torch
+
+    from metatune.models import load_pretrained
+    from metatune.training.common import prepare
+
+    if settings.steps < 1 or settings.extract_docs < 1 or settings.extract_batch_size < 1 or settings.max_new_tokens < 1:
+        raise MetatuneError("--steps, --extract-docs, --extract-batch-size and --max-new-tokens must be at least 1")
+    if settings.extract_run is not None and not (Path(settings.extract_run) / "metatune.json").is_file():
+        raise MetatuneError(f"--extract-run {settings.extract_run}: not a saved run (no metatune.json)")
+    data, data_note = (settings.data, None) if settings.data else default_data()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    result = {"date": started, "machine": machine_info(), "model": settings.model, "data": data}
+    if data_note:
+        result["data_note"] = data_note
+        print(f"note: {data_note}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="metatune-bench-") as tmp:
+        work = Path(tmp)
+        config = load_config(sets=bench_sets(settings, work / "run"), model=settings.model, data=data)
+        prepared = prepare(config, need_validation=False)
+        plain = config.model.model_copy(deep=True)
+        plain.lora.enabled, plain.gradient_checkpointing, plain.dtype = False, False, "float32"
+        original_model, tokenizer, _ = load_pretrained(plain)
+        result["examples"] = {
+            "train": len(prepared.train),
+            "skipped_target_over_512": prepared.skipped,
+            "mean_tokens": round(prepared.stats["train_tokens"] / len(prepared.train), 1),
+            "mean_target_tokens": round(prepared.stats["train_target_tokens"] / len(prepared.train), 1),
+        }
+        if settings.extract_run is not None:
+            run_dir = Path(settings.extract_run)
+            result["extraction_run"] = str(run_dir)
+        else:
+            run_dir = extraction_run(prepared, copy.deepcopy(original_model), tokenizer, work / "extract-run",
+                                     settings.max_new_tokens)
+        print(f"Timing {settings.steps} training steps of each side, in turn")
+        result["training"] = timed_training(prepared, original_model, settings, work, device)
+        del prepared, original_model
+        gc.collect()
+
+        ctx = probe_context()
+        texts, types = documents(config, settings.extract_docs)
+        print(f"Timing extraction of {len(texts)} documents (in a subprocess)")
+        result["extraction"] = run_probe(
+            ctx,
+            {"kind": "extract", "run": str(run_dir), "texts": texts, "types": types,
+             "batch_size": settings.extract_batch_size, "max_new_tokens": settings.max_new_tokens},
+            work,
+        )
+        if settings.memory:
+            base = {"kind": "train", "model": settings.model, "data": data, "work": str(work / "probe")}
+            overrides = bench_sets(settings, work / "probe-run")  # the same settings the timed run used
+            memory = {}
+            print("Measuring peak memory of training (one step on the longest batch, each in a subprocess)")
+            memory["train_original"] = run_probe(ctx, {**base, "side": "original", "sets": overrides}, work)
+            memory["train_full"] = run_probe(ctx, {**base, "side": "metatune", "sets": overrides + ["model.lora.enabled=false"]}, work)
+            memory["train_lora"] = run_probe(ctx, {**base, "side": "lora", "sets": overrides + ["model.lora.enabled=true"]}, work)
+            result["memory"] = memory
+    result["machine"]["load_average_end"] = list(os.getloadavg())
+    # other programs kept more than half the CPUs busy when the run started
+    result["machine"]["under_load"] = result["machine"]["load_average_start"][0] > 0.5 * (os.cpu_count() or 1)
+    return result
