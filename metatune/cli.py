@@ -182,7 +182,7 @@ def evaluate(
 def extract(
     run_dir: Path,
     inputs: Annotated[list[str], typer.Argument(help="PDF or text files, folders of them, or - for standard input")],
-    type_: Annotated[Optional[str], typer.Option("--type", help="Document type of every input (default: from the model's output, else the run's fallback type)")] = None,
+    type_: Annotated[Optional[str], typer.Option("--type", help="Document type of every input (default: predicted from each text by the run's type classifier)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write JSON (one document) or JSON Lines here")] = None,
     batch_size: Annotated[int, typer.Option(help="Documents generated together")] = 8,
     num_beams: Annotated[int, typer.Option(help="Beam search width (1: greedy)")] = 1,

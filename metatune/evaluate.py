@@ -22,6 +22,7 @@ from metatune.formatting import target_json
 from metatune.metrics import MATCHINGS, score_documents
 from metatune.parsing import parse_output
 from metatune.report import bar_chart, markdown_table
+from metatune.type_classifier import TypeClassifier, accuracy
 
 BASELINES = ("zero-shot",)
 CHART_MATCHING = "soft"
@@ -113,13 +114,35 @@ def generate_outputs(extractor, items: list[Item], batch_size: int, progress: bo
     return results, time.perf_counter() - start
 
 
+def type_accuracy(run_dir: Path, info: dict, items: list[Item]) -> dict | None:
+    """How often the run's type classifier names each document's true type (None: the run has none).
+
+    The field scores are generated with the true types; this is what extraction without a
+    type would have chosen for the same texts."""
+    name = info.get("type_classifier")
+    if not name:
+        return None
+    classifier = TypeClassifier.load(run_dir, name)
+    return accuracy(classifier, [item.text for item in items], [item.doc_type for item in items])
+
+
+def type_table(scores: dict) -> str:
+    lines = ["| true type | n | correct | accuracy |", "|---|---:|---:|---:|"]
+    for name, row in [*scores["by_type"].items(), ("**overall**", scores["overall"])]:
+        lines.append(f"| {name} | {row['n']} | {row['correct']} | {row['accuracy'] * 100:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(directory: Path, metrics: dict, rows: list[dict]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     with (directory / "predictions.jsonl").open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (directory / "metrics.md").write_text(markdown_table(metrics), encoding="utf-8")
+    table = markdown_table(metrics)
+    if metrics.get("type_accuracy"):
+        table += f"\n## Document type (the run's classifier, accuracy %)\n\n{type_table(metrics['type_accuracy'])}"
+    (directory / "metrics.md").write_text(table, encoding="utf-8")
     bar_chart(metrics, directory / "f1.png", matching=CHART_MATCHING)
 
 
@@ -173,6 +196,7 @@ def run_evaluate(
     items = load_items(info, data, split, limit)
     report = Path(report) if report else Path(run_dir) / f"eval-{split}"
     check_report_dir(report)
+    types = type_accuracy(Path(run_dir), info, items)
 
     from metatune.inference import open_run  # after the checks above: importing torch takes seconds
 
@@ -199,6 +223,8 @@ def run_evaluate(
             "device": str(extractor.device),
             "dtype": str(extractor.model.dtype).removeprefix("torch."),
         }
+        if types and not base:
+            metrics["type_accuracy"] = types
         results[name] = (metrics, rows)
         del extractor
 
@@ -222,6 +248,9 @@ def run_evaluate(
         print(f"\n## {name} ({metrics['documents']} documents, F1 %)\n")
         print(markdown_table(metrics), end="")
         print(summary_line(metrics))
+    if types:
+        print("\n## document type: the run's classifier on the same texts (accuracy %)\n")
+        print(type_table(types), end="")
     if baseline:
         print("\n## fine-tuned vs zero-shot\n")
         print((report / "comparison.md").read_text(encoding="utf-8"), end="")

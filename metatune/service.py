@@ -44,7 +44,7 @@ Format = Literal[FORMATS]
 class ExtractRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(min_length=1, description="The document's text")
-    type: str | None = Field(None, description="Document type (default: from the model's output, else the run's fallback type)")
+    type: str | None = Field(None, description="Document type (default: the one the run's type classifier predicts from the text)")
 
 
 class ConsumeRequest(BaseModel):

@@ -140,10 +140,23 @@ def test_evaluate_a_trained_run_end_to_end(tiny_run, tmp_path, capsys):
     assert again["micro"] == saved["micro"] and again["fields"] == saved["fields"]
     assert saved["parse_failures"] == sum(r["prediction"] is None for r in rows)
 
+    # the run's type classifier on the same texts (the fields above were generated with the true types)
+    from metatune.type_classifier import TypeClassifier
+
+    classifier = TypeClassifier.load(tiny_run)
+    correct = {i.doc_type: int(classifier.predict(i.text)[0] == i.doc_type) for i in items}  # one of each type
+    types = saved["type_accuracy"]
+    assert {t: (row["n"], row["correct"]) for t, row in types["by_type"].items()} == {t: (1, c) for t, c in correct.items()}
+    assert types["overall"] == {"n": 4, "correct": sum(correct.values()), "accuracy": sum(correct.values()) / 4}
+    assert "| true type | n | correct | accuracy |" in out
+    assert f"| **overall** | 4 | {sum(correct.values())} | {sum(correct.values()) * 25:.1f} |" in out
+    assert "| true type | n | correct | accuracy |" in (report / "metrics.md").read_text()
+
     for name in ("metrics.md", "f1.png", "baseline/metrics.json", "baseline/predictions.jsonl", "comparison.md"):
         assert (report / name).is_file(), name
     baseline = json.loads((report / "baseline" / "metrics.json").read_text())
     assert baseline["run"]["baseline"] == "zero-shot" and baseline["documents"] == 4
+    assert "type_accuracy" not in baseline  # the classifier is the run's, scored once
     assert [json.loads(x)["id"] for x in (report / "baseline" / "predictions.jsonl").read_text().splitlines()] == [
         r["id"] for r in rows
     ]

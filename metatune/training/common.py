@@ -20,6 +20,7 @@ from metatune.export import check_output
 from metatune.formatting import InputFormat, build_prompts, make_examples
 from metatune.models import load_base
 from metatune.tagging import NOT_TAGGED, TagScheme, encode_tagged
+from metatune.type_classifier import TypeClassifier, accuracy
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Prepared:
     info: dict  # what goes into metatune.json
     skipped: int = 0  # examples whose target did not fit max_target_tokens
     stats: dict = field(default_factory=dict)
+    type_classifier: TypeClassifier | None = None  # saved with a generate run (type_classifier.json)
 
 
 def micro_batches(config: Config, seq2seq: bool) -> tuple[int, int]:
@@ -145,6 +147,22 @@ def describe(config: Config, registry, fmt: InputFormat, seq2seq: bool, chat: bo
     }
 
 
+def fit_type_classifier(train_records, val_records, registry, fallback_type, stats: dict) -> TypeClassifier:
+    """The classifier that picks a document's type (and so its prompt) when extraction is not told it."""
+    def types(records):
+        return [(registry.find(record_type(r)) or registry.find(fallback_type)).name for r in records]
+
+    classifier = TypeClassifier.fit([r["original_text"] for r in train_records], types(train_records))
+    if len(classifier.types) == 1:
+        print(f"Type classifier: every training document is {classifier.types[0]!r}, so it always answers that")
+    elif val_records:
+        result = accuracy(classifier, [r["original_text"] for r in val_records], types(val_records))["overall"]
+        stats["type_classifier_validation_accuracy"] = round(result["accuracy"], 4)
+        print(f"Type classifier ({len(classifier.types)} types): validation accuracy "
+              f"{result['correct']}/{result['n']} ({result['accuracy'] * 100:.1f}%)")
+    return classifier
+
+
 def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> TagScheme:
     """The fields to tag (every field some type of the records is trained on) and the types to tell apart."""
     types = sorted({(registry.find(record_type(r)) or registry.find(fallback_type)).name for r in records})
@@ -236,6 +254,9 @@ def prepare(config: Config, need_validation: bool = True) -> Prepared:
         "train_tokens": sum(len(x["input_ids"]) for x in train),
         "train_target_tokens": sum(sum(1 for t in x["labels"] if t != -100) for x in train),
     }
+    classifier = fit_type_classifier(train_records, dataset.splits.get("validation") or [], registry,
+                                     d.fallback_type, stats)
     # Only now, with every input checked, does anything appear on disk: a mistake leaves nothing behind.
     work_dir(Path(config.training.output_dir)).mkdir(parents=True, exist_ok=True)
-    return Prepared(config, model, tokenizer, seq2seq, train, validation, info, skipped_train + skipped_val, stats)
+    return Prepared(config, model, tokenizer, seq2seq, train, validation, info, skipped_train + skipped_val, stats,
+                    classifier)

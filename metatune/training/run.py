@@ -15,6 +15,7 @@ from metatune.export import save_run
 from metatune.training.common import prepare, start_output, work_dir
 from metatune.training.distributed import check_launch, on_main, process_state
 from metatune.precision import apply_precision
+from metatune.type_classifier import FILE as TYPE_CLASSIFIER_FILE
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path:
@@ -58,8 +59,13 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
             setattr(generation, key, None)
     info = {**prepared.info, "training": {**summary, **prepared.stats, "processes": state.num_processes}}
     extra = {"metrics.jsonl": work / "metrics.jsonl", "logs": work / "checkpoints" / "runs"}
+    if prepared.type_classifier is not None:  # a run without one (a tag run, an older run) keeps its default type
+        info["type_classifier"] = TYPE_CLASSIFIER_FILE
+        extra[TYPE_CLASSIFIER_FILE] = work / TYPE_CLASSIFIER_FILE
 
     def finish():
+        if prepared.type_classifier is not None:
+            prepared.type_classifier.save(work)
         save_run(model, prepared.tokenizer, info, output, extra)
         shutil.rmtree(work, ignore_errors=True)
 
