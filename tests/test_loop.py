@@ -150,7 +150,7 @@ def test_early_stopping_stops_and_keeps_the_best_weights(tmp_path, tiny_llama, m
                      "training.early_stopping_patience=2", "training.save_total_limit=1")
     prepared = prepare(cfg)
     work = work_dir(tmp_path / "run")
-    summary = loop.run_loop(prepared, work, resume=False)
+    model, summary = loop.run_loop(prepared, work, resume=False)
 
     assert summary["steps"] == 12 and summary["epochs"] == 4  # epochs 3 and 4 did not improve on epoch 2
     evals = [m["eval_loss"] for m in read_metrics(work / "metrics.jsonl") if "eval_loss" in m]
@@ -158,7 +158,7 @@ def test_early_stopping_stops_and_keeps_the_best_weights(tmp_path, tiny_llama, m
     checkpoints = sorted(p.name for p in (work / "checkpoints").iterdir())
     assert checkpoints == ["checkpoint-12", "checkpoint-6"]  # the newest, and the best one kept past the limit
     best, last = weights(work / "checkpoints" / "checkpoint-6"), weights(work / "checkpoints" / "checkpoint-12")
-    state = prepared.model.state_dict()
+    state = model.state_dict()
     for name in best:
         torch.testing.assert_close(state[name], best[name], rtol=0, atol=0)
     assert any(not torch.equal(best[name], last[name]) for name in best)
@@ -180,9 +180,9 @@ def test_resume_continues_exactly(tmp_path, tiny_llama_dropout, monkeypatch):
     cfg = config_for(tiny_llama_dropout, tmp_path / "resumed", *extra)
     real_save = loop.save_checkpoint
 
-    def save_then_crash(accelerator, root, counters, keep):
-        name = real_save(accelerator, root, counters, keep)
-        if counters["step"] == 8:
+    def save_then_crash(accelerator, root, state, keep):
+        name = real_save(accelerator, root, state, keep)
+        if state.step == 8:
             raise RuntimeError("simulated crash after the checkpoint of step 8")
         return name
 

@@ -25,19 +25,7 @@ from metatune.precision import apply_precision
 from metatune.tagging import TagCollator, tag_loss
 from metatune.training.common import Prepared, micro_batches, target_logits_supported, target_only_loss
 from metatune.training.distributed import whole_model
-
-
-def append_metrics(path: Path, step: int, epoch: float | None, logs: dict) -> None:
-    """One line of metrics.jsonl: {"step": ..., "epoch": ..., <metrics>}."""
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": step, "epoch": epoch, **logs}) + "\n")
-
-
-def drop_metrics_after(path: Path, step: int) -> None:
-    """On resume: forget lines logged after the checkpoint, which the resumed run logs again."""
-    if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        path.write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] <= step), encoding="utf-8")
+from metatune.training.metrics_log import append_metrics, drop_metrics_after
 
 
 TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last into a checkpoint
@@ -227,7 +215,8 @@ def build_trainer(prepared: Prepared, args: TrainingArguments, callbacks: list) 
     return trainer
 
 
-def run_trainer(prepared: Prepared, work: Path, resume: bool) -> dict:
+def run_trainer(prepared: Prepared, work: Path, resume: bool) -> tuple[object, dict]:
+    """Trains `prepared.model`; returns the trained model (whole, unwrapped) and the run's summary."""
     args = training_arguments(prepared, work)
     metrics, main = work / "metrics.jsonl", args.process_index == 0
     checkpoint = None
@@ -257,5 +246,4 @@ def run_trainer(prepared: Prepared, work: Path, resume: bool) -> dict:
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     if evals:
         summary["eval_loss"] = evals[-1]
-    prepared.model = whole_model(trainer.accelerator, trainer.model_wrapped)
-    return summary
+    return whole_model(trainer.accelerator, trainer.model_wrapped), summary

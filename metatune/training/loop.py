@@ -1,4 +1,9 @@
-"""The custom training loop (`training.mode: loop`), on accelerate; reads top to bottom.
+"""The custom training loop (`training.mode: loop`), on accelerate.
+
+`run_loop` reads top to bottom in a few named steps: `setup` (accelerator, loaders, optimizer,
+schedule), `restore` (a checkpoint's `LoopState` when resuming), then per optimizer step
+`optimizer_step` and `record_step`, per epoch `end_epoch` (validation, early stopping) and
+`save_checkpoint`, and at the end `load_best` and `summarize`.
 
 It feeds the model the same batches as the Trainer path (same collator, samplers and data seed),
 normalises the loss the same way (summed over the target tokens of every micro-batch of an
@@ -19,6 +24,7 @@ import math
 import random
 import shutil
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +39,35 @@ from transformers import get_scheduler
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_parameter_names
 from transformers.trainer_utils import get_last_checkpoint
 
+from metatune.config import TrainingSettings
 from metatune.encoding import IGNORE_INDEX, collator
+from metatune.precision import mixed_precision
 from metatune.training.common import Prepared
 from metatune.training.distributed import whole_model
-from metatune.precision import mixed_precision
-from metatune.training.hf_trainer import append_metrics, drop_metrics_after
+from metatune.training.metrics_log import append_metrics, drop_metrics_after
 
-STATE_FILE = "loop_state.json"  # counters that accelerate's save_state does not keep
+STATE_FILE = "loop_state.json"  # the LoopState, which accelerate's save_state does not keep
+
+
+@dataclass
+class LoopState:
+    """Where training stands; saved with every checkpoint, so that a resumed run continues exactly."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs completed
+    batches: int = 0  # batches of the current epoch trained on
+    loss_sum: float = 0.0  # of every step's loss, for the run's mean
+    log_loss: float = 0.0  # of the steps since the last logged one
+    log_steps: int = 0
+    eval_loss: float | None = None
+    best_eval_loss: float | None = None
+    best_checkpoint: str | None = None  # with early stopping: kept by the rotation, loaded at the end
+    bad_evals: int = 0  # validations in a row without improvement
+
+    @classmethod
+    def load(cls, checkpoint: Path) -> LoopState:
+        saved = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
 class EpochLengthGroupedSampler(LengthGroupedSampler):
@@ -120,9 +148,9 @@ def set_rng_state(state: tuple) -> None:
         torch.cuda.set_rng_state_all(state[3])
 
 
-def save_checkpoint(accelerator: Accelerator, root: Path, counters: dict, keep: int) -> str:
-    """accelerate's state (weights, optimizer, scheduler, RNG) plus our counters, renamed into place when complete."""
-    name = f"checkpoint-{counters['step']}"
+def save_checkpoint(accelerator: Accelerator, root: Path, state: LoopState, keep: int) -> str:
+    """accelerate's state (weights, optimizer, scheduler, RNG) plus the LoopState, renamed into place when complete."""
+    name = f"checkpoint-{state.step}"
     tmp, final = root / f"{name}.tmp", root / name
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -130,10 +158,11 @@ def save_checkpoint(accelerator: Accelerator, root: Path, counters: dict, keep: 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({**counters, "checkpoint": name}, indent=2), encoding="utf-8")
+        (tmp / STATE_FILE).write_text(json.dumps({**asdict(state), "checkpoint": name}, indent=2),
+                                      encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        rotate(root, keep, counters.get("best_checkpoint"))
+        rotate(root, keep, state.best_checkpoint)
     accelerator.wait_for_everyone()
     return name
 
@@ -148,10 +177,43 @@ def rotate(root: Path, keep: int, best: str | None) -> None:
             shutil.rmtree(path)
 
 
-def run_loop(prepared: Prepared, work: Path, resume: bool) -> dict:
+@dataclass
+class Loop:
+    """One run's pieces as accelerate prepared them, and the settings the steps read."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    train_loader: DataLoader
+    eval_loader: DataLoader | None  # None without validation each epoch
+    t: TrainingSettings
+    shift: bool  # causal models predict token t+1 at position t
+    total_steps: int
+    metrics: Path
+    checkpoints: Path
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def on_plateau(self) -> bool:
+        """ReduceLROnPlateau steps on the validation loss, not after each optimizer step."""
+        return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+    @property
+    def patience(self) -> int:
+        return self.t.early_stopping_patience if self.eval_loader is not None else 0
+
+    def epoch_float(self, state: LoopState) -> float:
+        return state.epoch + state.batches / len(self.train_loader)
+
+
+def setup(prepared: Prepared, work: Path) -> Loop:
+    """The accelerator, data loaders, optimizer and schedule, prepared for this launch."""
     t = prepared.config.training
     accum = t.gradient_accumulation_steps
-    shift = not prepared.seq2seq
     # A second run in the same Python process may use another precision; the Trainer resets this too.
     AcceleratorState._reset_state()
     accelerator = Accelerator(
@@ -161,12 +223,9 @@ def run_loop(prepared: Prepared, work: Path, resume: bool) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=t.seed),
     )
     set_seed(t.seed)
-    main = accelerator.is_main_process
-    metrics, ckpt_root = work / "metrics.jsonl", work / "checkpoints"
 
     collate = collator(prepared.tokenizer)
     train_loader = DataLoader(prepared.train, batch_size=t.per_device_train_batch_size, sampler=train_sampler(prepared), collate_fn=collate)
-    evaluating = t.eval_each_epoch and bool(prepared.validation)
 
     # The schedule needs the per-process number of batches before accelerate shards the loader
     # (DeepSpeed wants the scheduler in the same prepare call as the model).
@@ -177,132 +236,176 @@ def run_loop(prepared: Prepared, work: Path, resume: bool) -> dict:
     scheduler = get_scheduler(
         t.lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(total_steps * t.warmup_ratio), num_training_steps=total_steps
     )
-    on_plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)  # steps on the validation loss
     model, optimizer, train_loader, scheduler = accelerator.prepare(prepared.model, optimizer, train_loader, scheduler)
     assert len(train_loader) == batches_per_epoch, (len(train_loader), batches_per_epoch)
-    if evaluating:
+    eval_loader = None
+    if t.eval_each_epoch and prepared.validation:
         eval_loader = accelerator.prepare(
             DataLoader(prepared.validation, batch_size=t.per_device_eval_batch_size, collate_fn=collate)
         )
+    return Loop(accelerator, model, optimizer, scheduler, train_loader, eval_loader, t, shift=not prepared.seq2seq,
+                total_steps=total_steps, metrics=work / "metrics.jsonl", checkpoints=work / "checkpoints")
 
-    counters = {"step": 0, "epoch": 0, "batches": 0, "loss_sum": 0.0, "log_loss": 0.0, "log_steps": 0,
-                "eval_loss": None, "best_eval_loss": None, "best_checkpoint": None, "bad_evals": 0}
-    resumed_from = get_last_checkpoint(ckpt_root) if resume and ckpt_root.is_dir() else None
-    rng_after_skip = None
-    if resumed_from:
-        accelerator.load_state(resumed_from)
-        counters.update(json.loads((Path(resumed_from) / STATE_FILE).read_text(encoding="utf-8")))
-        counters.pop("checkpoint", None)
-        if main:
-            drop_metrics_after(metrics, counters["step"])
-            print(f"Resuming from {resumed_from} (step {counters['step']} of {total_steps})")
-        if counters["batches"]:
-            rng_after_skip = rng_state()  # starting the skipping iterator draws from the RNG; undo that
-    elif resume and main:
+
+def restore(loop: Loop, resume: bool) -> tuple[LoopState, str | None, tuple | None]:
+    """(state to start from, checkpoint resumed from, RNG state to put back once the first batch is drawn).
+
+    Resuming part way through an epoch, starting the iterator that skips the trained batches draws
+    from the RNG; putting the checkpoint's RNG state back afterwards undoes that.
+    """
+    checkpoint = get_last_checkpoint(loop.checkpoints) if resume and loop.checkpoints.is_dir() else None
+    state, rng_after_skip = LoopState(), None
+    if checkpoint:
+        loop.accelerator.load_state(checkpoint)
+        state = LoopState.load(Path(checkpoint))
+        if loop.main:
+            drop_metrics_after(loop.metrics, state.step)
+            print(f"Resuming from {checkpoint} (step {state.step} of {loop.total_steps})")
+        if state.batches:
+            rng_after_skip = rng_state()
+    elif resume and loop.main:
         print("No checkpoint saved yet: training from the start")
-    accelerator.wait_for_everyone()
+    loop.accelerator.wait_for_everyone()
+    return state, checkpoint, rng_after_skip
 
-    c = counters
-    stop = c["step"] >= total_steps
-    patience = t.early_stopping_patience if evaluating else 0
-    progress = tqdm(total=total_steps, initial=c["step"], desc="training", disable=not accelerator.is_local_main_process)
+
+def epoch_batches(loop: Loop, state: LoopState):
+    """An iterator over this epoch's batches, after those a resumed run trained on already."""
+    loop.train_loader.set_epoch(state.epoch)
+    if state.batches:
+        return iter(loop.accelerator.skip_first_batches(loop.train_loader, state.batches))
+    return iter(loop.train_loader)
+
+
+def optimizer_step(loop: Loop, window: list[dict]) -> tuple[float, float, torch.Tensor | None]:
+    """One optimizer step on a window of micro-batches: (loss summed over processes, learning rate, gradient norm)."""
+    accelerator, model = loop.accelerator, loop.model
+    # Every target token of the step, on every process, weighs the same.
+    n_tokens = accelerator.reduce(sum(target_count(b, loop.shift) for b in window).to(accelerator.device), "sum")
+    step_loss = torch.zeros((), device=accelerator.device)
+    for i, batch in enumerate(window):
+        last = i == len(window) - 1
+        # DeepSpeed steps when told gradients are synced; the Trainer sets this flag the same way.
+        accelerator.gradient_state._set_sync_gradients(last)
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            sums, _ = token_losses(model, batch, loop.shift)
+            loss = sums.sum() / n_tokens
+            # DDP averages gradients over processes and accelerate divides by `accum`: undo both.
+            accelerator.backward(loss * accelerator.num_processes * loop.t.gradient_accumulation_steps)
+        step_loss += loss.detach()
+    max_norm = loop.t.max_grad_norm
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm) if max_norm > 0 else None
+    learning_rate = loop.scheduler.get_last_lr()[0]
+    loop.optimizer.step()
+    if not accelerator.optimizer_step_was_skipped and not loop.on_plateau:
+        loop.scheduler.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    return accelerator.reduce(step_loss, "sum").item(), learning_rate, grad_norm
+
+
+def record_step(loop: Loop, state: LoopState, step_loss: float, learning_rate: float, grad_norm) -> None:
+    """Counts a step taken; logs the mean loss since the last log after the first and every logging_steps-th."""
+    state.step += 1
+    state.loss_sum += step_loss
+    state.log_loss += step_loss
+    state.log_steps += 1
+    if state.step == 1 or state.step % loop.t.logging_steps == 0:
+        logs = {"loss": state.log_loss / state.log_steps, "learning_rate": learning_rate}
+        if grad_norm is not None:
+            logs["grad_norm"] = float(grad_norm)
+        if loop.main:
+            append_metrics(loop.metrics, state.step, loop.epoch_float(state), logs)
+        state.log_loss, state.log_steps = 0.0, 0
+
+
+def end_epoch(loop: Loop, state: LoopState) -> bool:
+    """At the end of an epoch, or of training part way through one; returns whether training stops."""
+    epoch_float = loop.epoch_float(state)
+    if state.batches >= len(loop.train_loader):
+        state.epoch, state.batches = state.epoch + 1, 0
+    early_stop = loop.eval_loader is not None and validate(loop, state, epoch_float)
+    return early_stop or state.step >= loop.total_steps
+
+
+def validate(loop: Loop, state: LoopState, epoch_float: float) -> bool:
+    """Logs the validation loss and keeps track of the best; returns whether early stopping says stop."""
+    began = time.perf_counter()
+    state.eval_loss = evaluate(loop.accelerator, loop.model, loop.eval_loader, loop.shift)
+    if loop.on_plateau:
+        loop.scheduler.step(state.eval_loss)
+    if loop.main:
+        append_metrics(loop.metrics, state.step, epoch_float,
+                       {"eval_loss": state.eval_loss, "eval_runtime": round(time.perf_counter() - began, 4)})
+    if state.best_eval_loss is None or state.eval_loss < state.best_eval_loss:
+        state.best_eval_loss, state.bad_evals = state.eval_loss, 0
+        state.best_checkpoint = f"checkpoint-{state.step}" if loop.patience else None
+        return False
+    state.bad_evals += 1
+    if loop.patience and state.bad_evals >= loop.patience:
+        if loop.main:
+            print(f"Early stopping: validation loss has not improved for {state.bad_evals} epochs")
+        return True
+    return False
+
+
+def load_best(loop: Loop, state: LoopState) -> None:
+    """With early stopping, the weights of the best validation loss, when they are not the last ones."""
+    if loop.patience and state.best_checkpoint and state.best_checkpoint != f"checkpoint-{state.step}":
+        loop.accelerator.load_state(str(loop.checkpoints / state.best_checkpoint))
+        if loop.main:
+            print(f"Loaded the weights of {state.best_checkpoint} (best validation loss {state.best_eval_loss:.4f})")
+
+
+def summarize(loop: Loop, state: LoopState, resumed_from: str | None, seconds: float) -> dict:
+    """The run's summary (for metatune.json), also logged as the last line of metrics.jsonl."""
+    seconds = round(seconds, 1)
+    summary = {
+        "mode": "loop",
+        "steps": state.step,
+        "epochs": loop.epoch_float(state),
+        "train_loss": state.loss_sum / max(state.step, 1),
+        "seconds": seconds,
+        "resumed_from": Path(resumed_from).name if resumed_from else None,
+    }
+    if state.eval_loss is not None:
+        summary["eval_loss"] = state.eval_loss
+    if loop.main:
+        append_metrics(loop.metrics, state.step, summary["epochs"], {"train_loss": summary["train_loss"], "train_runtime": seconds})
+    return summary
+
+
+def run_loop(prepared: Prepared, work: Path, resume: bool) -> tuple[object, dict]:
+    """Trains `prepared.model`; returns the trained model (whole, unwrapped) and the run's summary."""
+    loop = setup(prepared, work)
+    t = loop.t
+    state, resumed_from, rng_after_skip = restore(loop, resume)
+    progress = tqdm(total=loop.total_steps, initial=state.step, desc="training",
+                    disable=not loop.accelerator.is_local_main_process)
     start = time.perf_counter()
-    model.train()
+    loop.model.train()
+    stop = state.step >= loop.total_steps
     while not stop:
-        train_loader.set_epoch(c["epoch"])
-        loader = accelerator.skip_first_batches(train_loader, c["batches"]) if c["batches"] else train_loader
-        batches = iter(loader)
-        while c["step"] < total_steps:
-            window = list(itertools.islice(batches, accum))  # one optimizer step's micro-batches
+        batches = epoch_batches(loop, state)
+        while state.step < loop.total_steps:
+            window = list(itertools.islice(batches, t.gradient_accumulation_steps))  # one optimizer step's micro-batches
             if not window:
                 break
             if rng_after_skip is not None:
                 set_rng_state(rng_after_skip)
                 rng_after_skip = None
-            c["batches"] += len(window)
-
-            # Every target token of the step, on every process, weighs the same.
-            n_tokens = accelerator.reduce(sum(target_count(b, shift) for b in window).to(accelerator.device), "sum")
-            step_loss = torch.zeros((), device=accelerator.device)
-            for i, batch in enumerate(window):
-                last = i == len(window) - 1
-                # DeepSpeed steps when told gradients are synced; the Trainer sets this flag the same way.
-                accelerator.gradient_state._set_sync_gradients(last)
-                with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                    sums, _ = token_losses(model, batch, shift)
-                    loss = sums.sum() / n_tokens
-                    # DDP averages gradients over processes and accelerate divides by `accum`: undo both.
-                    accelerator.backward(loss * accelerator.num_processes * accum)
-                step_loss += loss.detach()
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm) if t.max_grad_norm > 0 else None
-            learning_rate = scheduler.get_last_lr()[0]
-            optimizer.step()
-            if not accelerator.optimizer_step_was_skipped and not on_plateau:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            step_loss = accelerator.reduce(step_loss, "sum").item()
-            c["step"] += 1
-            c["loss_sum"] += step_loss
-            c["log_loss"] += step_loss
-            c["log_steps"] += 1
-            epoch_float = c["epoch"] + c["batches"] / len(train_loader)
+            state.batches += len(window)
+            step_loss, learning_rate, grad_norm = optimizer_step(loop, window)
+            record_step(loop, state, step_loss, learning_rate, grad_norm)
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}")
-            if c["step"] == 1 or c["step"] % t.logging_steps == 0:
-                logs = {"loss": c["log_loss"] / c["log_steps"], "learning_rate": learning_rate}
-                if grad_norm is not None:
-                    logs["grad_norm"] = float(grad_norm)
-                if main:
-                    append_metrics(metrics, c["step"], epoch_float, logs)
-                c["log_loss"], c["log_steps"] = 0.0, 0
-            if t.save_steps > 0 and c["step"] % t.save_steps == 0 and c["batches"] < len(train_loader):
-                save_checkpoint(accelerator, ckpt_root, c, t.save_total_limit)
-
-        # End of an epoch, or of training part way through one.
-        epoch_done = c["batches"] >= len(train_loader)
-        epoch_float = c["epoch"] + c["batches"] / len(train_loader)
-        if epoch_done:
-            c["epoch"], c["batches"] = c["epoch"] + 1, 0
-        stop = c["step"] >= total_steps
-        name = f"checkpoint-{c['step']}"
-        if evaluating:
-            began = time.perf_counter()
-            c["eval_loss"] = evaluate(accelerator, model, eval_loader, shift)
-            if on_plateau:
-                scheduler.step(c["eval_loss"])
-            if main:
-                append_metrics(metrics, c["step"], epoch_float,
-                               {"eval_loss": c["eval_loss"], "eval_runtime": round(time.perf_counter() - began, 4)})
-            if c["best_eval_loss"] is None or c["eval_loss"] < c["best_eval_loss"]:
-                c["best_eval_loss"], c["bad_evals"] = c["eval_loss"], 0
-                c["best_checkpoint"] = name if patience else None  # kept by the rotation, loaded at the end
-            else:
-                c["bad_evals"] += 1
-                if patience and c["bad_evals"] >= patience:
-                    if main:
-                        print(f"Early stopping: validation loss has not improved for {c['bad_evals']} epochs")
-                    stop = True
-        save_checkpoint(accelerator, ckpt_root, c, t.save_total_limit)
+            if t.save_steps > 0 and state.step % t.save_steps == 0 and state.batches < len(loop.train_loader):
+                save_checkpoint(loop.accelerator, loop.checkpoints, state, t.save_total_limit)
+        stop = end_epoch(loop, state)
+        save_checkpoint(loop.accelerator, loop.checkpoints, state, t.save_total_limit)
     progress.close()
 
-    if patience and c["best_checkpoint"] and c["best_checkpoint"] != f"checkpoint-{c['step']}":
-        accelerator.load_state(str(ckpt_root / c["best_checkpoint"]))
-        if main:
-            print(f"Loaded the weights of {c['best_checkpoint']} (best validation loss {c['best_eval_loss']:.4f})")
-    seconds = round(time.perf_counter() - start, 1)
-    summary = {
-        "mode": "loop",
-        "steps": c["step"],
-        "epochs": c["epoch"] + c["batches"] / len(train_loader),
-        "train_loss": c["loss_sum"] / max(c["step"], 1),
-        "seconds": seconds,
-        "resumed_from": Path(resumed_from).name if resumed_from else None,
-    }
-    if c["eval_loss"] is not None:
-        summary["eval_loss"] = c["eval_loss"]
-    if main:
-        append_metrics(metrics, c["step"], summary["epochs"], {"train_loss": summary["train_loss"], "train_runtime": seconds})
-    prepared.model = whole_model(accelerator, model)
-    accelerator.free_memory()
-    return summary
+    load_best(loop, state)
+    summary = summarize(loop, state, resumed_from, time.perf_counter() - start)
+    model = whole_model(loop.accelerator, loop.model)
+    loop.accelerator.free_memory()
+    return model, summary

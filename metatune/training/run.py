@@ -39,17 +39,16 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         if config.training.mode == "loop":
             from metatune.training.loop import run_loop
 
-            summary = run_loop(prepared, work, resume)
+            model, summary = run_loop(prepared, work, resume)
         else:
             from metatune.training.hf_trainer import run_trainer
 
-            summary = run_trainer(prepared, work, resume)
+            model, summary = run_trainer(prepared, work, resume)
     except BaseException:
         # A run that failed before its first checkpoint has nothing to resume: leave nothing behind.
         if state.is_main_process and not any((work / "checkpoints").glob("checkpoint-*")):
             shutil.rmtree(work, ignore_errors=True)
         raise
-    model = prepared.model
     generation = getattr(model, "generation_config", None)  # a tagger generates nothing
     if generation is not None:
         generation.max_new_tokens = config.data.max_target_tokens

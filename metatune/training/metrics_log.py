@@ -1,0 +1,19 @@
+"""metrics.jsonl, the run's training log, written the same way by both training modes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def append_metrics(path: Path, step: int, epoch: float | None, logs: dict) -> None:
+    """One line of metrics.jsonl: {"step": ..., "epoch": ..., <metrics>}."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, "epoch": epoch, **logs}) + "\n")
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """On resume: forget lines logged after the checkpoint, which the resumed run logs again."""
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        path.write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] <= step), encoding="utf-8")
