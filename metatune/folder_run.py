@@ -11,52 +11,14 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
+from metatune.documents import Item, read_item
 from metatune.errors import MetatuneError
 from metatune.files import write_atomic
-
-
-@dataclass
-class Item:
-    name: str  # as given or found ("docs/a.pdf", "-"); the record's `source`
-    path: Path | None  # None: standard input
-    relative: Path  # the output's name under --out-dir
-
-
-def list_inputs(inputs: list[str]) -> tuple[list[Item], list[str]]:
-    """Every document the inputs name (folders searched), without reading them; and missing inputs."""
-    from metatune.extract import PDF_SUFFIX, TEXT_SUFFIXES, _files
-
-    items, problems = [], []
-    for given in inputs:
-        if given == "-":
-            items.append(Item("-", None, Path("stdin")))
-            continue
-        path = Path(given)
-        if not path.exists():
-            problems.append(f"{path}: input not found")
-            continue
-        files = _files(path)
-        if not files:
-            problems.append(f"{path}: no PDF or text files ({', '.join(sorted(TEXT_SUFFIXES | {PDF_SUFFIX}))}) in this folder")
-        for f in files:
-            items.append(Item(str(f), f, f.relative_to(path) if path.is_dir() else Path(f.name)))
-    return items, problems
-
-
-def read_item(item: Item) -> str:
-    from metatune.extract import read_document
-
-    if item.path is None:
-        text = sys.stdin.read()
-        if not text.strip():
-            raise MetatuneError("-: no text on standard input")
-        return text
-    return read_document(item.path)
+from metatune.formats import SUFFIXES, document_record, render
 
 
 class JsonLinesOut:
@@ -105,8 +67,6 @@ class DirectoryOut:
     """One file per input under `directory`, named after the input (`a.pdf` -> `a.pdf.json`)."""
 
     def __init__(self, directory: Path, fmt: str, force: bool):
-        from metatune.formats import SUFFIXES
-
         self.directory, self.fmt, self.force, self.suffix = directory, fmt, force, SUFFIXES[fmt]
 
     def target(self, item: Item) -> Path:
@@ -117,8 +77,6 @@ class DirectoryOut:
 
     def write(self, record: dict, item: Item) -> bool:
         """False when the format cannot hold the record (its output was not JSON): then it is not done."""
-        from metatune.formats import render
-
         if self.fmt != "json" and record["metadata"] is None:
             return False
         target = self.target(item)
@@ -134,8 +92,6 @@ def run_many(run_dir: Path, items: list[Item], problems: list[str], doc_type: st
              out_dir: Path | None, fmt: str, force: bool, batch_size: int, open_extractor) -> int:
     """Extract `items` a batch at a time, writing each result when done. Returns the exit status."""
     from tqdm.auto import tqdm
-
-    from metatune.extract import document_record
 
     sink = DirectoryOut(out_dir, fmt, force) if out_dir is not None else JsonLinesOut(out, force)
     pending = [item for item in items if not sink.is_done(item)]

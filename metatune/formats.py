@@ -1,8 +1,9 @@
 """Extraction records in catalogue formats: JSON, BibTeX, a TEI header as GROBID writes it, Dublin
 Core XML (OAI-DC) and a CSV for DSpace's batch metadata import with SEDICI's field names.
 
-A record is what `extract.document_record` returns (`source`, `type`, `metadata`, ...). Records whose
-metadata could not be parsed (`metadata` null) appear only in JSON. The field mapping is the table
+A record is what `document_record` makes of one extraction (`source`, `type`, `metadata` valid under
+the type's JSON schema, ...). Records whose metadata could not be parsed (`metadata` null) appear
+only in JSON. The field mapping is the table
 FIELDS below, documented in docs/service.md#catalogue-formats.
 """
 
@@ -17,6 +18,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from metatune import __version__
+from metatune.formatting import has_value
 
 FORMATS = ("json", "bibtex", "tei", "dc", "csv")
 SUFFIXES = {"json": ".json", "bibtex": ".bib", "tei": ".tei.xml", "dc": ".dc.xml", "csv": ".csv"}
@@ -30,6 +32,60 @@ DC = "http://purl.org/dc/elements/1.1/"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 for prefix, uri in (("", TEI), ("oai_dc", OAI_DC), ("dc", DC), ("xsi", XSI)):
     ET.register_namespace(prefix, uri)
+
+
+def conform(data: dict, schema: dict) -> tuple[dict, dict[str, str]]:
+    """The metadata made valid under `schema`, and what was changed, field by field.
+
+    Empty values are left out (as in the training targets). A string where a list of strings is
+    expected is wrapped in a list; a number where a string is expected becomes a string, and a list
+    of strings is joined with "; " (affiliations written as a list); anything else that does not
+    validate is dropped.
+    """
+    from jsonschema import Draft202012Validator
+
+    properties = schema["properties"]
+    clean, fixes = {}, {}
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = [v for v in value if has_value(v)]
+        if not has_value(value):
+            continue
+        if key not in properties:
+            fixes[key] = f"dropped: not a field of type '{schema['title']}'"
+            continue
+        expected = properties[key].get("type")
+        if expected == "array" and isinstance(value, str):
+            value, fixes[key] = [value], "converted: a single string to a list"
+        elif expected == "string" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value, fixes[key] = str(value), "converted: a number to text"
+        elif expected == "string" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value, fixes[key] = "; ".join(value), "converted: a list of texts joined with '; '"
+        error = next(Draft202012Validator(properties[key]).iter_errors(value), None)
+        if error is not None:
+            fixes[key] = f"dropped: {error.message}"
+            continue
+        clean[key] = value
+    return clean, fixes
+
+
+def document_record(name: str, extraction, extractor) -> dict:
+    """The output object of one document: source, type, schema-valid metadata and what was fixed."""
+    doc_type = extractor.registry.types[extraction.doc_type]
+    record = {"source": name, "type": doc_type.name, "metadata": None}
+    if extraction.data is None:
+        record["error"] = extraction.error
+        record["raw"] = extraction.raw
+        return record
+    data = dict(extraction.data)
+    if extractor.registry.find(data.get("type")) is doc_type:
+        data.pop("type")  # the type the model named is the record's type
+    record["metadata"], fixes = conform(data, doc_type.json_schema(extractor.fields(doc_type.name)))
+    if fixes:
+        record["schema_fixes"] = fixes
+    if extraction.repaired:
+        record["repaired"] = True
+    return record
 
 
 @dataclass(frozen=True)

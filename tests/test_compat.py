@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from metatune.compat import split_instruction
 from metatune.doctypes import TypeRegistry
-from metatune.extract import document_record
+from metatune.formats import document_record
 from metatune.inference import Extractor
 from metatune.service import create_app
 

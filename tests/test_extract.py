@@ -1,13 +1,14 @@
 """`metatune extract`, PDF text, schema checks, and the Extractor's batched generation that stops at '}'."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
-from metatune.extract import conform
+from metatune.formats import conform
 from metatune.inference import Extractor, JsonObjectEnd, closes_object, output_type
 from metatune.pdf import pdf_text
 
@@ -392,3 +393,12 @@ def test_prompt_lookup_needs_greedy_causal_decoding(tiny_run):
         Extractor(tiny_run, num_beams=2, prompt_lookup=4)
     with pytest.raises(MetatuneError, match="0 \\(off\\) or more"):
         Extractor(tiny_run, prompt_lookup=-1)
+
+
+def test_standard_input_is_cleaned_like_files(monkeypatch):
+    import io
+
+    from metatune.documents import Item, read_item
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Franc¸ois Dupont: an eﬃcient parser"))
+    assert read_item(Item("-", None, Path("stdin"))) == "François Dupont: an efficient parser"

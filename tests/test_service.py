@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from metatune.extract import document_record
+from metatune.formats import document_record
 from metatune.inference import Extractor
 from metatune.service import create_app
 

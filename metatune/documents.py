@@ -1,0 +1,86 @@
+"""Input documents: the files, folders and standard input `metatune extract` reads, and their text.
+
+PDFs are read through pdfplumber (metatune/pdf.py), anything else as text; every text goes through
+metatune.text.clean_text, as training text does.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from metatune.data import read_text
+from metatune.errors import MetatuneError
+from metatune.text import clean_text
+
+TEXT_SUFFIXES = {".txt", ".text", ".md"}
+PDF_SUFFIX = ".pdf"
+
+
+@dataclass
+class Item:
+    name: str  # as given or found ("docs/a.pdf", "-"); the record's `source`
+    path: Path | None  # None: standard input
+    relative: Path  # the output's name under --out-dir
+
+
+def find_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES | {PDF_SUFFIX})
+    return [path]
+
+
+def list_inputs(inputs: list[str]) -> tuple[list[Item], list[str]]:
+    """Every document the inputs name (folders searched), without reading them; and missing inputs."""
+    items, problems = [], []
+    for given in inputs:
+        if given == "-":
+            items.append(Item("-", None, Path("stdin")))
+            continue
+        path = Path(given)
+        if not path.exists():
+            problems.append(f"{path}: input not found")
+            continue
+        files = find_files(path)
+        if not files:
+            problems.append(f"{path}: no PDF or text files ({', '.join(sorted(TEXT_SUFFIXES | {PDF_SUFFIX}))}) in this folder")
+        for f in files:
+            items.append(Item(str(f), f, f.relative_to(path) if path.is_dir() else Path(f.name)))
+    return items, problems
+
+
+def read_document(path: Path) -> str:
+    """The cleaned text of one file: a PDF through pdfplumber, anything else as text. Raises when there is none."""
+    from metatune.pdf import pdf_text
+
+    if path.suffix.lower() == PDF_SUFFIX:
+        return pdf_text(path)  # cleaned already
+    try:
+        text = read_text(path)
+    except OSError as e:
+        raise MetatuneError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not text.strip():
+        raise MetatuneError(f"{path}: no text to extract from")
+    return clean_text(text)
+
+
+def read_item(item: Item) -> str:
+    if item.path is None:
+        text = sys.stdin.read()
+        if not text.strip():
+            raise MetatuneError("-: no text on standard input")
+        return clean_text(text)
+    return read_document(item.path)
+
+
+def read_inputs(inputs: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(name, text) of every readable document, and a one-line message for every unreadable one."""
+    items, problems = list_inputs(inputs)
+    docs = []
+    for item in items:
+        try:
+            docs.append((item.name, read_item(item)))
+        except MetatuneError as e:
+            problems.append(str(e))
+    return docs, problems
