@@ -18,7 +18,7 @@ from metatune.encoding import IGNORE_INDEX, Limits, encode_example
 from metatune.errors import MetatuneError
 from metatune.export import check_output
 from metatune.formatting import InputFormat, build_prompts, make_examples
-from metatune.models import load_base
+from metatune.peft_setup import load_trainable
 from metatune.tagging import NOT_TAGGED, TagScheme, encode_tagged
 from metatune.type_classifier import TypeClassifier, accuracy
 
@@ -195,7 +195,7 @@ def prepare_tagging(config: Config, registry, train_records, val_records, fmt: I
     if config.training.mode != "trainer":
         raise MetatuneError("training.objective=tag trains with training.mode=trainer")
     scheme = tag_scheme(train_records, registry, d.fallback_type, fmt)
-    model, tokenizer, seq2seq = load_base(config.model, labels=scheme.labels)
+    model, tokenizer, seq2seq = load_trainable(config.model, labels=scheme.labels)
     coverage: dict[str, list[int]] = {}
     args = (registry, d.fallback_type, fmt, scheme, tokenizer, d.max_input_tokens)
     train = encode_tag_split(train_records, *args, coverage)
@@ -233,7 +233,7 @@ def prepare(config: Config, need_validation: bool = True) -> Prepared:
         work_dir(Path(config.training.output_dir)).mkdir(parents=True, exist_ok=True)
         return Prepared(config, model, tokenizer, seq2seq, train, validation, info, 0, stats)
 
-    model, tokenizer, seq2seq = load_base(config.model)
+    model, tokenizer, seq2seq = load_trainable(config.model)
     chat = d.input_style == "prompt" and d.chat_template and bool(getattr(tokenizer, "chat_template", None))
     prompts = build_prompts(registry, fmt, tokenizer if chat else None)
     limits = Limits(d.max_input_tokens, d.max_target_tokens)
