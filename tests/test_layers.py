@@ -1,0 +1,82 @@
+"""The import contract of docs/design.md: modules import only from their own layer or the layers
+below it, and no two modules import each other, directly or round about (imports inside functions
+count too)."""
+
+import ast
+import graphlib
+from fnmatch import fnmatch
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "metatune"
+
+# Lowest first. A new module must be placed here.
+LAYERS = [
+    # foundations: settings, files, text and scores that know nothing of models
+    ["metatune", "errors", "paths", "files", "text", "config", "precision", "quantization", "metrics",
+     "parsing", "language", "alignment", "type_classifier", "card"],
+    # documents: types, records, examples, tokens; input and output formats
+    ["doctypes", "data", "formatting", "encoding", "tagging", "pdf", "documents", "formats", "compat", "report"],
+    # base models, and their preparation for training
+    ["models", "peft_setup"],
+    # saved runs
+    ["export", "push"],
+    # what uses a run or makes one
+    ["inference", "tagger", "training", "training.*"],
+    # the commands
+    ["evaluate", "extract", "folder_run", "service", "bench", "bench.*"],
+    ["cli", "__main__"],
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    name = ".".join(p for p in parts if p != "__init__")
+    return name or "metatune"
+
+
+def layer_of(name: str) -> int:
+    for level, patterns in enumerate(LAYERS):
+        if any(fnmatch(name, p) for p in patterns):
+            return level
+    raise AssertionError(f"metatune.{name} is in no layer of tests/test_layers.py: place it there")
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules = [node.module]
+            if node.module == "metatune":  # from metatune import x: x may be a module
+                modules += [f"metatune.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            modules = [a.name for a in node.names]
+        else:
+            continue
+        for m in modules:
+            if m == "metatune" or m.startswith("metatune."):
+                name = m.removeprefix("metatune.") if m != "metatune" else "metatune"
+                if name == "metatune" or (PACKAGE / f"{name.replace('.', '/')}.py").is_file() \
+                        or (PACKAGE / name.replace(".", "/")).is_dir():
+                    found.add(name)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): imports(p) - {module_name(p)} for p in PACKAGE.rglob("*.py")}
+
+
+def test_every_import_points_down_or_sideways():
+    upward = [f"metatune.{m} (layer {layer_of(m)}) imports metatune.{d} (layer {layer_of(d)})"
+              for m, deps in sorted(graph().items()) for d in sorted(deps) if layer_of(d) > layer_of(m)]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycles():
+    # a package imports its own submodules (bench/__init__ re-exports them); that is not a cycle
+    edges = {m: {d for d in deps if not m.startswith(d + ".") and not d.startswith(m + ".")}
+             for m, deps in graph().items()}
+    graphlib.TopologicalSorter(edges).prepare()  # raises CycleError naming the cycle
+
+
+def test_the_contract_sees_lazy_imports():
+    assert "tagger" in imports(PACKAGE / "inference.py")  # imported inside open_run
