@@ -23,6 +23,7 @@ demo: install
 	$(BIN)/metatune extract runs/demo data/sample/holdout.txt --type Tesis
 
 test: install
+	$(BIN)/ruff check metatune tests scripts benchmarks
 	$(BIN)/python -m pytest -q
 
 test-fast: install

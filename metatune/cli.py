@@ -136,7 +136,7 @@ def data_split(
     fallback_type: Annotated[Optional[str], typer.Option(help="Type for records whose type is unknown")] = None,
 ):
     """Write a seeded, type-stratified 80/10/10 split in the SEDICI layout."""
-    from metatune.data import load_dataset, split_records, write_split, SPLITS
+    from metatune.data import SPLITS, load_dataset, split_records, write_split
     from metatune.doctypes import TypeRegistry
 
     dataset = load_dataset(path, TypeRegistry.load(types_file), fallback_type=fallback_type, seed=seed)

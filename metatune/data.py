@@ -299,8 +299,8 @@ def alignment_coverage(dataset: Dataset, registry: TypeRegistry, fallback_type: 
         for record in records:
             doc_type = registry.find(record_type(record)) or registry.find(fallback_type)
             fields = [f for f in doc_type.fields if f != "language"] if doc_type else []
-            for (field, _), span in align_record(record["original_text"], record, fields).items():
-                counts = coverage.setdefault(field, [0, 0])
+            for (name, _), span in align_record(record["original_text"], record, fields).items():
+                counts = coverage.setdefault(name, [0, 0])
                 counts[0] += 1
                 counts[1] += span is not None
     return coverage

@@ -1,6 +1,6 @@
 """Document types as data: fields, prompt wording, example JSON and JSON schema per type.
 
-The built-in table lives in configs/doctypes.yaml; a user YAML file in the same format adds
+The built-in table lives in metatune/configs/doctypes.yaml; a user YAML file in the same format adds
 types or replaces them by name.
 """
 

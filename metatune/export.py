@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 from metatune.config import ModelSettings, preset_file
-from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.files import temp_dir_beside, usual_modes
 

@@ -18,6 +18,7 @@ from metatune.errors import MetatuneError
 from metatune.files import write_atomic
 from metatune.formats import FORMATS, document_record, render
 
+
 def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Path | None, batch_size: int = 8,
                 num_beams: int = 1, max_new_tokens: int | None = None, dtype: str = "auto",
                 trust_remote_code: bool = False, snap: bool | None = None, fmt: str = "json",

@@ -229,8 +229,7 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
     """The app around an already-loaded Extractor. `token`: require `Authorization: Bearer <token>`.
     `max_queue`: requests waiting beyond it are answered 503 with Retry-After."""
     from metatune.compat import split_instruction
-    from metatune.formats import document_record
-    from metatune.formats import MEDIA_TYPES, render
+    from metatune.formats import MEDIA_TYPES, document_record, render
     from metatune.pdf import pdf_text
     from metatune.text import clean_text
 

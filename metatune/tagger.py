@@ -16,10 +16,18 @@ import torch
 from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.export import RunTypes, load_run
+from metatune.language import detect_language
 from metatune.models import cast, check_dtype
 from metatune.parsing import Extraction
-from metatune.language import detect_language
-from metatune.tagging import TagCollator, TagScheme, allowed_transitions, decode, first_token_id, to_record, token_offsets
+from metatune.tagging import (
+    TagCollator,
+    TagScheme,
+    allowed_transitions,
+    decode,
+    first_token_id,
+    to_record,
+    token_offsets,
+)
 
 
 class Tagger(RunTypes):

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from transformers import StoppingCriteriaList
 
 from metatune.inference import Extractor, JsonObjectEnd, closes_object

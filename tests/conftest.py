@@ -37,7 +37,7 @@ def corpus() -> list[str]:
     texts = [r["original_text"] for split in data.values() for r in split]
     texts += [json.dumps({k: v for k, v in r.items() if k != "original_text"}, ensure_ascii=False)
               for split in data.values() for r in split]
-    texts.append((REPO / "configs" / "doctypes.yaml").read_text(encoding="utf-8"))
+    texts.append((REPO / "metatune" / "configs" / "doctypes.yaml").read_text(encoding="utf-8"))
     return texts
 
 

@@ -8,12 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import SAMPLE, make_tiny_model
 from metatune.cli import app
 from metatune.config import load_config, preset_names
 from metatune.inference import Extractor
 from metatune.models import unwritable_characters
 from metatune.training.run import train
+
+from conftest import SAMPLE, make_tiny_model
 
 ARCHITECTURES = ["led", "t5", "llama", "gemma3", "mistral", "qwen2"]
 PRESETS = ["gemma", "led", "led-large", "led-spanish", "llama", "mistral", "nuextract", "qwen", "smollm2-135m", "t5"]

@@ -14,8 +14,8 @@ import torch
 
 from metatune import bench
 from metatune.bench import BenchSettings, Turns, original_features, run_bench, write_results
-from metatune.encoding import collator, target_positions
 from metatune.config import load_config
+from metatune.encoding import collator, target_positions
 from metatune.training.common import micro_batches, target_logits_supported, target_only_loss
 
 from conftest import SAMPLE

@@ -119,8 +119,9 @@ def fake_run(tmp_path):
 
 
 def test_push_uploads_the_run_with_the_token_from_the_environment(tmp_path, hub, monkeypatch, capsys):
-    from metatune.cli import app
     from typer.testing import CliRunner
+
+    from metatune.cli import app
 
     run = fake_run(tmp_path)
     monkeypatch.setenv("HF_TOKEN", "hf_secret")

@@ -108,7 +108,7 @@ def test_criterion_stops_each_row_at_the_token_closing_its_object(tiny_tokenizer
                 if d and first_done[i] is None:
                     first_done[i] = k
                 assert d == (first_done[i] is not None)  # a finished row stays finished
-        for i, (text, row) in enumerate(zip(texts, rows)):
+        for i, (_text, row) in enumerate(zip(texts, rows)):
             k = first_done[i]
             assert closes_object(tiny_tokenizer.decode(row[:k])) and not closes_object(tiny_tokenizer.decode(row[: k - 1]))
             if incremental:
@@ -340,11 +340,11 @@ def test_a_row_caught_in_a_loop_stops_and_is_cut(tiny_tokenizer):
 
 def test_anchored_targets_in_training_and_their_expansion_at_extraction(tiny_run, tiny_llama, tmp_path, monkeypatch):
     """A run trained with anchors writes "head [...] tail"; extraction gives back the document's span."""
-    from conftest import SAMPLE
-
     from metatune.alignment import ANCHOR_MARK, Source
     from metatune.config import load_config
     from metatune.training.common import prepare
+
+    from conftest import SAMPLE
 
     config = load_config(sets=[f"model.name={tiny_llama}", f"data.path={SAMPLE}", f"training.output_dir={tmp_path / 'r'}",
                                "data.include_fields=[title, abstract]", "data.exclude_fields=[]",

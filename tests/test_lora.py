@@ -8,14 +8,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from conftest import SAMPLE, make_tiny_model
 from metatune.config import LoraSettings, ModelSettings, load_config
 from metatune.errors import MetatuneError
 from metatune.export import load_run
 from metatune.inference import Extractor
-from metatune.peft_setup import load_trainable
-from metatune.peft_setup import lora_config
+from metatune.peft_setup import load_trainable, lora_config
 from metatune.training.run import train
+
+from conftest import SAMPLE, make_tiny_model
 
 
 def lora_run_config(model_dir, output, *extra):

@@ -14,12 +14,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import metatune.quantization as quantization
-from conftest import make_tiny_model
 from metatune.config import LoraSettings, ModelSettings, load_config
 from metatune.errors import MetatuneError
 from metatune.inference import Extractor
 from metatune.peft_setup import load_trainable
 from metatune.training.run import train
+
+from conftest import make_tiny_model
 from test_lora import base_plus_adapter, logits, lora_run_config
 
 

@@ -22,7 +22,7 @@ from metatune.tagging import (
 from conftest import SAMPLE
 
 SCHEME = TagScheme(("title", "creator", "keywords", "date"), ("Articulo", "Tesis"))
-O, B_TITLE, I_TITLE, B_CREATOR, I_CREATOR, B_KW, I_KW, B_DATE, I_DATE = range(9)
+O, B_TITLE, I_TITLE, B_CREATOR, I_CREATOR, B_KW, I_KW, B_DATE, I_DATE = range(9)  # noqa: E741 (O: the BIO label for outside)
 
 
 def test_labels_list_outside_then_bio_per_field_then_types():
@@ -220,9 +220,10 @@ def test_cli_extract_and_evaluate_work_unchanged_on_a_tag_run(tag_run, synthetic
 def test_service_answers_from_a_tag_run(tag_run):
     import httpx
 
-    from conftest import serving
     from metatune.inference import open_run
     from metatune.service import create_app
+
+    from conftest import serving
 
     record = synthetic_records(1, 6)[0]
     with serving(create_app(open_run(tag_run), token=None, max_bytes=4096, batch_size=4, batch_wait_ms=50)) as url:

@@ -182,8 +182,8 @@ def encode_tag_split(records, registry, fallback_type, fmt, scheme, tokenizer, m
         features, counts = encode_tagged(record, record["original_text"], doc_type.name, fmt.fields(doc_type),
                                          scheme, tokenizer, max_input_tokens)
         encoded.append(features)
-        for field, (total, aligned) in counts.items():
-            c = coverage.setdefault(field, [0, 0])
+        for name, (total, aligned) in counts.items():
+            c = coverage.setdefault(name, [0, 0])
             c[0] += total
             c[1] += aligned
     return encoded

@@ -27,7 +27,6 @@ from metatune.training.common import Prepared, micro_batches, target_logits_supp
 from metatune.training.distributed import whole_model
 from metatune.training.metrics_log import append_metrics, drop_metrics_after
 
-
 TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last into a checkpoint
 
 
@@ -70,7 +69,7 @@ class RunTotals(TrainerCallback, ExportableState):
         self.session_loss, self.session_start = 0.0, time.perf_counter()
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Path | None) -> "RunTotals":
+    def from_checkpoint(cls, checkpoint: Path | None) -> RunTotals:
         if checkpoint is None:
             return cls()
         state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))

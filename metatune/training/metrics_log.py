@@ -16,4 +16,4 @@ def drop_metrics_after(path: Path, step: int) -> None:
     """On resume: forget lines logged after the checkpoint, which the resumed run logs again."""
     if path.is_file():
         lines = path.read_text(encoding="utf-8").splitlines()
-        path.write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] <= step), encoding="utf-8")
+        path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= step), encoding="utf-8")

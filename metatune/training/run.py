@@ -12,9 +12,9 @@ from pathlib import Path
 
 from metatune.config import Config
 from metatune.export import save_run
+from metatune.precision import apply_precision
 from metatune.training.common import prepare, start_output, work_dir
 from metatune.training.distributed import check_launch, on_main, process_state
-from metatune.precision import apply_precision
 from metatune.type_classifier import FILE as TYPE_CLASSIFIER_FILE
 
 
