@@ -5,9 +5,8 @@ Saving and loading LoRA runs is metatune.export's.
 
 from __future__ import annotations
 
-import os
-
 from metatune.config import LoraSettings, ModelSettings
+from metatune.console import main_print
 from metatune.errors import MetatuneError
 from metatune.models import is_peft, load_base
 
@@ -49,8 +48,7 @@ def prepare_for_training(model, settings: ModelSettings, seq2seq: bool):
             raise MetatuneError(f"model.lora.target_modules: {str(e).splitlines()[0]}") from None
     trainable, total = parameter_counts(model)
     what = f"LoRA r={settings.lora.r}" if settings.lora.enabled else "full fine-tuning"
-    if int(os.environ.get("RANK", "0")) == 0:  # once per launch, not once per process
-        print(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%, {what})")
+    main_print(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%, {what})")
     return model
 
 

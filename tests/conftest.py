@@ -128,6 +128,47 @@ def tiny_run(tmp_path_factory, tiny_llama) -> Path:
     return train(config)
 
 
+# --- a tiny model trained on the sample data (test_loop.py, test_training.py) -----------------------
+
+FIELDS = "[title, creator, date, language]"  # short prompts and targets keep the runs fast
+
+
+def sample_run_config(model: Path, output: Path, *extra: str):
+    """`model` trained on the sample data, on 4 fields: 24 training documents, 3 steps per epoch;
+    `extra`: more --set items."""
+    from metatune.config import load_config
+
+    return load_config(sets=[
+        f"model.name={model}",
+        f"data.path={SAMPLE}",
+        f"training.output_dir={output}",
+        f"data.include_fields={FIELDS}",
+        "data.max_input_tokens=256",
+        "data.max_target_tokens=192",
+        "training.per_device_train_batch_size=8",
+        "training.per_device_eval_batch_size=8",
+        "training.learning_rate=3e-3",
+        "training.logging_steps=1",
+        *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train as fast on one thread, and far faster than on two when the cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 @contextmanager
 def serving(app):
     """The app served by uvicorn on a free loopback port, in a thread of this process; yields its URL."""

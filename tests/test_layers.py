@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "metatune"
 # Lowest first. A new module must be placed here.
 LAYERS = [
     # foundations: settings, files, text and scores that know nothing of models
-    ["metatune", "errors", "paths", "files", "text", "config", "precision", "quantization", "metrics",
+    ["metatune", "errors", "paths", "console", "files", "text", "config", "precision", "quantization", "metrics",
      "parsing", "language", "alignment", "type_classifier", "card"],
     # documents: types, records, examples, tokens; input and output formats
     ["doctypes", "data", "formatting", "encoding", "tagging", "pdf", "documents", "formats", "compat", "report"],

@@ -8,43 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from metatune.config import Config, load_config
+from metatune.config import Config
 from metatune.errors import MetatuneError
 
-from conftest import SAMPLE
+from conftest import SAMPLE, read_metrics, sample_run_config
 
-FIELDS = "[title, creator, date, language]"  # short prompts and targets keep the runs fast
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config_for(model: Path, output: Path, *extra: str):
-    return load_config(sets=[
-        f"model.name={model}",
-        f"data.path={SAMPLE}",
-        f"training.output_dir={output}",
-        f"data.include_fields={FIELDS}",
-        "data.max_input_tokens=256",
-        "data.max_target_tokens=192",
-        "training.per_device_train_batch_size=8",  # 24 training documents: 3 steps per epoch
-        "training.per_device_eval_batch_size=8",
-        "training.learning_rate=3e-3",
-        "training.lr_scheduler_type=constant",
-        "training.warmup_ratio=0",
-        "training.logging_steps=1",
-        *extra,
-    ])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train as fast on one thread, and far faster than on two when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return sample_run_config(model, output, "training.lr_scheduler_type=constant", "training.warmup_ratio=0", *extra)
 
 
 @pytest.fixture(scope="module")

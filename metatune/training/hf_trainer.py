@@ -19,6 +19,7 @@ from transformers import (
 )
 from transformers.trainer_callback import ExportableState
 
+from metatune.console import main_print
 from metatune.encoding import collator
 from metatune.errors import MetatuneError
 from metatune.precision import apply_precision
@@ -223,7 +224,7 @@ def run_trainer(prepared: Prepared, work: Path, resume: bool) -> tuple[object, d
         checkpoint = last_complete_checkpoint(Path(args.output_dir), remove_others=main)
         if main:
             drop_metrics_after(metrics, checkpoint_step(checkpoint) if checkpoint else 0)
-            print(f"Resuming from {checkpoint}" if checkpoint else "No complete checkpoint saved yet: training from the start")
+        main_print(f"Resuming from {checkpoint}" if checkpoint else "No complete checkpoint saved yet: training from the start")
     totals = RunTotals.from_checkpoint(checkpoint)
     callbacks = [totals, JsonlLogger(metrics)]  # totals first: it completes the summary the logger writes
     if args.load_best_model_at_end:

@@ -40,6 +40,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_parameter_na
 from transformers.trainer_utils import get_last_checkpoint
 
 from metatune.config import TrainingSettings
+from metatune.console import main_print
 from metatune.encoding import IGNORE_INDEX, collator
 from metatune.precision import mixed_precision
 from metatune.training.common import Prepared
@@ -260,11 +261,11 @@ def restore(loop: Loop, resume: bool) -> tuple[LoopState, str | None, tuple | No
         state = LoopState.load(Path(checkpoint))
         if loop.main:
             drop_metrics_after(loop.metrics, state.step)
-            print(f"Resuming from {checkpoint} (step {state.step} of {loop.total_steps})")
+        main_print(f"Resuming from {checkpoint} (step {state.step} of {loop.total_steps})")
         if state.batches:
             rng_after_skip = rng_state()
-    elif resume and loop.main:
-        print("No checkpoint saved yet: training from the start")
+    elif resume:
+        main_print("No checkpoint saved yet: training from the start")
     loop.accelerator.wait_for_everyone()
     return state, checkpoint, rng_after_skip
 
@@ -342,8 +343,7 @@ def validate(loop: Loop, state: LoopState, epoch_float: float) -> bool:
         return False
     state.bad_evals += 1
     if loop.patience and state.bad_evals >= loop.patience:
-        if loop.main:
-            print(f"Early stopping: validation loss has not improved for {state.bad_evals} epochs")
+        main_print(f"Early stopping: validation loss has not improved for {state.bad_evals} epochs")
         return True
     return False
 
@@ -352,8 +352,7 @@ def load_best(loop: Loop, state: LoopState) -> None:
     """With early stopping, the weights of the best validation loss, when they are not the last ones."""
     if loop.patience and state.best_checkpoint and state.best_checkpoint != f"checkpoint-{state.step}":
         loop.accelerator.load_state(str(loop.checkpoints / state.best_checkpoint))
-        if loop.main:
-            print(f"Loaded the weights of {state.best_checkpoint} (best validation loss {state.best_eval_loss:.4f})")
+        main_print(f"Loaded the weights of {state.best_checkpoint} (best validation loss {state.best_eval_loss:.4f})")
 
 
 def summarize(loop: Loop, state: LoopState, resumed_from: str | None, seconds: float) -> dict:

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from metatune.config import Config
+from metatune.console import main_print
 from metatune.export import save_run
 from metatune.precision import apply_precision
 from metatune.training.common import prepare, start_output, work_dir
@@ -29,12 +30,11 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     on_main(state, lambda: start_output(config, resume, overwrite))
     with state.main_process_first():  # the main process fills caches (converted GGUF, dataset) first
         prepared = prepare(config, need_validation=config.training.eval_each_epoch)
-    if state.is_main_process:
-        print(
-            f"Training {config.model.name} ({prepared.info['architecture']}) on {prepared.stats['train_examples']} examples, "
-            f"validating on {prepared.stats['validation_examples']}"
-            + (f", {state.num_processes} processes" if state.num_processes > 1 else "")
-        )
+    main_print(
+        f"Training {config.model.name} ({prepared.info['architecture']}) on {prepared.stats['train_examples']} examples, "
+        f"validating on {prepared.stats['validation_examples']}"
+        + (f", {state.num_processes} processes" if state.num_processes > 1 else "")
+    )
     try:
         if config.training.mode == "loop":
             from metatune.training.loop import run_loop
@@ -70,6 +70,5 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
 
     on_main(state, finish)
     state.wait_for_everyone()
-    if state.is_main_process:
-        print(f"Saved the run to {output}")
+    main_print(f"Saved the run to {output}")
     return output
