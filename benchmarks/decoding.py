@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from metatune.bench import default_data, machine_info
+from metatune.config import GenerationSettings
 from metatune.data import load_dataset, record_type
 from metatune.inference import Extractor
 
@@ -52,9 +53,9 @@ def main() -> None:
     args = parser.parse_args()
 
     records = load_dataset(args.data or default_data()[0]).split("validation")[: args.docs]
-    plain = Extractor(args.run, dtype=args.dtype, snap=False)
-    lookup = Extractor(args.run, dtype=args.dtype, snap=False, prompt_lookup=args.lookup)
-    lookup.model = plain.model  # one copy of the weights
+    plain = Extractor.from_run(args.run, GenerationSettings(dtype=args.dtype, snap=False))
+    lookup = Extractor(args.run, plain.model, plain.tokenizer, plain.info,  # one copy of the weights
+                       GenerationSettings(dtype=args.dtype, snap=False, prompt_lookup=args.lookup))
     types = [plain.resolve_type(record_type(r)) if plain.registry.find(record_type(r)) else plain.default_type
              for r in records]
     encoded = [plain.input_ids(r["original_text"], t) for r, t in zip(records, types)]

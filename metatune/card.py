@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from metatune.files import write_atomic
+from metatune.run_info import RunInfo
 
 CARD_FILE = "README.md"
 EVALUATION_FILE = "evaluation.json"
@@ -48,46 +49,46 @@ def record_evaluation(run_dir: Path, metrics: dict) -> None:
         print(f"warning: {run_dir}: model card not updated: {e.strerror or e}", file=sys.stderr)
 
 
-def write_card(run_dir: Path, info: dict | None = None, name: str | None = None) -> None:
+def write_card(run_dir: Path, info: RunInfo | None = None, name: str | None = None) -> None:
     """README.md in `run_dir`; `name`: the run's name when `run_dir` is still its temporary directory."""
     run_dir = Path(run_dir)
     if info is None:
-        info = json.loads((run_dir / "metatune.json").read_text(encoding="utf-8"))
+        info = RunInfo.read(run_dir)
     evaluation_path = run_dir / EVALUATION_FILE
     evaluation = json.loads(evaluation_path.read_text(encoding="utf-8")) if evaluation_path.is_file() else None
     write_atomic(run_dir / CARD_FILE, model_card(info, name or run_dir.name, evaluation))
 
 
-def model_card(info: dict, name: str, evaluation: dict | None = None) -> str:
-    config = info.get("config", {})
+def model_card(info: RunInfo, name: str, evaluation: dict | None = None) -> str:
+    config = info.config
     data, training, model = config.get("data", {}), config.get("training", {}), config.get("model", {})
-    base = info.get("base_model") or "unknown"
-    tagger = info.get("objective") == "tag"
+    base = info.base_model or "unknown"
+    tagger = info.objective == "tag"
     front = {
         "library_name": "transformers",
-        "pipeline_tag": "token-classification" if tagger else PIPELINES.get(info.get("architecture"), "text-generation"),
+        "pipeline_tag": "token-classification" if tagger else PIPELINES.get(info.architecture, "text-generation"),
         "tags": ["metatune", "metadata-extraction", "bibliographic-metadata"],
     }
     if "/" in base and not Path(base).exists():  # a Hub id, not a local path
         front["base_model"] = base
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
              f"# {name}", "",
-             f"`{base}` fine-tuned with metatune {info.get('metatune_version', '')} to read the text "
+             f"`{base}` fine-tuned with metatune {info.metatune_version} to read the text "
              "of an academic document and write its bibliographic metadata as JSON"
              + (" (by labelling the tokens of the text that hold each value)." if tagger else "."), ""]
 
     lines += ["## Data", ""]
     source = data.get("hub_dataset") or data.get("path") or "unknown"
-    stats = info.get("training", {})
+    stats = info.training
     lines.append(f"* dataset: `{source}`")
     if "train_examples" in stats:
         lines.append(f"* training examples: {stats['train_examples']}"
                      + (f", validation examples: {stats['validation_examples']}" if "validation_examples" in stats else ""))
-    for type_name, spec in info.get("types", {}).items():
+    for type_name, spec in info.types.items():
         lines.append(f"* `{type_name}`: {', '.join(spec.get('fields', {}))}")
-    limits = info.get("limits", {})
-    lines += [f"* input limit {limits.get('max_input_tokens')} tokens (the document is truncated, never the "
-              f"instruction), output limit {limits.get('max_target_tokens')} tokens", ""]
+    limits = info.limits
+    lines += [f"* input limit {limits.max_input_tokens} tokens (the document is truncated, never the "
+              f"instruction), output limit {limits.max_target_tokens} tokens", ""]
 
     lines += ["## Training", "", "| setting | value |", "|---|---|"]
     lines += [f"| `training.{k}` | {training[k]} |" for k in TRAINING_KEYS if k in training]
@@ -101,10 +102,10 @@ def model_card(info: dict, name: str, evaluation: dict | None = None) -> str:
             lines.append(f"| {key} | {stats[key]} |")
     lines.append("")
 
-    prompts = info.get("input", {}).get("prompts") or {}
+    prompts = info.input.prompts
     if prompts:
         lines += ["## The prompt", "",
-                  f"Input style `{info.get('input', {}).get('style')}`. Each type's instruction comes before the "
+                  f"Input style `{info.input.style}`. Each type's instruction comes before the "
                   "document's text (shown as `{document}`), and the model answers with one JSON object:", ""]
         for type_name, parts in prompts.items():
             lines += [f"**{type_name}**", "", "```text", parts["prefix"] + "{document}" + parts["suffix"], "```", ""]
@@ -125,7 +126,7 @@ def model_card(info: dict, name: str, evaluation: dict | None = None) -> str:
         lines += ["Not evaluated yet: `metatune evaluate RUN_DIR --data DATASET` writes its metrics here.", ""]
 
     auto = ("AutoModelForTokenClassification" if tagger else
-            "AutoModelForSeq2SeqLM" if info.get("architecture") == "seq2seq" else "AutoModelForCausalLM")
+            "AutoModelForSeq2SeqLM" if info.seq2seq else "AutoModelForCausalLM")
     lines += ["## Use", "", "With metatune (builds the input exactly as in training, checks the output's schema):", "",
               "```bash", f"metatune extract {name} tesis.pdf --type Tesis", f"metatune serve {name}", "```", "",
               "```python", "from metatune.inference import open_run", "",
@@ -140,8 +141,8 @@ def model_card(info: dict, name: str, evaluation: dict | None = None) -> str:
                   f'model = {auto}.from_pretrained("{name}")',
                   f"prefix, suffix = {json.dumps(first['prefix'], ensure_ascii=False)}, {json.dumps(first['suffix'], ensure_ascii=False)}",
                   "inputs = tokenizer(prefix + text + suffix, return_tensors=\"pt\")",
-                  f"output = model.generate(**inputs, max_new_tokens={limits.get('max_target_tokens') or 512})",
-                  "answer = tokenizer.decode(output[0]" + ("" if info.get("architecture") == "seq2seq"
+                  f"output = model.generate(**inputs, max_new_tokens={limits.max_target_tokens})",
+                  "answer = tokenizer.decode(output[0]" + ("" if info.seq2seq
                                                             else "[inputs.input_ids.shape[1]:]") + ", skip_special_tokens=True)",
                   "print(json.loads(answer[: answer.rindex('}') + 1]))", "```", ""]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from metatune.config import GenerationSettings
 from metatune.errors import MetatuneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune language models to extract bibliographic metadata.")
@@ -149,20 +150,31 @@ def data_split(
     typer.echo(f"{out}: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
 
 
+# The generation options of evaluate, extract and serve, declared once (config.GenerationSettings checks them).
+NumBeams = Annotated[int, typer.Option(help="Beam search width (1: greedy)")]
+MaxNewTokens = Annotated[Optional[int], typer.Option(help="Generation limit (default: the run's max_target_tokens)")]
+Dtype = Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")]
+BatchSize = Annotated[int, typer.Option(help="Documents generated together")]
+TrustRemoteCode = Annotated[bool, typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust")]
+Snap = Annotated[Optional[bool], typer.Option("--snap/--no-snap", help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)")]
+PromptLookup = Annotated[int, typer.Option(help="Prompt-lookup decoding: propose up to N tokens copied from the document per step, checked in one pass (greedy, causal runs; one document at a time); 0: off")]
+
+
 @app.command()
 def evaluate(
     run_dir: Path,
     data: Annotated[Path, typer.Option(help="Dataset file with the reference metadata")],
     split: Annotated[str, typer.Option(help="Split to evaluate: training, validation or test")] = "test",
     report: Annotated[Optional[Path], typer.Option(help="Report directory (default: RUN_DIR/eval-SPLIT)")] = None,
-    num_beams: Annotated[int, typer.Option(help="Beam search width (1: greedy)")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Documents generated together")] = 8,
+    num_beams: NumBeams = 1,
+    batch_size: BatchSize = 8,
     baseline: Annotated[Optional[str], typer.Option(help="Also evaluate the base model untrained: zero-shot")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Generation limit (default: the run's max_target_tokens)")] = None,
+    max_new_tokens: MaxNewTokens = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N documents of the split")] = None,
-    dtype: Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")] = "auto",
-    trust_remote_code: Annotated[bool, typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust")] = False,
-    snap: Annotated[Optional[bool], typer.Option("--snap/--no-snap", help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)")] = None,
+    dtype: Dtype = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    snap: Snap = None,
+    prompt_lookup: PromptLookup = 0,
     json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on standard output (the tables go to standard error)")] = False,
 ):
     """Score a run field by field on a dataset split; write metrics, predictions, table and chart."""
@@ -170,9 +182,11 @@ def evaluate(
 
     from metatune.evaluate import run_evaluate
 
+    settings = GenerationSettings(num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, batch_size=batch_size,
+                                  snap=snap, prompt_lookup=prompt_lookup, trust_remote_code=trust_remote_code)
     with redirect_stdout(sys.stderr if json_ else sys.stdout):
-        metrics = run_evaluate(run_dir, data, split, report, num_beams, batch_size, baseline, max_new_tokens, limit,
-                               dtype=dtype, trust_remote_code=trust_remote_code, snap=snap)
+        metrics = run_evaluate(run_dir, data, split=split, report=report, settings=settings, baseline=baseline,
+                               limit=limit)
     if json_:
         _print_json({key: metrics[key] for key in ("documents", "parse_failures", "repaired", "seconds", "micro", "macro",
                                                    "fields", "run") if key in metrics})
@@ -184,12 +198,13 @@ def extract(
     inputs: Annotated[list[str], typer.Argument(help="PDF or text files, folders of them, or - for standard input")],
     type_: Annotated[Optional[str], typer.Option("--type", help="Document type of every input (default: predicted from each text by the run's type classifier)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write JSON (one document) or JSON Lines here")] = None,
-    batch_size: Annotated[int, typer.Option(help="Documents generated together")] = 8,
-    num_beams: Annotated[int, typer.Option(help="Beam search width (1: greedy)")] = 1,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Generation limit (default: the run's max_target_tokens)")] = None,
-    dtype: Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")] = "auto",
-    trust_remote_code: Annotated[bool, typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust")] = False,
-    snap: Annotated[Optional[bool], typer.Option("--snap/--no-snap", help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)")] = None,
+    batch_size: BatchSize = 8,
+    num_beams: NumBeams = 1,
+    max_new_tokens: MaxNewTokens = None,
+    dtype: Dtype = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    snap: Snap = None,
+    prompt_lookup: PromptLookup = 0,
     format_: Annotated[str, typer.Option("--format", help="json, bibtex, tei (GROBID-style teiHeader), dc (Dublin Core XML) or csv (DSpace metadata import)")] = "json",
     out_dir: Annotated[Optional[Path], typer.Option(help="Write one file per input here, each as soon as it is done; a rerun skips those written")] = None,
     force: Annotated[bool, typer.Option(help="Redo documents already in --out-dir or in the JSON Lines --out")] = False,
@@ -197,8 +212,10 @@ def extract(
     """Extract metadata from documents with a saved run."""
     from metatune.extract import run_extract
 
-    code = run_extract(run_dir, inputs, type_, out, batch_size, num_beams, max_new_tokens, dtype, trust_remote_code, snap,
-                       fmt=format_, out_dir=out_dir, force=force)
+    settings = GenerationSettings(num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, batch_size=batch_size,
+                                  snap=snap, prompt_lookup=prompt_lookup, trust_remote_code=trust_remote_code)
+    code = run_extract(run_dir, inputs, doc_type=type_, out=out, settings=settings, fmt=format_, out_dir=out_dir,
+                       force=force)
     if code:
         raise typer.Exit(code)
 
@@ -212,16 +229,22 @@ def serve(
     batch_size: Annotated[int, typer.Option(help="Most requests generated together")] = 8,
     batch_wait_ms: Annotated[float, typer.Option(help="How long the first request of a batch waits for others")] = 10.0,
     max_queue: Annotated[int, typer.Option(help="Most requests waiting for the model; more are answered 503 with Retry-After")] = 64,
-    dtype: Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")] = "auto",
-    trust_remote_code: Annotated[bool, typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust")] = False,
-    snap: Annotated[Optional[bool], typer.Option("--snap/--no-snap", help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)")] = None,
+    num_beams: NumBeams = 1,
+    max_new_tokens: MaxNewTokens = None,
+    dtype: Dtype = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    snap: Snap = None,
+    prompt_lookup: PromptLookup = 0,
 ):
     """Serve a run over HTTP (FastAPI): /extract, /extract/pdf, /consume-llm, /health, /docs.
 
     Set METATUNE_API_TOKEN to require `Authorization: Bearer <token>`."""
     from metatune.service import serve as run_server
 
-    run_server(run_dir, host, port, max_bytes, batch_size, batch_wait_ms, dtype, trust_remote_code, snap, max_queue)
+    settings = GenerationSettings(num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, batch_size=batch_size,
+                                  snap=snap, prompt_lookup=prompt_lookup, trust_remote_code=trust_remote_code)
+    run_server(run_dir, host=host, port=port, max_bytes=max_bytes, settings=settings, batch_wait_ms=batch_wait_ms,
+               max_queue=max_queue)
 
 
 @app.command()

@@ -7,6 +7,7 @@ command-line flags (--model, --data, --output) < --set section.key=value.
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -138,6 +139,35 @@ class Config(Section):
     model: ModelSettings = ModelSettings()
     data: DataSettings = DataSettings()
     training: TrainingSettings = TrainingSettings()
+
+
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")  # auto: as the weights were saved
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How a saved run extracts: the options `evaluate`, `extract` and `serve` share, checked once."""
+
+    num_beams: int = 1  # 1: greedy
+    max_new_tokens: int | None = None  # None: the run's data.max_target_tokens
+    dtype: str = "auto"
+    batch_size: int = 8  # documents generated together
+    snap: bool | None = None  # None: the run's data.snap_to_source
+    prompt_lookup: int = 0  # tokens proposed per prompt-lookup step (inference.Extractor); 0: off
+    trust_remote_code: bool = False  # the caller's choice, never the run's
+
+    def __post_init__(self):
+        for name in ("num_beams", "batch_size"):
+            if getattr(self, name) < 1:
+                raise MetatuneError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise MetatuneError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.dtype not in DTYPE_NAMES:
+            raise MetatuneError(f"unknown dtype {self.dtype!r} (choose from {', '.join(DTYPE_NAMES)})")
+        if self.prompt_lookup < 0:
+            raise MetatuneError(f"prompt_lookup must be 0 (off) or more, got {self.prompt_lookup}")
+        if self.prompt_lookup and self.num_beams > 1:
+            raise MetatuneError("prompt-lookup decoding is greedy: it needs num_beams 1")
 
 
 def parse_set(items: list[str]) -> dict:

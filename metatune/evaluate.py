@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from metatune.config import GenerationSettings
 from metatune.data import load_dataset, record_type
-from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.export import read_run_info
 from metatune.files import temp_dir_beside
@@ -22,6 +22,7 @@ from metatune.formatting import target_json
 from metatune.metrics import MATCHINGS, score_documents
 from metatune.parsing import parse_output
 from metatune.report import bar_chart, markdown_table
+from metatune.run_info import RunInfo
 from metatune.type_classifier import TypeClassifier, accuracy
 
 BASELINES = ("zero-shot",)
@@ -40,21 +41,20 @@ class Item:
     fields: list[str]  # the fields the run writes for this type
 
 
-def load_items(info: dict, data: str | Path, split: str, limit: int | None = None) -> list[Item]:
+def load_items(info: RunInfo, data: str | Path, split: str, limit: int | None = None) -> list[Item]:
     """The split's documents with their references, built as training built its targets."""
-    registry = TypeRegistry.from_dict(info["types"], source="metatune.json")
-    fallback = info.get("fallback_type")
-    seed = info.get("config", {}).get("data", {}).get("split_seed", 42)  # a flat list splits as in training
+    registry = info.registry()
+    fallback = info.fallback_type
+    seed = info.setting("data", "split_seed", 42)  # a flat list splits as in training
     records = load_dataset(data, registry, fallback, seed).split(split)
     if limit is not None:
         if limit < 1:
             raise MetatuneError(f"--limit must be at least 1, got {limit}")
         records = records[:limit]
-    spec = info["input"]
     items = []
     for i, record in enumerate(records):
         doc_type = registry.find(record_type(record)) or registry.find(fallback)
-        fields = doc_type.target_fields(spec.get("include_fields"), spec.get("exclude_fields") or [])
+        fields = info.fields(registry, doc_type.name)
         rid = record.get("id")
         items.append(Item(i, None if rid is None else str(rid), doc_type.name, record["original_text"],
                           target_json(record, fields), fields))
@@ -114,12 +114,12 @@ def generate_outputs(extractor, items: list[Item], batch_size: int, progress: bo
     return results, time.perf_counter() - start
 
 
-def type_accuracy(run_dir: Path, info: dict, items: list[Item]) -> dict | None:
+def type_accuracy(run_dir: Path, info: RunInfo, items: list[Item]) -> dict | None:
     """How often the run's type classifier names each document's true type (None: the run has none).
 
     The field scores are generated with the true types; this is what extraction without a
     type would have chosen for the same texts."""
-    name = info.get("type_classifier")
+    name = info.type_classifier
     if not name:
         return None
     classifier = TypeClassifier.load(run_dir, name)
@@ -173,51 +173,45 @@ def check_report_dir(report: Path) -> None:
 def run_evaluate(
     run_dir: Path,
     data: Path,
+    *,
     split: str = "test",
     report: Path | None = None,
-    num_beams: int = 1,
-    batch_size: int = 8,
+    settings: GenerationSettings = GenerationSettings(),
     baseline: str | None = None,
-    max_new_tokens: int | None = None,
     limit: int | None = None,
     progress: bool = True,
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    snap: bool | None = None,
 ) -> dict:
     """Evaluate a run (and optionally the zero-shot base model), write the report, print the table."""
-    if batch_size < 1:
-        raise MetatuneError(f"--batch-size must be at least 1, got {batch_size}")
-    if num_beams < 1:
-        raise MetatuneError(f"--num-beams must be at least 1, got {num_beams}")
     if baseline is not None and baseline not in BASELINES:
         raise MetatuneError(f"--baseline: unknown baseline {baseline!r} (choose from {', '.join(BASELINES)})")
     info = read_run_info(run_dir)
+    if baseline and info.objective == "tag":
+        raise MetatuneError("a tag run has no zero-shot baseline: its base model has no labels to predict")
     items = load_items(info, data, split, limit)
     report = Path(report) if report else Path(run_dir) / f"eval-{split}"
     check_report_dir(report)
     types = type_accuracy(Path(run_dir), info, items)
 
-    from metatune.inference import open_run  # after the checks above: importing torch takes seconds
+    from metatune.inference import Extractor, open_run  # after the checks above: importing torch takes seconds
 
     runs = {"fine-tuned": False} | ({"zero-shot": True} if baseline else {})
     results = {}
     for name, base in runs.items():
-        extractor = open_run(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, base_model=base,
-                             trust_remote_code=trust_remote_code, snap=snap)
+        extractor = Extractor.zero_shot(run_dir, settings) if base else open_run(run_dir, settings)
         print(f"Evaluating {name} model on {len(items)} '{split}' documents of {data}")
-        outputs, seconds = generate_outputs(extractor, items, batch_size, progress)
+        outputs, seconds = generate_outputs(extractor, items, settings.batch_size, progress)
         metrics, rows = evaluate_outputs(items, [r.raw for r in outputs], seconds, [r.data for r in outputs])
         metrics["loops"] = sum(r.looped for r in outputs)
         tokens = sum(r.tokens for r in outputs)
         metrics["run"] = {
             "run_dir": str(run_dir),
-            "model": info.get("base_model") if base else str(run_dir),
+            "model": info.base_model if base else str(run_dir),
             "baseline": name if base else None,
             "data": str(data),
             "split": split,
-            "num_beams": num_beams,
-            "batch_size": batch_size,
+            "num_beams": settings.num_beams,
+            "batch_size": settings.batch_size,
+            "prompt_lookup": settings.prompt_lookup,
             "max_new_tokens": extractor.max_new_tokens,
             "generated_tokens": tokens,
             "device": str(extractor.device),

@@ -8,16 +8,14 @@ plain `from_pretrained`.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from metatune.config import ModelSettings, preset_file
 from metatune.errors import MetatuneError
 from metatune.files import temp_dir_beside, usual_modes
+from metatune.run_info import RUN_FILE, LoraInfo, RunInfo
 
-RUN_FILE = "metatune.json"
-FORMAT_VERSION = 1
 ADAPTER_DIR = "adapter"
 
 
@@ -30,11 +28,11 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise MetatuneError(f"{output}: already holds {what}; pass --overwrite to replace it")
 
 
-def save_run(model, tokenizer, info: dict, output: Path, extra: dict[str, Path] | None = None) -> Path:
+def save_run(model, tokenizer, info: RunInfo, output: Path, extra: dict[str, Path] | None = None) -> Path:
     """Writes model, tokenizer, generation config and metatune.json, then renames into place.
 
     A LoRA model (peft) is saved as its adapter in `adapter/` plus, unless model.lora.merge is false
-    in info["config"], the merged full model (see save_lora).
+    in the run's config, the merged full model (see save_lora).
     """
     from metatune.card import fix_tokenizer_class, write_card
     from metatune.models import is_peft
@@ -44,8 +42,8 @@ def save_run(model, tokenizer, info: dict, output: Path, extra: dict[str, Path] 
     tmp = temp_dir_beside(output)
     try:
         if is_peft(model):
-            settings = ModelSettings.model_validate(info.get("config", {}).get("model", {}))
-            info = {**info, "lora": save_lora(model, tmp, settings, merge=settings.lora.merge)}
+            settings = ModelSettings.model_validate(info.config.get("model", {}))
+            info = info.model_copy(update={"lora": save_lora(model, tmp, settings, merge=settings.lora.merge)})
         else:
             model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)
@@ -56,8 +54,7 @@ def save_run(model, tokenizer, info: dict, output: Path, extra: dict[str, Path] 
                 shutil.copytree(src, tmp / name)
             elif src.is_file():
                 shutil.copy2(src, tmp / name)
-        info = {"format_version": FORMAT_VERSION, **info}
-        (tmp / RUN_FILE).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+        info.write(tmp)
         write_card(tmp, info, name=output.name)
         usual_modes(tmp)  # safetensors files come out 0600
         if output.exists():
@@ -69,25 +66,9 @@ def save_run(model, tokenizer, info: dict, output: Path, extra: dict[str, Path] 
     return output
 
 
-def read_run_info(run_dir: str | Path) -> dict:
-    run_dir = Path(run_dir)
-    path = run_dir / RUN_FILE
-    if not run_dir.is_dir():
-        raise MetatuneError(f"{run_dir}: run directory not found")
-    if not path.is_file():
-        raise MetatuneError(f"{run_dir}: not a metatune run (no {RUN_FILE})")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise MetatuneError(f"{path}: invalid JSON: {e.msg}") from None
-    if not isinstance(info, dict):
-        raise MetatuneError(f"{path}: expected a JSON object")
-    if info.get("format_version") != FORMAT_VERSION:
-        raise MetatuneError(f"{path}: unsupported format_version {info.get('format_version')!r}")
-    missing = [key for key in ("architecture", "input", "limits", "types") if key not in info]
-    if missing:
-        raise MetatuneError(f"{run_dir}: not a complete metatune run: {RUN_FILE} has no '{missing[0]}'")
-    return info
+def read_run_info(run_dir: str | Path) -> RunInfo:
+    """The run's metatune.json, checked (one-line errors for anything that is not a complete run)."""
+    return RunInfo.read(run_dir)
 
 
 def load_run(run_dir: str | Path, device: str | None = None, trust_remote_code: bool = False):
@@ -110,11 +91,11 @@ def _load_run(run_dir: str | Path, device: str | None, trust_remote_code: bool):
     from metatune.models import default_device
 
     info = read_run_info(run_dir)
-    if info.get("lora", {}).get("merged") is False:  # only the adapter was saved: base + adapter via peft
+    if info.lora is not None and not info.lora.merged:  # only the adapter was saved: base + adapter via peft
         model = load_adapter_run(run_dir, info, trust_remote_code)
     else:
-        cls = AutoModelForSeq2SeqLM if info["architecture"] == "seq2seq" else AutoModelForCausalLM
-        if info.get("objective") == "tag":
+        cls = AutoModelForSeq2SeqLM if info.seq2seq else AutoModelForCausalLM
+        if info.objective == "tag":
             from transformers import AutoModelForTokenClassification as cls
         model = cls.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
@@ -123,10 +104,10 @@ def _load_run(run_dir: str | Path, device: str | None, trust_remote_code: bool):
     return model, tokenizer, info
 
 
-def save_lora(model, directory: Path, settings: ModelSettings, merge: bool) -> dict:
+def save_lora(model, directory: Path, settings: ModelSettings, merge: bool) -> LoraInfo:
     """Writes the adapter to `directory/adapter` and, if `merge`, the merged model to `directory`.
 
-    What metatune.json records under "lora". A 4-bit model is merged into a fresh full-precision copy
+    Returns what metatune.json records under "lora". A 4-bit model is merged into a fresh full-precision copy
     of its base (merging into 4-bit weights would round them again); otherwise the LoRA weights are
     merged in place, so `model` is no longer a peft model afterwards.
     """
@@ -145,14 +126,14 @@ def save_lora(model, directory: Path, settings: ModelSettings, merge: bool) -> d
         merged.save_pretrained(directory)
     else:
         model.generation_config.save_pretrained(directory)
-    return {
-        "adapter": ADAPTER_DIR,
-        "merged": merge,
-        "base": base_reference(settings),
-        "r": settings.lora.r,
-        "alpha": settings.lora.alpha,
-        "target_modules": sorted({t.rsplit(".", 1)[-1] for t in targets}) if isinstance(targets, set) else targets,
-    }
+    return LoraInfo(
+        adapter=ADAPTER_DIR,
+        merged=merge,
+        base=base_reference(settings),
+        r=settings.lora.r,
+        alpha=settings.lora.alpha,
+        target_modules=sorted({t.rsplit(".", 1)[-1] for t in targets}) if isinstance(targets, set) else targets,
+    )
 
 
 def base_reference(settings: ModelSettings) -> str:
@@ -172,7 +153,7 @@ def load_base_for_adapter(settings: ModelSettings, base: str | None = None):
     return model
 
 
-def load_adapter_run(run_dir: Path, info: dict, trust_remote_code: bool = False):
+def load_adapter_run(run_dir: Path, info: RunInfo, trust_remote_code: bool = False):
     """Base + adapter of a run saved with model.lora.merge=false, merged in memory for fast generation.
 
     The base may run Python code of its own only with `trust_remote_code` (the caller's, not the run's)."""
@@ -180,10 +161,10 @@ def load_adapter_run(run_dir: Path, info: dict, trust_remote_code: bool = False)
     from transformers import GenerationConfig
 
     run_dir = Path(run_dir)
-    settings = ModelSettings.model_validate(info["config"]["model"])
+    settings = ModelSettings.model_validate(info.config["model"])
     settings = settings.model_copy(update={"trust_remote_code": trust_remote_code})
-    base = load_base_for_adapter(settings, info["lora"]["base"])
-    model = PeftModel.from_pretrained(base, run_dir / info["lora"]["adapter"]).merge_and_unload()
+    base = load_base_for_adapter(settings, info.lora.base)
+    model = PeftModel.from_pretrained(base, run_dir / info.lora.adapter).merge_and_unload()
     if (run_dir / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(run_dir)
     return model
@@ -201,5 +182,4 @@ class RunTypes:
 
     def fields(self, doc_type: str) -> list[str]:
         """The fields the run was trained to write for this type (metatune.json input settings)."""
-        spec = self.info["input"]
-        return self.registry.types[doc_type].target_fields(spec.get("include_fields"), spec.get("exclude_fields") or [])
+        return self.info.fields(self.registry, doc_type)

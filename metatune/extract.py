@@ -13,32 +13,29 @@ from pathlib import Path
 
 import typer
 
+from metatune.config import GenerationSettings
 from metatune.documents import list_inputs, read_inputs
 from metatune.errors import MetatuneError
 from metatune.files import write_atomic
 from metatune.formats import FORMATS, document_record, render
 
 
-def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Path | None, batch_size: int = 8,
-                num_beams: int = 1, max_new_tokens: int | None = None, dtype: str = "auto",
-                trust_remote_code: bool = False, snap: bool | None = None, fmt: str = "json",
-                out_dir: Path | None = None, force: bool = False) -> int:
+def run_extract(run_dir: Path, inputs: list[str], *, doc_type: str | None = None, out: Path | None = None,
+                settings: GenerationSettings = GenerationSettings(), fmt: str = "json", out_dir: Path | None = None,
+                force: bool = False) -> int:
     """Extract and write; returns the exit status (1 when some inputs were unreadable and skipped).
 
     With `out_dir`, or several inputs and a JSON Lines `out`, each result is written when done and a
     rerun skips what is there (metatune/folder_run.py)."""
-    from metatune.doctypes import TypeRegistry
     from metatune.export import read_run_info
     from metatune.folder_run import check_outputs, run_many
     from metatune.inference import open_run
 
-    if batch_size < 1:
-        raise MetatuneError(f"--batch-size must be at least 1, got {batch_size}")
     if fmt not in FORMATS:
         raise MetatuneError(f"--format: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     info = read_run_info(run_dir)
-    if doc_type is not None and TypeRegistry.from_dict(info["types"]).find(doc_type) is None:
-        raise MetatuneError(f"--type: unknown document type {doc_type!r} (known: {', '.join(info['types'])})")
+    if doc_type is not None and info.registry().find(doc_type) is None:
+        raise MetatuneError(f"--type: unknown document type {doc_type!r} (known: {', '.join(info.types)})")
     if out is not None and out.is_dir():
         raise MetatuneError(f"{out}: is a directory; --out takes a file name")
     if out is not None and not out.parent.is_dir():
@@ -50,9 +47,8 @@ def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Pat
         if not items:
             more = f" (and {len(problems) - 1} more unreadable inputs)" if len(problems) > 1 else ""
             raise MetatuneError((problems[0] if problems else "no input documents") + more)
-        return run_many(run_dir, items, problems, doc_type, out, out_dir, fmt, force, batch_size, lambda: open_run(
-            run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype,
-            trust_remote_code=trust_remote_code, snap=snap))
+        return run_many(run_dir, items, problems, doc_type, out, out_dir, fmt, force, settings.batch_size,
+                        lambda: open_run(run_dir, settings))
     docs, problems = read_inputs(inputs)
     if not docs:
         more = f" (and {len(problems) - 1} more unreadable inputs)" if len(problems) > 1 else ""
@@ -60,9 +56,9 @@ def run_extract(run_dir: Path, inputs: list[str], doc_type: str | None, out: Pat
     for p in problems:
         typer.echo(f"error: {p} (skipped)", err=True)
 
-    extractor = open_run(run_dir, num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype,
-                         trust_remote_code=trust_remote_code, snap=snap)
-    results = extractor.extract([text for _, text in docs], [doc_type] * len(docs), batch_size, progress=len(docs) > 1)
+    extractor = open_run(run_dir, settings)
+    results = extractor.extract([text for _, text in docs], [doc_type] * len(docs), settings.batch_size,
+                                progress=len(docs) > 1)
     records = [document_record(name, r, extractor) for (name, _), r in zip(docs, results)]
     text = render(records, fmt, single)
     if out:

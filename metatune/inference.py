@@ -15,13 +15,15 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from metatune.alignment import expand_record, snap_record
+from metatune.config import GenerationSettings
 from metatune.doctypes import TypeRegistry
 from metatune.encoding import encode_prompt, global_attention_mask
 from metatune.errors import MetatuneError
 from metatune.export import RunTypes, load_run, read_run_info
 from metatune.formatting import Example
-from metatune.models import cast, check_dtype, default_device
+from metatune.models import cast, default_device
 from metatune.parsing import Extraction, parse_output
+from metatune.run_info import RunInfo
 from metatune.type_classifier import TypeClassifier
 
 
@@ -140,70 +142,57 @@ class JsonObjectEnd(StoppingCriteria):
 
 
 class Extractor(RunTypes):
-    """Loads a saved run once; `extract` turns document texts into parsed metadata.
+    """A saved run turned into metadata extraction: `extract` takes document texts.
 
-    `base_model=True` loads the run's base model (metatune.json config.model) instead of the
-    fine-tuned weights, with the same tokenizer and prompts: the zero-shot baseline.
-    `dtype="auto"` keeps the precision the weights were saved in (float32 for a full fine-tune);
-    bfloat16 halves the memory, but then a document's greedy output may change with the documents
-    batched beside it (rounding differs with the padded shapes).
-    `trust_remote_code`: let the model (or the run's base) run Python code of its own; never taken
-    from metatune.json.
-    `snap`: replace predicted values that (nearly) occur in the document by the document's own text
-    (metatune.alignment.snap_record); None takes the run's data.snap_to_source (on by default).
-    `prompt_lookup`: prompt-lookup decoding, proposing up to this many tokens per step copied from
-    the prompt where the output's last words occur in it, all checked in one forward pass (0: off).
-    Greedy and causal models only; transformers' assisted decoding takes one sequence at a time, so
-    documents are decoded one by one whatever the batch size.
+    `Extractor.from_run` loads the fine-tuned run; `Extractor.zero_shot` loads the run's base model
+    untrained, with the same tokenizer and prompts (the baseline). `settings` (config.GenerationSettings):
+    * dtype "auto" keeps the precision the weights were saved in (float32 for a full fine-tune);
+      bfloat16 halves the memory, but then a document's greedy output may change with the documents
+      batched beside it (rounding differs with the padded shapes);
+    * trust_remote_code lets the model (or the run's base) run Python code of its own; never taken
+      from metatune.json;
+    * snap replaces predicted values that (nearly) occur in the document by the document's own text
+      (metatune.alignment.snap_record); None takes the run's data.snap_to_source (on by default);
+    * prompt_lookup: prompt-lookup decoding, proposing up to this many tokens per step copied from the
+      prompt where the output's last words occur in it, all checked in one forward pass (0: off).
+      Greedy and causal models only; transformers' assisted decoding takes one sequence at a time, so
+      documents are decoded one by one whatever the batch size.
     """
 
-    def __init__(
-        self,
-        run_dir,
-        device: str | None = None,
-        *,
-        num_beams: int = 1,
-        max_new_tokens: int | None = None,
-        dtype: str = "auto",
-        base_model: bool = False,
-        trust_remote_code: bool = False,
-        snap: bool | None = None,
-        prompt_lookup: int = 0,
-    ):
-        if num_beams < 1:
-            raise MetatuneError(f"num_beams must be at least 1, got {num_beams}")
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise MetatuneError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        check_dtype(dtype)
-        self.run_dir = Path(run_dir)
-        if base_model:
-            self.model, self.tokenizer, self.info = _load_base(run_dir, device, trust_remote_code)
-        else:
-            self.model, self.tokenizer, self.info = load_run(run_dir, device, trust_remote_code)
+    def __init__(self, run_dir, model, tokenizer, info: RunInfo, settings: GenerationSettings):
+        self.run_dir, self.model, self.tokenizer, self.info, self.settings = Path(run_dir), model, tokenizer, info, settings
         self.device = self.model.device
-        cast(self.model, dtype)
-        self.registry = TypeRegistry.from_dict(self.info["types"], source=f"{run_dir}/metatune.json")
-        self.prompts = self.info["input"]["prompts"]
-        self.chat = self.info["input"]["chat_template"]
-        self.seq2seq = self.info["architecture"] == "seq2seq"
-        self.max_input_tokens = self.info["limits"]["max_input_tokens"]
-        self.max_new_tokens = max_new_tokens or self.info["limits"]["max_target_tokens"]
-        self.num_beams = num_beams
-        if prompt_lookup < 0:
-            raise MetatuneError(f"prompt_lookup must be 0 (off) or more, got {prompt_lookup}")
-        if prompt_lookup and (num_beams > 1 or self.seq2seq):
-            raise MetatuneError("prompt-lookup decoding needs greedy decoding (num_beams 1) and a causal model "
-                                "(a seq2seq decoder does not see the document it would copy from)")
-        self.prompt_lookup = prompt_lookup
-        self.snap = self.info.get("config", {}).get("data", {}).get("snap_to_source", True) if snap is None else snap
-        self.anchored = self.info["input"].get("anchor_min_words", 0) > 0  # runs before anchors had none
-        self.default_type = self.info.get("fallback_type") or "general"
-        name = self.info.get("type_classifier")  # runs saved before it had none
+        cast(self.model, settings.dtype)
+        self.registry = info.registry(source=f"{run_dir}/metatune.json")
+        self.prompts = info.input.prompts
+        self.chat = info.input.chat_template
+        self.seq2seq = info.seq2seq
+        if settings.prompt_lookup and self.seq2seq:
+            raise MetatuneError("prompt-lookup decoding needs a causal model (a seq2seq decoder does not see the "
+                                "document it would copy from)")
+        self.max_input_tokens = info.limits.max_input_tokens
+        self.max_new_tokens = settings.max_new_tokens or info.limits.max_target_tokens
+        self.num_beams = settings.num_beams
+        self.prompt_lookup = settings.prompt_lookup
+        self.snap = info.setting("data", "snap_to_source", True) if settings.snap is None else settings.snap
+        self.anchored = info.input.anchor_min_words > 0
+        self.default_type = info.fallback_type or "general"
+        name = info.type_classifier  # runs saved before it had none
         self.type_classifier = TypeClassifier.load(self.run_dir, name) if name else None
         # A causal model continues from the right edge of every row; an encoder reads rows padded on the
         # right, as in training (LED's learned positions would shift under left padding).
         self.tokenizer.padding_side = "right" if self.seq2seq else "left"
         self.generation_config = self._generation_config()
+
+    @classmethod
+    def from_run(cls, run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None) -> Extractor:
+        model, tokenizer, info = load_run(run_dir, device, settings.trust_remote_code)
+        return cls(run_dir, model, tokenizer, info, settings)
+
+    @classmethod
+    def zero_shot(cls, run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None) -> Extractor:
+        model, tokenizer, info = _load_base(run_dir, device, settings.trust_remote_code)
+        return cls(run_dir, model, tokenizer, info, settings)
 
     def _generation_config(self):
         config = copy.deepcopy(self.model.generation_config)
@@ -322,7 +311,7 @@ def _load_base(run_dir, device: str | None, trust_remote_code: bool = False):
     from metatune.models import load_base
 
     info = read_run_info(run_dir)
-    settings = ModelSettings.model_validate(info.get("config", {}).get("model", {}))
+    settings = ModelSettings.model_validate(info.config.get("model", {}))
     settings = settings.model_copy(update={"quantization": "none", "lora": settings.lora.model_copy(update={"enabled": False}),
                                            "trust_remote_code": trust_remote_code})
     model, _, _ = load_base(settings)
@@ -332,12 +321,10 @@ def _load_base(run_dir, device: str | None, trust_remote_code: bool = False):
     return model, tokenizer, info
 
 
-def open_run(run_dir, device: str | None = None, **settings):
+def open_run(run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None):
     """The extractor a saved run needs: an Extractor (generate) or a Tagger (tag), same interface."""
-    if read_run_info(run_dir).get("objective") == "tag":
-        if settings.get("base_model"):
-            raise MetatuneError("a tag run has no zero-shot baseline: its base model has no labels to predict")
+    if read_run_info(run_dir).objective == "tag":
         from metatune.tagger import Tagger
 
-        return Tagger(run_dir, device, **settings)
-    return Extractor(run_dir, device, **settings)
+        return Tagger.from_run(run_dir, settings, device)
+    return Extractor.from_run(run_dir, settings, device)

@@ -126,11 +126,6 @@ def _token():
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check_dtype(dtype: str) -> None:
-    if dtype != "auto" and dtype not in DTYPES:
-        raise MetatuneError(f"unknown dtype {dtype!r} (choose from auto, {', '.join(DTYPES)})")
-
-
 def cast(model, dtype: str) -> None:
     """Casts a loaded model to `dtype` ("auto": as saved); 4-bit weights stay as they are."""
     if dtype != "auto" and model.dtype != DTYPES[dtype] and not getattr(model, "is_loaded_in_4bit", False):

@@ -26,6 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from metatune.config import GenerationSettings
 from metatune.errors import MetatuneError
 from metatune.formats import FORMATS
 
@@ -303,7 +304,7 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
         """Whether the model is loaded, what it extracts, and how requests were batched. No token needed."""
         info = extractor.info
         return HealthResponse(
-            status="ok", run=extractor.run_dir.name, base_model=info.get("base_model"),
+            status="ok", run=extractor.run_dir.name, base_model=info.base_model,
             types=list(extractor.registry.types), default_type=extractor.default_type, device=str(extractor.device),
             requests=batcher.requests, batches=batcher.batches, largest_batch=batcher.largest,
             failed_batches=batcher.failed,
@@ -364,9 +365,10 @@ def max_bytes_setting(value: int | None) -> int:
     return int(raw)
 
 
-def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: int | None = None,
-          batch_size: int = 8, batch_wait_ms: float = 10.0, dtype: str = "auto", trust_remote_code: bool = False,
-          snap: bool | None = None, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+def serve(run_dir: Path, *, host: str = "127.0.0.1", port: int = 8002, max_bytes: int | None = None,
+          settings: GenerationSettings = GenerationSettings(), batch_wait_ms: float = 10.0,
+          max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+    """Serves the run; settings.batch_size is the most requests generated together."""
     import uvicorn
 
     from metatune.export import read_run_info
@@ -374,12 +376,12 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8002, max_bytes: i
 
     read_run_info(run_dir)  # mistakes fail here, before the model loads
     limit = max_bytes_setting(max_bytes)
-    check_settings(limit, batch_size)
+    check_settings(limit, settings.batch_size)
     if max_queue < 1:
         raise MetatuneError(f"--max-queue must be at least 1, got {max_queue}")
     token = os.environ.get(TOKEN_ENV) or os.environ.get(ORIGINAL_TOKEN_ENV) or None
-    extractor = open_run(run_dir, dtype=dtype, trust_remote_code=trust_remote_code, snap=snap)
-    app = create_app(extractor, token, limit, batch_size, batch_wait_ms, max_queue)
+    extractor = open_run(run_dir, settings)
+    app = create_app(extractor, token, limit, settings.batch_size, batch_wait_ms, max_queue)
     try:  # bound here, so that "Serving" is printed only once it is true
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)

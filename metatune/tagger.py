@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from metatune.doctypes import TypeRegistry
+from metatune.config import GenerationSettings
 from metatune.errors import MetatuneError
 from metatune.export import RunTypes, load_run
 from metatune.language import detect_language
-from metatune.models import cast, check_dtype
+from metatune.models import cast
 from metatune.parsing import Extraction
+from metatune.run_info import RunInfo
 from metatune.tagging import (
     TagCollator,
     TagScheme,
@@ -31,23 +32,28 @@ from metatune.tagging import (
 
 
 class Tagger(RunTypes):
-    def __init__(self, run_dir, device: str | None = None, *, dtype: str = "auto", trust_remote_code: bool = False,
-                 **_generation):
-        check_dtype(dtype)
-        self.run_dir = Path(run_dir)
-        self.model, self.tokenizer, self.info = load_run(run_dir, device, trust_remote_code)
+    """A saved tag run turned into extraction; of the generation settings only dtype and
+    trust_remote_code apply (nothing is generated)."""
+
+    def __init__(self, run_dir, model, tokenizer, info: RunInfo, settings: GenerationSettings):
+        self.run_dir, self.model, self.tokenizer, self.info, self.settings = Path(run_dir), model, tokenizer, info, settings
         self.device = self.model.device
-        cast(self.model, dtype)
-        self.registry = TypeRegistry.from_dict(self.info["types"], source=f"{run_dir}/metatune.json")
-        tagging = self.info["tagging"]
+        cast(self.model, settings.dtype)
+        self.registry = self.info.registry(source=f"{run_dir}/metatune.json")
+        tagging = self.info.tagging
         self.scheme = TagScheme.from_dict(tagging["scheme"])
         self.collate = TagCollator(self.tokenizer.pad_token_id, tagging["bidirectional"])
         self.allowed = allowed_transitions(self.scheme)
-        self.max_input_tokens = self.info["limits"]["max_input_tokens"]
-        self.default_type = self.info.get("fallback_type") or (
+        self.max_input_tokens = self.info.limits.max_input_tokens
+        self.default_type = self.info.fallback_type or (
             self.scheme.types[0] if len(self.scheme.types) == 1 else "general")
-        self.seq2seq = self.info["architecture"] == "seq2seq"
+        self.seq2seq = self.info.seq2seq
         self.num_beams, self.max_new_tokens = 1, 0  # nothing is generated
+
+    @classmethod
+    def from_run(cls, run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None) -> Tagger:
+        model, tokenizer, info = load_run(run_dir, device, settings.trust_remote_code)
+        return cls(run_dir, model, tokenizer, info, settings)
 
     @torch.inference_mode()
     def extract(self, texts: list[str], types: list[str | None] | None = None, batch_size: int = 8,

@@ -57,13 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-beams", type=int, default=1)
     args = parser.parse_args(argv)
 
+    from metatune.config import GenerationSettings
     from metatune.evaluate import comparison_table, run_evaluate, summary_line
     from metatune.report import markdown_table
 
     report = args.run_dir / f"eval-{args.split}"
     try:
-        metrics = run_evaluate(args.run_dir, args.data, args.split, report, args.num_beams, args.batch_size,
-                               "zero-shot" if args.baseline else None, limit=args.limit)
+        settings = GenerationSettings(num_beams=args.num_beams, batch_size=args.batch_size)
+        metrics = run_evaluate(args.run_dir, args.data, split=args.split, report=report, settings=settings,
+                               baseline="zero-shot" if args.baseline else None, limit=args.limit)
     except MetatuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

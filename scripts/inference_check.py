@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteriaList
 
+from metatune.config import GenerationSettings
 from metatune.inference import Extractor, JsonObjectEnd, closes_object
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,8 +43,8 @@ def random_run(arch: Path, target: Path, new_tokens: int) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from metatune.doctypes import TypeRegistry
-    from metatune.export import FORMAT_VERSION
     from metatune.formatting import InputFormat, build_prompts
+    from metatune.run_info import FORMAT_VERSION
 
     tokenizer = AutoTokenizer.from_pretrained(arch)
     torch.manual_seed(0)
@@ -80,7 +81,7 @@ def main() -> None:
 
     if args.run:
         for dtype in args.dtypes.split(","):
-            ex = Extractor(args.run, dtype=dtype)
+            ex = Extractor.from_run(args.run, GenerationSettings(dtype=dtype))
             together = ex.extract(texts[:16], types[:16], batch_size=16)
             alone = [ex.extract([t], [ty], batch_size=1)[0] for t, ty in zip(texts[:16], types[:16])]
             results[f"run/{dtype}"] = {
@@ -92,7 +93,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = random_run(args.arch, Path(tmp), args.new_tokens)
         for n, dtype in enumerate(args.dtypes.split(",")):
-            ex = Extractor(run, dtype=dtype)
+            ex = Extractor.from_run(run, GenerationSettings(dtype=dtype))
             encoded = [ex.input_ids(t, ty) for t, ty in zip(texts, types)]
             ex.generate(encoded, len(encoded))  # warm-up: one full batch
             outputs, row = {}, {"dtype": str(ex.model.dtype)}

@@ -67,7 +67,7 @@ def test_train_save_reload_generate(arch, tiny_tokenizer, tmp_path, monkeypatch)
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     assert (run / "model.safetensors").is_file()
 
-    extractor = Extractor(run, device="cpu")
+    extractor = Extractor.from_run(run, device="cpu")
     assert extractor.model.config.model_type == tiny_config_type(arch)
     spy = extractor.model.generate = GenerateSpy(extractor.model.generate)
     texts = ["Universidad Nacional de La Plata. Tesis doctoral. Autor: Juan Pérez. 2019.", "Revista de Ciencias. 2021."]

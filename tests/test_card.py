@@ -12,6 +12,7 @@ import pytest
 
 from metatune.card import fix_tokenizer_class, model_card, record_evaluation
 from metatune.errors import MetatuneError
+from metatune.run_info import RunInfo
 
 from conftest import SAMPLE
 
@@ -39,7 +40,7 @@ def run_cli(*args, cwd, env=None):
 
 
 def test_the_card_names_base_model_data_settings_prompt_and_how_to_load():
-    card = model_card(INFO, "demo")
+    card = model_card(RunInfo.model_validate(INFO), "demo")
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card.split("---")[1]
     assert "* dataset: `data/sample/sample.json`" in card and "* training examples: 24" in card
@@ -47,7 +48,7 @@ def test_the_card_names_base_model_data_settings_prompt_and_how_to_load():
     assert "Extraé los metadatos de la tesis.\n\nDocumento:\n{document}\n\nJSON:\n" in card
     assert "Not evaluated yet" in card
     assert 'model = AutoModelForCausalLM.from_pretrained("demo")' in card and "metatune extract demo" in card
-    card = model_card(INFO, "demo", METRICS)
+    card = model_card(RunInfo.model_validate(INFO), "demo", METRICS)
     assert "| field | strict | soft |" in card and "| title | 75.0 | 100.0 |" in card and "| **micro** | 50.0 | 62.5 |" in card
 
 

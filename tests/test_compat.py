@@ -106,7 +106,7 @@ def test_other_instructions_name_their_type_or_fields():
 
 @pytest.fixture(scope="module")
 def extractor(tiny_run):
-    return Extractor(tiny_run)
+    return Extractor.from_run(tiny_run)
 
 
 @pytest.fixture(scope="module")

@@ -7,23 +7,22 @@ from pathlib import Path
 
 import pytest
 
+from metatune.config import GenerationSettings
 from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.evaluate import evaluate_outputs, load_items, run_evaluate, score_predictions, write_report
 from metatune.metrics import MATCHINGS
+from metatune.run_info import InputSpec, RunInfo, TokenLimits
 
 approx = pytest.approx
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_info(include=("title", "creator", "date")) -> dict:
-    """The parts of a run's metatune.json that evaluation reads."""
-    return {
-        "types": TypeRegistry.load().to_dict(),
-        "input": {"include_fields": list(include), "exclude_fields": ["keywords"]},
-        "fallback_type": None,
-        "config": {"data": {"split_seed": 42}},
-    }
+def run_info(include=("title", "creator", "date")) -> RunInfo:
+    """A run's description with the parts evaluation reads."""
+    return RunInfo(architecture="causal", types=TypeRegistry.load().to_dict(),
+                   input=InputSpec(include_fields=list(include), exclude_fields=["keywords"]),
+                   limits=TokenLimits(max_input_tokens=512, max_target_tokens=256), config={"data": {"split_seed": 42}})
 
 
 @pytest.fixture
@@ -118,7 +117,8 @@ def test_evaluate_a_trained_run_end_to_end(tiny_run, tmp_path, capsys):
     from conftest import SAMPLE
 
     report = tmp_path / "report"
-    metrics = run_evaluate(tiny_run, SAMPLE, "test", report, batch_size=3, baseline="zero-shot", progress=False)
+    metrics = run_evaluate(tiny_run, SAMPLE, split="test", report=report, settings=GenerationSettings(batch_size=3),
+                           baseline="zero-shot", progress=False)
     out = capsys.readouterr().out
     assert "| field | strict | soft | levenshtein | ratcliff | support |" in out
     assert "fine-tuned vs zero-shot" in out
@@ -135,7 +135,7 @@ def test_evaluate_a_trained_run_end_to_end(tiny_run, tmp_path, capsys):
     # the metrics are those of the predictions written beside them
     rows = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["reference"] for r in rows)
-    items = load_items(json.loads((tiny_run / "metatune.json").read_text()), SAMPLE, "test")
+    items = load_items(RunInfo.read(tiny_run), SAMPLE, "test")
     again = score_predictions(items, [r["prediction"] for r in rows])
     assert again["micro"] == saved["micro"] and again["fields"] == saved["fields"]
     assert saved["parse_failures"] == sum(r["prediction"] is None for r in rows)
@@ -165,7 +165,7 @@ def test_evaluate_a_trained_run_end_to_end(tiny_run, tmp_path, capsys):
 
 def test_user_mistakes_are_one_line_errors_and_write_nothing(tiny_run, dataset, tmp_path):
     with pytest.raises(MetatuneError, match="unknown split 'tset'"):
-        run_evaluate(tiny_run, dataset, "tset")
+        run_evaluate(tiny_run, dataset, split="tset")
     with pytest.raises(MetatuneError, match="dataset file not found"):
         run_evaluate(tiny_run, tmp_path / "nope.json")
     with pytest.raises(MetatuneError, match="unknown baseline 'few-shot'"):
@@ -197,7 +197,8 @@ def test_evaluate_on_the_grobid_headers(tiny_run, tmp_path):
 
     if not GROBID.is_file():
         pytest.skip(f"{GROBID} is absent")
-    metrics = run_evaluate(tiny_run, GROBID, "validation", tmp_path / "r", batch_size=6, limit=6, progress=False)
+    metrics = run_evaluate(tiny_run, GROBID, split="validation", report=tmp_path / "r",
+                           settings=GenerationSettings(batch_size=6), limit=6, progress=False)
     assert metrics["documents"] == 6 and set(metrics["by_type"]) == {"Articulo"}
     assert set(metrics["fields"]) <= {"date", "language"}
     assert metrics["fields"]["language"]["strict"]["support"] == 6  # every header has its language

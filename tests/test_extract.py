@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from metatune.config import GenerationSettings
 from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.formats import conform
@@ -121,7 +122,7 @@ def test_criterion_stops_each_row_at_the_token_closing_its_object(tiny_tokenizer
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_run):
-    extractor = Extractor(tiny_run)
+    extractor = Extractor.from_run(tiny_run)
     texts, types = sample_texts()
     together = extractor.extract(texts, types, batch_size=8)
     mixed = extractor.extract(texts, types, batch_size=3)
@@ -133,7 +134,7 @@ def test_batched_greedy_equals_one_at_a_time(tiny_run):
 
 def test_generation_stops_where_the_object_closes(tiny_run):
     """Against plain greedy generation kept from ending (no EOS): ours is its prefix up to the '}'."""
-    extractor = Extractor(tiny_run, max_new_tokens=40)
+    extractor = Extractor.from_run(tiny_run, GenerationSettings(max_new_tokens=40))
     texts, types = sample_texts()
     ours = extractor.extract(texts, types, batch_size=4)
     closed = 0
@@ -151,14 +152,14 @@ def test_generation_stops_where_the_object_closes(tiny_run):
 
 
 def test_dtype_keeps_the_saved_precision_unless_asked(tiny_run):
-    assert Extractor(tiny_run).model.dtype == torch.float32  # saved in float32
-    assert Extractor(tiny_run, dtype="bfloat16").model.dtype == torch.bfloat16
+    assert Extractor.from_run(tiny_run).model.dtype == torch.float32  # saved in float32
+    assert Extractor.from_run(tiny_run, GenerationSettings(dtype="bfloat16")).model.dtype == torch.bfloat16
     with pytest.raises(MetatuneError, match="unknown dtype 'fp8' \\(choose from auto, float32, bfloat16, float16\\)"):
-        Extractor(tiny_run, dtype="fp8")
+        Extractor.from_run(tiny_run, GenerationSettings(dtype="fp8"))
 
 
 def test_beam_search_stops_at_the_object_too(tiny_run):
-    extractor = Extractor(tiny_run, num_beams=3)
+    extractor = Extractor.from_run(tiny_run, GenerationSettings(num_beams=3))
     texts, types = sample_texts()
     results = extractor.extract(texts[:4], types[:4], batch_size=4)
     assert any(closes_object(r.raw) for r in results)
@@ -264,7 +265,7 @@ def test_extract_a_folder_reports_the_pdf_without_text(tiny_run, tmp_path, monke
             assert set(r["metadata"]) <= allowed and all(isinstance(v, str) for v in r["metadata"].values())
 
     # the same document through the Extractor directly: the command adds only the schema check
-    direct = Extractor(tiny_run).extract([texts[1]], [None])[0]
+    direct = Extractor.from_run(tiny_run).extract([texts[1]], [None])[0]
     assert records[1]["metadata"] == (None if direct.data is None else conform(
         direct.data, TypeRegistry.load().types["Articulo"].json_schema(sorted(allowed)))[0])
 
@@ -299,10 +300,10 @@ def test_snapping_follows_the_option_and_keeps_the_raw_output(tiny_run):
     from metatune.parsing import parse_output
 
     texts, types = sample_texts()
-    assert Extractor(tiny_run).snap is True  # the run's data.snap_to_source
-    off = Extractor(tiny_run, snap=False)
+    assert Extractor.from_run(tiny_run).snap is True  # the run's data.snap_to_source
+    off = Extractor.from_run(tiny_run, GenerationSettings(snap=False))
     assert off.snap is False
-    for result, text in zip(Extractor(tiny_run).extract(texts, types), texts):
+    for result, text in zip(Extractor.from_run(tiny_run).extract(texts, types), texts):
         parsed = parse_output(result.raw).data
         assert result.data == (snap_record(text, parsed) if parsed else parsed)
     assert [r.data for r in off.extract(texts, types)] == [parse_output(r.raw).data for r in off.extract(texts, types)]
@@ -351,8 +352,8 @@ def test_anchored_targets_in_training_and_their_expansion_at_extraction(tiny_run
                                "data.max_input_tokens=1024", "data.max_target_tokens=1024",
                                "data.anchor_min_words=12", "data.anchor_words=4", "data.prompt_example=false"])
     prepared = prepare(config, need_validation=False)
-    assert prepared.info["input"]["anchor_min_words"] == 12 and prepared.info["input"]["prompt_example"] is False
-    assert all("Ejemplo de formato" not in p["prefix"] for p in prepared.info["input"]["prompts"].values())
+    assert prepared.info.input.anchor_min_words == 12 and prepared.info.input.prompt_example is False
+    assert all("Ejemplo de formato" not in p["prefix"] for p in prepared.info.input.prompts.values())
     targets = [prepared.tokenizer.decode([t for t in x["labels"] if t != -100]) for x in prepared.train]
     assert sum(ANCHOR_MARK.strip() in t for t in targets) >= 20  # the abstracts (the titles are shorter)
 
@@ -360,7 +361,7 @@ def test_anchored_targets_in_training_and_their_expansion_at_extraction(tiny_run
     text, abstract = record["original_text"], record["abstract"]
     words = Source(text).snippet(Source(text).locate(abstract)).split()
     raw = json.dumps({"abstract": " ".join(words[:4]) + ANCHOR_MARK + " ".join(words[-4:])}, ensure_ascii=False)
-    extractor = Extractor(tiny_run)
+    extractor = Extractor.from_run(tiny_run)
     extractor.anchored = True  # as a run trained with data.anchor_min_words > 0 says in metatune.json
     monkeypatch.setattr(extractor, "generate_with_counts", lambda encoded, *a, **k: ([raw], [9], [False]))
     result = extractor.extract([text], [record["type"]])[0]
@@ -375,7 +376,7 @@ def test_prompt_lookup_decoding_writes_what_plain_greedy_writes(tiny_run):
 
     records = json.loads(SAMPLE.read_text(encoding="utf-8"))["validation"]
     texts, types = [r["original_text"] for r in records], [r["type"] for r in records]
-    plain, lookup = Extractor(tiny_run, max_new_tokens=48), Extractor(tiny_run, max_new_tokens=48, prompt_lookup=8)
+    plain, lookup = Extractor.from_run(tiny_run, GenerationSettings(max_new_tokens=48)), Extractor.from_run(tiny_run, GenerationSettings(max_new_tokens=48, prompt_lookup=8))
     for extractor in (plain, lookup):
         extractor.model.to(torch.float64)
     expected = plain.generate_with_counts([plain.input_ids(t, ty) for t, ty in zip(texts, types)], batch_size=1)
@@ -390,9 +391,9 @@ def test_prompt_lookup_decoding_writes_what_plain_greedy_writes(tiny_run):
 
 def test_prompt_lookup_needs_greedy_causal_decoding(tiny_run):
     with pytest.raises(MetatuneError, match="num_beams 1"):
-        Extractor(tiny_run, num_beams=2, prompt_lookup=4)
+        Extractor.from_run(tiny_run, GenerationSettings(num_beams=2, prompt_lookup=4))
     with pytest.raises(MetatuneError, match="0 \\(off\\) or more"):
-        Extractor(tiny_run, prompt_lookup=-1)
+        Extractor.from_run(tiny_run, GenerationSettings(prompt_lookup=-1))
 
 
 def test_standard_input_is_cleaned_like_files(monkeypatch):

@@ -62,7 +62,8 @@ def tiny_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metatune.json").write_text(json.dumps({"format_version": 1, "architecture": "causal", "input": {},
-                                                   "limits": {}, "types": {}}), encoding="utf-8")
+                                                   "limits": {"max_input_tokens": 512, "max_target_tokens": 64},
+                                                   "types": {}}), encoding="utf-8")
     return run
 
 

@@ -158,7 +158,7 @@ def test_the_service_answers_in_the_format_asked_for(tiny_run, fixed_model):
     from metatune.inference import Extractor
     from metatune.service import create_app
 
-    with TestClient(create_app(Extractor(tiny_run), batch_wait_ms=0)) as client:
+    with TestClient(create_app(Extractor.from_run(tiny_run), batch_wait_ms=0)) as client:
         r = client.post("/extract?format=dc", json={"text": "Universidad Nacional de La Plata. 2019."})
         assert r.status_code == 200 and r.headers["content-type"].startswith("application/xml")
         assert ET.fromstring(r.text).find("dc:date", NS).text == "2019"

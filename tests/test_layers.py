@@ -13,13 +13,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "metatune"
 LAYERS = [
     # foundations: settings, files, text and scores that know nothing of models
     ["metatune", "errors", "paths", "console", "files", "text", "config", "precision", "quantization", "metrics",
-     "parsing", "language", "alignment", "type_classifier", "card"],
+     "parsing", "language", "alignment", "type_classifier"],
     # documents: types, records, examples, tokens; input and output formats
-    ["doctypes", "data", "formatting", "encoding", "tagging", "pdf", "documents", "formats", "compat", "report"],
+    ["doctypes", "data", "formatting", "encoding", "tagging", "pdf", "documents", "formats", "compat", "report",
+     "run_info"],
     # base models, and their preparation for training
     ["models", "peft_setup"],
     # saved runs
-    ["export", "push"],
+    ["card", "export", "push"],
     # what uses a run or makes one
     ["inference", "tagger", "training", "training.*"],
     # the commands

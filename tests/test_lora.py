@@ -118,7 +118,7 @@ def test_unmerged_run_loads_base_plus_adapter(tiny_tokenizer, tmp_path):
     assert torch.allclose(logits(model, ids), expected, atol=1e-4)
     assert model.generation_config.max_new_tokens == info["limits"]["max_target_tokens"]
 
-    extractor = Extractor(run, device="cpu")
+    extractor = Extractor.from_run(run, device="cpu")
     out = extractor.generate([extractor.input_ids("Tesis doctoral, 2019", "Tesis")], max_new_tokens=4)
     assert len(out) == 1 and isinstance(out[0], str)
 
@@ -150,7 +150,7 @@ def test_smollm2_lora_adapter_only_run(tmp_path):
     info = json.loads((run / "metatune.json").read_text())
     assert info["lora"] == {**info["lora"], "merged": False, "base": "smollm2-135m"}
     assert (run / "adapter" / "adapter_model.safetensors").stat().st_size < 20e6  # r=8: a few MB, not the model
-    extractor = Extractor(run, device="cpu")  # loads the base from the preset, then the adapter
+    extractor = Extractor.from_run(run, device="cpu")  # loads the base from the preset, then the adapter
     assert not any("lora" in name for name in extractor.model.state_dict())  # merged in memory for generation
     out = extractor.generate([extractor.input_ids("Tesis doctoral. Juan Pérez. 2019.", "Tesis")], max_new_tokens=8)
     assert len(out) == 1 and out[0]

@@ -132,7 +132,7 @@ def check_qlora_run(base, tmp_path, tokenizer):
     ids = torch.tensor([tokenizer("Facultad de Ciencias Exactas")["input_ids"]])
     expected = logits(base_plus_adapter(AutoModelForCausalLM, base, run / "adapter"), ids)
     assert torch.allclose(logits(merged, ids), expected, atol=1e-4)
-    extractor = Extractor(run)
+    extractor = Extractor.from_run(run)
     assert len(extractor.generate([extractor.input_ids("Tesis, 2019", "Tesis")], max_new_tokens=4)) == 1
 
 

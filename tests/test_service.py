@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -47,7 +48,7 @@ def pdf_bytes(text: str | None) -> bytes:
 
 @pytest.fixture(scope="module")
 def extractor(tiny_run):
-    return Extractor(tiny_run)
+    return Extractor.from_run(tiny_run)
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +246,7 @@ class StubExtractor:
     def __init__(self, run_dir, *args, **kwargs):
         from metatune.doctypes import TypeRegistry
 
-        self.run_dir, self.info, self.registry = Path(run_dir), {"base_model": "tiny"}, TypeRegistry.load()
+        self.run_dir, self.info, self.registry = Path(run_dir), SimpleNamespace(base_model="tiny"), TypeRegistry.load()
         self.default_type, self.device = "general", "cpu"
 
 
@@ -272,8 +273,9 @@ def test_serving_is_announced_only_once_the_port_is_bound(tmp_path, monkeypatch,
     run = tmp_path / "run"
     run.mkdir()
     (run / "metatune.json").write_text(json.dumps({"format_version": 1, "architecture": "causal", "input": {},
-                                                   "limits": {}, "types": {}}), encoding="utf-8")
-    monkeypatch.setattr(metatune.inference, "Extractor", StubExtractor)
+                                                   "limits": {"max_input_tokens": 512, "max_target_tokens": 64},
+                                                   "types": {}}), encoding="utf-8")
+    monkeypatch.setattr(metatune.inference, "open_run", lambda run_dir, *a, **k: StubExtractor(run_dir))
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         with pytest.raises(MetatuneError, match=f"^cannot listen on 127.0.0.1:{port}: Address already in use$"):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from metatune.alignment import Span
+from metatune.config import GenerationSettings
 from metatune.tagging import (
     TagCollator,
     TagScheme,
@@ -261,7 +262,7 @@ def test_forced_bf16_tag_training_and_extraction_run_on_any_cpu(tmp_path, tiny_l
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
     assert losses[-1] < losses[0], losses
-    tagger = open_run(run, dtype="bfloat16")
+    tagger = open_run(run, GenerationSettings(dtype="bfloat16"))
     assert tagger.model.dtype == torch.bfloat16
     result = tagger.extract([synthetic_records(1, 9)[0]["original_text"]])[0]
     assert result.data is not None and result.data["language"] == "es"

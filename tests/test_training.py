@@ -98,7 +98,7 @@ def test_round_trip_save_load_generate(trained):
 
     output, in_memory = trained
     in_memory.eval()
-    extractor = Extractor(output, device="cpu")
+    extractor = Extractor.from_run(output, device="cpu")
     record = json.loads(SAMPLE.read_text(encoding="utf-8"))["test"][0]
     ids = extractor.input_ids(record["original_text"], record["type"])
     assert len(ids) <= 256
@@ -125,7 +125,7 @@ def test_inference_builds_the_inputs_training_saw(trained, tiny_llama, tmp_path)
     config = Config.model_validate(info["config"])  # the run's own settings
     config.training.output_dir = str(tmp_path / "again")
     prepared = prepare(config)
-    extractor = Extractor(output, device="cpu")
+    extractor = Extractor.from_run(output, device="cpu")
     record = json.loads(SAMPLE.read_text(encoding="utf-8"))["training"][0]
     ids = extractor.input_ids(record["original_text"], record["type"])
     prompts = [f["input_ids"][: f["labels"].count(-100)] for f in prepared.train]

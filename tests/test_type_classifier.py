@@ -114,7 +114,7 @@ def test_a_generate_run_saves_its_classifier(tiny_run):
 def test_extract_without_a_type_uses_the_predicted_types_prompt(tiny_run, monkeypatch):
     from metatune.inference import Extractor
 
-    extractor = Extractor(tiny_run)
+    extractor = Extractor.from_run(tiny_run)
     asked = []
     build = extractor.input_ids
     monkeypatch.setattr(extractor, "input_ids", lambda text, doc_type: asked.append(doc_type) or build(text, doc_type))
@@ -142,6 +142,6 @@ def test_a_run_saved_before_the_classifier_keeps_its_default_type(tiny_run, tmp_
     info = json.loads((old / "metatune.json").read_text(encoding="utf-8"))
     del info["type_classifier"]
     (old / "metatune.json").write_text(json.dumps(info), encoding="utf-8")
-    extractor = Extractor(old)
+    extractor = Extractor.from_run(old)
     assert extractor.type_classifier is None
     assert extractor.choose_type(HOLDOUT.read_text(encoding="utf-8"), None) == ("general", "default")

@@ -108,13 +108,14 @@ def probe_extract(spec: dict) -> dict:
     """
     from transformers import set_seed
 
+    from metatune.config import GenerationSettings
     from metatune.export import read_run_info
     from metatune.inference import open_run
     from metatune.parsing import parse_output
 
     set_seed(0)
-    tag = read_run_info(spec["run"]).get("objective") == "tag"
-    extractor = open_run(spec["run"], snap=False)  # the raw outputs are compared
+    tag = read_run_info(spec["run"]).objective == "tag"
+    extractor = open_run(spec["run"], GenerationSettings(snap=False))  # the raw outputs are compared
     texts, types = spec["texts"], [extractor.resolve_type(t) for t in spec["types"]]
     size, max_new = spec["batch_size"], spec["max_new_tokens"]
     plain_seconds = batched_seconds = plain_cpu = batched_cpu = 0.0

@@ -22,8 +22,8 @@ def extraction_run(prepared, model, tokenizer, directory: Path, max_new_tokens: 
     """A saved run of the (untrained) base model, for timing extraction: speed does not need a good model."""
     from metatune.export import save_run
 
-    info = copy.deepcopy(prepared.info)
-    info["limits"]["max_target_tokens"] = max_new_tokens
+    info = prepared.info.model_copy(deep=True)
+    info.limits.max_target_tokens = max_new_tokens
     generation = model.generation_config
     generation.max_new_tokens, generation.do_sample = max_new_tokens, False
     for key in ("temperature", "top_p", "top_k"):

@@ -19,6 +19,7 @@ from metatune.errors import MetatuneError
 from metatune.export import check_output
 from metatune.formatting import InputFormat, build_prompts, make_examples
 from metatune.peft_setup import load_trainable
+from metatune.run_info import InputSpec, RunInfo, TokenLimits
 from metatune.tagging import NOT_TAGGED, TagScheme, encode_tagged
 from metatune.type_classifier import TypeClassifier, accuracy
 
@@ -31,7 +32,7 @@ class Prepared:
     seq2seq: bool
     train: list[dict]
     validation: list[dict]
-    info: dict  # what goes into metatune.json
+    info: RunInfo  # what goes into metatune.json
     skipped: int = 0  # examples whose target did not fit max_target_tokens
     stats: dict = field(default_factory=dict)
     type_classifier: TypeClassifier | None = None  # saved with a generate run (type_classifier.json)
@@ -121,30 +122,30 @@ def encode_split(records, registry, fallback_type, fmt, prompts, tokenizer, limi
     return encoded, skipped
 
 
-def describe(config: Config, registry, fmt: InputFormat, seq2seq: bool, chat: bool, prompts: dict) -> dict:
+def describe(config: Config, registry, fmt: InputFormat, seq2seq: bool, chat: bool, prompts: dict) -> RunInfo:
     """The run's description for metatune.json: how its inputs were built, from what."""
     d = config.data
-    return {
-        "metatune_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "base_model": config.model.name,
-        "architecture": "seq2seq" if seq2seq else "causal",
-        "objective": config.training.objective,
-        "input": {
-            "style": fmt.style,
-            "include_fields": fmt.include_fields,
-            "exclude_fields": list(fmt.exclude_fields),
-            "chat_template": chat,
-            "prompts": prompts,
-            "anchor_min_words": fmt.anchor_min_words,
-            "anchor_words": fmt.anchor_words,
-            "prompt_example": fmt.prompt_example,
-        },
-        "limits": {"max_input_tokens": d.max_input_tokens, "max_target_tokens": d.max_target_tokens},
-        "fallback_type": d.fallback_type,
-        "types": registry.to_dict(),
-        "config": json.loads(config.model_dump_json()),
-    }
+    return RunInfo(
+        metatune_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        base_model=config.model.name,
+        architecture="seq2seq" if seq2seq else "causal",
+        objective=config.training.objective,
+        input=InputSpec(
+            style=fmt.style,
+            include_fields=fmt.include_fields,
+            exclude_fields=list(fmt.exclude_fields),
+            chat_template=chat,
+            prompts=prompts,
+            anchor_min_words=fmt.anchor_min_words,
+            anchor_words=fmt.anchor_words,
+            prompt_example=fmt.prompt_example,
+        ),
+        limits=TokenLimits(max_input_tokens=d.max_input_tokens, max_target_tokens=d.max_target_tokens),
+        fallback_type=d.fallback_type,
+        types=registry.to_dict(),
+        config=json.loads(config.model_dump_json()),
+    )
 
 
 def fit_type_classifier(train_records, val_records, registry, fallback_type, stats: dict) -> TypeClassifier:
@@ -223,7 +224,7 @@ def prepare(config: Config, need_validation: bool = True) -> Prepared:
     if config.training.objective == "tag":
         model, tokenizer, seq2seq, train, validation, tagging = prepare_tagging(
             config, registry, train_records, val_records, fmt)
-        info = describe(config, registry, fmt, seq2seq, chat=False, prompts={}) | {"tagging": tagging}
+        info = describe(config, registry, fmt, seq2seq, chat=False, prompts={}).model_copy(update={"tagging": tagging})
         stats = {
             "train_examples": len(train),
             "validation_examples": len(validation),

@@ -184,13 +184,13 @@ def build_trainer(prepared: Prepared, args: TrainingArguments, callbacks: list) 
 
     Causal models compute their logits at target positions only (docs/performance.md).
     """
-    if prepared.info.get("objective") == "tag":
+    if prepared.info.objective == "tag":
         return Trainer(
             model=prepared.model,
             args=args,
             train_dataset=prepared.train,
             eval_dataset=prepared.validation or None,
-            data_collator=TagCollator(prepared.tokenizer.pad_token_id, prepared.info["tagging"]["bidirectional"]),
+            data_collator=TagCollator(prepared.tokenizer.pad_token_id, prepared.info.tagging["bidirectional"]),
             processing_class=prepared.tokenizer,
             callbacks=callbacks,
             compute_loss_func=tag_loss,

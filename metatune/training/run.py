@@ -31,7 +31,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     with state.main_process_first():  # the main process fills caches (converted GGUF, dataset) first
         prepared = prepare(config, need_validation=config.training.eval_each_epoch)
     main_print(
-        f"Training {config.model.name} ({prepared.info['architecture']}) on {prepared.stats['train_examples']} examples, "
+        f"Training {config.model.name} ({prepared.info.architecture}) on {prepared.stats['train_examples']} examples, "
         f"validating on {prepared.stats['validation_examples']}"
         + (f", {state.num_processes} processes" if state.num_processes > 1 else "")
     )
@@ -56,10 +56,10 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         generation.pad_token_id = prepared.tokenizer.pad_token_id
         for key in ("temperature", "top_p", "top_k"):
             setattr(generation, key, None)
-    info = {**prepared.info, "training": {**summary, **prepared.stats, "processes": state.num_processes}}
+    info = prepared.info.model_copy(update={"training": {**summary, **prepared.stats, "processes": state.num_processes}})
     extra = {"metrics.jsonl": work / "metrics.jsonl", "logs": work / "checkpoints" / "runs"}
     if prepared.type_classifier is not None:  # a run without one (a tag run, an older run) keeps its default type
-        info["type_classifier"] = TYPE_CLASSIFIER_FILE
+        info.type_classifier = TYPE_CLASSIFIER_FILE
         extra[TYPE_CLASSIFIER_FILE] = work / TYPE_CLASSIFIER_FILE
 
     def finish():
