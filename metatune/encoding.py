@@ -12,8 +12,11 @@ from functools import lru_cache
 
 from transformers import DataCollatorForSeq2Seq
 
+from metatune.data import record_type
+from metatune.doctypes import DocType, TypeRegistry
 from metatune.errors import MetatuneError
-from metatune.formatting import Example
+from metatune.formatting import Example, InputFormat, build_prompts, make_examples
+from metatune.run_info import RunInfo
 
 IGNORE_INDEX = -100
 # Only this many characters per token of the budget are tokenised at first: far more than any real
@@ -93,6 +96,64 @@ def encode_example(example: Example, tokenizer, limits: Limits, seq2seq: bool, c
         return {"input_ids": prompt, "attention_mask": [1] * len(prompt), "labels": target}
     ids = prompt + target
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * len(prompt) + target}
+
+
+@dataclass
+class PromptEncoder:
+    """Records (training) or texts (inference) to model inputs, one way for both: built from the
+    data settings when training, from metatune.json when a run extracts."""
+
+    registry: TypeRegistry
+    fmt: InputFormat
+    prompts: dict[str, dict[str, str]]  # type -> rendered {"prefix", "suffix"}
+    tokenizer: object
+    limits: Limits
+    seq2seq: bool
+    chat: bool  # prompts are wrapped in the tokenizer's chat template
+    fallback_type: str | None = None
+
+    @classmethod
+    def for_training(cls, data, fmt: InputFormat, registry: TypeRegistry, tokenizer, seq2seq: bool) -> PromptEncoder:
+        """From config.DataSettings; the prompts are rendered here, once, and saved with the run."""
+        chat = data.input_style == "prompt" and data.chat_template and bool(getattr(tokenizer, "chat_template", None))
+        prompts = build_prompts(registry, fmt, tokenizer if chat else None)
+        return cls(registry, fmt, prompts, tokenizer, Limits(data.max_input_tokens, data.max_target_tokens), seq2seq,
+                   chat, data.fallback_type)
+
+    @classmethod
+    def for_run(cls, info: RunInfo, registry: TypeRegistry, tokenizer) -> PromptEncoder:
+        spec = info.input
+        fmt = InputFormat(spec.style, spec.include_fields, tuple(spec.exclude_fields), spec.chat_template,
+                          spec.anchor_min_words, spec.anchor_words, spec.prompt_example)
+        limits = Limits(info.limits.max_input_tokens, info.limits.max_target_tokens)
+        return cls(registry, fmt, spec.prompts, tokenizer, limits, info.seq2seq, spec.chat_template, info.fallback_type)
+
+    def fields(self, doc_type: str) -> list[str]:
+        """The fields the model writes for this type."""
+        return self.fmt.fields(self.registry.types[doc_type])
+
+    def doc_type(self, name: str | None) -> DocType:
+        """A record's type, else the fallback type (data.load_dataset has checked that one exists)."""
+        return self.registry.find(name) or self.registry.find(self.fallback_type)
+
+    def encode_records(self, records: list[dict], general_examples: bool = False) -> tuple[list[dict], int]:
+        """(training features, examples skipped because their target does not fit max_target_tokens)."""
+        encoded, skipped = [], 0
+        for record in records:
+            doc_type = self.doc_type(record_type(record))
+            for example in make_examples(record, doc_type, self.registry, self.fmt, self.prompts, general_examples):
+                features = encode_example(example, self.tokenizer, self.limits, self.seq2seq, self.chat)
+                if features is None:
+                    skipped += 1
+                else:
+                    encoded.append(features)
+        return encoded, skipped
+
+    def prompt_ids(self, text: str, doc_type: str) -> list[int]:
+        """The input ids of one document of this type, as in training (the document cut to fit)."""
+        parts = self.prompts[doc_type]
+        example = Example(parts["prefix"], text, parts["suffix"], "", doc_type)
+        return encode_prompt(example, self.tokenizer, self.limits.max_input_tokens, self.seq2seq, self.chat)
 
 
 def global_attention_mask(attention_mask):

@@ -17,10 +17,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from metatune.alignment import expand_record, snap_record
 from metatune.config import GenerationSettings
 from metatune.doctypes import TypeRegistry
-from metatune.encoding import encode_prompt, global_attention_mask
+from metatune.encoding import PromptEncoder, global_attention_mask
 from metatune.errors import MetatuneError
 from metatune.export import RunTypes, load_run, read_run_info
-from metatune.formatting import Example
 from metatune.models import cast, default_device
 from metatune.parsing import Extraction, parse_output
 from metatune.run_info import RunInfo
@@ -164,13 +163,11 @@ class Extractor(RunTypes):
         self.device = self.model.device
         cast(self.model, settings.dtype)
         self.registry = info.registry(source=f"{run_dir}/metatune.json")
-        self.prompts = info.input.prompts
-        self.chat = info.input.chat_template
+        self.encoder = PromptEncoder.for_run(info, self.registry, tokenizer)
         self.seq2seq = info.seq2seq
         if settings.prompt_lookup and self.seq2seq:
             raise MetatuneError("prompt-lookup decoding needs a causal model (a seq2seq decoder does not see the "
                                 "document it would copy from)")
-        self.max_input_tokens = info.limits.max_input_tokens
         self.max_new_tokens = settings.max_new_tokens or info.limits.max_target_tokens
         self.num_beams = settings.num_beams
         self.prompt_lookup = settings.prompt_lookup
@@ -210,9 +207,7 @@ class Extractor(RunTypes):
         return config
 
     def input_ids(self, text: str, doc_type: str) -> list[int]:
-        parts = self.prompts[doc_type]
-        example = Example(parts["prefix"], text, parts["suffix"], "", doc_type)
-        return encode_prompt(example, self.tokenizer, self.max_input_tokens, self.seq2seq, self.chat)
+        return self.encoder.prompt_ids(text, doc_type)
 
     @torch.inference_mode()
     def generate(self, encoded: list[list[int]], batch_size: int = 8, max_new_tokens: int | None = None,

@@ -14,10 +14,10 @@ import torch
 from metatune import __version__
 from metatune.config import Config
 from metatune.data import load_for_training, record_type
-from metatune.encoding import IGNORE_INDEX, Limits, encode_example
+from metatune.encoding import IGNORE_INDEX, PromptEncoder
 from metatune.errors import MetatuneError
 from metatune.export import check_output
-from metatune.formatting import InputFormat, build_prompts, make_examples
+from metatune.formatting import InputFormat
 from metatune.peft_setup import load_trainable
 from metatune.run_info import InputSpec, RunInfo, TokenLimits
 from metatune.tagging import NOT_TAGGED, TagScheme, encode_tagged
@@ -107,19 +107,6 @@ def start_output(config: Config, resume: bool, overwrite: bool) -> tuple[Path, P
             raise MetatuneError(f"{work}: an unfinished run is there; pass --resume to continue it or --overwrite to start again")
         shutil.rmtree(work)
     return output, work  # prepare() creates `work` once the data and the model have loaded
-
-
-def encode_split(records, registry, fallback_type, fmt, prompts, tokenizer, limits, seq2seq, chat, general_examples):
-    encoded, skipped = [], 0
-    for record in records:
-        doc_type = registry.find(record_type(record)) or registry.find(fallback_type)
-        for example in make_examples(record, doc_type, registry, fmt, prompts, general_examples):
-            features = encode_example(example, tokenizer, limits, seq2seq, chat)
-            if features is None:
-                skipped += 1
-            else:
-                encoded.append(features)
-    return encoded, skipped
 
 
 def describe(config: Config, registry, fmt: InputFormat, seq2seq: bool, chat: bool, prompts: dict) -> RunInfo:
@@ -235,20 +222,16 @@ def prepare(config: Config, need_validation: bool = True) -> Prepared:
         return Prepared(config, model, tokenizer, seq2seq, train, validation, info, 0, stats)
 
     model, tokenizer, seq2seq = load_trainable(config.model)
-    chat = d.input_style == "prompt" and d.chat_template and bool(getattr(tokenizer, "chat_template", None))
-    prompts = build_prompts(registry, fmt, tokenizer if chat else None)
-    limits = Limits(d.max_input_tokens, d.max_target_tokens)
-
-    args = (registry, d.fallback_type, fmt, prompts, tokenizer, limits, seq2seq, chat, d.general_examples)
-    train, skipped_train = encode_split(train_records, *args)
-    validation, skipped_val = encode_split(val_records, *args)
+    encoder = PromptEncoder.for_training(d, fmt, registry, tokenizer, seq2seq)
+    train, skipped_train = encoder.encode_records(train_records, d.general_examples)
+    validation, skipped_val = encoder.encode_records(val_records, d.general_examples)
     if not train:
-        raise MetatuneError(f"{path}: no training example fits data.max_target_tokens={limits.max_target_tokens}")
+        raise MetatuneError(f"{path}: no training example fits data.max_target_tokens={d.max_target_tokens}")
     if skipped_train or skipped_val:
         print(f"Skipped {skipped_train + skipped_val} examples whose target is longer than "
-              f"data.max_target_tokens={limits.max_target_tokens} (targets are never truncated)")
+              f"data.max_target_tokens={d.max_target_tokens} (targets are never truncated)")
 
-    info = describe(config, registry, fmt, seq2seq, chat, prompts)
+    info = describe(config, registry, fmt, seq2seq, encoder.chat, encoder.prompts)
     stats = {
         "train_examples": len(train),
         "validation_examples": len(validation),
