@@ -20,7 +20,7 @@ from metatune.doctypes import TypeRegistry
 from metatune.encoding import PromptEncoder, global_attention_mask
 from metatune.errors import MetatuneError
 from metatune.export import RunTypes, load_run, read_run_info
-from metatune.models import cast, default_device
+from metatune.models import cast, default_device, make_greedy
 from metatune.parsing import Extraction, parse_output
 from metatune.run_info import RunInfo
 from metatune.type_classifier import TypeClassifier
@@ -193,14 +193,10 @@ class Extractor(RunTypes):
 
     def _generation_config(self):
         config = copy.deepcopy(self.model.generation_config)
-        config.do_sample = False
-        for key in ("temperature", "top_p", "top_k"):  # sampling settings of a base model's config
-            setattr(config, key, None)
+        make_greedy(config, self.max_new_tokens, self.tokenizer.pad_token_id)
         config.num_beams = self.num_beams
         config.use_cache = True
-        config.max_new_tokens = self.max_new_tokens
         config.max_length = None
-        config.pad_token_id = self.tokenizer.pad_token_id
         config.prompt_lookup_num_tokens = self.prompt_lookup or None
         if config.eos_token_id is None:
             config.eos_token_id = self.tokenizer.eos_token_id

@@ -132,6 +132,16 @@ def cast(model, dtype: str) -> None:
         model.to(DTYPES[dtype])
 
 
+def make_greedy(generation_config, max_new_tokens: int, pad_token_id: int | None) -> None:
+    """Greedy decoding of at most `max_new_tokens`, without the sampling settings a base model's
+    generation config may carry (transformers warns about them, and they would mean nothing)."""
+    generation_config.do_sample = False
+    for key in ("temperature", "top_p", "top_k"):
+        setattr(generation_config, key, None)
+    generation_config.max_new_tokens = max_new_tokens
+    generation_config.pad_token_id = pad_token_id
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

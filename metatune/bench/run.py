@@ -16,6 +16,7 @@ from metatune.bench.settings import BenchSettings, bench_sets, default_data
 from metatune.bench.training_race import timed_training
 from metatune.config import load_config
 from metatune.errors import MetatuneError
+from metatune.models import default_device, make_greedy
 
 
 def extraction_run(prepared, model, tokenizer, directory: Path, max_new_tokens: int) -> Path:
@@ -24,10 +25,7 @@ def extraction_run(prepared, model, tokenizer, directory: Path, max_new_tokens: 
 
     info = prepared.info.model_copy(deep=True)
     info.limits.max_target_tokens = max_new_tokens
-    generation = model.generation_config
-    generation.max_new_tokens, generation.do_sample = max_new_tokens, False
-    for key in ("temperature", "top_p", "top_k"):
-        setattr(generation, key, None)
+    make_greedy(model.generation_config, max_new_tokens, tokenizer.pad_token_id)
     return save_run(model, tokenizer, info, directory)
 
 
@@ -42,8 +40,6 @@ def documents(config, count: int) -> tuple[list[str], list[str]]:
 
 
 def run_bench(settings: BenchSettings) -> dict:
-    import torch
-
     from metatune.models import load_pretrained
     from metatune.training.common import prepare
 
@@ -52,7 +48,7 @@ def run_bench(settings: BenchSettings) -> dict:
     if settings.extract_run is not None and not (Path(settings.extract_run) / "metatune.json").is_file():
         raise MetatuneError(f"--extract-run {settings.extract_run}: not a saved run (no metatune.json)")
     data, data_note = (settings.data, None) if settings.data else default_data()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     result = {"date": started, "machine": machine_info(), "model": settings.model, "data": data}
     if data_note:

@@ -13,6 +13,7 @@ from pathlib import Path
 from metatune.config import Config
 from metatune.console import main_print
 from metatune.export import save_run
+from metatune.models import make_greedy
 from metatune.precision import apply_precision
 from metatune.training.common import prepare, start_output, work_dir
 from metatune.training.distributed import check_launch, on_main, process_state
@@ -51,11 +52,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         raise
     generation = getattr(model, "generation_config", None)  # a tagger generates nothing
     if generation is not None:
-        generation.max_new_tokens = config.data.max_target_tokens
-        generation.do_sample = False
-        generation.pad_token_id = prepared.tokenizer.pad_token_id
-        for key in ("temperature", "top_p", "top_k"):
-            setattr(generation, key, None)
+        make_greedy(generation, config.data.max_target_tokens, prepared.tokenizer.pad_token_id)
     info = prepared.info.model_copy(update={"training": {**summary, **prepared.stats, "processes": state.num_processes}})
     extra = {"metrics.jsonl": work / "metrics.jsonl", "logs": work / "checkpoints" / "runs"}
     if prepared.type_classifier is not None:  # a run without one (a tag run, an older run) keeps its default type
