@@ -24,6 +24,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check metatune tests scripts benchmarks
+	$(BIN)/ruff format --check metatune tests scripts benchmarks
 	$(BIN)/python -m pytest -q
 
 test-fast: install

@@ -54,10 +54,17 @@ def main() -> None:
 
     records = load_dataset(args.data or default_data()[0]).split("validation")[: args.docs]
     plain = Extractor.from_run(args.run, GenerationSettings(dtype=args.dtype, snap=False))
-    lookup = Extractor(args.run, plain.model, plain.tokenizer, plain.info,  # one copy of the weights
-                       GenerationSettings(dtype=args.dtype, snap=False, prompt_lookup=args.lookup))
-    types = [plain.resolve_type(record_type(r)) if plain.registry.find(record_type(r)) else plain.default_type
-             for r in records]
+    lookup = Extractor(
+        args.run,
+        plain.model,
+        plain.tokenizer,
+        plain.info,  # one copy of the weights
+        GenerationSettings(dtype=args.dtype, snap=False, prompt_lookup=args.lookup),
+    )
+    types = [
+        plain.resolve_type(record_type(r)) if plain.registry.find(record_type(r)) else plain.default_type
+        for r in records
+    ]
     encoded = [plain.input_ids(r["original_text"], t) for r, t in zip(records, types)]
     calls = counted_forward(plain.model)
 
@@ -79,18 +86,30 @@ def main() -> None:
 
     reference = out["one at a time"]["raw"]
     n = len(encoded)
-    result = {"run": str(args.run), "documents": n, "dtype": args.dtype, "lookup_tokens": args.lookup,
-              "batch_size": args.batch_size, "machine": machine_info(), "ways": {}}
+    result = {
+        "run": str(args.run),
+        "documents": n,
+        "dtype": args.dtype,
+        "lookup_tokens": args.lookup,
+        "batch_size": args.batch_size,
+        "machine": machine_info(),
+        "ways": {},
+    }
     print(f"{n} documents, {args.dtype}, batch size {args.batch_size}, prompt lookup {args.lookup} tokens")
     print(f"{'':16} {'s/doc':>7} {'ratio':>6} {'tokens/forward':>15} {'identical raw':>14}")
     base = out["one at a time"]["seconds"]
     for name, o in out.items():
         same = sum(a == b for a, b in zip(o["raw"], reference))
         per_forward = sum(o["tokens"]) / max(1, o["forwards"])
-        result["ways"][name] = {"seconds_per_document": o["seconds"] / n, "speedup": base / o["seconds"],
-                                "median_chunk_seconds_per_document": statistics.median(per_doc[name]),
-                                "tokens": sum(o["tokens"]), "forward_passes": o["forwards"],
-                                "identical_raw": same, "raw": o["raw"]}
+        result["ways"][name] = {
+            "seconds_per_document": o["seconds"] / n,
+            "speedup": base / o["seconds"],
+            "median_chunk_seconds_per_document": statistics.median(per_doc[name]),
+            "tokens": sum(o["tokens"]),
+            "forward_passes": o["forwards"],
+            "identical_raw": same,
+            "raw": o["raw"],
+        }
         print(f"{name:16} {o['seconds'] / n:7.2f} {base / o['seconds']:5.2f}x {per_forward:15.2f} {same:>9}/{n}")
 
     differing = [i for i, (a, b) in enumerate(zip(out["prompt lookup"]["raw"], reference)) if a != b]

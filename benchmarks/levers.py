@@ -96,12 +96,14 @@ def levers(prepared) -> dict:
                 return fn()
             finally:
                 torch.set_num_threads(old)
+
         return go
 
     def with_autocast(fn):
         def go():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return fn()
+
         return go
 
     def with_checkpointing(fn):
@@ -111,6 +113,7 @@ def levers(prepared) -> dict:
                 return fn()
             finally:
                 m.gradient_checkpointing_disable()
+
         return go
 
     def with_attention(impl, fn):
@@ -120,6 +123,7 @@ def levers(prepared) -> dict:
                 return fn()
             finally:
                 m.set_attn_implementation("sdpa")
+
         return go
 
     def compiled(fn_of_model):
@@ -132,6 +136,7 @@ def levers(prepared) -> dict:
                 fn_of_model(state["model"])()  # compiles
                 print(f"compile and first pass: {time.perf_counter() - start:.1f}s", flush=True)
             return fn_of_model(state["model"])()
+
         return go
 
     def bf16_weights(fn_of_model):
@@ -140,6 +145,7 @@ def levers(prepared) -> dict:
         def go():
             state.setdefault("model", copy.deepcopy(m).to(torch.bfloat16))
             return fn_of_model(state["model"])()
+
         return go
 
     table = {
@@ -164,8 +170,12 @@ def timed(fn) -> dict:
     reset_peak_rss()
     start, start_cpu = time.perf_counter(), time.process_time()
     loss = fn()
-    return {"wall": time.perf_counter() - start, "cpu": time.process_time() - start_cpu, "loss": loss,
-            "peak_mb": peak_rss_mb()}
+    return {
+        "wall": time.perf_counter() - start,
+        "cpu": time.process_time() - start_cpu,
+        "loss": loss,
+        "peak_mb": peak_rss_mb(),
+    }
 
 
 def paired(base, cand, reps: int, name: str) -> dict:
@@ -175,9 +185,12 @@ def paired(base, cand, reps: int, name: str) -> dict:
         row = {label: timed(fn) for label, fn in order}
         rows.append(row)
         b, c = row["base"], row["cand"]
-        print(f"{name} {r}: wall {b['wall']:.1f}/{c['wall']:.1f}s cpu {b['cpu']:.1f}/{c['cpu']:.1f}s "
-              f"loss {b['loss']:.3f}/{c['loss']:.3f} peak {b['peak_mb']:.0f}/{c['peak_mb']:.0f} MB "
-              f"load {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"{name} {r}: wall {b['wall']:.1f}/{c['wall']:.1f}s cpu {b['cpu']:.1f}/{c['cpu']:.1f}s "
+            f"loss {b['loss']:.3f}/{c['loss']:.3f} peak {b['peak_mb']:.0f}/{c['peak_mb']:.0f} MB "
+            f"load {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
     med = statistics.median
     return {
         "wall_ratio": med(r["cand"]["wall"] / r["base"]["wall"] for r in rows),
@@ -220,6 +233,7 @@ def omp_wait_policy(model: str, data: str | None, reps: int) -> dict:
             procs[policy].stdin.write("go\n")
             procs[policy].stdin.flush()
             return json.loads(procs[policy].stdout.readline())
+
         return go
 
     rows = []
@@ -227,8 +241,11 @@ def omp_wait_policy(model: str, data: str | None, reps: int) -> dict:
         names = ["default", "PASSIVE"] if r % 2 == 0 else ["PASSIVE", "default"]
         row = {("base" if n == "default" else "cand"): ask(n)() for n in names}
         rows.append(row)
-        print(f"omp_wait_policy {r}: wall {row['base']['wall']:.1f}/{row['cand']['wall']:.1f}s "
-              f"cpu {row['base']['cpu']:.1f}/{row['cand']['cpu']:.1f}s load {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"omp_wait_policy {r}: wall {row['base']['wall']:.1f}/{row['cand']['wall']:.1f}s "
+            f"cpu {row['base']['cpu']:.1f}/{row['cand']['cpu']:.1f}s load {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
     for p in procs.values():
         p.stdin.close()
         p.wait()
@@ -261,8 +278,12 @@ def main() -> None:
     unknown = [n for n in names if n not in table and n != "omp_wait_policy"]
     if unknown:
         raise SystemExit(f"unknown lever(s): {', '.join(unknown)} (known: {', '.join([*table, 'omp_wait_policy'])})")
-    results = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": args.model,
-               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "levers": {}}
+    results = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": args.model,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "levers": {},
+    }
     for name in names:
         if name == "omp_wait_policy":
             results["levers"][name] = omp_wait_policy(args.model, args.data, args.reps)

@@ -72,7 +72,9 @@ def main() -> None:
     titles_file = args.folder / "titles.json"
     titles = json.loads(titles_file.read_text()) if titles_file.exists() else {}
     print(f"{len(files)} PDFs in {args.folder}, first {args.pages} pages each; {len(titles)} known titles\n")
-    print("| extractor | s/doc (median) | ligatures | accents raw | accents cleaned | glued | hyphens | titles in order |")
+    print(
+        "| extractor | s/doc (median) | ligatures | accents raw | accents cleaned | glued | hyphens | titles in order |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, extract in EXTRACTORS.items():
         seconds, lig, raw, cleaned, glued, hyphens, found = [], 0, 0, 0, 0, 0, 0
@@ -91,7 +93,9 @@ def main() -> None:
             if args.show:
                 print(f"{name} {path.name}: {text[:300]!r}")
         shown = f"{found}/{len(titles)}" if titles else "-"
-        print(f"| {name} | {statistics.median(seconds):.3f} | {lig} | {raw} | {cleaned} | {glued} | {hyphens} | {shown} |")
+        print(
+            f"| {name} | {statistics.median(seconds):.3f} | {lig} | {raw} | {cleaned} | {glued} | {hyphens} | {shown} |"
+        )
 
 
 if __name__ == "__main__":

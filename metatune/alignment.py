@@ -168,7 +168,10 @@ _MONTH = r"(?P<month>" + "|".join(sorted(MONTHS, key=len, reverse=True)) + r")\.
 _DATE_PATTERNS = [
     re.compile(r"\b(?P<year>(?:1[89]|20)\d\d)[-/.](?P<mm>\d{1,2})(?:[-/.](?P<day>\d{1,2}))?\b"),
     re.compile(r"\b(?P<day>\d{1,2})[-/.](?P<mm>\d{1,2})[-/.](?P<year>(?:1[89]|20)\d\d)\b"),
-    re.compile(rf"\b(?:(?P<day>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:de\s+)?)?{_MONTH},?\s+(?:(?P<day2>\d{{1,2}}),?\s+)?(?:de\s+)?(?P<year>(?:1[89]|20)\d\d)\b", re.IGNORECASE),
+    re.compile(
+        rf"\b(?:(?P<day>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:de\s+)?)?{_MONTH},?\s+(?:(?P<day2>\d{{1,2}}),?\s+)?(?:de\s+)?(?P<year>(?:1[89]|20)\d\d)\b",
+        re.IGNORECASE,
+    ),
     re.compile(r"\b(?P<year>(?:1[89]|20)\d\d)\b"),
 ]
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from metatune.config import GenerationSettings
 from metatune.errors import MetatuneError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune language models to extract bibliographic metadata.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Fine-tune language models to extract bibliographic metadata."
+)
 data_app = typer.Typer(no_args_is_help=True, help="Check and split dataset files.")
 app.add_typer(data_app, name="data")
 
@@ -27,7 +29,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _options(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit")
+    ] = False,
 ):
     """Fine-tune language models to extract bibliographic metadata."""
 
@@ -40,11 +44,11 @@ def _print_json(value) -> None:
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a setting: section.key=value")] = [],
-    model: Annotated[Optional[str], typer.Option(help="Preset name, Hub id or local path")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Dataset file")] = None,
-    output: Annotated[Optional[str], typer.Option(help="Directory for the saved run")] = None,
+    model: Annotated[str | None, typer.Option(help="Preset name, Hub id or local path")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset file")] = None,
+    output: Annotated[str | None, typer.Option(help="Directory for the saved run")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the unfinished run from its last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace what the output directory holds")] = False,
 ):
@@ -84,8 +88,8 @@ def models(json_: Annotated[bool, typer.Option("--json", help="Print a JSON list
 @data_app.command("validate")
 def data_validate(
     path: Path,
-    types_file: Annotated[Optional[Path], typer.Option(help="YAML adding or replacing document types")] = None,
-    fallback_type: Annotated[Optional[str], typer.Option(help="Type for records whose type is unknown")] = None,
+    types_file: Annotated[Path | None, typer.Option(help="YAML adding or replacing document types")] = None,
+    fallback_type: Annotated[str | None, typer.Option(help="Type for records whose type is unknown")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON on standard output")] = False,
 ):
     """Report every problem in a dataset file."""
@@ -99,10 +103,13 @@ def data_validate(
     if json_:
         report = {"path": str(path), "ok": not problems, "problems": [p.render(path) for p in problems]}
         if not problems:
-            report["splits"] = {name: {"records": len(records), "types": dict(Counter(str(record_type(r)) for r in records))}
-                                for name, records in dataset.splits.items()}
-            report["warnings"] = [f"split '{n}' is empty" for n in ("training", "validation", "test")
-                                  if not dataset.splits.get(n)] + list(dataset.warnings)
+            report["splits"] = {
+                name: {"records": len(records), "types": dict(Counter(str(record_type(r)) for r in records))}
+                for name, records in dataset.splits.items()
+            }
+            report["warnings"] = [
+                f"split '{n}' is empty" for n in ("training", "validation", "test") if not dataset.splits.get(n)
+            ] + list(dataset.warnings)
             coverage = alignment_coverage(dataset, registry, fallback_type)
             report["found_in_text"] = {f: {"found": a, "total": t} for f, (t, a) in (coverage or {}).items()}
         _print_json(report)
@@ -122,19 +129,21 @@ def data_validate(
         typer.echo(f"warning: {path}: {warning}", err=True)
     coverage = alignment_coverage(dataset, registry, fallback_type)
     if coverage:
-        typer.echo("found in the text (what training.objective=tag can label): " + ", ".join(
-            f"{f} {a}/{t} ({100 * a / t:.0f}%)" for f, (t, a) in coverage.items()))
+        typer.echo(
+            "found in the text (what training.objective=tag can label): "
+            + ", ".join(f"{f} {a}/{t} ({100 * a / t:.0f}%)" for f, (t, a) in coverage.items())
+        )
     typer.echo(f"{path}: OK")
 
 
 @data_app.command("split")
 def data_split(
     path: Path,
-    out: Annotated[Optional[Path], typer.Option(help="Where to write (default: NAME.split.json beside the input)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write (default: NAME.split.json beside the input)")] = None,
     seed: int = 42,
     overwrite: bool = False,
-    types_file: Annotated[Optional[Path], typer.Option(help="YAML adding or replacing document types")] = None,
-    fallback_type: Annotated[Optional[str], typer.Option(help="Type for records whose type is unknown")] = None,
+    types_file: Annotated[Path | None, typer.Option(help="YAML adding or replacing document types")] = None,
+    fallback_type: Annotated[str | None, typer.Option(help="Type for records whose type is unknown")] = None,
 ):
     """Write a seeded, type-stratified 80/10/10 split in the SEDICI layout."""
     from metatune.data import SPLITS, load_dataset, split_records, write_split
@@ -152,12 +161,26 @@ def data_split(
 
 # The generation options of evaluate, extract and serve, declared once (config.GenerationSettings checks them).
 NumBeams = Annotated[int, typer.Option(help="Beam search width (1: greedy)")]
-MaxNewTokens = Annotated[Optional[int], typer.Option(help="Generation limit (default: the run's max_target_tokens)")]
+MaxNewTokens = Annotated[int | None, typer.Option(help="Generation limit (default: the run's max_target_tokens)")]
 Dtype = Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")]
 BatchSize = Annotated[int, typer.Option(help="Documents generated together")]
-TrustRemoteCode = Annotated[bool, typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust")]
-Snap = Annotated[Optional[bool], typer.Option("--snap/--no-snap", help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)")]
-PromptLookup = Annotated[int, typer.Option(help="Prompt-lookup decoding: propose up to N tokens copied from the document per step, checked in one pass (greedy, causal runs; one document at a time); 0: off")]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust"),
+]
+Snap = Annotated[
+    bool | None,
+    typer.Option(
+        "--snap/--no-snap",
+        help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)",
+    ),
+]
+PromptLookup = Annotated[
+    int,
+    typer.Option(
+        help="Prompt-lookup decoding: propose up to N tokens copied from the document per step, checked in one pass (greedy, causal runs; one document at a time); 0: off"
+    ),
+]
 
 
 @app.command()
@@ -165,39 +188,61 @@ def evaluate(
     run_dir: Path,
     data: Annotated[Path, typer.Option(help="Dataset file with the reference metadata")],
     split: Annotated[str, typer.Option(help="Split to evaluate: training, validation or test")] = "test",
-    report: Annotated[Optional[Path], typer.Option(help="Report directory (default: RUN_DIR/eval-SPLIT)")] = None,
+    report: Annotated[Path | None, typer.Option(help="Report directory (default: RUN_DIR/eval-SPLIT)")] = None,
     num_beams: NumBeams = 1,
     batch_size: BatchSize = 8,
-    baseline: Annotated[Optional[str], typer.Option(help="Also evaluate the base model untrained: zero-shot")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Also evaluate the base model untrained: zero-shot")] = None,
     max_new_tokens: MaxNewTokens = None,
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N documents of the split")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N documents of the split")] = None,
     dtype: Dtype = "auto",
     trust_remote_code: TrustRemoteCode = False,
     snap: Snap = None,
     prompt_lookup: PromptLookup = 0,
-    json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on standard output (the tables go to standard error)")] = False,
+    json_: Annotated[
+        bool,
+        typer.Option("--json", help="Print the summary as JSON on standard output (the tables go to standard error)"),
+    ] = False,
 ):
     """Score a run field by field on a dataset split; write metrics, predictions, table and chart."""
     from contextlib import redirect_stdout
 
     from metatune.evaluate import run_evaluate
 
-    settings = GenerationSettings(num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, batch_size=batch_size,
-                                  snap=snap, prompt_lookup=prompt_lookup, trust_remote_code=trust_remote_code)
+    settings = GenerationSettings(
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        dtype=dtype,
+        batch_size=batch_size,
+        snap=snap,
+        prompt_lookup=prompt_lookup,
+        trust_remote_code=trust_remote_code,
+    )
     with redirect_stdout(sys.stderr if json_ else sys.stdout):
-        metrics = run_evaluate(run_dir, data, split=split, report=report, settings=settings, baseline=baseline,
-                               limit=limit)
+        metrics = run_evaluate(
+            run_dir, data, split=split, report=report, settings=settings, baseline=baseline, limit=limit
+        )
     if json_:
-        _print_json({key: metrics[key] for key in ("documents", "parse_failures", "repaired", "seconds", "micro", "macro",
-                                                   "fields", "run") if key in metrics})
+        _print_json(
+            {
+                key: metrics[key]
+                for key in ("documents", "parse_failures", "repaired", "seconds", "micro", "macro", "fields", "run")
+                if key in metrics
+            }
+        )
 
 
 @app.command()
 def extract(
     run_dir: Path,
     inputs: Annotated[list[str], typer.Argument(help="PDF or text files, folders of them, or - for standard input")],
-    type_: Annotated[Optional[str], typer.Option("--type", help="Document type of every input (default: predicted from each text by the run's type classifier)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write JSON (one document) or JSON Lines here")] = None,
+    type_: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            help="Document type of every input (default: predicted from each text by the run's type classifier)",
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write JSON (one document) or JSON Lines here")] = None,
     batch_size: BatchSize = 8,
     num_beams: NumBeams = 1,
     max_new_tokens: MaxNewTokens = None,
@@ -205,17 +250,34 @@ def extract(
     trust_remote_code: TrustRemoteCode = False,
     snap: Snap = None,
     prompt_lookup: PromptLookup = 0,
-    format_: Annotated[str, typer.Option("--format", help="json, bibtex, tei (GROBID-style teiHeader), dc (Dublin Core XML) or csv (DSpace metadata import)")] = "json",
-    out_dir: Annotated[Optional[Path], typer.Option(help="Write one file per input here, each as soon as it is done; a rerun skips those written")] = None,
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="json, bibtex, tei (GROBID-style teiHeader), dc (Dublin Core XML) or csv (DSpace metadata import)",
+        ),
+    ] = "json",
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(help="Write one file per input here, each as soon as it is done; a rerun skips those written"),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Redo documents already in --out-dir or in the JSON Lines --out")] = False,
 ):
     """Extract metadata from documents with a saved run."""
     from metatune.extract import run_extract
 
-    settings = GenerationSettings(num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, batch_size=batch_size,
-                                  snap=snap, prompt_lookup=prompt_lookup, trust_remote_code=trust_remote_code)
-    code = run_extract(run_dir, inputs, doc_type=type_, out=out, settings=settings, fmt=format_, out_dir=out_dir,
-                       force=force)
+    settings = GenerationSettings(
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        dtype=dtype,
+        batch_size=batch_size,
+        snap=snap,
+        prompt_lookup=prompt_lookup,
+        trust_remote_code=trust_remote_code,
+    )
+    code = run_extract(
+        run_dir, inputs, doc_type=type_, out=out, settings=settings, fmt=format_, out_dir=out_dir, force=force
+    )
     if code:
         raise typer.Exit(code)
 
@@ -225,10 +287,15 @@ def serve(
     run_dir: Path,
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8002,
-    max_bytes: Annotated[Optional[int], typer.Option(help="Largest request body accepted, in bytes (env METATUNE_MAX_BYTES; default 10 MB)")] = None,
+    max_bytes: Annotated[
+        int | None,
+        typer.Option(help="Largest request body accepted, in bytes (env METATUNE_MAX_BYTES; default 10 MB)"),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Most requests generated together")] = 8,
     batch_wait_ms: Annotated[float, typer.Option(help="How long the first request of a batch waits for others")] = 10.0,
-    max_queue: Annotated[int, typer.Option(help="Most requests waiting for the model; more are answered 503 with Retry-After")] = 64,
+    max_queue: Annotated[
+        int, typer.Option(help="Most requests waiting for the model; more are answered 503 with Retry-After")
+    ] = 64,
     num_beams: NumBeams = 1,
     max_new_tokens: MaxNewTokens = None,
     dtype: Dtype = "auto",
@@ -241,10 +308,24 @@ def serve(
     Set METATUNE_API_TOKEN to require `Authorization: Bearer <token>`."""
     from metatune.service import serve as run_server
 
-    settings = GenerationSettings(num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype, batch_size=batch_size,
-                                  snap=snap, prompt_lookup=prompt_lookup, trust_remote_code=trust_remote_code)
-    run_server(run_dir, host=host, port=port, max_bytes=max_bytes, settings=settings, batch_wait_ms=batch_wait_ms,
-               max_queue=max_queue)
+    settings = GenerationSettings(
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        dtype=dtype,
+        batch_size=batch_size,
+        snap=snap,
+        prompt_lookup=prompt_lookup,
+        trust_remote_code=trust_remote_code,
+    )
+    run_server(
+        run_dir,
+        host=host,
+        port=port,
+        max_bytes=max_bytes,
+        settings=settings,
+        batch_wait_ms=batch_wait_ms,
+        max_queue=max_queue,
+    )
 
 
 @app.command()
@@ -252,7 +333,7 @@ def push(
     run_dir: Path,
     repo_id: Annotated[str, typer.Argument(help="Hub model repository, owner/name (created if missing)")],
     private: Annotated[bool, typer.Option(help="Create the repository private")] = False,
-    message: Annotated[Optional[str], typer.Option(help="Commit message")] = None,
+    message: Annotated[str | None, typer.Option(help="Commit message")] = None,
 ):
     """Upload a saved run (weights, tokenizer, model card) to the Hugging Face Hub. Token: HF_TOKEN."""
     from metatune.push import push as push_run
@@ -265,20 +346,36 @@ def push(
 def bench(
     output: Annotated[Path, typer.Option(help="Directory for bench-<date>.json and .md")] = Path("benchmarks/results"),
     model: Annotated[str, typer.Option(help="Preset name, Hub id or local path")] = "smollm2-135m",
-    data: Annotated[Optional[str], typer.Option(help="Dataset file (default: ../shared/data/grobid-headers, else the sample)")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Dataset file (default: ../shared/data/grobid-headers, else the sample)")
+    ] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps timed on each side")] = 3,
     extract_docs: Annotated[int, typer.Option(help="Documents in the extraction timing")] = 8,
     extract_batch_size: Annotated[int, typer.Option(help="Batch size of the Extractor")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Generation limit in the extraction timing")] = 128,
     memory: Annotated[bool, typer.Option(help="Measure peak memory of training (full, LoRA) in subprocesses")] = True,
-    extract_run: Annotated[Optional[Path], typer.Option(help="Time extraction with this saved run (default: the base model)")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Override a setting of metatune's side: section.key=value")] = [],
+    extract_run: Annotated[
+        Path | None, typer.Option(help="Time extraction with this saved run (default: the base model)")
+    ] = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Override a setting of metatune's side: section.key=value")
+    ] = [],
 ):
     """Time training and extraction against the original approach on this machine (docs/benchmarks.md)."""
     from metatune.bench import BenchSettings, run_bench, write_results
 
-    settings = BenchSettings(output, model, data, steps, extract_docs, extract_batch_size, max_new_tokens, memory,
-                             sets=set_, extract_run=extract_run)
+    settings = BenchSettings(
+        output,
+        model,
+        data,
+        steps,
+        extract_docs,
+        extract_batch_size,
+        max_new_tokens,
+        memory,
+        sets=set_,
+        extract_run=extract_run,
+    )
     json_path, md_path = write_results(run_bench(settings), output)
     typer.echo(md_path.read_text(encoding="utf-8"))
     typer.echo(f"Wrote {json_path} and {md_path}")

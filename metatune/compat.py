@@ -74,7 +74,7 @@ def split_instruction(text: str, registry: TypeRegistry) -> Split:
     lead_in = re.match(rf"[^\n:{{}}]{{0,{MAX_TAIL}}}:[ \t]*\n?", rest[closers:])
     if lead_in and LEAD_IN_WORDS.search(lead_in.group()):
         closers += lead_in.end()
-    instruction, document = text[: end + closers], text[end + closers:].strip()
+    instruction, document = text[: end + closers], text[end + closers :].strip()
     if not document:
         return Split(text, None)
     return Split(document, instruction_type(instruction, text[brace:end], registry), instruction)

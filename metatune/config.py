@@ -88,8 +88,17 @@ class DataSettings(Section):
 
 # transformers.SchedulerType's names, listed here so that reading a config does not import transformers
 SchedulerName = Literal[
-    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
-    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
 ]
 
 
@@ -250,7 +259,9 @@ def load_config(
     if output:
         flags.setdefault("training", {})["output_dir"] = output
     top = merge(merge(user, flags), parse_set(list(sets)))
-    model_name = top.get("model", {}).get("name", DEFAULT_MODEL) if isinstance(top.get("model"), dict) else DEFAULT_MODEL
+    model_name = (
+        top.get("model", {}).get("name", DEFAULT_MODEL) if isinstance(top.get("model"), dict) else DEFAULT_MODEL
+    )
     layers = merge(load_preset(str(model_name)), top)
     return validate(layers, source=str(config_file or "config"))
 
@@ -278,7 +289,9 @@ def _check_keys(raw: dict, model: type[BaseModel], prefix: list[str], source: st
             else:  # perhaps a key of another section ("training.max_input_tokens")
                 paths = _key_paths(Config)
                 close = difflib.get_close_matches(str(key), [p.rsplit(".", 1)[-1] for p in paths], n=1, cutoff=0.8)
-                hint = f"; did you mean '{next(p for p in paths if p.rsplit('.', 1)[-1] == close[0])}'?" if close else ""
+                hint = (
+                    f"; did you mean '{next(p for p in paths if p.rsplit('.', 1)[-1] == close[0])}'?" if close else ""
+                )
             raise MetatuneError(f"{source}: unknown key '{'.'.join(prefix + [str(key)])}'{hint}")
         annotation = known[key].annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -69,7 +69,9 @@ def parse_file(path: Path) -> dict[str, list] | list:
     if isinstance(data, dict):
         splits = {SPLIT_ALIASES.get(k, k): v for k, v in data.items() if SPLIT_ALIASES.get(k, k) in SPLITS}
         if not splits:
-            raise MetatuneError(f"{path}: expected a list of records or an object with 'training', 'validation' and 'test' lists")
+            raise MetatuneError(
+                f"{path}: expected a list of records or an object with 'training', 'validation' and 'test' lists"
+            )
         for name, records in splits.items():
             if not isinstance(records, list):
                 raise MetatuneError(f"{path}: split '{name}' is not a list of records")
@@ -205,8 +207,10 @@ def documents_in_two_splits(splits: dict[str, list], where: dict[int, str]) -> l
                 continue
             seen_in, seen = first.setdefault(text.strip(), (name, record))
             if seen_in != name:
-                found.append(f"record {where[id(record)]} has the same text as {where[id(seen)]}: "
-                             f"one document in two splits ({seen_in}, {name})")
+                found.append(
+                    f"record {where[id(record)]} has the same text as {where[id(seen)]}: "
+                    f"one document in two splits ({seen_in}, {name})"
+                )
     return found
 
 
@@ -290,7 +294,9 @@ def write_split(dataset: Dataset, out: Path) -> None:
     write_atomic(out, json.dumps(dataset.splits, ensure_ascii=False, indent=1))
 
 
-def alignment_coverage(dataset: Dataset, registry: TypeRegistry, fallback_type: str | None = None) -> dict[str, list[int]]:
+def alignment_coverage(
+    dataset: Dataset, registry: TypeRegistry, fallback_type: str | None = None
+) -> dict[str, list[int]]:
     """Per field, [values, values found in their document's text]: what training.objective=tag can label."""
     from metatune.alignment import align_record
 

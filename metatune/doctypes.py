@@ -146,7 +146,9 @@ def _check_spec(name: str, spec: object, source: str) -> dict:
         raise MetatuneError(f"{source}: type '{name}': expected a mapping of {', '.join(sorted(TYPE_KEYS))}")
     unknown = sorted(set(spec) - TYPE_KEYS)
     if unknown:
-        raise MetatuneError(f"{source}: type '{name}': unknown key '{unknown[0]}' (expected {', '.join(sorted(TYPE_KEYS))})")
+        raise MetatuneError(
+            f"{source}: type '{name}': unknown key '{unknown[0]}' (expected {', '.join(sorted(TYPE_KEYS))})"
+        )
     for key, kind in (("fields", dict), ("example", dict), ("aliases", list)):
         if spec.get(key) is not None and not isinstance(spec[key], kind):
             raise MetatuneError(f"{source}: type '{name}': '{key}' must be a {'mapping' if kind is dict else 'list'}")

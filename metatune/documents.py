@@ -44,7 +44,9 @@ def list_inputs(inputs: list[str]) -> tuple[list[Item], list[str]]:
             continue
         files = find_files(path)
         if not files:
-            problems.append(f"{path}: no PDF or text files ({', '.join(sorted(TEXT_SUFFIXES | {PDF_SUFFIX}))}) in this folder")
+            problems.append(
+                f"{path}: no PDF or text files ({', '.join(sorted(TEXT_SUFFIXES | {PDF_SUFFIX}))}) in this folder"
+            )
         for f in files:
             items.append(Item(str(f), f, f.relative_to(path) if path.is_dir() else Path(f.name)))
     return items, problems

@@ -117,14 +117,29 @@ class PromptEncoder:
         """From config.DataSettings; the prompts are rendered here, once, and saved with the run."""
         chat = data.input_style == "prompt" and data.chat_template and bool(getattr(tokenizer, "chat_template", None))
         prompts = build_prompts(registry, fmt, tokenizer if chat else None)
-        return cls(registry, fmt, prompts, tokenizer, Limits(data.max_input_tokens, data.max_target_tokens), seq2seq,
-                   chat, data.fallback_type)
+        return cls(
+            registry,
+            fmt,
+            prompts,
+            tokenizer,
+            Limits(data.max_input_tokens, data.max_target_tokens),
+            seq2seq,
+            chat,
+            data.fallback_type,
+        )
 
     @classmethod
     def for_run(cls, info: RunInfo, registry: TypeRegistry, tokenizer) -> PromptEncoder:
         spec = info.input
-        fmt = InputFormat(spec.style, spec.include_fields, tuple(spec.exclude_fields), spec.chat_template,
-                          spec.anchor_min_words, spec.anchor_words, spec.prompt_example)
+        fmt = InputFormat(
+            spec.style,
+            spec.include_fields,
+            tuple(spec.exclude_fields),
+            spec.chat_template,
+            spec.anchor_min_words,
+            spec.anchor_words,
+            spec.prompt_example,
+        )
         limits = Limits(info.limits.max_input_tokens, info.limits.max_target_tokens)
         return cls(registry, fmt, spec.prompts, tokenizer, limits, info.seq2seq, spec.chat_template, info.fallback_type)
 

@@ -56,8 +56,16 @@ def load_items(info: RunInfo, data: str | Path, split: str, limit: int | None = 
         doc_type = registry.find(record_type(record)) or registry.find(fallback)
         fields = info.fields(registry, doc_type.name)
         rid = record.get("id")
-        items.append(Item(i, None if rid is None else str(rid), doc_type.name, record["original_text"],
-                          target_json(record, fields), fields))
+        items.append(
+            Item(
+                i,
+                None if rid is None else str(rid),
+                doc_type.name,
+                record["original_text"],
+                target_json(record, fields),
+                fields,
+            )
+        )
     return items
 
 
@@ -77,8 +85,9 @@ def score_predictions(items: list[Item], predictions: list[dict | None]) -> dict
     return score_documents(triples, scored_fields(items, predictions))
 
 
-def evaluate_outputs(items: list[Item], raws: list[str], seconds: float = 0.0,
-                     final: list[dict | None] | None = None) -> tuple[dict, list[dict]]:
+def evaluate_outputs(
+    items: list[Item], raws: list[str], seconds: float = 0.0, final: list[dict | None] | None = None
+) -> tuple[dict, list[dict]]:
     """Parse every raw output, score; returns (metrics, one row per document for predictions.jsonl).
 
     `final`: the values the extractor returned after parsing (snapped to the source), scored instead
@@ -109,8 +118,9 @@ def evaluate_outputs(items: list[Item], raws: list[str], seconds: float = 0.0,
 def generate_outputs(extractor, items: list[Item], batch_size: int, progress: bool = True):
     """(one Extraction per item, seconds) of the extractor on the items' texts and types."""
     start = time.perf_counter()
-    results = extractor.extract([item.text for item in items], [item.doc_type for item in items], batch_size,
-                                progress=progress)
+    results = extractor.extract(
+        [item.text for item in items], [item.doc_type for item in items], batch_size, progress=progress
+    )
     return results, time.perf_counter() - start
 
 
@@ -158,7 +168,9 @@ def comparison_table(tuned: dict, baseline: dict, matching: str = CHART_MATCHING
     lines = [f"| field ({matching} F1) | fine-tuned | zero-shot |", "|---|---:|---:|"]
     lines += [f"| {f} | {f1(tuned, f)} | {f1(baseline, f)} |" for f in fields]
     for avg in ("micro", "macro"):
-        lines.append(f"| **{avg}** | {tuned[avg][matching]['f1'] * 100:.1f} | {baseline[avg][matching]['f1'] * 100:.1f} |")
+        lines.append(
+            f"| **{avg}** | {tuned[avg][matching]['f1'] * 100:.1f} | {baseline[avg][matching]['f1'] * 100:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -259,5 +271,7 @@ def summary_line(metrics: dict) -> str:
     docs, secs = metrics["documents"], metrics["seconds"]
     rate = f", {docs / secs:.2f} documents/s" if secs else ""
     micro = ", ".join(f"{m} {metrics['micro'][m]['f1'] * 100:.1f}" for m in MATCHINGS)
-    return (f"micro F1: {micro}; {metrics['parse_failures']} of {docs} outputs unparseable "
-            f"({metrics['repaired']} repaired); generation {secs:.1f} s{rate}")
+    return (
+        f"micro F1: {micro}; {metrics['parse_failures']} of {docs} outputs unparseable "
+        f"({metrics['repaired']} repaired); generation {secs:.1f} s{rate}"
+    )

@@ -20,9 +20,17 @@ from metatune.files import write_atomic
 from metatune.formats import FORMATS, document_record, render
 
 
-def run_extract(run_dir: Path, inputs: list[str], *, doc_type: str | None = None, out: Path | None = None,
-                settings: GenerationSettings = GenerationSettings(), fmt: str = "json", out_dir: Path | None = None,
-                force: bool = False) -> int:
+def run_extract(
+    run_dir: Path,
+    inputs: list[str],
+    *,
+    doc_type: str | None = None,
+    out: Path | None = None,
+    settings: GenerationSettings = GenerationSettings(),
+    fmt: str = "json",
+    out_dir: Path | None = None,
+    force: bool = False,
+) -> int:
     """Extract and write; returns the exit status (1 when some inputs were unreadable and skipped).
 
     With `out_dir`, or several inputs and a JSON Lines `out`, each result is written when done and a
@@ -47,8 +55,18 @@ def run_extract(run_dir: Path, inputs: list[str], *, doc_type: str | None = None
         if not items:
             more = f" (and {len(problems) - 1} more unreadable inputs)" if len(problems) > 1 else ""
             raise MetatuneError((problems[0] if problems else "no input documents") + more)
-        return run_many(run_dir, items, problems, doc_type, out, out_dir, fmt, force, settings.batch_size,
-                        lambda: open_run(run_dir, settings))
+        return run_many(
+            run_dir,
+            items,
+            problems,
+            doc_type,
+            out,
+            out_dir,
+            fmt,
+            force,
+            settings.batch_size,
+            lambda: open_run(run_dir, settings),
+        )
     docs, problems = read_inputs(inputs)
     if not docs:
         more = f" (and {len(problems) - 1} more unreadable inputs)" if len(problems) > 1 else ""
@@ -57,8 +75,9 @@ def run_extract(run_dir: Path, inputs: list[str], *, doc_type: str | None = None
         typer.echo(f"error: {p} (skipped)", err=True)
 
     extractor = open_run(run_dir, settings)
-    results = extractor.extract([text for _, text in docs], [doc_type] * len(docs), settings.batch_size,
-                                progress=len(docs) > 1)
+    results = extractor.extract(
+        [text for _, text in docs], [doc_type] * len(docs), settings.batch_size, progress=len(docs) > 1
+    )
     records = [document_record(name, r, extractor) for (name, _), r in zip(docs, results)]
     text = render(records, fmt, single)
     if out:

@@ -44,8 +44,10 @@ class JsonLinesOut:
             try:
                 done.add(json.loads(line)["source"])
             except (ValueError, KeyError, TypeError):
-                raise MetatuneError(f"{self.path}: line {number} is not a metatune JSON Lines record; "
-                                    "pass --force to replace the file, or choose another --out") from None
+                raise MetatuneError(
+                    f"{self.path}: line {number} is not a metatune JSON Lines record; "
+                    "pass --force to replace the file, or choose another --out"
+                ) from None
         return done
 
     def is_done(self, item: Item) -> bool:
@@ -88,8 +90,18 @@ class DirectoryOut:
         pass
 
 
-def run_many(run_dir: Path, items: list[Item], problems: list[str], doc_type: str | None, out: Path | None,
-             out_dir: Path | None, fmt: str, force: bool, batch_size: int, open_extractor) -> int:
+def run_many(
+    run_dir: Path,
+    items: list[Item],
+    problems: list[str],
+    doc_type: str | None,
+    out: Path | None,
+    out_dir: Path | None,
+    fmt: str,
+    force: bool,
+    batch_size: int,
+    open_extractor,
+) -> int:
     """Extract `items` a batch at a time, writing each result when done. Returns the exit status."""
     from tqdm.auto import tqdm
 
@@ -107,7 +119,7 @@ def run_many(run_dir: Path, items: list[Item], problems: list[str], doc_type: st
     try:
         for start in range(0, len(pending), batch_size):
             batch, texts = [], []
-            for item in pending[start: start + batch_size]:
+            for item in pending[start : start + batch_size]:
                 try:
                     texts.append(read_item(item))
                     batch.append(item)
@@ -134,7 +146,9 @@ def run_many(run_dir: Path, items: list[Item], problems: list[str], doc_type: st
                 unparsed += record["metadata"] is None
                 if isinstance(sink, DirectoryOut):
                     if not sink.write(record, item):
-                        failures.append(f"{item.name}: the output was not JSON ({record.get('error')}), nothing to write as {fmt}")
+                        failures.append(
+                            f"{item.name}: the output was not JSON ({record.get('error')}), nothing to write as {fmt}"
+                        )
                         continue
                 else:
                     sink.write(record)

@@ -22,8 +22,13 @@ from metatune.formatting import has_value
 
 FORMATS = ("json", "bibtex", "tei", "dc", "csv")
 SUFFIXES = {"json": ".json", "bibtex": ".bib", "tei": ".tei.xml", "dc": ".dc.xml", "csv": ".csv"}
-MEDIA_TYPES = {"json": "application/json", "bibtex": "application/x-bibtex", "tei": "application/tei+xml",
-               "dc": "application/xml", "csv": "text/csv"}
+MEDIA_TYPES = {
+    "json": "application/json",
+    "bibtex": "application/x-bibtex",
+    "tei": "application/tei+xml",
+    "dc": "application/xml",
+    "csv": "text/csv",
+}
 
 TEI = "http://www.tei-c.org/ns/1.0"
 XML = "http://www.w3.org/XML/1998/namespace"
@@ -202,8 +207,11 @@ def _cite_key(meta: dict, taken: dict) -> str:
     author = (values(meta, "creator") or [""])[0].split(",")[0].split()
     year = re.search(r"\d{4}", (values(meta, "date") or [""])[0])
     words = [w for w in re.findall(r"\w+", (values(meta, "title") or [""])[0]) if len(w) > 3]
-    key = (_ascii(author[-1] if author else "").lower() + (year.group() if year else "")
-           + _ascii(words[0] if words else "").lower()) or "document"
+    key = (
+        _ascii(author[-1] if author else "").lower()
+        + (year.group() if year else "")
+        + _ascii(words[0] if words else "").lower()
+    ) or "document"
     unique, n = key, 0
     while unique in taken:
         n += 1
@@ -335,8 +343,9 @@ def to_tei(records: list[dict], single: bool) -> str:
 def dc_element(record: dict) -> ET.Element:
     """One oai_dc:dc record: the fifteen Dublin Core elements, repeated as needed."""
     meta = record["metadata"]
-    root = ET.Element(f"{{{OAI_DC}}}dc", {f"{{{XSI}}}schemaLocation":
-                                           f"{OAI_DC} http://www.openarchives.org/OAI/2.0/oai_dc.xsd"})
+    root = ET.Element(
+        f"{{{OAI_DC}}}dc", {f"{{{XSI}}}schemaLocation": f"{OAI_DC} http://www.openarchives.org/OAI/2.0/oai_dc.xsd"}
+    )
     for name, mapping in FIELDS.items():
         if mapping.dc is None:
             continue

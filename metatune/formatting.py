@@ -90,8 +90,14 @@ def build_prompts(registry: TypeRegistry, fmt: InputFormat, tokenizer=None) -> d
     return out
 
 
-def make_examples(record: dict, doc_type: DocType, registry: TypeRegistry, fmt: InputFormat,
-                  prompts: dict[str, dict[str, str]], general_example: bool = False) -> list[Example]:
+def make_examples(
+    record: dict,
+    doc_type: DocType,
+    registry: TypeRegistry,
+    fmt: InputFormat,
+    prompts: dict[str, dict[str, str]],
+    general_example: bool = False,
+) -> list[Example]:
     """One example per record (plus one asking only the general fields, when asked for)."""
     types = [doc_type]
     if general_example and doc_type is not registry.general:

@@ -159,15 +159,23 @@ class Extractor(RunTypes):
     """
 
     def __init__(self, run_dir, model, tokenizer, info: RunInfo, settings: GenerationSettings):
-        self.run_dir, self.model, self.tokenizer, self.info, self.settings = Path(run_dir), model, tokenizer, info, settings
+        self.run_dir, self.model, self.tokenizer, self.info, self.settings = (
+            Path(run_dir),
+            model,
+            tokenizer,
+            info,
+            settings,
+        )
         self.device = self.model.device
         cast(self.model, settings.dtype)
         self.registry = info.registry(source=f"{run_dir}/metatune.json")
         self.encoder = PromptEncoder.for_run(info, self.registry, tokenizer)
         self.seq2seq = info.seq2seq
         if settings.prompt_lookup and self.seq2seq:
-            raise MetatuneError("prompt-lookup decoding needs a causal model (a seq2seq decoder does not see the "
-                                "document it would copy from)")
+            raise MetatuneError(
+                "prompt-lookup decoding needs a causal model (a seq2seq decoder does not see the "
+                "document it would copy from)"
+            )
         self.max_new_tokens = settings.max_new_tokens or info.limits.max_target_tokens
         self.num_beams = settings.num_beams
         self.prompt_lookup = settings.prompt_lookup
@@ -182,12 +190,16 @@ class Extractor(RunTypes):
         self.generation_config = self._generation_config()
 
     @classmethod
-    def from_run(cls, run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None) -> Extractor:
+    def from_run(
+        cls, run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None
+    ) -> Extractor:
         model, tokenizer, info = load_run(run_dir, device, settings.trust_remote_code)
         return cls(run_dir, model, tokenizer, info, settings)
 
     @classmethod
-    def zero_shot(cls, run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None) -> Extractor:
+    def zero_shot(
+        cls, run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None
+    ) -> Extractor:
         model, tokenizer, info = _load_base(run_dir, device, settings.trust_remote_code)
         return cls(run_dir, model, tokenizer, info, settings)
 
@@ -206,14 +218,16 @@ class Extractor(RunTypes):
         return self.encoder.prompt_ids(text, doc_type)
 
     @torch.inference_mode()
-    def generate(self, encoded: list[list[int]], batch_size: int = 8, max_new_tokens: int | None = None,
-                 progress: bool = False) -> list[str]:
+    def generate(
+        self, encoded: list[list[int]], batch_size: int = 8, max_new_tokens: int | None = None, progress: bool = False
+    ) -> list[str]:
         """Outputs for already-encoded prompts, in their order; batches group similar lengths."""
         return self.generate_with_counts(encoded, batch_size, max_new_tokens, progress)[0]
 
     @torch.inference_mode()
-    def generate_with_counts(self, encoded: list[list[int]], batch_size: int = 8, max_new_tokens: int | None = None,
-                             progress: bool = False) -> tuple[list[str], list[int], list[bool]]:
+    def generate_with_counts(
+        self, encoded: list[list[int]], batch_size: int = 8, max_new_tokens: int | None = None, progress: bool = False
+    ) -> tuple[list[str], list[int], list[bool]]:
         """Like `generate`, plus the number of tokens generated for each prompt and whether it was cut
         out of a repetition loop."""
         if batch_size < 1:
@@ -253,8 +267,9 @@ class Extractor(RunTypes):
         bar.close()
         return outputs, counts, looped
 
-    def extract(self, texts: list[str], types: list[str | None] | None = None, batch_size: int = 8,
-                progress: bool = False) -> list[Extraction]:
+    def extract(
+        self, texts: list[str], types: list[str | None] | None = None, batch_size: int = 8, progress: bool = False
+    ) -> list[Extraction]:
         """Parsed metadata for each text. A type left as None is the one the run's type classifier
         predicts from the text; a run without a classifier takes its default type, unless the model's
         output names a known type in a "type" field."""
@@ -303,8 +318,13 @@ def _load_base(run_dir, device: str | None, trust_remote_code: bool = False):
 
     info = read_run_info(run_dir)
     settings = ModelSettings.model_validate(info.config.get("model", {}))
-    settings = settings.model_copy(update={"quantization": "none", "lora": settings.lora.model_copy(update={"enabled": False}),
-                                           "trust_remote_code": trust_remote_code})
+    settings = settings.model_copy(
+        update={
+            "quantization": "none",
+            "lora": settings.lora.model_copy(update={"enabled": False}),
+            "trust_remote_code": trust_remote_code,
+        }
+    )
     model, _, _ = load_base(settings)
     tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
     device = device or default_device()

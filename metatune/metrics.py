@@ -4,6 +4,7 @@ Every field is scored under four matchings (strict, soft, levenshtein, ratcliff)
 Lists are scored by Jaccard overlap, person names ignore token order and dates
 are normalised to yyyy/mm/dd before the non-strict matchings.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,6 +32,7 @@ _MONTHS["setiembre"] = 9
 
 
 # --- normalisation ---------------------------------------------------------
+
 
 def _text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
@@ -92,6 +94,7 @@ def match(field: str, pred, ref, matching: str) -> bool:
 
 # --- per-document scores ---------------------------------------------------
 
+
 def _absent(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip()) or value == []
 
@@ -136,6 +139,7 @@ def _doc_score(field: str, pred, ref, matching: str) -> float:
 
 # --- aggregation -----------------------------------------------------------
 
+
 def _prf(tp: float, fp: float, fn: float, support: int) -> dict:
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
@@ -174,8 +178,7 @@ def _score(items: list[tuple[dict | None, dict, str]], fields: list[str]) -> dic
         micro[m] = _prf(tp, fp, fn, total)
         rows = [per_field[f][m] for f in pooled if support[f] > 0]
         macro[m] = {
-            k: (sum(row[k] for row in rows) / len(rows) if rows else 0.0)
-            for k in ("precision", "recall", "f1")
+            k: (sum(row[k] for row in rows) / len(rows) if rows else 0.0) for k in ("precision", "recall", "f1")
         } | {"support": total}
     return {"fields": per_field, "micro": micro, "macro": macro}
 

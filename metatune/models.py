@@ -152,6 +152,8 @@ def is_peft(model) -> bool:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
+
+
 JSON_CHARACTERS = '{}[]":,'  # what the model must be able to write (T5's vocabulary has no braces)
 
 
@@ -203,8 +205,10 @@ def load_pretrained(settings: ModelSettings, labels: list[str] | None = None):
     if labels is not None:
         cls = AutoModelForTokenClassification
         if type(config) not in cls._model_mapping:
-            raise MetatuneError(f"model '{settings.name}' ({config.model_type}) has no token-classification head "
-                                "in transformers; training.objective=tag needs one (Llama, Qwen, Mistral, Gemma...)")
+            raise MetatuneError(
+                f"model '{settings.name}' ({config.model_type}) has no token-classification head "
+                "in transformers; training.objective=tag needs one (Llama, Qwen, Mistral, Gemma...)"
+            )
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: i for i, label in enumerate(labels)}
@@ -231,7 +235,9 @@ def load_pretrained(settings: ModelSettings, labels: list[str] | None = None):
 
 def unwritable_characters(tokenizer) -> list[str]:
     """The JSON characters this tokenizer cannot write: encoding one gives a token that decodes to something else."""
-    return [c for c in JSON_CHARACTERS if c not in tokenizer.decode(tokenizer(c, add_special_tokens=False)["input_ids"])]
+    return [
+        c for c in JSON_CHARACTERS if c not in tokenizer.decode(tokenizer(c, add_special_tokens=False)["input_ids"])
+    ]
 
 
 def load_base(settings: ModelSettings, labels: list[str] | None = None):
@@ -242,15 +248,19 @@ def load_base(settings: ModelSettings, labels: list[str] | None = None):
     """
     check_settings(settings)
     if labels is not None and (settings.lora.enabled or settings.quantization != "none"):
-        raise MetatuneError("training.objective=tag trains the full model: set model.lora.enabled=false "
-                            "and model.quantization=none")
+        raise MetatuneError(
+            "training.objective=tag trains the full model: set model.lora.enabled=false and model.quantization=none"
+        )
     model, tokenizer, seq2seq = load_pretrained(settings, labels)
     if labels is not None:
         return model, tokenizer, seq2seq
     if missing := unwritable_characters(tokenizer):
         # Adding them as tokens does not help: T5's pre-tokenizer then puts a space before the text after each.
-        print(f"warning: the tokenizer of '{settings.name}' cannot write {' '.join(missing)}; "
-              "the model will not produce parseable JSON", file=sys.stderr)
+        print(
+            f"warning: the tokenizer of '{settings.name}' cannot write {' '.join(missing)}; "
+            "the model will not produce parseable JSON",
+            file=sys.stderr,
+        )
     if model.config.model_type == "led" and "global_attention_mask" not in tokenizer.model_input_names:
         # encoding.collator reads this and adds global attention on the first token to every batch
         tokenizer.model_input_names = [*tokenizer.model_input_names, "global_attention_mask"]

@@ -1,4 +1,5 @@
 """Turn a model's generated text into a JSON object, repairing it when needed."""
+
 from __future__ import annotations
 
 import json

@@ -36,8 +36,9 @@ X_TOLERANCE_RATIO = 0.15
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
-def pdf_text(source: str | Path | bytes, name: str | None = None, max_chars: int = MAX_CHARS,
-             timeout: float | None = None) -> str:
+def pdf_text(
+    source: str | Path | bytes, name: str | None = None, max_chars: int = MAX_CHARS, timeout: float | None = None
+) -> str:
     """The text of a PDF file (path) or upload (bytes), page after page, read in a child process
     that gets `timeout` seconds (default TIMEOUT_S)."""
     name = name or str(source)
@@ -51,15 +52,24 @@ def pdf_text(source: str | Path | bytes, name: str | None = None, max_chars: int
             raise MetatuneError(f"{name}: cannot read: {e.strerror or e}") from None
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
     try:
-        done = subprocess.run([sys.executable, "-m", "metatune.pdf", name, str(max_chars)], input=data,
-                              capture_output=True, timeout=timeout, env=env)
+        done = subprocess.run(
+            [sys.executable, "-m", "metatune.pdf", name, str(max_chars)],
+            input=data,
+            capture_output=True,
+            timeout=timeout,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         raise MetatuneError(f"{name}: cannot read the PDF: gave up after {timeout:g} s") from None
     try:
         result = json.loads(done.stdout)
     except ValueError:
         lines = done.stderr.decode(errors="replace").strip().splitlines()
-        why = "it needs too much memory" if lines and "MemoryError" in lines[-1] else (lines[-1] if lines else f"exit status {done.returncode}")
+        why = (
+            "it needs too much memory"
+            if lines and "MemoryError" in lines[-1]
+            else (lines[-1] if lines else f"exit status {done.returncode}")
+        )
         raise MetatuneError(f"{name}: cannot read the PDF: {why}") from None
     if "error" in result:
         raise MetatuneError(result["error"])
@@ -102,8 +112,10 @@ def read_pdf(data: bytes, name: str, max_chars: int = MAX_CHARS) -> str:
         raise MetatuneError(f"{name}: cannot read the PDF: {_why(e)}") from None
     text = clean_text("\n".join(parts).strip())
     if not text and skipped:
-        raise MetatuneError(f"{name}: no text read from the PDF: the content of its first pages is too large "
-                            f"(over {MAX_CONTENT_BYTES // 1_000_000} MB)")
+        raise MetatuneError(
+            f"{name}: no text read from the PDF: the content of its first pages is too large "
+            f"(over {MAX_CONTENT_BYTES // 1_000_000} MB)"
+        )
     if not text:
         raise MetatuneError(f"{name}: has no text layer (scanned or image-only PDF); OCR is not supported")
     return text

@@ -50,9 +50,13 @@ def push(run_dir: Path, repo_id: str, private: bool = False, message: str | None
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=str(run_dir), repo_id=repo_id, repo_type="model",
-                          commit_message=message or f"Upload {Path(run_dir).name} with metatune",
-                          ignore_patterns=NOT_UPLOADED)
+        api.upload_folder(
+            folder_path=str(run_dir),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=message or f"Upload {Path(run_dir).name} with metatune",
+            ignore_patterns=NOT_UPLOADED,
+        )
     except Exception as e:  # noqa: BLE001 - network, permission, quota: one line, never the token
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MetatuneError(f"cannot push to {repo_id}: {detail.replace(token, '***')}") from None

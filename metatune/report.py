@@ -1,4 +1,5 @@
 """Render the output of metrics.score_documents as a Markdown table or a bar chart."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -92,7 +92,9 @@ class RunInfo(_Part):
         return data
 
     def write(self, directory: Path) -> None:
-        (Path(directory) / RUN_FILE).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
+        (Path(directory) / RUN_FILE).write_text(
+            json.dumps(self.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8"
+        )
 
     @classmethod
     def read(cls, run_dir: str | Path) -> RunInfo:

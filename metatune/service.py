@@ -45,7 +45,9 @@ Format = Literal[FORMATS]
 class ExtractRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(min_length=1, description="The document's text")
-    type: str | None = Field(None, description="Document type (default: the one the run's type classifier predicts from the text)")
+    type: str | None = Field(
+        None, description="Document type (default: the one the run's type classifier predicts from the text)"
+    )
 
 
 class ConsumeRequest(BaseModel):
@@ -55,8 +57,12 @@ class ConsumeRequest(BaseModel):
 
 class ExtractResponse(BaseModel):
     type: str
-    metadata: dict | None = Field(description="Metadata valid under the type's JSON schema; null when the output was not JSON")
-    schema_fixes: dict[str, str] = Field(default_factory=dict, description="Fields converted or dropped to satisfy the schema")
+    metadata: dict | None = Field(
+        description="Metadata valid under the type's JSON schema; null when the output was not JSON"
+    )
+    schema_fixes: dict[str, str] = Field(
+        default_factory=dict, description="Fields converted or dropped to satisfy the schema"
+    )
     repaired: bool = Field(False, description="The output was truncated or malformed JSON, repaired")
     error: str | None = Field(None, description="Why the output could not be parsed")
     raw: str | None = Field(None, description="The model's output, given when it could not be parsed")
@@ -225,8 +231,14 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES, batch_size: int = 8,
-               batch_wait_ms: float = 10.0, max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
+def create_app(
+    extractor,
+    token: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    batch_size: int = 8,
+    batch_wait_ms: float = 10.0,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+) -> FastAPI:
     """The app around an already-loaded Extractor. `token`: require `Authorization: Bearer <token>`.
     `max_queue`: requests waiting beyond it are answered 503 with Retry-After."""
     from metatune.compat import split_instruction
@@ -280,8 +292,11 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
         try:
             return await batcher.submit(clean_text(text), doc_type)  # as training text (metatune/text.py)
         except asyncio.QueueFull:
-            raise HTTPException(503, f"the server is busy ({batcher.queue.qsize()} requests queued, the --max-queue); "
-                                     "retry later", headers={"Retry-After": str(batcher.retry_after())}) from None
+            raise HTTPException(
+                503,
+                f"the server is busy ({batcher.queue.qsize()} requests queued, the --max-queue); retry later",
+                headers={"Retry-After": str(batcher.retry_after())},
+            ) from None
         except MetatuneError as e:
             raise HTTPException(422, str(e)) from None
         except Exception as e:  # noqa: BLE001 - the model failed: 500, and the worker keeps serving
@@ -296,17 +311,26 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
         record.pop("source")
         return ExtractResponse(**record)
 
-    format_query = Query("json", description="Answer format: json, bibtex, tei (GROBID-style teiHeader), "
-                                             "dc (Dublin Core XML) or csv (DSpace metadata import)")
+    format_query = Query(
+        "json",
+        description="Answer format: json, bibtex, tei (GROBID-style teiHeader), "
+        "dc (Dublin Core XML) or csv (DSpace metadata import)",
+    )
 
     @app.get("/health", response_model=HealthResponse)
     async def health():
         """Whether the model is loaded, what it extracts, and how requests were batched. No token needed."""
         info = extractor.info
         return HealthResponse(
-            status="ok", run=extractor.run_dir.name, base_model=info.base_model,
-            types=list(extractor.registry.types), default_type=extractor.default_type, device=str(extractor.device),
-            requests=batcher.requests, batches=batcher.batches, largest_batch=batcher.largest,
+            status="ok",
+            run=extractor.run_dir.name,
+            base_model=info.base_model,
+            types=list(extractor.registry.types),
+            default_type=extractor.default_type,
+            device=str(extractor.device),
+            requests=batcher.requests,
+            batches=batcher.batches,
+            largest_batch=batcher.largest,
             failed_batches=batcher.failed,
         )
 
@@ -316,9 +340,11 @@ def create_app(extractor, token: str | None = None, max_bytes: int = DEFAULT_MAX
         return response("text", await run(request.text, request.type), format)
 
     @app.post("/extract/pdf", response_model=ExtractResponse, dependencies=[Depends(authorize)])
-    async def extract_pdf(file: UploadFile = File(description="A PDF file"),
-                          type: str | None = Form(None, description="Document type"),
-                          format: Format = format_query):
+    async def extract_pdf(
+        file: UploadFile = File(description="A PDF file"),
+        type: str | None = Form(None, description="Document type"),
+        format: Format = format_query,
+    ):
         """Metadata of an uploaded PDF (its text read with pdfplumber)."""
         data = await file.read()
         try:
@@ -365,9 +391,16 @@ def max_bytes_setting(value: int | None) -> int:
     return int(raw)
 
 
-def serve(run_dir: Path, *, host: str = "127.0.0.1", port: int = 8002, max_bytes: int | None = None,
-          settings: GenerationSettings = GenerationSettings(), batch_wait_ms: float = 10.0,
-          max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+def serve(
+    run_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8002,
+    max_bytes: int | None = None,
+    settings: GenerationSettings = GenerationSettings(),
+    batch_wait_ms: float = 10.0,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+) -> None:
     """Serves the run; settings.batch_size is the most requests generated together."""
     import uvicorn
 

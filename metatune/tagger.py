@@ -36,7 +36,13 @@ class Tagger(RunTypes):
     trust_remote_code apply (nothing is generated)."""
 
     def __init__(self, run_dir, model, tokenizer, info: RunInfo, settings: GenerationSettings):
-        self.run_dir, self.model, self.tokenizer, self.info, self.settings = Path(run_dir), model, tokenizer, info, settings
+        self.run_dir, self.model, self.tokenizer, self.info, self.settings = (
+            Path(run_dir),
+            model,
+            tokenizer,
+            info,
+            settings,
+        )
         self.device = self.model.device
         cast(self.model, settings.dtype)
         self.registry = self.info.registry(source=f"{run_dir}/metatune.json")
@@ -46,18 +52,22 @@ class Tagger(RunTypes):
         self.allowed = allowed_transitions(self.scheme)
         self.max_input_tokens = self.info.limits.max_input_tokens
         self.default_type = self.info.fallback_type or (
-            self.scheme.types[0] if len(self.scheme.types) == 1 else "general")
+            self.scheme.types[0] if len(self.scheme.types) == 1 else "general"
+        )
         self.seq2seq = self.info.seq2seq
         self.num_beams, self.max_new_tokens = 1, 0  # nothing is generated
 
     @classmethod
-    def from_run(cls, run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None) -> Tagger:
+    def from_run(
+        cls, run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None
+    ) -> Tagger:
         model, tokenizer, info = load_run(run_dir, device, settings.trust_remote_code)
         return cls(run_dir, model, tokenizer, info, settings)
 
     @torch.inference_mode()
-    def extract(self, texts: list[str], types: list[str | None] | None = None, batch_size: int = 8,
-                progress: bool = False) -> list[Extraction]:
+    def extract(
+        self, texts: list[str], types: list[str | None] | None = None, batch_size: int = 8, progress: bool = False
+    ) -> list[Extraction]:
         """Metadata for each text. A type left as None is the one the run's type label predicts."""
         from tqdm.auto import tqdm
 

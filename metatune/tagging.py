@@ -46,8 +46,12 @@ class TagScheme:
         return 1 + 2 * self.fields.index(field)
 
     def to_dict(self) -> dict:
-        return {"fields": list(self.fields), "types": list(self.types), "lists": list(self.lists),
-                "repeats": self.repeats}
+        return {
+            "fields": list(self.fields),
+            "types": list(self.types),
+            "lists": list(self.lists),
+            "repeats": self.repeats,
+        }
 
     @classmethod
     def from_dict(cls, raw: dict) -> TagScheme:
@@ -83,15 +87,19 @@ def span_labels(offsets: list[tuple[int, int]], spans: list[tuple[Span, str]], s
     for span, field in spans:
         # a token of only whitespace (trimmed to an empty offset) belongs to a span it sits inside: a line
         # break within a title continues the title
-        inside = [i for i, (s, e) in enumerate(offsets)
-                  if (s < e and s < span.end and e > span.start) or (s == e and span.start < s < span.end)]
+        inside = [
+            i
+            for i, (s, e) in enumerate(offsets)
+            if (s < e and s < span.end and e > span.start) or (s == e and span.start < s < span.end)
+        ]
         for k, i in enumerate(inside):
             labels[i] = scheme.begin(field) + (0 if k == 0 else 1)
     return labels
 
 
-def encode_tagged(record: dict, text: str, doc_type: str, fields: list[str], scheme: TagScheme, tokenizer,
-                  max_input_tokens: int) -> tuple[dict, dict[str, list[int]]]:
+def encode_tagged(
+    record: dict, text: str, doc_type: str, fields: list[str], scheme: TagScheme, tokenizer, max_input_tokens: int
+) -> tuple[dict, dict[str, list[int]]]:
     """Training features for one record, and per field [values, aligned] counts."""
     ids, offsets = token_offsets(tokenizer, text, max_input_tokens - 1)
     tagged = [f for f in fields if f in scheme.fields]
@@ -128,11 +136,14 @@ class TagCollator:
         batch = {
             "input_ids": torch.tensor(ids),
             # encoders see both sides already; a causal decoder keeps its own causal mask
-            "attention_mask": bidirectional_mask(lengths, width) if self.bidirectional
+            "attention_mask": bidirectional_mask(lengths, width)
+            if self.bidirectional
             else (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long(),
         }
         if "labels" in features[0]:
-            batch["labels"] = torch.tensor([f["labels"] + [IGNORE_INDEX] * (width - len(f["labels"])) for f in features])
+            batch["labels"] = torch.tensor(
+                [f["labels"] + [IGNORE_INDEX] * (width - len(f["labels"])) for f in features]
+            )
         return batch
 
 
@@ -167,8 +178,9 @@ def viterbi(log_probs: torch.Tensor, allowed: torch.Tensor) -> list[int]:
     return best[::-1]
 
 
-def decode(logits: torch.Tensor, offsets: list[tuple[int, int]], text: str, scheme: TagScheme,
-           allowed: torch.Tensor) -> tuple[str, dict[str, list[str]]]:
+def decode(
+    logits: torch.Tensor, offsets: list[tuple[int, int]], text: str, scheme: TagScheme, allowed: torch.Tensor
+) -> tuple[str, dict[str, list[str]]]:
     """(document type, field -> values in text order) from one document's logits (type position first).
 
     A value found again is listed again only when the training lists did so (`scheme.repeats`); a
@@ -227,6 +239,7 @@ def tag_loss(outputs, labels, num_items_in_batch=None):
     """
     logits = outputs["logits"]
     labels = labels.to(logits.device)
-    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
-                                             ignore_index=IGNORE_INDEX, reduction="sum")
+    loss = torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return loss / (num_items_in_batch if num_items_in_batch is not None else labels.ne(IGNORE_INDEX).sum())

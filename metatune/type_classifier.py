@@ -91,9 +91,15 @@ class TypeClassifier:
         return self.types[best], probs[best]
 
     def to_dict(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "method": "binarized multinomial naive Bayes, word 1-2-grams",
-                "max_chars": MAX_CHARS, "alpha": self.alpha, "types": self.types, "documents": self.documents,
-                "counts": self.counts}
+        return {
+            "format_version": FORMAT_VERSION,
+            "method": "binarized multinomial naive Bayes, word 1-2-grams",
+            "max_chars": MAX_CHARS,
+            "alpha": self.alpha,
+            "types": self.types,
+            "documents": self.documents,
+            "counts": self.counts,
+        }
 
     @classmethod
     def from_dict(cls, raw: object, source: str = FILE) -> TypeClassifier:
@@ -102,13 +108,19 @@ class TypeClassifier:
         types, documents, counts, alpha = raw.get("types"), raw.get("documents"), raw.get("counts"), raw.get("alpha")
         n = len(types) if isinstance(types, list) else 0
         valid = (
-            n > 0 and all(isinstance(t, str) for t in types)
-            and isinstance(documents, list) and len(documents) == n
+            n > 0
+            and all(isinstance(t, str) for t in types)
+            and isinstance(documents, list)
+            and len(documents) == n
             and all(isinstance(d, int) and d > 0 for d in documents)
-            and isinstance(alpha, (int, float)) and alpha > 0
-            and isinstance(counts, dict) and len(counts) <= MAX_FEATURES
-            and all(isinstance(c, list) and len(c) == n and all(isinstance(k, int) and k >= 0 for k in c)
-                    for c in counts.values())
+            and isinstance(alpha, (int, float))
+            and alpha > 0
+            and isinstance(counts, dict)
+            and len(counts) <= MAX_FEATURES
+            and all(
+                isinstance(c, list) and len(c) == n and all(isinstance(k, int) and k >= 0 for k in c)
+                for c in counts.values()
+            )
         )
         if not valid:
             raise MetatuneError(f"{source}: malformed type classifier")

@@ -64,14 +64,32 @@ def main(argv: list[str] | None = None) -> int:
     report = args.run_dir / f"eval-{args.split}"
     try:
         settings = GenerationSettings(num_beams=args.num_beams, batch_size=args.batch_size)
-        metrics = run_evaluate(args.run_dir, args.data, split=args.split, report=report, settings=settings,
-                               baseline="zero-shot" if args.baseline else None, limit=args.limit)
+        metrics = run_evaluate(
+            args.run_dir,
+            args.data,
+            split=args.split,
+            report=report,
+            settings=settings,
+            baseline="zero-shot" if args.baseline else None,
+            limit=args.limit,
+        )
     except MetatuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    command = ["metatune", "evaluate", str(args.run_dir), "--data", str(args.data), "--split", args.split,
-               "--batch-size", str(args.batch_size), "--num-beams", str(args.num_beams)]
+    command = [
+        "metatune",
+        "evaluate",
+        str(args.run_dir),
+        "--data",
+        str(args.data),
+        "--split",
+        args.split,
+        "--batch-size",
+        str(args.batch_size),
+        "--num-beams",
+        str(args.num_beams),
+    ]
     command += ["--baseline", "zero-shot"] if args.baseline else []
     command += ["--limit", str(args.limit)] if args.limit else []
     lines = [
@@ -86,10 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.baseline:
         baseline = json.loads((report / "baseline" / "metrics.json").read_text(encoding="utf-8"))
-        lines += ["", "What fine-tuning bought, against the base model prompted the same way (zero-shot):", "",
-                  comparison_table(metrics, baseline).rstrip()]
-    lines += ["", "Reproduce:", "", "```bash", shlex.join(command), "```",
-              "", f"_Generated {time.strftime('%Y-%m-%d')} by `scripts/evaluation_table.py`._", ""]
+        lines += [
+            "",
+            "What fine-tuning bought, against the base model prompted the same way (zero-shot):",
+            "",
+            comparison_table(metrics, baseline).rstrip(),
+        ]
+    lines += [
+        "",
+        "Reproduce:",
+        "",
+        "```bash",
+        shlex.join(command),
+        "```",
+        "",
+        f"_Generated {time.strftime('%Y-%m-%d')} by `scripts/evaluation_table.py`._",
+        "",
+    ]
     text = "\n".join(lines)
     print("\n" + text)
     if args.out:

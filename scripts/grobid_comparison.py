@@ -72,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report or args.run_dir / "eval"
     for needed in (args.run_dir / "metatune.json", report / "metrics.json"):
         if not needed.is_file():
-            print(f"error: {needed} not found (train with `metatune train`, then run `metatune evaluate`)",
-                  file=sys.stderr)
+            print(
+                f"error: {needed} not found (train with `metatune train`, then run `metatune evaluate`)",
+                file=sys.stderr,
+            )
             return 2
     text = comparison(args.run_dir, report)
     print(text, end="")

@@ -54,11 +54,20 @@ def random_run(arch: Path, target: Path, new_tokens: int) -> Path:
     registry = TypeRegistry.load()
     fmt = InputFormat("prompt", None, ("keywords", "abstract", "subject"), True)
     info = {
-        "format_version": FORMAT_VERSION, "base_model": f"{arch.name} (random weights)", "architecture": "causal",
-        "input": {"style": "prompt", "include_fields": None, "exclude_fields": list(fmt.exclude_fields),
-                  "chat_template": bool(tokenizer.chat_template), "prompts": build_prompts(registry, fmt, tokenizer)},
+        "format_version": FORMAT_VERSION,
+        "base_model": f"{arch.name} (random weights)",
+        "architecture": "causal",
+        "input": {
+            "style": "prompt",
+            "include_fields": None,
+            "exclude_fields": list(fmt.exclude_fields),
+            "chat_template": bool(tokenizer.chat_template),
+            "prompts": build_prompts(registry, fmt, tokenizer),
+        },
         "limits": {"max_input_tokens": 768, "max_target_tokens": new_tokens},
-        "fallback_type": None, "types": registry.to_dict(), "config": {},
+        "fallback_type": None,
+        "types": registry.to_dict(),
+        "config": {},
     }
     (target / "metatune.json").write_text(json.dumps(info), encoding="utf-8")
     return target
@@ -85,8 +94,10 @@ def main() -> None:
             together = ex.extract(texts[:16], types[:16], batch_size=16)
             alone = [ex.extract([t], [ty], batch_size=1)[0] for t, ty in zip(texts[:16], types[:16])]
             results[f"run/{dtype}"] = {
-                "dtype": str(ex.model.dtype), "identical_batch16_vs_1": sum(a.raw == b.raw for a, b in zip(together, alone)),
-                "of": 16, "closed_their_object": sum(closes_object(a.raw) for a in together),
+                "dtype": str(ex.model.dtype),
+                "identical_batch16_vs_1": sum(a.raw == b.raw for a, b in zip(together, alone)),
+                "of": 16,
+                "closed_their_object": sum(closes_object(a.raw) for a in together),
             }
             print(results[f"run/{dtype}"], flush=True)
 
@@ -101,15 +112,23 @@ def main() -> None:
                 docs = encoded[:4] if batch_size == 1 else encoded
                 (outs, counts, _), seconds = timed(lambda: ex.generate_with_counts(docs, batch_size))
                 outputs[batch_size] = outs
-                row[f"batch{batch_size}"] = {"documents": len(docs), "seconds": round(seconds, 2),
-                                             "tokens_per_s": round(sum(counts) / seconds, 1)}
+                row[f"batch{batch_size}"] = {
+                    "documents": len(docs),
+                    "seconds": round(seconds, 2),
+                    "tokens_per_s": round(sum(counts) / seconds, 1),
+                }
             row["identical_batch32_vs_1"] = f"{sum(a == b for a, b in zip(outputs[32], outputs[1]))}/4"
             row["identical_batch8_vs_32"] = f"{sum(a == b for a, b in zip(outputs[8], outputs[32]))}/{len(encoded)}"
             # what the stopping criterion itself costs: the same batch of 32 with and without it
             batch = ex.tokenizer.pad({"input_ids": encoded}, return_tensors="pt").to(ex.device)
             _, plain = timed(lambda: ex.model.generate(**batch, generation_config=ex.generation_config))
-            _, stopped = timed(lambda: ex.model.generate(**batch, generation_config=ex.generation_config,
-                                                         stopping_criteria=StoppingCriteriaList([JsonObjectEnd(ex.tokenizer)])))
+            _, stopped = timed(
+                lambda: ex.model.generate(
+                    **batch,
+                    generation_config=ex.generation_config,
+                    stopping_criteria=StoppingCriteriaList([JsonObjectEnd(ex.tokenizer)]),
+                )
+            )
             row["batch32_seconds_without_stop"], row["batch32_seconds_with_stop"] = round(plain, 2), round(stopped, 2)
             results[f"random/{n}/{dtype}"] = row
             print(dtype, row, flush=True)

@@ -22,128 +22,314 @@ FOOTER = "Documento sintético generado para pruebas de metatune"
 TYPES = ["Tesis", "Articulo", "Libro", "Objeto de conferencia"]
 SIZES = {"training": 6, "validation": 1, "test": 1}  # records per type and split
 
-FEMALE = ["María Laura", "Lucía", "Carolina", "Valeria", "Ana Clara", "Florencia", "Paula", "Silvina", "Julieta", "Micaela"]
+FEMALE = [
+    "María Laura",
+    "Lucía",
+    "Carolina",
+    "Valeria",
+    "Ana Clara",
+    "Florencia",
+    "Paula",
+    "Silvina",
+    "Julieta",
+    "Micaela",
+]
 MALE = ["Juan Pablo", "Martín", "Diego", "Federico", "Santiago", "Gustavo", "Nicolás", "Ramiro", "Hernán", "Tomás"]
 FIRST = FEMALE + MALE
-LAST = ["Ferrandi", "Quiroga", "Salvatierra", "Benavídez", "Olmedo", "Castellucci", "Arrieta",
-        "Pereyra", "Zanetti", "Iturbe", "Mansilla", "Cabral", "Lorenzini", "Echeverry", "Villagra",
-        "Bertolotti", "Sosa", "Madariaga", "Ruggieri", "Acosta"]
+LAST = [
+    "Ferrandi",
+    "Quiroga",
+    "Salvatierra",
+    "Benavídez",
+    "Olmedo",
+    "Castellucci",
+    "Arrieta",
+    "Pereyra",
+    "Zanetti",
+    "Iturbe",
+    "Mansilla",
+    "Cabral",
+    "Lorenzini",
+    "Echeverry",
+    "Villagra",
+    "Bertolotti",
+    "Sosa",
+    "Madariaga",
+    "Ruggieri",
+    "Acosta",
+]
 HONORIFICS = ["Dr. ", "Mg. ", "Lic. ", "Ing. ", ""]  # "Dr." becomes "Dra." before a female name
 
 LICENSES = [  # (rights, rightsurl)
-    ("Creative Commons Attribution-NonCommercial-ShareAlike 4.0 International (CC BY-NC-SA 4.0)",
-     "http://creativecommons.org/licenses/by-nc-sa/4.0/"),
+    (
+        "Creative Commons Attribution-NonCommercial-ShareAlike 4.0 International (CC BY-NC-SA 4.0)",
+        "http://creativecommons.org/licenses/by-nc-sa/4.0/",
+    ),
     ("Creative Commons Attribution 4.0 International (CC BY 4.0)", "http://creativecommons.org/licenses/by/4.0/"),
-    ("Creative Commons Attribution-NonCommercial-NoDerivatives 4.0 International (CC BY-NC-ND 4.0)",
-     "http://creativecommons.org/licenses/by-nc-nd/4.0/"),
-    ("Creative Commons Attribution-ShareAlike 4.0 International (CC BY-SA 4.0)",
-     "http://creativecommons.org/licenses/by-sa/4.0/"),
-    ("Creative Commons Attribution-NonCommercial-ShareAlike 2.5 Argentina (CC BY-NC-SA 2.5)",
-     "http://creativecommons.org/licenses/by-nc-sa/2.5/ar/"),
+    (
+        "Creative Commons Attribution-NonCommercial-NoDerivatives 4.0 International (CC BY-NC-ND 4.0)",
+        "http://creativecommons.org/licenses/by-nc-nd/4.0/",
+    ),
+    (
+        "Creative Commons Attribution-ShareAlike 4.0 International (CC BY-SA 4.0)",
+        "http://creativecommons.org/licenses/by-sa/4.0/",
+    ),
+    (
+        "Creative Commons Attribution-NonCommercial-ShareAlike 2.5 Argentina (CC BY-NC-SA 2.5)",
+        "http://creativecommons.org/licenses/by-nc-sa/2.5/ar/",
+    ),
 ]
 
 # Faculty -> topics and contexts (phrase, keyword), degrees, a journal and an event series
 # (first year, name, acronym, cities); editions are numbered from the first year.
 FACULTIES = {
     "Facultad de Informática": dict(
-        topics=[("la planificación de tareas", "planificación de tareas"), ("la detección de anomalías", "detección de anomalías"),
-                ("el consumo energético", "eficiencia energética"), ("la evaluación de la usabilidad", "usabilidad")],
-        contexts=[("redes definidas por software", "SDN"), ("clústeres de procesadores multinúcleo", "computación paralela"),
-                  ("aplicaciones móviles", "aplicaciones móviles"), ("entornos virtuales de aprendizaje", "educación a distancia")],
-        degrees=["Licenciado en Informática", "Magister en Redes de Datos", "Doctor en Ciencias Informáticas",
-                 "Especialista en Ingeniería de Software"],
+        topics=[
+            ("la planificación de tareas", "planificación de tareas"),
+            ("la detección de anomalías", "detección de anomalías"),
+            ("el consumo energético", "eficiencia energética"),
+            ("la evaluación de la usabilidad", "usabilidad"),
+        ],
+        contexts=[
+            ("redes definidas por software", "SDN"),
+            ("clústeres de procesadores multinúcleo", "computación paralela"),
+            ("aplicaciones móviles", "aplicaciones móviles"),
+            ("entornos virtuales de aprendizaje", "educación a distancia"),
+        ],
+        degrees=[
+            "Licenciado en Informática",
+            "Magister en Redes de Datos",
+            "Doctor en Ciencias Informáticas",
+            "Especialista en Ingeniería de Software",
+        ],
         journal="Cuadernos de Ciencias Informáticas",
-        event=(1994, "Congreso Argentino de Ciencias de la Computación", "CACIC", ["Río Cuarto", "La Plata", "San Luis"])),
+        event=(
+            1994,
+            "Congreso Argentino de Ciencias de la Computación",
+            "CACIC",
+            ["Río Cuarto", "La Plata", "San Luis"],
+        ),
+    ),
     "Facultad de Ciencias Exactas": dict(
-        topics=[("la síntesis de nanopartículas", "nanopartículas"), ("la caracterización óptica", "espectroscopía"),
-                ("la degradación de contaminantes", "fotocatálisis"), ("la dinámica de fluidos", "mecánica de fluidos")],
-        contexts=[("sistemas acuosos", "química ambiental"), ("películas delgadas de óxido de titanio", "óxido de titanio"),
-                  ("muestras del Río de la Plata", "Río de la Plata")],
+        topics=[
+            ("la síntesis de nanopartículas", "nanopartículas"),
+            ("la caracterización óptica", "espectroscopía"),
+            ("la degradación de contaminantes", "fotocatálisis"),
+            ("la dinámica de fluidos", "mecánica de fluidos"),
+        ],
+        contexts=[
+            ("sistemas acuosos", "química ambiental"),
+            ("películas delgadas de óxido de titanio", "óxido de titanio"),
+            ("muestras del Río de la Plata", "Río de la Plata"),
+        ],
         degrees=["Licenciado en Física", "Licenciado en Química", "Doctor de la Facultad de Ciencias Exactas"],
         journal="Anales de Química y Física Aplicada",
-        event=(2001, "Jornadas Argentinas de Física Aplicada", None, ["La Plata", "Tandil"])),
+        event=(2001, "Jornadas Argentinas de Física Aplicada", None, ["La Plata", "Tandil"]),
+    ),
     "Facultad de Ciencias Económicas": dict(
-        topics=[("la recaudación tributaria", "tributación"), ("el financiamiento de pequeñas empresas", "pymes"),
-                ("la informalidad laboral", "mercado de trabajo"), ("la dinámica de los precios relativos", "inflación")],
-        contexts=[("municipios bonaerenses", "provincia de Buenos Aires"), ("la economía argentina reciente", "Argentina"),
-                  ("el sector agroindustrial", "agroindustria")],
-        degrees=["Licenciado en Economía", "Magister en Finanzas Públicas Provinciales y Municipales", "Contador Público"],
+        topics=[
+            ("la recaudación tributaria", "tributación"),
+            ("el financiamiento de pequeñas empresas", "pymes"),
+            ("la informalidad laboral", "mercado de trabajo"),
+            ("la dinámica de los precios relativos", "inflación"),
+        ],
+        contexts=[
+            ("municipios bonaerenses", "provincia de Buenos Aires"),
+            ("la economía argentina reciente", "Argentina"),
+            ("el sector agroindustrial", "agroindustria"),
+        ],
+        degrees=[
+            "Licenciado en Economía",
+            "Magister en Finanzas Públicas Provinciales y Municipales",
+            "Contador Público",
+        ],
         journal="Revista de Economía Regional",
-        event=(1967, "Jornadas Internacionales de Finanzas Públicas", None, ["Córdoba", "La Plata"])),
+        event=(1967, "Jornadas Internacionales de Finanzas Públicas", None, ["Córdoba", "La Plata"]),
+    ),
     "Facultad de Humanidades y Ciencias de la Educación": dict(
-        topics=[("las prácticas de lectura", "lectura"), ("la enseñanza de la historia", "enseñanza de la historia"),
-                ("la formación docente", "formación docente"), ("la memoria colectiva", "memoria")],
-        contexts=[("escuelas secundarias de La Plata", "escuela secundaria"), ("la literatura argentina del siglo XX", "literatura argentina"),
-                  ("comunidades rurales bonaerenses", "ruralidad")],
+        topics=[
+            ("las prácticas de lectura", "lectura"),
+            ("la enseñanza de la historia", "enseñanza de la historia"),
+            ("la formación docente", "formación docente"),
+            ("la memoria colectiva", "memoria"),
+        ],
+        contexts=[
+            ("escuelas secundarias de La Plata", "escuela secundaria"),
+            ("la literatura argentina del siglo XX", "literatura argentina"),
+            ("comunidades rurales bonaerenses", "ruralidad"),
+        ],
         degrees=["Profesor en Historia", "Doctor en Letras", "Magister en Educación"],
         journal="Cuadernos de Educación y Humanidades",
-        event=(2005, "Jornadas de Investigación en Educación", None, ["La Plata", "Ensenada"])),
+        event=(2005, "Jornadas de Investigación en Educación", None, ["La Plata", "Ensenada"]),
+    ),
     "Facultad de Ingeniería": dict(
-        topics=[("el diseño de controladores", "control automático"), ("el monitoreo estructural", "monitoreo estructural"),
-                ("la gestión del agua", "recursos hídricos"), ("la simulación térmica", "simulación numérica")],
-        contexts=[("microrredes eléctricas", "energías renovables"), ("puentes de hormigón armado", "hormigón"),
-                  ("la cuenca del río Salado", "río Salado")],
+        topics=[
+            ("el diseño de controladores", "control automático"),
+            ("el monitoreo estructural", "monitoreo estructural"),
+            ("la gestión del agua", "recursos hídricos"),
+            ("la simulación térmica", "simulación numérica"),
+        ],
+        contexts=[
+            ("microrredes eléctricas", "energías renovables"),
+            ("puentes de hormigón armado", "hormigón"),
+            ("la cuenca del río Salado", "río Salado"),
+        ],
         degrees=["Ingeniero Electrónico", "Ingeniero Civil", "Doctor en Ingeniería"],
         journal="Revista de Ingeniería Platense",
-        event=(2009, "Congreso Argentino de Ingeniería", "CADI", ["Córdoba", "Mar del Plata", "La Plata"])),
+        event=(2009, "Congreso Argentino de Ingeniería", "CADI", ["Córdoba", "Mar del Plata", "La Plata"]),
+    ),
     "Facultad de Ciencias Naturales y Museo": dict(
-        topics=[("la diversidad de anfibios", "anfibios"), ("el registro fósil de mamíferos", "paleontología"),
-                ("la dinámica de sedimentos", "sedimentología"), ("la distribución de plantas nativas", "botánica")],
-        contexts=[("humedales de la región pampeana", "región pampeana"), ("la Patagonia austral", "Patagonia"),
-                  ("el litoral bonaerense", "costa bonaerense")],
+        topics=[
+            ("la diversidad de anfibios", "anfibios"),
+            ("el registro fósil de mamíferos", "paleontología"),
+            ("la dinámica de sedimentos", "sedimentología"),
+            ("la distribución de plantas nativas", "botánica"),
+        ],
+        contexts=[
+            ("humedales de la región pampeana", "región pampeana"),
+            ("la Patagonia austral", "Patagonia"),
+            ("el litoral bonaerense", "costa bonaerense"),
+        ],
         degrees=["Licenciado en Biología", "Doctor en Ciencias Naturales", "Licenciado en Geología"],
         journal="Boletín de Ciencias Naturales del Plata",
-        event=(1984, "Jornadas Argentinas de Paleontología de Vertebrados", None, ["La Plata", "Trelew"])),
+        event=(1984, "Jornadas Argentinas de Paleontología de Vertebrados", None, ["La Plata", "Trelew"]),
+    ),
     "Facultad de Periodismo y Comunicación Social": dict(
-        topics=[("la construcción de la noticia", "periodismo"), ("el uso de redes sociales", "redes sociales"),
-                ("las radios comunitarias", "radio comunitaria"), ("la representación de las juventudes", "juventudes")],
-        contexts=[("medios digitales platenses", "medios digitales"), ("la prensa gráfica argentina", "prensa gráfica"),
-                  ("organizaciones sociales del conurbano", "organizaciones sociales")],
+        topics=[
+            ("la construcción de la noticia", "periodismo"),
+            ("el uso de redes sociales", "redes sociales"),
+            ("las radios comunitarias", "radio comunitaria"),
+            ("la representación de las juventudes", "juventudes"),
+        ],
+        contexts=[
+            ("medios digitales platenses", "medios digitales"),
+            ("la prensa gráfica argentina", "prensa gráfica"),
+            ("organizaciones sociales del conurbano", "organizaciones sociales"),
+        ],
         degrees=["Licenciado en Comunicación Social", "Doctor en Comunicación", "Magister en Periodismo"],
         journal="Revista Comunicación y Territorio",
-        event=(2000, "Jornadas de Investigación en Comunicación", None, ["La Plata", "Rosario"])),
+        event=(2000, "Jornadas de Investigación en Comunicación", None, ["La Plata", "Rosario"]),
+    ),
     "Facultad de Bellas Artes": dict(
-        topics=[("las prácticas performáticas", "performance"), ("la enseñanza del lenguaje musical", "educación musical"),
-                ("el diseño de la identidad visual", "diseño en comunicación visual"), ("la producción audiovisual", "cine")],
-        contexts=[("el arte contemporáneo latinoamericano", "arte latinoamericano"), ("instituciones culturales de La Plata", "La Plata"),
-                  ("la escena independiente", "escena independiente")],
+        topics=[
+            ("las prácticas performáticas", "performance"),
+            ("la enseñanza del lenguaje musical", "educación musical"),
+            ("el diseño de la identidad visual", "diseño en comunicación visual"),
+            ("la producción audiovisual", "cine"),
+        ],
+        contexts=[
+            ("el arte contemporáneo latinoamericano", "arte latinoamericano"),
+            ("instituciones culturales de La Plata", "La Plata"),
+            ("la escena independiente", "escena independiente"),
+        ],
         degrees=["Licenciado en Artes Plásticas", "Doctor en Artes", "Profesor en Música"],
         journal="Revista Arte y Sociedad",
-        event=(2002, "Jornadas de Investigación en Arte", None, ["La Plata", "Buenos Aires"])),
+        event=(2002, "Jornadas de Investigación en Arte", None, ["La Plata", "Buenos Aires"]),
+    ),
 }
-TITLE_PATTERNS = ["{T} en {c}", "Análisis de {t} en {c}", "Estudio de {t} en {c}: propuesta y evaluación",
-                  "Aportes para {t} en {c}", "{T} en {c}: un enfoque interdisciplinario"]
-SECOND_SENTENCES = ["Se propone un marco metodológico y se lo evalúa mediante casos de estudio.",
-                    "Los resultados muestran mejoras respecto de los enfoques habituales.",
-                    "Se discuten las implicancias para futuras investigaciones en el área.",
-                    "Se combinan métodos cuantitativos y cualitativos sobre datos relevados en la región."]
-OPENERS = {"Tesis": "Esta tesis estudia", "Articulo": "Este artículo analiza", "Libro": "Este libro reúne trabajos sobre",
-           "Objeto de conferencia": "En este trabajo se presenta un estudio de"}
-INTROS = ["En las últimas décadas, {t} ha despertado un interés creciente, en particular en {c}, donde los antecedentes son escasos.",
-          "El presente trabajo se origina en preguntas surgidas durante la práctica profesional en {c}, vinculadas con {t}."]
+TITLE_PATTERNS = [
+    "{T} en {c}",
+    "Análisis de {t} en {c}",
+    "Estudio de {t} en {c}: propuesta y evaluación",
+    "Aportes para {t} en {c}",
+    "{T} en {c}: un enfoque interdisciplinario",
+]
+SECOND_SENTENCES = [
+    "Se propone un marco metodológico y se lo evalúa mediante casos de estudio.",
+    "Los resultados muestran mejoras respecto de los enfoques habituales.",
+    "Se discuten las implicancias para futuras investigaciones en el área.",
+    "Se combinan métodos cuantitativos y cualitativos sobre datos relevados en la región.",
+]
+OPENERS = {
+    "Tesis": "Esta tesis estudia",
+    "Articulo": "Este artículo analiza",
+    "Libro": "Este libro reúne trabajos sobre",
+    "Objeto de conferencia": "En este trabajo se presenta un estudio de",
+}
+INTROS = [
+    "En las últimas décadas, {t} ha despertado un interés creciente, en particular en {c}, donde los antecedentes son escasos.",
+    "El presente trabajo se origina en preguntas surgidas durante la práctica profesional en {c}, vinculadas con {t}.",
+]
 PUBLISHERS = ["Editorial de la Universidad Nacional de La Plata (EDULP)", "{faculty} (UNLP)"]
 
 # The few documents not in Spanish: (language, faculty, title, abstract, keywords).
 FOREIGN = [
-    ("en", "Facultad de Informática", "Energy-aware task scheduling on heterogeneous multicore clusters",
-     "This paper evaluates three scheduling heuristics that reduce energy use on heterogeneous clusters.",
-     ["energy efficiency", "scheduling", "parallel computing"]),
-    ("en", "Facultad de Ciencias Naturales y Museo", "Amphibian diversity in wetlands of the Pampean region",
-     "We report a two-year survey of amphibian species in five wetlands near La Plata.", ["amphibians", "wetlands"]),
-    ("pt", "Facultad de Periodismo y Comunicación Social",
-     "Rádios comunitárias e participação cidadã na Argentina",
-     "O trabalho analisa a programação de seis rádios comunitárias da província de Buenos Aires.",
-     ["rádio comunitária", "participação", "Argentina"]),
+    (
+        "en",
+        "Facultad de Informática",
+        "Energy-aware task scheduling on heterogeneous multicore clusters",
+        "This paper evaluates three scheduling heuristics that reduce energy use on heterogeneous clusters.",
+        ["energy efficiency", "scheduling", "parallel computing"],
+    ),
+    (
+        "en",
+        "Facultad de Ciencias Naturales y Museo",
+        "Amphibian diversity in wetlands of the Pampean region",
+        "We report a two-year survey of amphibian species in five wetlands near La Plata.",
+        ["amphibians", "wetlands"],
+    ),
+    (
+        "pt",
+        "Facultad de Periodismo y Comunicación Social",
+        "Rádios comunitárias e participação cidadã na Argentina",
+        "O trabalho analisa a programação de seis rádios comunitárias da província de Buenos Aires.",
+        ["rádio comunitária", "participação", "Argentina"],
+    ),
 ]
 LABELS = {  # abstract, keywords, licence sentence, licence label, "presented at", per language
     "es": ("Resumen", "Palabras clave", "Esta obra está bajo una licencia", "Licencia", "Trabajo presentado en:"),
     "en": ("Abstract", "Keywords", "This work is licensed under a", "License", "Paper presented at:"),
-    "pt": ("Resumo", "Palavras-chave", "Esta obra está licenciada sob uma licença", "Licença", "Trabalho apresentado em:"),
+    "pt": (
+        "Resumo",
+        "Palavras-chave",
+        "Esta obra está licenciada sob uma licença",
+        "Licença",
+        "Trabalho apresentado em:",
+    ),
 }
 MONTHS = {
-    "es": ["enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre", "octubre", "noviembre", "diciembre"],
-    "en": ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"],
-    "pt": ["janeiro", "fevereiro", "março", "abril", "maio", "junho", "julho", "agosto", "setembro", "outubro", "novembro", "dezembro"],
+    "es": [
+        "enero",
+        "febrero",
+        "marzo",
+        "abril",
+        "mayo",
+        "junio",
+        "julio",
+        "agosto",
+        "septiembre",
+        "octubre",
+        "noviembre",
+        "diciembre",
+    ],
+    "en": [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ],
+    "pt": [
+        "janeiro",
+        "fevereiro",
+        "março",
+        "abril",
+        "maio",
+        "junho",
+        "julho",
+        "agosto",
+        "setembro",
+        "outubro",
+        "novembro",
+        "dezembro",
+    ],
 }
 
 
@@ -231,12 +417,26 @@ def make_record(rng: random.Random, doc_type: str, lang: str, used_titles: set[s
         degree = rng.choice(fac["degrees"])
         director = people(rng, rng.choice([1, 1, 2]), taken)
         codirector = people(rng, 1, taken) if rng.random() < 0.4 else []
-        rec.update({"director": as_list(director), **({"codirector": as_list(codirector)} if codirector else {}),
-                    "degree.name": degree, "degree.grantor": UNLP})
-        intro = rng.choice(["Tesis presentada para obtener el grado de", "Trabajo de tesis para optar al título de",
-                            "Tesis de posgrado –"])
-        dirs = [f"Director: {shown(rng, director, True)}", f"Dirección: {shown(rng, director, True)}",
-                f"Dirigida por {shown(rng, director, True, 'natural')}"]
+        rec.update(
+            {
+                "director": as_list(director),
+                **({"codirector": as_list(codirector)} if codirector else {}),
+                "degree.name": degree,
+                "degree.grantor": UNLP,
+            }
+        )
+        intro = rng.choice(
+            [
+                "Tesis presentada para obtener el grado de",
+                "Trabajo de tesis para optar al título de",
+                "Tesis de posgrado –",
+            ]
+        )
+        dirs = [
+            f"Director: {shown(rng, director, True)}",
+            f"Dirección: {shown(rng, director, True)}",
+            f"Dirigida por {shown(rng, director, True, 'natural')}",
+        ]
         codir = f"{rng.choice(['Codirector: ', 'Codirección: '])}{shown(rng, codirector, True)}" if codirector else None
         lines = [rng.choice(dirs)] + ([codir] if codir else [])
         blocks = [title, f"{rng.choice(['Autor/a: ', 'Tesista: ', ''])}{shown(rng, authors)}", f"{intro} {degree}"]
@@ -246,8 +446,12 @@ def make_record(rng: random.Random, doc_type: str, lang: str, used_titles: set[s
         vol, no = rng.randint(1, 30), rng.randint(1, 4)
         journal = fac["journal"]
         rec.update({"journalTitle": journal, "journalVolumeAndIssue": f"vol. {vol}, no. {no}", "issn": issns[journal]})
-        top = rng.choice([f"{journal}, vol. {vol}, no. {no} ({date_text})\nISSN {issns[journal]}",
-                          f"{journal}\nVol. {vol}, Nº {no}, {date_text} – ISSN: {issns[journal]}"])
+        top = rng.choice(
+            [
+                f"{journal}, vol. {vol}, no. {no} ({date_text})\nISSN {issns[journal]}",
+                f"{journal}\nVol. {vol}, Nº {no}, {date_text} – ISSN: {issns[journal]}",
+            ]
+        )
         header = f"{top}\n{header}"
         blocks = [title, shown(rng, authors)]
     elif doc_type == "Libro":
@@ -259,9 +463,14 @@ def make_record(rng: random.Random, doc_type: str, lang: str, used_titles: set[s
         if rng.random() < 0.5:
             compiler = people(rng, rng.randint(1, 2), taken)
             rec["compiler"] = as_list(compiler)
-            blocks.append(rng.choice([f"Compilación: {shown(rng, compiler)}", f"{shown(rng, compiler, style='natural')} (comp.)"]))
-        blocks.append(rng.choice([f"{publisher}\nLa Plata, {date_text}\nISBN {number}",
-                                  f"© {date_text} {publisher}\nISBN: {number}"]))
+            blocks.append(
+                rng.choice([f"Compilación: {shown(rng, compiler)}", f"{shown(rng, compiler, style='natural')} (comp.)"])
+            )
+        blocks.append(
+            rng.choice(
+                [f"{publisher}\nLa Plata, {date_text}\nISBN {number}", f"© {date_text} {publisher}\nISBN: {number}"]
+            )
+        )
     else:  # Objeto de conferencia
         with_month = rng.random() < 0.5  # else the date is only the year inside the event name
         date, date_text = make_date(rng, lang, "month" if with_month else "year")
@@ -312,8 +521,14 @@ def generate(seed: int) -> tuple[dict, str]:
                 rec = make_record(rng, doc_type, lang, used, issns)
                 n += 1
                 slug = doc_type.lower().replace(" ", "-")
-                dataset[split].append({"id": f"synthetic-{slug}-{n:03d}", "type": rec.pop("type"),
-                                       "original_text": rec.pop("original_text"), **rec})
+                dataset[split].append(
+                    {
+                        "id": f"synthetic-{slug}-{n:03d}",
+                        "type": rec.pop("type"),
+                        "original_text": rec.pop("original_text"),
+                        **rec,
+                    }
+                )
     holdout = make_record(random.Random(seed + 1), "Tesis", "es", used, issns)
     return dataset, holdout["original_text"]
 

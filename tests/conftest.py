@@ -35,8 +35,11 @@ def train_tokenizer(texts: list[str], vocab_size: int = 600):
 def corpus() -> list[str]:
     data = json.loads(SAMPLE.read_text(encoding="utf-8"))
     texts = [r["original_text"] for split in data.values() for r in split]
-    texts += [json.dumps({k: v for k, v in r.items() if k != "original_text"}, ensure_ascii=False)
-              for split in data.values() for r in split]
+    texts += [
+        json.dumps({k: v for k, v in r.items() if k != "original_text"}, ensure_ascii=False)
+        for split in data.values()
+        for r in split
+    ]
     texts.append((REPO / "metatune" / "configs" / "doctypes.yaml").read_text(encoding="utf-8"))
     return texts
 
@@ -50,10 +53,20 @@ def tiny_config(arch: str, tokenizer):
     """A randomly initialisable config of the given architecture, a few hundred thousand parameters."""
     import transformers as tf
 
-    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    ids = dict(
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
     vocab = len(tokenizer)
-    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=4096, vocab_size=vocab, **ids)
+    small = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        vocab_size=vocab,
+        **ids,
+    )
     if arch == "llama":
         return tf.LlamaConfig(**small, tie_word_embeddings=True)
     if arch == "qwen2":
@@ -63,13 +76,32 @@ def tiny_config(arch: str, tokenizer):
     if arch == "gemma3":
         return tf.Gemma3TextConfig(**small, head_dim=16, sliding_window=64)
     if arch == "t5":
-        return tf.T5Config(vocab_size=vocab, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
-                           decoder_start_token_id=tokenizer.pad_token_id, **ids)
+        return tf.T5Config(
+            vocab_size=vocab,
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_heads=4,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            **ids,
+        )
     if arch == "led":
-        return tf.LEDConfig(vocab_size=vocab, d_model=64, encoder_layers=2, decoder_layers=2,
-                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
-                            decoder_ffn_dim=128, attention_window=[16, 16], max_encoder_position_embeddings=4096,
-                            max_decoder_position_embeddings=1024, decoder_start_token_id=tokenizer.eos_token_id, **ids)
+        return tf.LEDConfig(
+            vocab_size=vocab,
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+            attention_window=[16, 16],
+            max_encoder_position_embeddings=4096,
+            max_decoder_position_embeddings=1024,
+            decoder_start_token_id=tokenizer.eos_token_id,
+            **ids,
+        )
     raise ValueError(arch)
 
 
@@ -138,19 +170,21 @@ def sample_run_config(model: Path, output: Path, *extra: str):
     `extra`: more --set items."""
     from metatune.config import load_config
 
-    return load_config(sets=[
-        f"model.name={model}",
-        f"data.path={SAMPLE}",
-        f"training.output_dir={output}",
-        f"data.include_fields={FIELDS}",
-        "data.max_input_tokens=256",
-        "data.max_target_tokens=192",
-        "training.per_device_train_batch_size=8",
-        "training.per_device_eval_batch_size=8",
-        "training.learning_rate=3e-3",
-        "training.logging_steps=1",
-        *extra,
-    ])
+    return load_config(
+        sets=[
+            f"model.name={model}",
+            f"data.path={SAMPLE}",
+            f"training.output_dir={output}",
+            f"data.include_fields={FIELDS}",
+            "data.max_input_tokens=256",
+            "data.max_target_tokens=192",
+            "training.per_device_train_batch_size=8",
+            "training.per_device_eval_batch_size=8",
+            "training.learning_rate=3e-3",
+            "training.logging_steps=1",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -54,8 +54,10 @@ def test_a_value_occurring_twice_takes_the_first_free_occurrence():
 
 def test_longer_values_claim_their_place_first():
     """The keyword occurs in the title too; it is labelled in the keywords line."""
-    record = {"title": "DNA methylation--regulated binding of transcription factors",
-              "keywords": ["DNA methylation", "chromatin"]}
+    record = {
+        "title": "DNA methylation--regulated binding of transcription factors",
+        "keywords": ["DNA methylation", "chromatin"],
+    }
     spans = align_record(TEXT, record, ["title", "keywords"])
     assert TEXT[spans[("keywords", 0)].start :].startswith("DNA methylation; chromatin")
     assert not spans[("keywords", 0)].overlaps(spans[("title", 0)])
@@ -165,7 +167,12 @@ def test_anchors_expand_back_to_the_source_span_of_every_value(path):
 def test_an_anchor_whose_ending_repeats_takes_more_words():
     from metatune.alignment import anchor, expand
 
-    value = " ".join(f"w{i}" for i in range(10)) + " in the plane " + " ".join(f"v{i}" for i in range(10)) + " in the plane."
+    value = (
+        " ".join(f"w{i}" for i in range(10))
+        + " in the plane "
+        + " ".join(f"v{i}" for i in range(10))
+        + " in the plane."
+    )
     text = f"Abstract. {value} Keywords: graphs"
     short = anchor(text, value, 10, 3)
     # "v9 in the plane" is the shortest ending that does not also occur inside the value

@@ -21,20 +21,22 @@ PRESETS = ["gemma", "led", "led-large", "led-spanish", "llama", "mistral", "nuex
 
 
 def tiny_run_config(model_dir, output, *extra):
-    return load_config(sets=[
-        f"model.name={model_dir}",
-        f"data.path={SAMPLE}",
-        "data.max_input_tokens=256",
-        "data.include_fields=[title,date]",  # a short prompt and target: fast steps
-        "data.chat_template=false",
-        f"training.output_dir={output}",
-        "training.max_steps=2",
-        "training.per_device_train_batch_size=2",
-        "training.eval_each_epoch=false",
-        "training.learning_rate=1e-3",
-        "training.logging_steps=1",
-        *extra,
-    ])
+    return load_config(
+        sets=[
+            f"model.name={model_dir}",
+            f"data.path={SAMPLE}",
+            "data.max_input_tokens=256",
+            "data.include_fields=[title,date]",  # a short prompt and target: fast steps
+            "data.chat_template=false",
+            f"training.output_dir={output}",
+            "training.max_steps=2",
+            "training.per_device_train_batch_size=2",
+            "training.eval_each_epoch=false",
+            "training.learning_rate=1e-3",
+            "training.logging_steps=1",
+            *extra,
+        ]
+    )
 
 
 class GenerateSpy:
@@ -75,7 +77,7 @@ def test_train_save_reload_generate(arch, tiny_tokenizer, tmp_path, monkeypatch)
     outputs = extractor.generate(encoded, batch_size=2, max_new_tokens=8)
 
     assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
-    (kwargs, generated), = spy.calls
+    ((kwargs, generated),) = spy.calls
     assert ((generated >= 0) & (generated < len(extractor.tokenizer))).all()
     if arch == "led":
         # global attention on the first token of every row, in generation as in training
@@ -113,7 +115,9 @@ def test_tokenizer_that_cannot_write_json_is_named():
     tok = Tokenizer(models.Unigram())  # like T5's SentencePiece vocabulary: no braces, no byte fallback
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
     texts = [t.translate(str.maketrans("", "", "{}[]")) for t in corpus()]
-    tok.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    tok.train_from_iterator(
+        texts, trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    )
     no_braces = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     assert unwritable_characters(no_braces) == ["{", "}", "[", "]"]
 

@@ -89,8 +89,13 @@ def test_seq2seq_models_keep_their_full_logits(tiny_t5):
 
 
 def test_padding_free_splits_batches_of_causal_models_into_single_examples():
-    config = load_config(sets=["training.per_device_train_batch_size=4", "training.gradient_accumulation_steps=2",
-                               "training.padding_free=true"])
+    config = load_config(
+        sets=[
+            "training.per_device_train_batch_size=4",
+            "training.gradient_accumulation_steps=2",
+            "training.padding_free=true",
+        ]
+    )
     assert micro_batches(config, seq2seq=False) == (1, 8)
     assert micro_batches(config, seq2seq=True) == (4, 2)  # seq2seq losses are per-batch means
     config.training.padding_free = False
@@ -105,13 +110,22 @@ def test_padding_free_training_takes_the_same_step_as_padded_batches(tiny_llama,
 
     grads, losses = {}, {}
     for free in (True, False):
-        config = load_config(sets=[
-            f"model.name={tiny_llama}", f"data.path={SAMPLE}", f"training.output_dir={tmp_path / str(free)}",
-            "data.max_input_tokens=256", "data.include_fields=[title, creator, date, language]",
-            "training.per_device_train_batch_size=4", "training.max_steps=1", "training.group_by_length=false",
-            "training.eval_each_epoch=false", "training.max_grad_norm=0", f"training.padding_free={free}",
-            "training.bf16=false",  # equal up to float32 rounding
-        ])
+        config = load_config(
+            sets=[
+                f"model.name={tiny_llama}",
+                f"data.path={SAMPLE}",
+                f"training.output_dir={tmp_path / str(free)}",
+                "data.max_input_tokens=256",
+                "data.include_fields=[title, creator, date, language]",
+                "training.per_device_train_batch_size=4",
+                "training.max_steps=1",
+                "training.group_by_length=false",
+                "training.eval_each_epoch=false",
+                "training.max_grad_norm=0",
+                f"training.padding_free={free}",
+                "training.bf16=false",  # equal up to float32 rounding
+            ]
+        )
         prepared = prepare(config, need_validation=False)
         args = bench.quiet_arguments(training_arguments(prepared, tmp_path / str(free)))
         assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == ((1, 4) if free else (4, 1))
@@ -170,8 +184,14 @@ def test_without_the_shared_data_the_sample_is_used_and_said(monkeypatch, tmp_pa
 
 def test_bench_produces_every_figure(tiny_llama, tmp_path):
     settings = BenchSettings(
-        output=tmp_path / "results", model=str(tiny_llama), data=str(SAMPLE), steps=2,
-        extract_docs=3, extract_batch_size=2, max_new_tokens=4, matmul_size=128,
+        output=tmp_path / "results",
+        model=str(tiny_llama),
+        data=str(SAMPLE),
+        steps=2,
+        extract_docs=3,
+        extract_batch_size=2,
+        max_new_tokens=4,
+        matmul_size=128,
     )
     json_path, md_path = write_results(run_bench(settings), settings.output)
     result = json.loads(json_path.read_text(encoding="utf-8"))
@@ -188,7 +208,9 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
     assert original["epoch"]["targets"] == metatune["epoch"]["targets"]  # the same useful tokens on both sides
     assert metatune["epoch"]["positions"] < original["epoch"]["positions"]
     assert metatune["setup"]["target_only_logits"] and metatune["setup"]["group_by_length"]
-    assert training["speedup_per_epoch"] == pytest.approx(original["epoch_seconds"] / metatune["epoch_seconds"], rel=0.01)
+    assert training["speedup_per_epoch"] == pytest.approx(
+        original["epoch_seconds"] / metatune["epoch_seconds"], rel=0.01
+    )
     peak = training["peak_flops_per_second"]
     assert peak["float32_best"] > 0 and peak["bfloat16"] > 0 and peak["samples"] >= 2
 
@@ -204,8 +226,15 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
 
     assert "data_note" not in result and result["machine"]["logical_cpus"] >= 1
     table = md_path.read_text(encoding="utf-8")
-    for row in ("| useful target tokens / s |", "| seconds per epoch |", "| MFU", "| documents / s |",
-                "metatune LoRA", "extraction, batched", "model: the base model, untrained."):
+    for row in (
+        "| useful target tokens / s |",
+        "| seconds per epoch |",
+        "| MFU",
+        "| documents / s |",
+        "metatune LoRA",
+        "extraction, batched",
+        "model: the base model, untrained.",
+    ):
         assert row in table
     assert sorted(p.name for p in settings.output.iterdir()) == sorted([json_path.name, md_path.name])
 

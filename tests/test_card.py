@@ -17,26 +17,44 @@ from metatune.run_info import RunInfo
 from conftest import SAMPLE
 
 INFO = {
-    "metatune_version": "0.1.0", "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "architecture": "causal",
-    "objective": "generate", "limits": {"max_input_tokens": 1024, "max_target_tokens": 256},
-    "input": {"style": "prompt", "prompts": {"Tesis": {"prefix": "Extraé los metadatos de la tesis.\n\nDocumento:\n",
-                                                        "suffix": "\n\nJSON:\n"}}},
+    "metatune_version": "0.1.0",
+    "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "architecture": "causal",
+    "objective": "generate",
+    "limits": {"max_input_tokens": 1024, "max_target_tokens": 256},
+    "input": {
+        "style": "prompt",
+        "prompts": {"Tesis": {"prefix": "Extraé los metadatos de la tesis.\n\nDocumento:\n", "suffix": "\n\nJSON:\n"}},
+    },
     "types": {"Tesis": {"fields": {"title": "string", "director": "array"}}},
-    "config": {"data": {"path": "data/sample/sample.json"}, "model": {"lora": {"enabled": True, "r": 16, "alpha": 32,
-                                                                               "merge": True}},
-               "training": {"learning_rate": 0.0002, "num_train_epochs": 3, "seed": 42}},
+    "config": {
+        "data": {"path": "data/sample/sample.json"},
+        "model": {"lora": {"enabled": True, "r": 16, "alpha": 32, "merge": True}},
+        "training": {"learning_rate": 0.0002, "num_train_epochs": 3, "seed": 42},
+    },
     "training": {"train_examples": 24, "train_loss": 0.81},
 }
-METRICS = {"documents": 4, "parse_failures": 1, "repaired": 0, "seconds": 2.0,
-           "micro": {"strict": {"f1": 0.5}, "soft": {"f1": 0.625}},
-           "macro": {"strict": {"f1": 0.4}, "soft": {"f1": 0.5}},
-           "fields": {"title": {"strict": {"f1": 0.75}, "soft": {"f1": 1.0}}},
-           "run": {"split": "test", "data": "data/sample/sample.json"}}
+METRICS = {
+    "documents": 4,
+    "parse_failures": 1,
+    "repaired": 0,
+    "seconds": 2.0,
+    "micro": {"strict": {"f1": 0.5}, "soft": {"f1": 0.625}},
+    "macro": {"strict": {"f1": 0.4}, "soft": {"f1": 0.5}},
+    "fields": {"title": {"strict": {"f1": 0.75}, "soft": {"f1": 1.0}}},
+    "run": {"split": "test", "data": "data/sample/sample.json"},
+}
 
 
 def run_cli(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "metatune", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "metatune", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_the_card_names_base_model_data_settings_prompt_and_how_to_load():
@@ -49,7 +67,11 @@ def test_the_card_names_base_model_data_settings_prompt_and_how_to_load():
     assert "Not evaluated yet" in card
     assert 'model = AutoModelForCausalLM.from_pretrained("demo")' in card and "metatune extract demo" in card
     card = model_card(RunInfo.model_validate(INFO), "demo", METRICS)
-    assert "| field | strict | soft |" in card and "| title | 75.0 | 100.0 |" in card and "| **micro** | 50.0 | 62.5 |" in card
+    assert (
+        "| field | strict | soft |" in card
+        and "| title | 75.0 | 100.0 |" in card
+        and "| **micro** | 50.0 | 62.5 |" in card
+    )
 
 
 def test_the_saved_tokenizer_names_a_class_other_tools_know(tmp_path, tiny_tokenizer):
@@ -86,6 +108,7 @@ def test_a_saved_run_has_its_card_and_the_last_evaluation_joins_it(tiny_run, tmp
 
 
 # --- metatune push ---------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def hub(monkeypatch):
@@ -129,8 +152,10 @@ def test_push_uploads_the_run_with_the_token_from_the_environment(tmp_path, hub,
     result = CliRunner().invoke(app, ["push", str(run), "sedici/metatune-demo", "--private"])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"Pushed {run} to https://huggingface.co/sedici/metatune-demo"
-    assert hub["token"] == "hf_secret" and hub["create"] == ("sedici/metatune-demo", {"private": True, "exist_ok": True,
-                                                                                       "repo_type": "model"})
+    assert hub["token"] == "hf_secret" and hub["create"] == (
+        "sedici/metatune-demo",
+        {"private": True, "exist_ok": True, "repo_type": "model"},
+    )
     assert hub["upload"]["folder_path"] == str(run) and hub["upload"]["repo_id"] == "sedici/metatune-demo"
     assert (run / "README.md").is_file()  # a run saved before cards existed gets one before the upload
     assert "hf_secret" not in result.output
@@ -140,10 +165,14 @@ def test_push_errors_are_one_line_and_never_show_the_token(tmp_path, hub, monkey
     from metatune.push import push
 
     run = fake_run(tmp_path)
-    with pytest.raises(MetatuneError, match=r"^cannot push: no Hugging Face token \(set HF_TOKEN or TOKEN_HUGGING_FACE\)$"):
+    with pytest.raises(
+        MetatuneError, match=r"^cannot push: no Hugging Face token \(set HF_TOKEN or TOKEN_HUGGING_FACE\)$"
+    ):
         push(run, "sedici/demo")
     monkeypatch.setenv("TOKEN_HUGGING_FACE", "hf_secret")
-    with pytest.raises(MetatuneError, match=r"^cannot push to sedici/denied: 403 Forbidden: token \*\*\* cannot write$"):
+    with pytest.raises(
+        MetatuneError, match=r"^cannot push to sedici/denied: 403 Forbidden: token \*\*\* cannot write$"
+    ):
         push(run, "sedici/denied")
     with pytest.raises(MetatuneError, match="give the repository as owner/name"):
         push(run, "demo")
@@ -156,6 +185,7 @@ def test_push_errors_are_one_line_and_never_show_the_token(tmp_path, hub, monkey
 
 
 # --- training.report_to, --version, --json ----------------------------------------------------------
+
 
 def test_report_to_follows_the_setting():
     from metatune.config import load_config
@@ -175,7 +205,9 @@ def test_version_and_json_listings(tmp_path):
     result = run_cli("--version", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == f"metatune {__version__}"
     presets = json.loads(run_cli("models", "--json", cwd=tmp_path).stdout)
-    assert {"name": "led", "source": "allenai/led-base-16384"}.items() <= next(p for p in presets if p["name"] == "led").items()
+    assert {"name": "led", "source": "allenai/led-base-16384"}.items() <= next(
+        p for p in presets if p["name"] == "led"
+    ).items()
 
     report = json.loads(run_cli("data", "validate", SAMPLE, "--json", cwd=tmp_path).stdout)
     assert report["ok"] is True and report["splits"]["training"]["records"] == 24
@@ -186,5 +218,8 @@ def test_version_and_json_listings(tmp_path):
     bad.write_text(json.dumps(data), encoding="utf-8")
     result = run_cli("data", "validate", bad, "--json", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"error: {bad}: 1 problem(s) found"
-    assert json.loads(result.stdout) == {"path": str(bad), "ok": False,
-                                         "problems": [f"{bad}: record training[0]: field 'original_text': missing"]}
+    assert json.loads(result.stdout) == {
+        "path": str(bad),
+        "ok": False,
+        "problems": [f"{bad}: record training[0]: field 'original_text': missing"],
+    }

@@ -25,8 +25,14 @@ TYPES = ("Tesis", "Articulo", "Libro", "Objeto de conferencia")
 
 def run_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "metatune", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "metatune", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -75,21 +81,30 @@ def bad_train_input(tmp_path: Path, case: str) -> tuple[list, list[str]]:
         invalid.write_text('{"training": [{"type": "Tesis", "original_text": "x"},]}', encoding="utf-8")
         return ["--data", invalid], [f"{invalid}: invalid JSON at line 1, column"]
     if case == "no original_text":
-        return (["--data", broken(tmp_path, "original_text", drop=True)],
-                ["data.json: record training[2]: field 'original_text': missing"])
+        return (
+            ["--data", broken(tmp_path, "original_text", drop=True)],
+            ["data.json: record training[2]: field 'original_text': missing"],
+        )
     if case == "empty text":
-        return (["--data", broken(tmp_path, "original_text", "  \n ", split="validation", index=1)],
-                ["data.json: record validation[1]: field 'original_text': empty text"])
+        return (
+            ["--data", broken(tmp_path, "original_text", "  \n ", split="validation", index=1)],
+            ["data.json: record validation[1]: field 'original_text': empty text"],
+        )
     if case == "text not a string":
-        return (["--data", broken(tmp_path, "original_text", ["a", "b"])],
-                ["data.json: record training[2]: field 'original_text': expected text, got list"])
+        return (
+            ["--data", broken(tmp_path, "original_text", ["a", "b"])],
+            ["data.json: record training[2]: field 'original_text': expected text, got list"],
+        )
     assert case == "unknown type"
-    return (["--data", broken(tmp_path, "type", "Revista", split="test", index=0)],
-            ["data.json: record test[0]: field 'type': unknown document type 'Revista'", "data.fallback_type"])
+    return (
+        ["--data", broken(tmp_path, "type", "Revista", split="test", index=0)],
+        ["data.json: record test[0]: field 'type': unknown document type 'Revista'", "data.fallback_type"],
+    )
 
 
-@pytest.mark.parametrize("case", ["missing file", "invalid JSON", "no original_text", "empty text",
-                                  "text not a string", "unknown type"])
+@pytest.mark.parametrize(
+    "case", ["missing file", "invalid JSON", "no original_text", "empty text", "text not a string", "unknown type"]
+)
 def test_train_bad_data(tmp_path, case):
     args, parts = bad_train_input(tmp_path, case)
     before = snapshot(tmp_path)
@@ -123,7 +138,9 @@ def test_train_unknown_yaml_key(tmp_path):
     config.write_text("data:\n  path: data.json\ntraining:\n  learnig_rate: 1.0e-4\n", encoding="utf-8")
     before = snapshot(tmp_path)
     result = run_cli("train", "--config", config, cwd=tmp_path)
-    assert_one_line_error(result, f"{config}: unknown key 'training.learnig_rate'; did you mean 'training.learning_rate'?")
+    assert_one_line_error(
+        result, f"{config}: unknown key 'training.learnig_rate'; did you mean 'training.learning_rate'?"
+    )
     result = run_cli("train", "--set", "data.max_input_token=256", cwd=tmp_path)
     assert_one_line_error(result, "unknown key 'data.max_input_token'; did you mean 'data.max_input_tokens'?")
     result = run_cli("train", "--set", "training.max_steps=many", cwd=tmp_path)
@@ -153,10 +170,16 @@ def test_train_bad_set_value_and_bad_models_are_one_line_errors(tmp_path):
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"format_version": 1, "base_model": "other"}, "not a complete metatune run: metatune.json has no 'architecture'"),
-    ([1, 2], "metatune.json: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            {"format_version": 1, "base_model": "other"},
+            "not a complete metatune run: metatune.json has no 'architecture'",
+        ),
+        ([1, 2], "metatune.json: expected a JSON object"),
+    ],
+)
 def test_serve_a_directory_that_is_not_a_run(tmp_path, content, message):
     run = tmp_path / "run"
     run.mkdir()
@@ -189,10 +212,27 @@ def main(monkeypatch, *args) -> None:
 
 
 def tiny_run_args(model: Path, data: Path, out: Path) -> list:
-    return ["train", "--model", model, "--data", data, "--output", out,
-            "--set", "training.max_steps=2", "--set", "training.eval_each_epoch=false",
-            "--set", "data.include_fields=[title, date]", "--set", "data.max_input_tokens=200",
-            "--set", "training.per_device_train_batch_size=8", "--set", "training.logging_steps=1"]
+    return [
+        "train",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--output",
+        out,
+        "--set",
+        "training.max_steps=2",
+        "--set",
+        "training.eval_each_epoch=false",
+        "--set",
+        "data.include_fields=[title, date]",
+        "--set",
+        "data.max_input_tokens=200",
+        "--set",
+        "training.per_device_train_batch_size=8",
+        "--set",
+        "training.logging_steps=1",
+    ]
 
 
 def test_fallback_type_then_overwrite(tmp_path, tiny_llama, monkeypatch, capsys, one_thread):
@@ -255,7 +295,9 @@ def test_data_validate_good_files(tmp_path):
     assert run_cli("data", "validate", path, cwd=tmp_path).returncode == 2
     assert run_cli("data", "validate", path, "--fallback-type", "general", cwd=tmp_path).returncode == 0
 
-    assert_one_line_error(run_cli("data", "validate", tmp_path / "nope.json", cwd=tmp_path), "nope.json: dataset file not found")
+    assert_one_line_error(
+        run_cli("data", "validate", tmp_path / "nope.json", cwd=tmp_path), "nope.json: dataset file not found"
+    )
 
 
 def flat_file(tmp_path: Path) -> Path:
@@ -284,8 +326,10 @@ def test_data_split(tmp_path):
     other = tmp_path / "other.json"
     assert run_cli("data", "split", flat, "--seed", "7", "--out", other, cwd=tmp_path).returncode == 0
     before = snapshot(tmp_path)
-    assert_one_line_error(run_cli("data", "split", flat, "--out", tmp_path / "no" / "x.json", cwd=tmp_path),
-                          "x.json: cannot write there (no such directory)")
+    assert_one_line_error(
+        run_cli("data", "split", flat, "--out", tmp_path / "no" / "x.json", cwd=tmp_path),
+        "x.json: cannot write there (no such directory)",
+    )
     assert snapshot(tmp_path) == before
     reseeded = json.loads(other.read_text(encoding="utf-8"))
     assert [r["id"] for r in reseeded["test"]] != [r["id"] for r in splits["test"]]
@@ -297,7 +341,9 @@ def test_data_split_bad_file_writes_nothing(tmp_path):
     data[5]["original_text"] = ""
     path = write_json(tmp_path / "flat.json", data)
     before = snapshot(tmp_path)
-    assert_one_line_error(run_cli("data", "split", path, cwd=tmp_path), f"{path}: record all[5]: field 'original_text': empty text")
+    assert_one_line_error(
+        run_cli("data", "split", path, cwd=tmp_path), f"{path}: record all[5]: field 'original_text': empty text"
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -308,8 +354,10 @@ def test_data_validate_and_split_refuse_what_training_refuses(tmp_path):
     data[3]["type"] = "Revista"
     path = write_json(tmp_path / "flat.json", data)
     before = snapshot(tmp_path)
-    assert_one_line_error(run_cli("data", "split", path, cwd=tmp_path),
-                          f"{path}: record all[3]: field 'type': unknown document type 'Revista'")
+    assert_one_line_error(
+        run_cli("data", "split", path, cwd=tmp_path),
+        f"{path}: record all[3]: field 'type': unknown document type 'Revista'",
+    )
     assert snapshot(tmp_path) == before
     result = run_cli("data", "split", path, "--fallback-type", "general", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -23,30 +23,67 @@ You have to extract the metadata:
 language, title,  creator, rights, rightsurl, date, originPlaceInfo,isrelatedwith"""
 MIDDLE = "Here is a JSON Example format:"
 END = "Now, extract the information from the following text and provide it in the specified JSON format:"
-RIGHTS = {"rights": "Creative Commons Attribution-NonCommercial-ShareAlike 4.0 International (CC BY-NC-SA 4.0)",
-          "rightsurl": "http://creativecommons.org/licenses/by-nc-sa/4.0/"}
-JSON_GENERAL = {"language": "es", "title": "SIMULACIÓN MEDIANTE MODELOS ANALÍTICOS DE ESTELA EN PARQUES EÓLICOS",
-                "creator": "['Lazzari, Florencia', 'Otero, Alejandro']", **RIGHTS, "date": "2018-01-01",
-                "originPlaceInfo": "ASADES", "isRelatedWith": "http://sedici.unlp.edu.ar/handle/10915/128795"}
-JSON_TESIS = ({"language": "es", "title": "¿Es compatible la producción forestal con la producción forrajera?",
-               "creator": "Siccardi, Bárbara", **RIGHTS, "date": "2023-01-01",
-               "originPlaceInfo": "Facultad de Ciencias Agrarias y Forestales",
-               "isRelatedWith": "http://sedici.unlp.edu.ar/handle/10915/118764",
-               "codirector": "Ing. Agr. Bárbara Heguy", "director": "Dra. Carolina Pérez",
-               "degree.grantor": "Universidad Nacional de La Plata", "degree.name": "Ingeniero Forestal"},)
-STARS = {"language": "en", "creator": "['J.I. Soto', 'S.V. Jeffers', 'D.R.G. Schleicher', 'J.A. Rosales']",
-         "title": "Exploring the magnetism of stars using TESS data", **RIGHTS, "date": "2022-01-01",
-         "originPlaceInfo.": "Asociación Argentina de Astronomía",
-         "isRelatedWith": "http://sedici.unlp.edu.ar/handle/10915/118464"}
+RIGHTS = {
+    "rights": "Creative Commons Attribution-NonCommercial-ShareAlike 4.0 International (CC BY-NC-SA 4.0)",
+    "rightsurl": "http://creativecommons.org/licenses/by-nc-sa/4.0/",
+}
+JSON_GENERAL = {
+    "language": "es",
+    "title": "SIMULACIÓN MEDIANTE MODELOS ANALÍTICOS DE ESTELA EN PARQUES EÓLICOS",
+    "creator": "['Lazzari, Florencia', 'Otero, Alejandro']",
+    **RIGHTS,
+    "date": "2018-01-01",
+    "originPlaceInfo": "ASADES",
+    "isRelatedWith": "http://sedici.unlp.edu.ar/handle/10915/128795",
+}
+JSON_TESIS = (
+    {
+        "language": "es",
+        "title": "¿Es compatible la producción forestal con la producción forrajera?",
+        "creator": "Siccardi, Bárbara",
+        **RIGHTS,
+        "date": "2023-01-01",
+        "originPlaceInfo": "Facultad de Ciencias Agrarias y Forestales",
+        "isRelatedWith": "http://sedici.unlp.edu.ar/handle/10915/118764",
+        "codirector": "Ing. Agr. Bárbara Heguy",
+        "director": "Dra. Carolina Pérez",
+        "degree.grantor": "Universidad Nacional de La Plata",
+        "degree.name": "Ingeniero Forestal",
+    },
+)
+STARS = {
+    "language": "en",
+    "creator": "['J.I. Soto', 'S.V. Jeffers', 'D.R.G. Schleicher', 'J.A. Rosales']",
+    "title": "Exploring the magnetism of stars using TESS data",
+    **RIGHTS,
+    "date": "2022-01-01",
+    "originPlaceInfo.": "Asociación Argentina de Astronomía",
+    "isRelatedWith": "http://sedici.unlp.edu.ar/handle/10915/118464",
+}
 EVENT = "LXIII Reunión Anual de la Asociación Argentina de Astronomía (Córdoba, 25 al 29 de octubre de 2021)"
-JSON_ARTICULO = ({**STARS, "journalTitle": "Boletín de la Asociación Argentina de Astronomía",
-                  "journalVolumeAndIssue": "Vol. 63", "issn": "1669-9521", "event": EVENT},)
-JSON_LIBRO = ({"language": "es", "creator": "['Ruiz de Arcaute, Celeste', 'Laborde, Milagros Rosa Raquel']",
-               "title": "Genotoxicidad y carcinogénesis", **RIGHTS, "date": "2021-01-01",
-               "originPlaceInfo": "['Facultad de Ciencias Naturales y Museo', 'Facultad de Ciencias Exactas']",
-               "isRelatedWith": "http://sedici.unlp.edu.ar/handle/10915/118183",
-               "publisher": "Editorial de la Universidad Nacional de La Plata (EDULP)",
-               "isbn": "978-950-34-1987-8", "compiler": "Pedro Carriquiriborde"},)
+JSON_ARTICULO = (
+    {
+        **STARS,
+        "journalTitle": "Boletín de la Asociación Argentina de Astronomía",
+        "journalVolumeAndIssue": "Vol. 63",
+        "issn": "1669-9521",
+        "event": EVENT,
+    },
+)
+JSON_LIBRO = (
+    {
+        "language": "es",
+        "creator": "['Ruiz de Arcaute, Celeste', 'Laborde, Milagros Rosa Raquel']",
+        "title": "Genotoxicidad y carcinogénesis",
+        **RIGHTS,
+        "date": "2021-01-01",
+        "originPlaceInfo": "['Facultad de Ciencias Naturales y Museo', 'Facultad de Ciencias Exactas']",
+        "isRelatedWith": "http://sedici.unlp.edu.ar/handle/10915/118183",
+        "publisher": "Editorial de la Universidad Nacional de La Plata (EDULP)",
+        "isbn": "978-950-34-1987-8",
+        "compiler": "Pedro Carriquiriborde",
+    },
+)
 JSON_OBJECTO_CONFERENCIA = ({**STARS, "issn": "1669-9521", "event": EVENT},)
 PROMPTS = {
     "general": f"{HEADER}{MIDDLE}{JSON_GENERAL}{END}",
@@ -61,8 +98,11 @@ KEYS_GENERAL = ["creator", "title", "rights", "rightsurl", "date", "originPlaceI
 def original_consume_llm(client, api_key: str, llm_input: str):
     """What the original client (TypeStrategy.consume_llm) does with the answer: data on 200, else
     the answer and its error's code."""
-    r = client.post("/consume-llm", json={"text": llm_input},
-                    headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
+    r = client.post(
+        "/consume-llm",
+        json={"text": llm_input},
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+    )
     response_json = r.json()
     if r.status_code != 200:
         return response_json, response_json["error"]["code"]
@@ -119,7 +159,9 @@ def test_the_original_client_gets_the_document_extracted_with_its_type(client, e
     text = documents()["Tesis"]
     record = document_record("text", extractor.extract([text], ["Tesis"])[0], extractor)
     assert record["type"] == "Tesis"
-    r = client.post("/consume-llm", json={"text": PROMPTS["Tesis"] + text}, headers={"Authorization": f"Bearer {TOKEN}"})
+    r = client.post(
+        "/consume-llm", json={"text": PROMPTS["Tesis"] + text}, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     if record["metadata"] is None:  # a tiny random model may write no JSON: then the original's 500
         assert r.status_code == 500
         assert r.json()["error"] == {"code": 500, "message": f"cannot parse json output: {record['error']}"}
@@ -138,16 +180,25 @@ def test_answers_the_original_client_reads(client, extractor, monkeypatch):
         return [Extraction("Libro", {"date": "2021", "language": "es"}, raw="{...}")]
 
     monkeypatch.setattr(extractor, "extract", extract)
-    data, error = original_consume_llm(client, TOKEN, PROMPTS["Libro"] + "Facultad de Informática, UNLP. Tesis de Licenciatura.")
+    data, error = original_consume_llm(
+        client, TOKEN, PROMPTS["Libro"] + "Facultad de Informática, UNLP. Tesis de Licenciatura."
+    )
     assert error is None and data == {"date": "2021", "language": "es"}  # the tiny run's fields
     for key in KEYS_GENERAL:  # check_and_add_missing_keys works on what it gets
         data.setdefault(key, "")
 
-    monkeypatch.setattr(extractor, "extract", lambda texts, *a, **k: [Extraction("general", None, "sin json", "no JSON object in the output")])
+    monkeypatch.setattr(
+        extractor,
+        "extract",
+        lambda texts, *a, **k: [Extraction("general", None, "sin json", "no JSON object in the output")],
+    )
     body, code = original_consume_llm(client, TOKEN, PROMPTS["general"] + "Un documento")
     assert code == 500
-    assert body == {"success": False, "data": None,
-                    "error": {"code": 500, "message": "cannot parse json output: no JSON object in the output"}}
+    assert body == {
+        "success": False,
+        "data": None,
+        "error": {"code": 500, "message": "cannot parse json output: no JSON object in the output"},
+    }
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated device failure")
@@ -157,11 +208,14 @@ def test_answers_the_original_client_reads(client, extractor, monkeypatch):
     assert code == 500 and body["error"]["message"] == "generation failed: RuntimeError: simulated device failure"
 
 
-@pytest.mark.parametrize("payload, message", [
-    ({"text": ""}, "invalid request: text: String should have at least 1 character"),
-    ({"text": "   "}, "invalid request: text: the text is blank"),
-    ({}, "invalid request: text: Field required"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({"text": ""}, "invalid request: text: String should have at least 1 character"),
+        ({"text": "   "}, "invalid request: text: the text is blank"),
+        ({}, "invalid request: text: Field required"),
+    ],
+)
 def test_bad_requests_are_the_original_400(client, payload, message):
     r = client.post("/consume-llm", json=payload, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 400

@@ -32,15 +32,17 @@ def test_defaults():
 
 def test_set_values_are_parsed_to_their_types():
     assert parse_set(["training.max_steps=7", "a.b.c=x"]) == {"training": {"max_steps": 7}, "a": {"b": {"c": "x"}}}
-    cfg = load_config(sets=[
-        "training.max_steps=7",
-        "training.learning_rate=3e-4",  # YAML 1.1 reads this as text; the config turns it into a float
-        "data.general_examples=true",
-        "data.include_fields=[title, creator]",
-        "data.fallback_type=general",
-        "data.hub_dataset=null",
-        "model.revision=2024",  # a number where text is expected
-    ])
+    cfg = load_config(
+        sets=[
+            "training.max_steps=7",
+            "training.learning_rate=3e-4",  # YAML 1.1 reads this as text; the config turns it into a float
+            "data.general_examples=true",
+            "data.include_fields=[title, creator]",
+            "data.fallback_type=general",
+            "data.hub_dataset=null",
+            "model.revision=2024",  # a number where text is expected
+        ]
+    )
     assert cfg.training.max_steps == 7 and isinstance(cfg.training.max_steps, int)
     assert cfg.training.learning_rate == pytest.approx(3e-4) and isinstance(cfg.training.learning_rate, float)
     assert cfg.data.general_examples is True
@@ -51,11 +53,14 @@ def test_set_values_are_parsed_to_their_types():
 
 
 def test_yaml_then_flags_then_set(tmp_path):
-    config = write(tmp_path / "c.yaml", """
+    config = write(
+        tmp_path / "c.yaml",
+        """
 model: {name: some-org/some-model}
 data: {path: a.json, max_input_tokens: 1024}
 training: {learning_rate: 1.0e-3, output_dir: runs/a, max_steps: 3}
-""")
+""",
+    )
     cfg = load_config(config, sets=["training.max_steps=9"], data="b.json")
     assert cfg.model.name == "some-org/some-model"
     assert cfg.data.max_input_tokens == 1024  # from the YAML
@@ -86,13 +91,16 @@ def test_preset_layer_sits_under_the_user_layer(tmp_path):
     assert load_config(model="org/llama").training.learning_rate == Config().training.learning_rate
 
 
-@pytest.mark.parametrize("yaml_text, key, suggestion", [
-    ("traning: {max_steps: 3}\n", "traning", "training"),
-    ("training: {learning_rat: 1.0e-4}\n", "training.learning_rat", "training.learning_rate"),
-    ("model: {lora: {rank: 8}}\n", "model.lora.rank", None),
-    ("model: {lora: {alfa: 8}}\n", "model.lora.alfa", "model.lora.alpha"),
-    ("training: {max_input_tokens: 256}\n", "training.max_input_tokens", "data.max_input_tokens"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, key, suggestion",
+    [
+        ("traning: {max_steps: 3}\n", "traning", "training"),
+        ("training: {learning_rat: 1.0e-4}\n", "training.learning_rat", "training.learning_rate"),
+        ("model: {lora: {rank: 8}}\n", "model.lora.rank", None),
+        ("model: {lora: {alfa: 8}}\n", "model.lora.alfa", "model.lora.alpha"),
+        ("training: {max_input_tokens: 256}\n", "training.max_input_tokens", "data.max_input_tokens"),
+    ],
+)
 def test_unknown_yaml_key_is_one_line_with_the_nearest_name(tmp_path, yaml_text, key, suggestion):
     config = write(tmp_path / "c.yaml", yaml_text)
     message = error_of(config_file=config)
@@ -106,16 +114,19 @@ def test_unknown_set_key():
     assert error_of(sets=["data.max_input_token=128"]).endswith("did you mean 'data.max_input_tokens'?")
 
 
-@pytest.mark.parametrize("sets, where", [
-    (["data.max_input_tokens=0"], "data.max_input_tokens"),
-    (["data.max_target_tokens=-5"], "data.max_target_tokens"),
-    (["training.per_device_train_batch_size=0"], "training.per_device_train_batch_size"),
-    (["training.learning_rate=0"], "training.learning_rate"),
-    (["training.lr_scheduler_type=bogus"], "training.lr_scheduler_type"),
-    (["data.input_style=xml"], "data.input_style"),
-    (["data.include_fields=[title, abstract]"], "abstract"),
-    (["training.max_steps=many"], "training.max_steps"),
-])
+@pytest.mark.parametrize(
+    "sets, where",
+    [
+        (["data.max_input_tokens=0"], "data.max_input_tokens"),
+        (["data.max_target_tokens=-5"], "data.max_target_tokens"),
+        (["training.per_device_train_batch_size=0"], "training.per_device_train_batch_size"),
+        (["training.learning_rate=0"], "training.learning_rate"),
+        (["training.lr_scheduler_type=bogus"], "training.lr_scheduler_type"),
+        (["data.input_style=xml"], "data.input_style"),
+        (["data.include_fields=[title, abstract]"], "abstract"),
+        (["training.max_steps=many"], "training.max_steps"),
+    ],
+)
 def test_bad_values_are_one_line_errors(sets, where):
     assert where in error_of(sets=sets)
 
@@ -131,7 +142,10 @@ def test_file_errors(tmp_path):
 
 @pytest.mark.parametrize("value", [-5, 0, -2])
 def test_max_steps_is_minus_one_or_positive(value):
-    with pytest.raises(MetatuneError, match=r"training.max_steps: Value error, must be -1 \(train num_train_epochs epochs\) or at least 1"):
+    with pytest.raises(
+        MetatuneError,
+        match=r"training.max_steps: Value error, must be -1 \(train num_train_epochs epochs\) or at least 1",
+    ):
         load_config(sets=[f"training.max_steps={value}"])
     assert load_config(sets=["training.max_steps=-1"]).training.max_steps == -1
     assert load_config(sets=["training.max_steps=3"]).training.max_steps == 3

@@ -125,20 +125,24 @@ def test_json_lines(tmp_path, registry, sample):
         dataset = load_dataset(path, registry)
         assert dataset.was_split and sum(len(v) for v in dataset.splits.values()) == len(records)
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps(records[0]) + "\n{\"type\": \n", encoding="utf-8")
+    path.write_text(json.dumps(records[0]) + '\n{"type": \n', encoding="utf-8")
     assert error(load_dataset, path, registry).startswith(f"{path}: invalid JSON on line 2")
 
 
 @pytest.mark.parametrize("encoding", ["cp1252", "latin-1"])
 def test_non_utf8_file_is_decoded(tmp_path, registry, encoding):
-    text = ("Universidad Nacional de La Plata. Facultad de Informática. Tesis de Maestría. "
-            "Año 2019. Autor: José Muñoz. Diseño de señales para niños en el área pública.")
+    text = (
+        "Universidad Nacional de La Plata. Facultad de Informática. Tesis de Maestría. "
+        "Año 2019. Autor: José Muñoz. Diseño de señales para niños en el área pública."
+    )
     title = "Diseño de señales para niños"
     if encoding == "cp1252":
         text += " Costo: 50 € — «edición» ‘única’."
-    records = [{"type": "Tesis", "original_text": text, "title": title, "creator": ["Muñoz, José"]},
-               {"type": "Articulo", "original_text": "Educación y género en Córdoba.", "title": "Educación"},
-               {"type": "Libro", "original_text": "Economía política del agua.", "title": "Economía"}]
+    records = [
+        {"type": "Tesis", "original_text": text, "title": title, "creator": ["Muñoz, José"]},
+        {"type": "Articulo", "original_text": "Educación y género en Córdoba.", "title": "Educación"},
+        {"type": "Libro", "original_text": "Economía política del agua.", "title": "Economía"},
+    ]
     path = tmp_path / "d.json"
     path.write_bytes(json.dumps(records, ensure_ascii=False, indent=1).encode(encoding))
     with pytest.raises(UnicodeDecodeError):
@@ -238,7 +242,9 @@ def fake_hub(tmp_path, monkeypatch, sample):
 
 
 @pytest.mark.parametrize("variable", ["TOKEN_HUGGING_FACE", "HF_TOKEN"])
-def test_hub_download_with_token_from_the_environment(tmp_path, fake_hub, monkeypatch, capfd, caplog, variable, registry):
+def test_hub_download_with_token_from_the_environment(
+    tmp_path, fake_hub, monkeypatch, capfd, caplog, variable, registry
+):
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv(variable, TOKEN)
     target = tmp_path / "data" / "nested" / "sedici.json"

@@ -91,11 +91,21 @@ def test_json_schema_accepts_real_targets_and_rejects_others(registry):
             jsonschema.validate(bad, schema)
 
 
-@pytest.mark.parametrize("spelling, name", [
-    ("Artículo", "Articulo"), ("articulo", "Articulo"), ("  ARTICULO ", "Articulo"), ("journal article", "Articulo"),
-    ("Tesis de doctorado", "Tesis"), ("thesis", "Tesis"), ("ponencia", "Objeto de conferencia"),
-    ("objeto de conferencia", "Objeto de conferencia"), ("book", "Libro"), ("GENERAL", "general"),
-])
+@pytest.mark.parametrize(
+    "spelling, name",
+    [
+        ("Artículo", "Articulo"),
+        ("articulo", "Articulo"),
+        ("  ARTICULO ", "Articulo"),
+        ("journal article", "Articulo"),
+        ("Tesis de doctorado", "Tesis"),
+        ("thesis", "Tesis"),
+        ("ponencia", "Objeto de conferencia"),
+        ("objeto de conferencia", "Objeto de conferencia"),
+        ("book", "Libro"),
+        ("GENERAL", "general"),
+    ],
+)
 def test_aliases(registry, spelling, name):
     assert registry.find(spelling).name == name
 
@@ -107,8 +117,10 @@ def test_unknown_names(registry):
 
 def test_target_fields_are_configurable(registry):
     tesis = registry.types["Tesis"]
-    record = dict(sample_record("Tesis"), **{"uri": "http://x", "identifier.uri": "http://y",
-                                             "isRelatedWith": "z", "subject": ["s"]})
+    record = dict(
+        sample_record("Tesis"),
+        **{"uri": "http://x", "identifier.uri": "http://y", "isRelatedWith": "z", "subject": ["s"]},
+    )
     fmt = InputFormat("prompt", None, tuple(DEFAULT_EXCLUDE))
     prompts = build_prompts(registry, fmt)
     target = json.loads(make_examples(record, tesis, registry, fmt, prompts)[0].target)
@@ -144,7 +156,8 @@ def test_general_examples_ask_only_the_general_fields(registry):
 
 def test_user_types_add_and_replace(tmp_path):
     path = tmp_path / "types.yaml"
-    path.write_text("""
+    path.write_text(
+        """
 Informe:
   aliases: [informe técnico, report]
   noun: el informe
@@ -158,7 +171,9 @@ Tesis:
 Artículo:
   extends: general
   fields: {doi: string}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     registry = TypeRegistry.load(path)
     informe = registry.find("Informe Técnico")
     assert informe.name == "Informe" and registry.find("report") is informe
@@ -176,16 +191,19 @@ Artículo:
     assert {"Libro", "Objeto de conferencia", "general"} <= set(registry.types)  # the rest untouched
 
 
-@pytest.mark.parametrize("text, message", [
-    ("Informe:\n  fields: {title: text}\n", "field kinds must be 'string' or 'array'"),
-    ("Informe:\n  extends: Reporte\n  fields: {title: string}\n", "extends unknown type 'Reporte'"),
-    ("Informe:\n  noun: el informe\n", "has no fields"),
-    ("Informe: [title, creator]\n", "expected a mapping"),
-    ("Informe:\n  fields: [title]\n", "'fields' must be a mapping"),
-    ("Informe:\n  fileds: {title: string}\n", "unknown key 'fileds'"),
-    ("- Informe\n", "expected a mapping of type name"),
-    ("Informe: {fields: {title: string}\n", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("Informe:\n  fields: {title: text}\n", "field kinds must be 'string' or 'array'"),
+        ("Informe:\n  extends: Reporte\n  fields: {title: string}\n", "extends unknown type 'Reporte'"),
+        ("Informe:\n  noun: el informe\n", "has no fields"),
+        ("Informe: [title, creator]\n", "expected a mapping"),
+        ("Informe:\n  fields: [title]\n", "'fields' must be a mapping"),
+        ("Informe:\n  fileds: {title: string}\n", "unknown key 'fileds'"),
+        ("- Informe\n", "expected a mapping of type name"),
+        ("Informe: {fields: {title: string}\n", "invalid YAML"),
+    ],
+)
 def test_bad_types_file(tmp_path, text, message):
     path = tmp_path / "types.yaml"
     path.write_text(text, encoding="utf-8")

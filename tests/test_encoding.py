@@ -78,8 +78,10 @@ def test_prompt_style_in_the_chat_template(registry, records, tiny_tokenizer):
     example = example_for(record, registry, "prompt", tokenizer=tokenizer, chat=True)
     doc_type = registry.find(record["type"])
     instruction = doc_type.prompt(doc_type.target_fields(None, list(EXCLUDE)))
-    messages = [{"role": "system", "content": instruction},
-                {"role": "user", "content": "Documento:\n" + record["original_text"]}]
+    messages = [
+        {"role": "system", "content": instruction},
+        {"role": "user", "content": "Documento:\n" + record["original_text"]},
+    ]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert example.prefix + example.document + example.suffix == rendered  # the instruction is the system message
     assert example.suffix.endswith("<s>assistant\n")
@@ -101,7 +103,7 @@ def test_causal_features(registry, records, tiny_tokenizer):
     assert features["labels"] == [IGNORE_INDEX] * len(prompt) + target  # the prompt is out of the loss
     assert features["attention_mask"] == [1] * len(prompt + target)
     assert tok.pad_token_id not in features["input_ids"]
-    assert tok.decode(features["input_ids"][len(prompt):], skip_special_tokens=True) == example.target
+    assert tok.decode(features["input_ids"][len(prompt) :], skip_special_tokens=True) == example.target
 
 
 def test_only_the_document_is_truncated(registry, records, tiny_tokenizer):
@@ -115,8 +117,10 @@ def test_only_the_document_is_truncated(registry, records, tiny_tokenizer):
         n_prompt = features["labels"].count(IGNORE_INDEX)
         assert n_prompt == limit  # filled up to the limit, not over
         prompt = features["input_ids"][:n_prompt]
-        assert prompt[: len(prefix)] == prefix and prompt[-len(suffix):] == suffix  # instruction intact
-        assert prompt[len(prefix) : -len(suffix)] == ids(tok, record["original_text"])[: limit - len(prefix) - len(suffix)]
+        assert prompt[: len(prefix)] == prefix and prompt[-len(suffix) :] == suffix  # instruction intact
+        assert (
+            prompt[len(prefix) : -len(suffix)] == ids(tok, record["original_text"])[: limit - len(prefix) - len(suffix)]
+        )
         assert features["input_ids"][n_prompt:] == target  # target intact
     # a short document is left alone
     short = example_for(records[0], registry)
@@ -132,7 +136,9 @@ def test_default_and_configured_limits(tmp_path):
 
 def test_instruction_longer_than_the_limit_is_an_error(registry, records, tiny_tokenizer):
     example = example_for(records[0], registry)
-    with pytest.raises(MetatuneError, match=r"instruction for type 'Tesis' alone takes \d+ tokens.*max_input_tokens=50"):
+    with pytest.raises(
+        MetatuneError, match=r"instruction for type 'Tesis' alone takes \d+ tokens.*max_input_tokens=50"
+    ):
         encode_example(example, tiny_tokenizer, Limits(50, 512), seq2seq=False, chat=False)
 
 
@@ -186,13 +192,15 @@ def test_collator_pads_to_the_batch_longest_only(registry, records, tiny_tokeniz
 
 def test_seq2seq_collator_pads_labels_separately(registry, records, tiny_tokenizer):
     tok = tiny_tokenizer
-    features = [encode_example(example_for(r, registry, "schema"), tok, Limits(2048, 512), seq2seq=True, chat=False)
-                for r in records[:3]]
+    features = [
+        encode_example(example_for(r, registry, "schema"), tok, Limits(2048, 512), seq2seq=True, chat=False)
+        for r in records[:3]
+    ]
     batch = collator(tok)(copy.deepcopy(features))
     assert batch["input_ids"].shape[1] == max(len(f["input_ids"]) for f in features)
     assert batch["labels"].shape[1] == max(len(f["labels"]) for f in features)
     for row, f in enumerate(features):
-        assert batch["labels"][row, len(f["labels"]):].eq(IGNORE_INDEX).all()
+        assert batch["labels"][row, len(f["labels"]) :].eq(IGNORE_INDEX).all()
 
 
 # --- what training prepares ---------------------------------------------------------------------------
@@ -201,8 +209,13 @@ def test_seq2seq_collator_pads_labels_separately(registry, records, tiny_tokeniz
 def test_prepare_reports_skipped_targets(tmp_path, tiny_llama, capsys):
     from metatune.training.common import prepare
 
-    base = [f"model.name={tiny_llama}", f"data.path={SAMPLE}", f"training.output_dir={tmp_path / 'run'}",
-            "data.input_style=schema", "data.max_input_tokens=256"]
+    base = [
+        f"model.name={tiny_llama}",
+        f"data.path={SAMPLE}",
+        f"training.output_dir={tmp_path / 'run'}",
+        "data.input_style=schema",
+        "data.max_input_tokens=256",
+    ]
     full = prepare(load_config(sets=base + ["data.max_target_tokens=512"]))
     assert full.skipped == 0 and full.stats["train_examples"] == 24
     assert max(len(x["input_ids"]) - x["labels"].count(IGNORE_INDEX) for x in full.train) <= 512

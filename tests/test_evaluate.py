@@ -20,18 +20,36 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_info(include=("title", "creator", "date")) -> RunInfo:
     """A run's description with the parts evaluation reads."""
-    return RunInfo(architecture="causal", types=TypeRegistry.load().to_dict(),
-                   input=InputSpec(include_fields=list(include), exclude_fields=["keywords"]),
-                   limits=TokenLimits(max_input_tokens=512, max_target_tokens=256), config={"data": {"split_seed": 42}})
+    return RunInfo(
+        architecture="causal",
+        types=TypeRegistry.load().to_dict(),
+        input=InputSpec(include_fields=list(include), exclude_fields=["keywords"]),
+        limits=TokenLimits(max_input_tokens=512, max_target_tokens=256),
+        config={"data": {"split_seed": 42}},
+    )
 
 
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     test = [
-        {"id": "a", "type": "Tesis", "original_text": "texto a", "title": "Un estudio",
-         "creator": ["Pérez, Juan", "García, Ana"], "date": "2019-12-03", "language": "es", "keywords": ["x"]},
-        {"id": "b", "type": "Articulo", "original_text": "texto b", "title": "Otro libro",
-         "creator": ["Gómez, Ana"], "date": "2020-01-15"},
+        {
+            "id": "a",
+            "type": "Tesis",
+            "original_text": "texto a",
+            "title": "Un estudio",
+            "creator": ["Pérez, Juan", "García, Ana"],
+            "date": "2019-12-03",
+            "language": "es",
+            "keywords": ["x"],
+        },
+        {
+            "id": "b",
+            "type": "Articulo",
+            "original_text": "texto b",
+            "title": "Otro libro",
+            "creator": ["Gómez, Ana"],
+            "date": "2020-01-15",
+        },
         {"id": "c", "type": "libro", "original_text": "texto c", "title": "Un libro", "creator": ["Ruiz, Eva"]},
     ]
     path = tmp_path / "data.json"
@@ -50,7 +68,11 @@ def test_references_are_the_training_targets(dataset):
     items = load_items(run_info(), dataset, "test")
     assert [i.doc_type for i in items] == ["Tesis", "Articulo", "Libro"]  # aliases resolved
     # language is not an included field, keywords is excluded: neither is expected of the model
-    assert items[0].reference == {"title": "Un estudio", "creator": ["Pérez, Juan", "García, Ana"], "date": "2019-12-03"}
+    assert items[0].reference == {
+        "title": "Un estudio",
+        "creator": ["Pérez, Juan", "García, Ana"],
+        "date": "2019-12-03",
+    }
     assert items[2].reference == {"title": "Un libro", "creator": ["Ruiz, Eva"]}
     assert [i.id for i in items] == ["a", "b", "c"]
     assert len(load_items(run_info(), dataset, "test", limit=2)) == 2
@@ -89,8 +111,14 @@ def test_scores_match_hand_computed_values(dataset):
     assert rows[1]["prediction"] == {"title": "Otro libro", "date": "2020-01"} and rows[1]["repaired"]
     assert rows[2]["prediction"] is None and rows[2]["parse_error"] == "no JSON object found in output"
     assert rows[0] | {"prediction": None} == {
-        "index": 0, "id": "a", "type": "Tesis", "prediction": None, "raw": RAWS[0], "parse_error": None,
-        "repaired": False, "reference": items[0].reference,
+        "index": 0,
+        "id": "a",
+        "type": "Tesis",
+        "prediction": None,
+        "raw": RAWS[0],
+        "parse_error": None,
+        "repaired": False,
+        "reference": items[0].reference,
     }
 
 
@@ -117,8 +145,15 @@ def test_evaluate_a_trained_run_end_to_end(tiny_run, tmp_path, capsys):
     from conftest import SAMPLE
 
     report = tmp_path / "report"
-    metrics = run_evaluate(tiny_run, SAMPLE, split="test", report=report, settings=GenerationSettings(batch_size=3),
-                           baseline="zero-shot", progress=False)
+    metrics = run_evaluate(
+        tiny_run,
+        SAMPLE,
+        split="test",
+        report=report,
+        settings=GenerationSettings(batch_size=3),
+        baseline="zero-shot",
+        progress=False,
+    )
     out = capsys.readouterr().out
     assert "| field | strict | soft | levenshtein | ratcliff | support |" in out
     assert "fine-tuned vs zero-shot" in out
@@ -146,7 +181,9 @@ def test_evaluate_a_trained_run_end_to_end(tiny_run, tmp_path, capsys):
     classifier = TypeClassifier.load(tiny_run)
     correct = {i.doc_type: int(classifier.predict(i.text)[0] == i.doc_type) for i in items}  # one of each type
     types = saved["type_accuracy"]
-    assert {t: (row["n"], row["correct"]) for t, row in types["by_type"].items()} == {t: (1, c) for t, c in correct.items()}
+    assert {t: (row["n"], row["correct"]) for t, row in types["by_type"].items()} == {
+        t: (1, c) for t, c in correct.items()
+    }
     assert types["overall"] == {"n": 4, "correct": sum(correct.values()), "accuracy": sum(correct.values()) / 4}
     assert "| true type | n | correct | accuracy |" in out
     assert f"| **overall** | 4 | {sum(correct.values())} | {sum(correct.values()) * 25:.1f} |" in out
@@ -184,7 +221,9 @@ def test_user_mistakes_are_one_line_errors_and_write_nothing(tiny_run, dataset, 
 def test_cli_prints_one_line_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "metatune", "evaluate", str(tmp_path), "--data", str(tmp_path / "x.json")],
-        capture_output=True, text=True, cwd=REPO,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path}: not a metatune run (no metatune.json)"
@@ -197,8 +236,15 @@ def test_evaluate_on_the_grobid_headers(tiny_run, tmp_path):
 
     if not GROBID.is_file():
         pytest.skip(f"{GROBID} is absent")
-    metrics = run_evaluate(tiny_run, GROBID, split="validation", report=tmp_path / "r",
-                           settings=GenerationSettings(batch_size=6), limit=6, progress=False)
+    metrics = run_evaluate(
+        tiny_run,
+        GROBID,
+        split="validation",
+        report=tmp_path / "r",
+        settings=GenerationSettings(batch_size=6),
+        limit=6,
+        progress=False,
+    )
     assert metrics["documents"] == 6 and set(metrics["by_type"]) == {"Articulo"}
     assert set(metrics["fields"]) <= {"date", "language"}
     assert metrics["fields"]["language"]["strict"]["support"] == 6  # every header has its language

@@ -41,23 +41,34 @@ def heavy_pdf(pages: int, operators: int, form: bool = False) -> bytes:
     resources = b"/Font << /F1 %d 0 R >>" % font + (b" /XObject << /X0 %d 0 R >>" % stream if form else b"")
     if form:
         contents = b"%d 0 R" % (5 + pages)
-        extra = [b"<< /Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >> "
-                 b"/Length %d /Filter /FlateDecode >>\nstream\n" % (font, len(heavy)) + heavy + b"\nendstream",
-                 b"<< /Length 6 >>\nstream\n/X0 Do\nendstream"]
+        extra = [
+            b"<< /Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >> "
+            b"/Length %d /Filter /FlateDecode >>\nstream\n" % (font, len(heavy)) + heavy + b"\nendstream",
+            b"<< /Length 6 >>\nstream\n/X0 Do\nendstream",
+        ]
     else:
         contents = b"%d 0 R" % stream
         extra = [b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(heavy) + heavy + b"\nendstream"]
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
-               b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % (3 + i) for i in range(pages)) + b"] /Count %d >>" % pages]
-    objects += [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << " + resources
-                + b" >> /Contents " + contents + b" >>"] * pages
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % (3 + i) for i in range(pages)) + b"] /Count %d >>" % pages,
+    ]
+    objects += [
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << "
+        + resources
+        + b" >> /Contents "
+        + contents
+        + b" >>"
+    ] * pages
     objects += [b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>", *extra]
     out, offsets = bytearray(b"%PDF-1.4\n"), []
     for n, body in enumerate(objects, 1):
         offsets.append(len(out))
         out += b"%d 0 obj\n" % n + body + b"\nendobj\n"
     xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1) + b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1) + b"".join(
+        b"%010d 00000 n \n" % o for o in offsets
+    )
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     return bytes(out)
 
@@ -79,16 +90,20 @@ def cli(monkeypatch, capsys, *args, stdin: str | None = None):
 
 # --- stopping at the end of the JSON object ---------------------------------------------------
 
-@pytest.mark.parametrize("text, closed", [
-    ('{"a": 1}', True),
-    ('{"a": "}"', False),  # a brace inside a string
-    ('{"a": "x\\"}"', False),  # an escaped quote keeps the string open
-    ('{"a": "x\\\\"}', True),  # an escaped backslash does not
-    ('{"a": {"b": [1, {"c": 2}]}', False),
-    ('{"a": {"b": [1, {"c": 2}]}}', True),
-    ('Aquí va "el" JSON: {"a": 1} y más', True),  # prose and quotes before the object
-    ('} "{" {', False),
-])
+
+@pytest.mark.parametrize(
+    "text, closed",
+    [
+        ('{"a": 1}', True),
+        ('{"a": "}"', False),  # a brace inside a string
+        ('{"a": "x\\"}"', False),  # an escaped quote keeps the string open
+        ('{"a": "x\\\\"}', True),  # an escaped backslash does not
+        ('{"a": {"b": [1, {"c": 2}]}', False),
+        ('{"a": {"b": [1, {"c": 2}]}}', True),
+        ('Aquí va "el" JSON: {"a": 1} y más', True),  # prose and quotes before the object
+        ('} "{" {', False),
+    ],
+)
 def test_closes_object(text, closed):
     assert closes_object(text) is closed
 
@@ -111,13 +126,17 @@ def test_criterion_stops_each_row_at_the_token_closing_its_object(tiny_tokenizer
                 assert d == (first_done[i] is not None)  # a finished row stays finished
         for i, (_text, row) in enumerate(zip(texts, rows)):
             k = first_done[i]
-            assert closes_object(tiny_tokenizer.decode(row[:k])) and not closes_object(tiny_tokenizer.decode(row[: k - 1]))
+            assert closes_object(tiny_tokenizer.decode(row[:k])) and not closes_object(
+                tiny_tokenizer.decode(row[: k - 1])
+            )
             if incremental:
                 assert stop.stop_at[i] == len(prompt) + k
         if incremental:  # several tokens per call (prompt-lookup decoding): the same stops
             chunked = JsonObjectEnd(tiny_tokenizer, len(prompt))
             for k in range(3, longest + 3, 3):
-                chunked(torch.tensor([prompt + (r + [tiny_tokenizer.pad_token_id] * (longest + 3))[:k] for r in rows]), None)
+                chunked(
+                    torch.tensor([prompt + (r + [tiny_tokenizer.pad_token_id] * (longest + 3))[:k] for r in rows]), None
+                )
             assert chunked.stop_at == stop.stop_at
 
 
@@ -140,10 +159,15 @@ def test_generation_stops_where_the_object_closes(tiny_run):
     closed = 0
     for text, doc_type, result in zip(texts, types, ours):
         ids = torch.tensor([extractor.input_ids(text, doc_type)])
-        plain_ids = extractor.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
-                                             min_new_tokens=40, do_sample=False,
-                                             pad_token_id=extractor.tokenizer.pad_token_id)
-        plain = extractor.tokenizer.decode(plain_ids[0, ids.shape[1]:], skip_special_tokens=True)
+        plain_ids = extractor.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=40,
+            min_new_tokens=40,
+            do_sample=False,
+            pad_token_id=extractor.tokenizer.pad_token_id,
+        )
+        plain = extractor.tokenizer.decode(plain_ids[0, ids.shape[1] :], skip_special_tokens=True)
         assert plain.startswith(result.raw)
         if closes_object(result.raw):
             closed += 1
@@ -171,11 +195,19 @@ def test_beam_search_stops_at_the_object_too(tiny_run):
 
 # --- schema and type ----------------------------------------------------------------------------
 
+
 def test_conform_converts_or_drops_what_violates_the_schema():
     tesis = TypeRegistry.load().find("Tesis")
     schema = tesis.json_schema(["title", "creator", "date", "director"])
-    data = {"title": 2019, "creator": "Pérez, Juan", "director": [{"name": "x"}], "journalTitle": "Revista",
-            "date": "", "codirector": [], "language": ["es", ""]}
+    data = {
+        "title": 2019,
+        "creator": "Pérez, Juan",
+        "director": [{"name": "x"}],
+        "journalTitle": "Revista",
+        "date": "",
+        "codirector": [],
+        "language": ["es", ""],
+    }
     clean, fixes = conform(data, schema)
     assert clean == {"title": "2019", "creator": ["Pérez, Juan"]}
     assert fixes == {
@@ -185,7 +217,10 @@ def test_conform_converts_or_drops_what_violates_the_schema():
         "journalTitle": "dropped: not a field of type 'Tesis'",
         "language": "dropped: not a field of type 'Tesis'",
     }
-    assert conform({"title": ["a", "b"]}, schema) == ({"title": "a; b"}, {"title": "converted: a list of texts joined with '; '"})
+    assert conform({"title": ["a", "b"]}, schema) == (
+        {"title": "a; b"},
+        {"title": "converted: a list of texts joined with '; '"},
+    )
     assert conform({"title": ["a", 1]}, schema) == ({}, {"title": "dropped: ['a', 1] is not of type 'string'"})
 
 
@@ -198,6 +233,7 @@ def test_type_comes_from_the_output_when_it_names_a_known_type():
 
 
 # --- PDF ----------------------------------------------------------------------------------------
+
 
 def test_pdf_text(tmp_path):
     path = make_pdf(tmp_path / "tesis.pdf", "Universidad Nacional de La Plata\nTesis de posgrado\nLa Plata, 2019")
@@ -213,7 +249,9 @@ def test_a_pdf_of_heavy_pages_is_refused_at_once():
     data = heavy_pdf(30, 600_000)
     assert len(data) < 12_000
     began = time.perf_counter()
-    with pytest.raises(MetatuneError, match=r"^heavy.pdf: no text read from the PDF: the content of its first pages is too large"):
+    with pytest.raises(
+        MetatuneError, match=r"^heavy.pdf: no text read from the PDF: the content of its first pages is too large"
+    ):
         pdf_text(data, "heavy.pdf")
     assert time.perf_counter() - began < 10
 
@@ -233,7 +271,9 @@ def test_reading_a_pdf_is_bounded_in_time_and_done_in_another_process():
 
 def test_pdf_without_text_is_an_error_naming_the_file(tmp_path):
     path = make_pdf(tmp_path / "scan.pdf")
-    with pytest.raises(MetatuneError, match=r"scan\.pdf: has no text layer \(scanned or image-only PDF\); OCR is not supported"):
+    with pytest.raises(
+        MetatuneError, match=r"scan\.pdf: has no text layer \(scanned or image-only PDF\); OCR is not supported"
+    ):
         pdf_text(path)
     (tmp_path / "fake.pdf").write_bytes(b"not a pdf at all")
     with pytest.raises(MetatuneError, match=r"fake\.pdf: cannot read the PDF"):
@@ -241,6 +281,7 @@ def test_pdf_without_text_is_an_error_naming_the_file(tmp_path):
 
 
 # --- the command --------------------------------------------------------------------------------
+
 
 def test_extract_a_folder_reports_the_pdf_without_text(tiny_run, tmp_path, monkeypatch, capsys):
     texts, _ = sample_texts()
@@ -266,25 +307,35 @@ def test_extract_a_folder_reports_the_pdf_without_text(tiny_run, tmp_path, monke
 
     # the same document through the Extractor directly: the command adds only the schema check
     direct = Extractor.from_run(tiny_run).extract([texts[1]], [None])[0]
-    assert records[1]["metadata"] == (None if direct.data is None else conform(
-        direct.data, TypeRegistry.load().types["Articulo"].json_schema(sorted(allowed)))[0])
+    assert records[1]["metadata"] == (
+        None
+        if direct.data is None
+        else conform(direct.data, TypeRegistry.load().types["Articulo"].json_schema(sorted(allowed)))[0]
+    )
 
 
 def test_extract_stdin_with_a_type_to_a_file(tiny_run, tmp_path, monkeypatch, capsys):
     texts, _ = sample_texts()
     out_file = tmp_path / "out.json"
-    status, out, err = cli(monkeypatch, capsys, "extract", tiny_run, "-", "--type", "tesis", "--out", out_file,
-                           stdin=texts[0])
+    status, out, err = cli(
+        monkeypatch, capsys, "extract", tiny_run, "-", "--type", "tesis", "--out", out_file, stdin=texts[0]
+    )
     assert status == 0 and out == ""
     record = json.loads(out_file.read_text(encoding="utf-8"))  # one document: one JSON object
     assert record["source"] == "-" and record["type"] == "Tesis"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{empty}"], "{empty}: has no text layer (scanned or image-only PDF); OCR is not supported"),
-    (["{missing}"], "{missing}: input not found"),
-    (["{empty}", "--type", "poema"], "--type: unknown document type 'poema' (known: general, Tesis, Libro, Articulo, Objeto de conferencia)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{empty}"], "{empty}: has no text layer (scanned or image-only PDF); OCR is not supported"),
+        (["{missing}"], "{missing}: input not found"),
+        (
+            ["{empty}", "--type", "poema"],
+            "--type: unknown document type 'poema' (known: general, Tesis, Libro, Articulo, Objeto de conferencia)",
+        ),
+    ],
+)
 def test_extract_mistakes_are_one_line_errors(tiny_run, tmp_path, monkeypatch, capsys, args, message):
     empty, missing = make_pdf(tmp_path / "empty.pdf"), tmp_path / "missing.txt"
     args = [a.format(empty=empty, missing=missing) for a in args]
@@ -347,10 +398,20 @@ def test_anchored_targets_in_training_and_their_expansion_at_extraction(tiny_run
 
     from conftest import SAMPLE
 
-    config = load_config(sets=[f"model.name={tiny_llama}", f"data.path={SAMPLE}", f"training.output_dir={tmp_path / 'r'}",
-                               "data.include_fields=[title, abstract]", "data.exclude_fields=[]",
-                               "data.max_input_tokens=1024", "data.max_target_tokens=1024",
-                               "data.anchor_min_words=12", "data.anchor_words=4", "data.prompt_example=false"])
+    config = load_config(
+        sets=[
+            f"model.name={tiny_llama}",
+            f"data.path={SAMPLE}",
+            f"training.output_dir={tmp_path / 'r'}",
+            "data.include_fields=[title, abstract]",
+            "data.exclude_fields=[]",
+            "data.max_input_tokens=1024",
+            "data.max_target_tokens=1024",
+            "data.anchor_min_words=12",
+            "data.anchor_words=4",
+            "data.prompt_example=false",
+        ]
+    )
     prepared = prepare(config, need_validation=False)
     assert prepared.info.input.anchor_min_words == 12 and prepared.info.input.prompt_example is False
     assert all("Ejemplo de formato" not in p["prefix"] for p in prepared.info.input.prompts.values())
@@ -376,7 +437,10 @@ def test_prompt_lookup_decoding_writes_what_plain_greedy_writes(tiny_run):
 
     records = json.loads(SAMPLE.read_text(encoding="utf-8"))["validation"]
     texts, types = [r["original_text"] for r in records], [r["type"] for r in records]
-    plain, lookup = Extractor.from_run(tiny_run, GenerationSettings(max_new_tokens=48)), Extractor.from_run(tiny_run, GenerationSettings(max_new_tokens=48, prompt_lookup=8))
+    plain, lookup = (
+        Extractor.from_run(tiny_run, GenerationSettings(max_new_tokens=48)),
+        Extractor.from_run(tiny_run, GenerationSettings(max_new_tokens=48, prompt_lookup=8)),
+    )
     for extractor in (plain, lookup):
         extractor.model.to(torch.float64)
     expected = plain.generate_with_counts([plain.input_ids(t, ty) for t, ty in zip(texts, types)], batch_size=1)

@@ -45,8 +45,15 @@ class StubExtractor:
             raise RuntimeError("simulated device failure")
         if any("stop" in t for t in texts):
             raise KeyboardInterrupt
-        return [Extraction("general", {"date": "2019"} if "nojson" not in t else None, "{}",
-                           None if "nojson" not in t else "no JSON object in the output") for t in texts]
+        return [
+            Extraction(
+                "general",
+                {"date": "2019"} if "nojson" not in t else None,
+                "{}",
+                None if "nojson" not in t else "no JSON object in the output",
+            )
+            for t in texts
+        ]
 
 
 @pytest.fixture
@@ -61,9 +68,18 @@ def tiny_run(tmp_path):
     """A run directory as `metatune extract` checks it (its model is the stub above)."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metatune.json").write_text(json.dumps({"format_version": 1, "architecture": "causal", "input": {},
-                                                   "limits": {"max_input_tokens": 512, "max_target_tokens": 64},
-                                                   "types": {}}), encoding="utf-8")
+    (run / "metatune.json").write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "architecture": "causal",
+                "input": {},
+                "limits": {"max_input_tokens": 512, "max_target_tokens": 64},
+                "types": {},
+            }
+        ),
+        encoding="utf-8",
+    )
     return run
 
 
@@ -78,8 +94,11 @@ def test_json_lines_are_appended_as_done_and_a_rerun_skips_them(tiny_run, folder
     assert sorted(r["source"] for r in lines(out)) == sorted(str(folder / n) for n in ("a.txt", "b.txt", "sub/c.txt"))
     assert all(r["metadata"] == {"date": "2019"} for r in lines(out))
     assert len(calls) == 3  # one batch each
-    tail = err[err.index("error: 1 input(s) failed"):].splitlines()
-    assert tail == ["error: 1 input(s) failed (a rerun tries them again):", f"  {folder / 'empty.txt'}: no text to extract from"]
+    tail = err[err.index("error: 1 input(s) failed") :].splitlines()
+    assert tail == [
+        "error: 1 input(s) failed (a rerun tries them again):",
+        f"  {folder / 'empty.txt'}: no text to extract from",
+    ]
     assert "4/4" in err and "doc/s" in err  # the progress bar (tqdm: count, elapsed<remaining ETA, rate)
 
     (folder / "d.txt").write_text("Documento nuevo", encoding="utf-8")
@@ -88,10 +107,14 @@ def test_json_lines_are_appended_as_done_and_a_rerun_skips_them(tiny_run, folder
     assert calls[-1] == ["Documento nuevo"] and len(lines(out)) == 4 and status == 1
 
     status, _, _ = cli(monkeypatch, capsys, "extract", tiny_run, folder, "--out", out, "--force")
-    assert len(lines(out)) == 4 and calls[-1] == [(folder / n).read_text() for n in ("a.txt", "b.txt", "d.txt", "sub/c.txt")]
+    assert len(lines(out)) == 4 and calls[-1] == [
+        (folder / n).read_text() for n in ("a.txt", "b.txt", "d.txt", "sub/c.txt")
+    ]
 
 
-def test_an_interrupted_run_keeps_what_was_done_and_the_rerun_finishes(tiny_run, folder, tmp_path, monkeypatch, capsys, calls):
+def test_an_interrupted_run_keeps_what_was_done_and_the_rerun_finishes(
+    tiny_run, folder, tmp_path, monkeypatch, capsys, calls
+):
     (folder / "b.txt").write_text("stop here", encoding="utf-8")
     (folder / "empty.txt").unlink()
     out = tmp_path / "out.jsonl"
@@ -125,20 +148,26 @@ def test_one_file_per_input_in_any_format(tiny_run, folder, tmp_path, monkeypatc
     written = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
     assert written == ["a.txt.tei.xml", "sub/c.txt.tei.xml"]  # the folder's layout; b had no JSON to write as TEI
     assert ET.fromstring((out_dir / "a.txt.tei.xml").read_text(encoding="utf-8")).tag.endswith("TEI")
-    assert f"  {folder / 'b.txt'}: the output was not JSON (no JSON object in the output), nothing to write as tei" in err
+    assert (
+        f"  {folder / 'b.txt'}: the output was not JSON (no JSON object in the output), nothing to write as tei" in err
+    )
     status, _, err = cli(monkeypatch, capsys, "extract", tiny_run, folder, "--out-dir", out_dir, "--format", "tei")
     assert "2 of 4 document(s) already done" in err and calls[-1] == ["nojson here"]
 
 
 def test_output_mistakes_are_one_line_errors(tiny_run, folder, tmp_path, monkeypatch, capsys, calls):
-    status, _, err = cli(monkeypatch, capsys, "extract", tiny_run, folder, "--out", tmp_path / "o", "--out-dir", tmp_path)
+    status, _, err = cli(
+        monkeypatch, capsys, "extract", tiny_run, folder, "--out", tmp_path / "o", "--out-dir", tmp_path
+    )
     assert status == 2 and err.strip() == "error: --out and --out-dir: give one of them"
     bad = tmp_path / "notes.jsonl"
     bad.write_text("my own notes\n", encoding="utf-8")
     status, _, err = cli(monkeypatch, capsys, "extract", tiny_run, folder, "--out", bad)
     assert status == 2
-    assert err.strip() == (f"error: {bad}: line 1 is not a metatune JSON Lines record; "
-                           "pass --force to replace the file, or choose another --out")
+    assert err.strip() == (
+        f"error: {bad}: line 1 is not a metatune JSON Lines record; "
+        "pass --force to replace the file, or choose another --out"
+    )
     assert bad.read_text() == "my own notes\n" and calls == []
 
 

@@ -10,8 +10,23 @@ import pytest
 from metatune.formats import DC, OAI_DC, TEI, render
 
 NS = {"tei": TEI, "dc": DC, "oai_dc": OAI_DC}
-DC_ELEMENTS = {"title", "creator", "subject", "description", "publisher", "contributor", "date", "type", "format",
-               "identifier", "source", "language", "relation", "coverage", "rights"}
+DC_ELEMENTS = {
+    "title",
+    "creator",
+    "subject",
+    "description",
+    "publisher",
+    "contributor",
+    "date",
+    "type",
+    "format",
+    "identifier",
+    "source",
+    "language",
+    "relation",
+    "coverage",
+    "rights",
+}
 
 
 def sample_records() -> list[dict]:
@@ -31,8 +46,9 @@ def test_bibtex_entries_parse_back_with_their_types_and_people():
 
     records = sample_records()
     records[0]["metadata"]["title"] = "Redes {sociales & 100% datos_abiertos"  # LaTeX specials, an unbalanced brace
-    bib = parse_string(render(records + [{"source": "x", "type": "general", "metadata": None, "error": "no JSON"}],
-                              "bibtex"), "bibtex")
+    bib = parse_string(
+        render(records + [{"source": "x", "type": "general", "metadata": None, "error": "no JSON"}], "bibtex"), "bibtex"
+    )
     entries = list(bib.entries.values())
     assert [e.type for e in entries] == ["mastersthesis", "article", "book", "inproceedings"]  # the failed one left out
     thesis, article, book, paper = entries
@@ -126,8 +142,13 @@ def fixed_model(monkeypatch):
     """The run's model answers every document with the same metadata (the tiny run's fields: date, language)."""
     from metatune.inference import Extraction, Extractor
 
-    monkeypatch.setattr(Extractor, "extract", lambda self, texts, types=None, *a, **k: [
-        Extraction("general", {"date": "2019", "language": "es"}, "{}") for _ in texts])
+    monkeypatch.setattr(
+        Extractor,
+        "extract",
+        lambda self, texts, types=None, *a, **k: [
+            Extraction("general", {"date": "2019", "language": "es"}, "{}") for _ in texts
+        ],
+    )
 
 
 def test_extract_writes_the_format_asked_for(tiny_run, tmp_path, monkeypatch, capsys, fixed_model):

@@ -12,11 +12,36 @@ PACKAGE = Path(__file__).resolve().parent.parent / "metatune"
 # Lowest first. A new module must be placed here.
 LAYERS = [
     # foundations: settings, files, text and scores that know nothing of models
-    ["metatune", "errors", "paths", "console", "files", "text", "config", "precision", "quantization", "metrics",
-     "parsing", "language", "alignment", "type_classifier"],
+    [
+        "metatune",
+        "errors",
+        "paths",
+        "console",
+        "files",
+        "text",
+        "config",
+        "precision",
+        "quantization",
+        "metrics",
+        "parsing",
+        "language",
+        "alignment",
+        "type_classifier",
+    ],
     # documents: types, records, examples, tokens; input and output formats
-    ["doctypes", "data", "formatting", "encoding", "tagging", "pdf", "documents", "formats", "compat", "report",
-     "run_info"],
+    [
+        "doctypes",
+        "data",
+        "formatting",
+        "encoding",
+        "tagging",
+        "pdf",
+        "documents",
+        "formats",
+        "compat",
+        "report",
+        "run_info",
+    ],
     # base models, and their preparation for training
     ["models", "peft_setup"],
     # saved runs
@@ -56,8 +81,11 @@ def imports(path: Path) -> set[str]:
         for m in modules:
             if m == "metatune" or m.startswith("metatune."):
                 name = m.removeprefix("metatune.") if m != "metatune" else "metatune"
-                if name == "metatune" or (PACKAGE / f"{name.replace('.', '/')}.py").is_file() \
-                        or (PACKAGE / name.replace(".", "/")).is_dir():
+                if (
+                    name == "metatune"
+                    or (PACKAGE / f"{name.replace('.', '/')}.py").is_file()
+                    or (PACKAGE / name.replace(".", "/")).is_dir()
+                ):
                     found.add(name)
     return found
 
@@ -67,15 +95,20 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_every_import_points_down_or_sideways():
-    upward = [f"metatune.{m} (layer {layer_of(m)}) imports metatune.{d} (layer {layer_of(d)})"
-              for m, deps in sorted(graph().items()) for d in sorted(deps) if layer_of(d) > layer_of(m)]
+    upward = [
+        f"metatune.{m} (layer {layer_of(m)}) imports metatune.{d} (layer {layer_of(d)})"
+        for m, deps in sorted(graph().items())
+        for d in sorted(deps)
+        if layer_of(d) > layer_of(m)
+    ]
     assert not upward, "\n".join(upward)
 
 
 def test_no_import_cycles():
     # a package imports its own submodules (bench/__init__ re-exports them); that is not a cycle
-    edges = {m: {d for d in deps if not m.startswith(d + ".") and not d.startswith(m + ".")}
-             for m, deps in graph().items()}
+    edges = {
+        m: {d for d in deps if not m.startswith(d + ".") and not d.startswith(m + ".")} for m, deps in graph().items()
+    }
     graphlib.TopologicalSorter(edges).prepare()  # raises CycleError naming the cycle
 
 

@@ -73,8 +73,13 @@ def test_seq2seq_with_accumulation_averages_in_both_modes(tmp_path, tiny_t5):
     """T5's loss ignores the Trainer's token count: accumulated batches must still be averaged, not added."""
     from metatune.training.run import train
 
-    common = ["training.max_steps=2", "training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=2",
-              "training.group_by_length=false", "training.eval_each_epoch=false"]
+    common = [
+        "training.max_steps=2",
+        "training.per_device_train_batch_size=2",
+        "training.gradient_accumulation_steps=2",
+        "training.group_by_length=false",
+        "training.eval_each_epoch=false",
+    ]
     logs = {}
     for mode in ("loop", "trainer"):
         train(config_for(tiny_t5, tmp_path / mode, f"training.mode={mode}", *common))
@@ -92,8 +97,15 @@ def test_loop_learns_evaluates_each_epoch_and_saves_a_run(tmp_path, tiny_llama):
     from metatune.training.run import train
 
     output = tmp_path / "run"
-    train(config_for(tiny_llama, output, "training.num_train_epochs=3", "training.lr_scheduler_type=constant",
-                     "training.warmup_ratio=0"))
+    train(
+        config_for(
+            tiny_llama,
+            output,
+            "training.num_train_epochs=3",
+            "training.lr_scheduler_type=constant",
+            "training.warmup_ratio=0",
+        )
+    )
     metrics = read_metrics(output / "metrics.jsonl")
     losses = [m["loss"] for m in metrics if "loss" in m]
     evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
@@ -109,7 +121,9 @@ def test_loop_learns_evaluates_each_epoch_and_saves_a_run(tmp_path, tiny_llama):
     assert summary["eval_loss"] == pytest.approx(evals[-1][1]) and summary["resumed_from"] is None
     assert not output.with_name("run.partial").exists()  # checkpoints go once the run is saved
     model = AutoModelForCausalLM.from_pretrained(output)
-    assert not torch.equal(model.model.embed_tokens.weight, AutoModelForCausalLM.from_pretrained(tiny_llama).model.embed_tokens.weight)
+    assert not torch.equal(
+        model.model.embed_tokens.weight, AutoModelForCausalLM.from_pretrained(tiny_llama).model.embed_tokens.weight
+    )
 
 
 def test_early_stopping_stops_and_keeps_the_best_weights(tmp_path, tiny_llama, monkeypatch):
@@ -119,8 +133,13 @@ def test_early_stopping_stops_and_keeps_the_best_weights(tmp_path, tiny_llama, m
 
     scripted = iter([5.0, 4.0, 4.5, 4.2, 3.0, 2.0])
     monkeypatch.setattr(loop, "evaluate", lambda *args: next(scripted))
-    cfg = config_for(tiny_llama, tmp_path / "run", "training.num_train_epochs=6",
-                     "training.early_stopping_patience=2", "training.save_total_limit=1")
+    cfg = config_for(
+        tiny_llama,
+        tmp_path / "run",
+        "training.num_train_epochs=6",
+        "training.early_stopping_patience=2",
+        "training.save_total_limit=1",
+    )
     prepared = prepare(cfg)
     work = work_dir(tmp_path / "run")
     model, summary = loop.run_loop(prepared, work, resume=False)
@@ -146,8 +165,12 @@ def test_resume_continues_exactly(tmp_path, tiny_llama_dropout, monkeypatch):
     import metatune.training.loop as loop
     from metatune.training.run import train
 
-    extra = ["training.num_train_epochs=2", "training.per_device_train_batch_size=4",  # 6 steps per epoch
-             "training.save_steps=4", "training.group_by_length=true"]
+    extra = [
+        "training.num_train_epochs=2",
+        "training.per_device_train_batch_size=4",  # 6 steps per epoch
+        "training.save_steps=4",
+        "training.group_by_length=true",
+    ]
     train(config_for(tiny_llama_dropout, tmp_path / "straight", *extra))
 
     cfg = config_for(tiny_llama_dropout, tmp_path / "resumed", *extra)

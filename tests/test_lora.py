@@ -19,22 +19,24 @@ from conftest import SAMPLE, make_tiny_model
 
 
 def lora_run_config(model_dir, output, *extra):
-    return load_config(sets=[
-        f"model.name={model_dir}",
-        "model.lora.enabled=true",
-        "model.lora.r=8",
-        "model.lora.alpha=16",
-        f"data.path={SAMPLE}",
-        "data.max_input_tokens=256",
-        "data.include_fields=[title,date]",  # a short prompt and target: fast steps
-        "data.chat_template=false",
-        f"training.output_dir={output}",
-        "training.max_steps=2",
-        "training.per_device_train_batch_size=2",
-        "training.eval_each_epoch=false",
-        "training.learning_rate=2e-2",  # large enough that two steps move the adapter visibly
-        *extra,
-    ])
+    return load_config(
+        sets=[
+            f"model.name={model_dir}",
+            "model.lora.enabled=true",
+            "model.lora.r=8",
+            "model.lora.alpha=16",
+            f"data.path={SAMPLE}",
+            "data.max_input_tokens=256",
+            "data.include_fields=[title,date]",  # a short prompt and target: fast steps
+            "data.chat_template=false",
+            f"training.output_dir={output}",
+            "training.max_steps=2",
+            "training.per_device_train_batch_size=2",
+            "training.eval_each_epoch=false",
+            "training.learning_rate=2e-2",  # large enough that two steps move the adapter visibly
+            *extra,
+        ]
+    )
 
 
 def logits(model, ids):
@@ -58,10 +60,21 @@ def test_lora_config_defaults_and_task_types():
     causal, seq2seq = lora_config(settings, seq2seq=False), lora_config(settings, seq2seq=True)
     assert (causal.task_type, seq2seq.task_type) == ("CAUSAL_LM", "SEQ_2_SEQ_LM")
     assert (causal.r, causal.lora_alpha, causal.lora_dropout) == (128, 64, 0.05)
-    custom = load_config(sets=["model.lora.r=16", "model.lora.alpha=32", "model.lora.dropout=0.1",
-                               "model.lora.target_modules=[q_proj,v_proj]"]).model.lora
+    custom = load_config(
+        sets=[
+            "model.lora.r=16",
+            "model.lora.alpha=32",
+            "model.lora.dropout=0.1",
+            "model.lora.target_modules=[q_proj,v_proj]",
+        ]
+    ).model.lora
     config = lora_config(custom, seq2seq=False)
-    assert (config.r, config.lora_alpha, config.lora_dropout, config.target_modules) == (16, 32, 0.1, {"q_proj", "v_proj"})
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.target_modules) == (
+        16,
+        32,
+        0.1,
+        {"q_proj", "v_proj"},
+    )
 
 
 @pytest.mark.parametrize("arch", ["llama", "t5"])
@@ -82,7 +95,9 @@ def test_lora_wraps_every_linear_layer_but_the_head(arch, tiny_tokenizer, tmp_pa
 def test_unknown_target_modules_is_a_one_line_error(tiny_tokenizer, tmp_path):
     base = make_tiny_model("llama", tiny_tokenizer, tmp_path / "base")
     settings = ModelSettings(name=str(base), lora=LoraSettings(enabled=True, target_modules=["nope_proj"]))
-    with pytest.raises(MetatuneError, match=r"^model\.lora\.target_modules: Target modules .*nope_proj.* not found") as e:
+    with pytest.raises(
+        MetatuneError, match=r"^model\.lora\.target_modules: Target modules .*nope_proj.* not found"
+    ) as e:
         load_trainable(settings)
     assert "\n" not in str(e.value)
 
@@ -95,7 +110,9 @@ def test_merged_model_loads_without_peft_and_matches_base_plus_adapter(arch, tin
 
     info = json.loads((run / "metatune.json").read_text())
     assert info["lora"]["merged"] is True and info["lora"]["adapter"] == "adapter"
-    assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "adapter" / "adapter_config.json").is_file()
+    assert (run / "adapter" / "adapter_model.safetensors").is_file() and (
+        run / "adapter" / "adapter_config.json"
+    ).is_file()
     merged = cls.from_pretrained(run)  # plain transformers, no peft
     assert not any("lora" in name for name in merged.state_dict())
 
@@ -144,9 +161,17 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_tokenizer, tmp_pat
 @pytest.mark.slow
 def test_smollm2_lora_adapter_only_run(tmp_path):
     """The real SmolLM2 (a GGUF preset): LoRA, adapter-only run, base + adapter found again from the preset."""
-    run = train(lora_run_config("smollm2-135m", tmp_path / "run", "model.lora.merge=false", "training.max_steps=1",
-                                "training.per_device_train_batch_size=1", "data.include_fields=[title]",
-                                "data.max_input_tokens=256"))
+    run = train(
+        lora_run_config(
+            "smollm2-135m",
+            tmp_path / "run",
+            "model.lora.merge=false",
+            "training.max_steps=1",
+            "training.per_device_train_batch_size=1",
+            "data.include_fields=[title]",
+            "data.max_input_tokens=256",
+        )
+    )
     info = json.loads((run / "metatune.json").read_text())
     assert info["lora"] == {**info["lora"], "merged": False, "base": "smollm2-135m"}
     assert (run / "adapter" / "adapter_model.safetensors").stat().st_size < 20e6  # r=8: a few MB, not the model

@@ -68,15 +68,18 @@ def test_scalar_against_list_is_a_one_item_list():
     assert prf(m, "keywords", "strict") == (0.0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("2019-03-05", "2019/03/05"),
-    ("05/03/2019", "2019/03/05"),
-    ("2019/3", "2019/03"),
-    ("marzo de 2019", "2019/03"),
-    ("March 2019", "2019/03"),
-    ("5 de marzo de 2019", "2019/03/05"),
-    ("2019", "2019"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2019-03-05", "2019/03/05"),
+        ("05/03/2019", "2019/03/05"),
+        ("2019/3", "2019/03"),
+        ("marzo de 2019", "2019/03"),
+        ("March 2019", "2019/03"),
+        ("5 de marzo de 2019", "2019/03/05"),
+        ("2019", "2019"),
+    ],
+)
 def test_normalize_date(text, expected):
     assert normalize_date(text) == expected
 
@@ -166,7 +169,12 @@ def test_markdown_table_and_bar_chart(tmp_path):
     table = markdown_table(m).splitlines()
     assert table[0] == "| field | strict | soft | levenshtein | ratcliff | support |"
     assert [line.split(" | ")[0] for line in table[2:]] == [
-        "| title", "| creator", "| first_author", "| **micro**", "| **macro**"]
+        "| title",
+        "| creator",
+        "| first_author",
+        "| **micro**",
+        "| **macro**",
+    ]
     assert table[2] == "| title | 0.0 | 100.0 | 100.0 | 100.0 | 1 |"
     png = bar_chart(m, tmp_path / "f1.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -33,8 +33,9 @@ print(json.dumps({
 
 def pip(*args: str, cwd: Path) -> None:
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    done = subprocess.run([sys.executable, "-m", "pip", *args, "--no-index", "--quiet"], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", *args, "--no-index", "--quiet"], cwd=cwd, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 

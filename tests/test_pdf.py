@@ -30,29 +30,35 @@ def pdf_with(text: str | None) -> bytes:
     return bytes(pdf.output())
 
 
-@pytest.mark.parametrize("raw, clean", [
-    ("Pierre-Franc¸ois Dutot", "Pierre-François Dutot"),  # cedilla after its letter (pdfplumber, pypdf)
-    ("Gre´gory Mounie´", "Grégory Mounié"),  # acute after its letter (pdfplumber)
-    ("´ecole, d´eveloppement", "école, développement"),  # before it, where nothing before can carry it
-    ("Ve ´ronique Pauli, Mu ¨nster", "Véronique Pauli, Münster"),  # after a space (grobid-headers data)
-    ("Universite ´Paul-Sabatier", "Université Paul-Sabatier"),  # the accent took the space's place
-    ("F´ısica, Lemaˆıtre, na¨ıve", "Física, Lemaître, naïve"),  # TeX's accent on a dotless i, either side
-    ("an eﬃcient ﬁt, ﬂows, oﬀ, baﬄe", "an efficient fit, flows, off, baffle"),
-    ("Jose\u0301 Pe\u0301rez", "José Pérez"),  # combining marks: NFC
-])
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ("Pierre-Franc¸ois Dutot", "Pierre-François Dutot"),  # cedilla after its letter (pdfplumber, pypdf)
+        ("Gre´gory Mounie´", "Grégory Mounié"),  # acute after its letter (pdfplumber)
+        ("´ecole, d´eveloppement", "école, développement"),  # before it, where nothing before can carry it
+        ("Ve ´ronique Pauli, Mu ¨nster", "Véronique Pauli, Münster"),  # after a space (grobid-headers data)
+        ("Universite ´Paul-Sabatier", "Université Paul-Sabatier"),  # the accent took the space's place
+        ("F´ısica, Lemaˆıtre, na¨ıve", "Física, Lemaître, naïve"),  # TeX's accent on a dotless i, either side
+        ("an eﬃcient ﬁt, ﬂows, oﬀ, baﬄe", "an efficient fit, flows, off, baffle"),
+        ("Jose\u0301 Pe\u0301rez", "José Pérez"),  # combining marks: NFC
+    ],
+)
 def test_clean_text_joins_what_pdf_text_layers_split(raw, clean):
     assert clean_text(raw) == clean
     assert clean_text(clean) == clean
 
 
-@pytest.mark.parametrize("text", [
-    "cd ~/path && x^2 + a^b",  # ASCII look-alikes are never accents
-    "the `best' result",
-    "O´Donnell, D´Alessandro, L´Aquila",  # an apostrophe typed as an acute accent
-    "25 ˚C, ´ alone, ¨",
-    "p ¼ .02, Smith², 20 µs, Java™",  # compatibility characters stay: only ligatures are spelled out
-    "Universidad Nacional de La Plata\nTesis de posgrado\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "cd ~/path && x^2 + a^b",  # ASCII look-alikes are never accents
+        "the `best' result",
+        "O´Donnell, D´Alessandro, L´Aquila",  # an apostrophe typed as an acute accent
+        "25 ˚C, ´ alone, ¨",
+        "p ¼ .02, Smith², 20 µs, Java™",  # compatibility characters stay: only ligatures are spelled out
+        "Universidad Nacional de La Plata\nTesis de posgrado\n",
+    ],
+)
 def test_clean_text_leaves_ordinary_text_alone(text):
     assert clean_text(text) == text
 
@@ -86,8 +92,16 @@ def test_a_password_protected_pdf_is_refused():
 
 
 def test_training_records_are_cleaned_like_extraction_text():
-    record = {"id": "a´b", "original_text": "Ve ´ronique Pauli\nAn eﬃcient method",
-              "creator": ["Pauli, Ve ´ronique", 3], "title": "An eﬃcient method"}
+    record = {
+        "id": "a´b",
+        "original_text": "Ve ´ronique Pauli\nAn eﬃcient method",
+        "creator": ["Pauli, Ve ´ronique", 3],
+        "title": "An eﬃcient method",
+    }
     clean_record(record)
-    assert record == {"id": "a´b", "original_text": "Véronique Pauli\nAn efficient method",
-                      "creator": ["Pauli, Véronique", 3], "title": "An efficient method"}
+    assert record == {
+        "id": "a´b",
+        "original_text": "Véronique Pauli\nAn efficient method",
+        "creator": ["Pauli, Véronique", 3],
+        "title": "An efficient method",
+    }

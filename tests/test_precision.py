@@ -40,16 +40,30 @@ def test_forced_bf16_trains_and_extracts_on_any_cpu(tmp_path, tiny_llama, mode):
     from metatune.training.run import train
 
     output = tmp_path / "run"
-    config = load_config(sets=[
-        f"model.name={tiny_llama}", f"data.path={SAMPLE}", f"training.output_dir={output}",
-        "data.include_fields=[date, language]", "data.max_input_tokens=256", "data.max_target_tokens=32",
-        "training.max_steps=6", "training.per_device_train_batch_size=4", "training.learning_rate=1e-2",
-        "training.warmup_ratio=0", "training.eval_each_epoch=false", "training.logging_steps=1",
-        f"training.mode={mode}", "training.bf16=true",
-    ])
+    config = load_config(
+        sets=[
+            f"model.name={tiny_llama}",
+            f"data.path={SAMPLE}",
+            f"training.output_dir={output}",
+            "data.include_fields=[date, language]",
+            "data.max_input_tokens=256",
+            "data.max_target_tokens=32",
+            "training.max_steps=6",
+            "training.per_device_train_batch_size=4",
+            "training.learning_rate=1e-2",
+            "training.warmup_ratio=0",
+            "training.eval_each_epoch=false",
+            "training.logging_steps=1",
+            f"training.mode={mode}",
+            "training.bf16=true",
+        ]
+    )
     train(config)
-    losses = [json.loads(line)["loss"] for line in (output / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (output / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert len(losses) >= 5 and losses[-1] < losses[0], losses
     extractor = Extractor.from_run(output, GenerationSettings(dtype="bfloat16", max_new_tokens=8))
     assert extractor.model.dtype == torch.bfloat16

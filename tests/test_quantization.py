@@ -66,7 +66,9 @@ def test_decoder_presets_ask_for_qlora(preset):
 
 def test_four_bit_without_lora_is_refused_before_loading():
     settings = ModelSettings(name="/no/such/model", quantization="4bit")  # would fail later if it got that far
-    with pytest.raises(MetatuneError, match=r"^model\.quantization=4bit trains LoRA adapters only .*model\.lora\.enabled=true$"):
+    with pytest.raises(
+        MetatuneError, match=r"^model\.quantization=4bit trains LoRA adapters only .*model\.lora\.enabled=true$"
+    ):
         load_trainable(settings)
 
 
@@ -82,7 +84,9 @@ def test_no_backend_fails_at_once_with_what_to_do(no_four_bit, tiny_tokenizer, t
         train(config)
     message = str(e.value)
     assert "\n" not in message
-    assert message.startswith("model.quantization=4bit cannot run here: no CUDA, and bitsandbytes has no working CPU backend")
+    assert message.startswith(
+        "model.quantization=4bit cannot run here: no CUDA, and bitsandbytes has no working CPU backend"
+    )
     assert "no CPU kernels for quantize_4bit" in message  # why
     assert message.endswith("set model.quantization=none (full precision), or train on a CUDA machine")  # what instead
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()  # nothing half-written
@@ -90,7 +94,9 @@ def test_no_backend_fails_at_once_with_what_to_do(no_four_bit, tiny_tokenizer, t
 
 def test_missing_bitsandbytes_says_how_to_install(fresh_backend_check, monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
-    with pytest.raises(MetatuneError, match=r"needs bitsandbytes \(pip install bitsandbytes\); or set model\.quantization=none"):
+    with pytest.raises(
+        MetatuneError, match=r"needs bitsandbytes \(pip install bitsandbytes\); or set model\.quantization=none"
+    ):
         quantization.four_bit_backend()
 
 

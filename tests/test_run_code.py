@@ -20,10 +20,14 @@ def planted_base(tmp_path: Path) -> tuple[Path, Path]:
     """A model directory whose config.json maps its classes to a Python file that leaves a marker."""
     base, marker = tmp_path / "base", tmp_path / "code-ran"
     base.mkdir()
-    (base / "config.json").write_text(json.dumps({
-        "model_type": "planted",
-        "auto_map": {"AutoConfig": "planted.PlantedConfig", "AutoModelForCausalLM": "planted.PlantedModel"},
-    }))
+    (base / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "planted",
+                "auto_map": {"AutoConfig": "planted.PlantedConfig", "AutoModelForCausalLM": "planted.PlantedModel"},
+            }
+        )
+    )
     (base / "planted.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     return base, marker
 
@@ -37,8 +41,14 @@ def planted_run(tiny_run: Path, tmp_path: Path, adapter_only: bool) -> tuple[Pat
     info["config"]["model"].update(name=str(base), trust_remote_code=True)
     info["base_model"] = str(base)
     if adapter_only:
-        info["lora"] = {"adapter": "adapter", "merged": False, "base": str(base), "r": 8, "alpha": 16,
-                        "target_modules": ["q_proj"]}
+        info["lora"] = {
+            "adapter": "adapter",
+            "merged": False,
+            "base": str(base),
+            "r": 8,
+            "alpha": 16,
+            "target_modules": ["q_proj"],
+        }
     (run / "metatune.json").write_text(json.dumps(info), encoding="utf-8")
     return run, marker
 
@@ -55,8 +65,11 @@ def test_a_planted_adapter_base_does_not_run(command, tiny_run, tmp_path, monkey
     run, marker = planted_run(tiny_run, tmp_path, adapter_only=True)
     doc = tmp_path / "doc.txt"
     doc.write_text("Una tesis de la Universidad Nacional de La Plata", encoding="utf-8")
-    args = {"extract": [run, doc], "evaluate": [run, "--data", SAMPLE, "--report", tmp_path / "report"],
-            "serve": [run, "--port", "1"]}[command]
+    args = {
+        "extract": [run, doc],
+        "evaluate": [run, "--data", SAMPLE, "--report", tmp_path / "report"],
+        "serve": [run, "--port", "1"],
+    }[command]
     code, err = cli(monkeypatch, capsys, command, *args)
     assert code == 2 and not marker.exists()
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -67,8 +80,20 @@ def test_a_planted_adapter_base_does_not_run(command, tiny_run, tmp_path, monkey
 
 def test_a_planted_zero_shot_base_does_not_run(tiny_run, tmp_path, monkeypatch, capsys):
     run, marker = planted_run(tiny_run, tmp_path, adapter_only=False)
-    code, err = cli(monkeypatch, capsys, "evaluate", run, "--data", SAMPLE, "--baseline", "zero-shot",
-                    "--report", tmp_path / "report", "--limit", "1")
+    code, err = cli(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        run,
+        "--data",
+        SAMPLE,
+        "--baseline",
+        "zero-shot",
+        "--report",
+        tmp_path / "report",
+        "--limit",
+        "1",
+    )
     assert code == 2 and not marker.exists()
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]  # after the fine-tuned model's loading bar

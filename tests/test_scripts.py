@@ -9,23 +9,38 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_script(*args):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "grobid_comparison.py"), *map(str, args)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "grobid_comparison.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+    )
 
 
 def scores(f1, support):
-    return {m: {"precision": f1, "recall": f1, "f1": f1, "support": support}
-            for m in ("strict", "soft", "levenshtein", "ratcliff")}
+    return {
+        m: {"precision": f1, "recall": f1, "f1": f1, "support": support}
+        for m in ("strict", "soft", "levenshtein", "ratcliff")
+    }
 
 
 def test_grobid_comparison_puts_soft_f1_next_to_grobid(tmp_path):
     (tmp_path / "eval").mkdir()
-    (tmp_path / "metatune.json").write_text(json.dumps(
-        {"base_model": "smollm2-135m", "training": {"steps": 60, "epochs": 0.48, "seconds": 3000}}))
-    metrics = {"fields": {"title": scores(0.875, 100), "creator": scores(0.5, 98), "first_author": scores(0.6, 98),
-                          "doi": scores(0.25, 20)},
-               "micro": scores(0.7125, 0), "documents": 100, "parse_failures": 2, "seconds": 600,
-               "run": {"split": "validation"}}
+    (tmp_path / "metatune.json").write_text(
+        json.dumps({"base_model": "smollm2-135m", "training": {"steps": 60, "epochs": 0.48, "seconds": 3000}})
+    )
+    metrics = {
+        "fields": {
+            "title": scores(0.875, 100),
+            "creator": scores(0.5, 98),
+            "first_author": scores(0.6, 98),
+            "doi": scores(0.25, 20),
+        },
+        "micro": scores(0.7125, 0),
+        "documents": 100,
+        "parse_failures": 2,
+        "seconds": 600,
+        "run": {"split": "validation"},
+    }
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps(metrics))
     out = tmp_path / "table.md"
     result = run_script(tmp_path, "--out", out)

@@ -83,7 +83,11 @@ def test_token_is_required(url, headers):
     assert r.headers["www-authenticate"] == "Bearer"
     r = httpx.post(f"{url}/consume-llm", json={"text": "Una tesis"}, headers=headers)
     assert r.status_code == 401
-    assert r.json() == {"success": False, "data": None, "error": {"code": 401, "message": "missing or invalid bearer token"}}
+    assert r.json() == {
+        "success": False,
+        "data": None,
+        "error": {"code": 401, "message": "missing or invalid bearer token"},
+    }
 
 
 def test_extract_answers_what_the_extractor_gives(url, extractor):
@@ -137,16 +141,22 @@ def test_too_large_requests_get_413(url):
     assert r.status_code == 413
 
 
-@pytest.mark.parametrize("body, message", [
-    ({}, "invalid request: text: Field required"),
-    ({"text": 12}, "invalid request: text: Input should be a valid string"),
-    ({"text": ""}, "invalid request: text: String should have at least 1 character"),
-    ({"text": "   "}, "invalid request: text: the text is blank"),
-    ({"text": "Una tesis", "type": "poema"}, "invalid request: type: unknown document type 'poema' (known: general, Tesis, Libro, Articulo, Objeto de conferencia)"),
-    ({"txt": "Una tesis"}, "invalid request: text: Field required; txt: Extra inputs are not permitted"),
-    ('{"text": "sin cerrar', "invalid request: invalid JSON at character 9: Unterminated string starting at"),
-    ("[1, 2]", "invalid request: body: Input should be a valid dictionary or object to extract fields from"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({}, "invalid request: text: Field required"),
+        ({"text": 12}, "invalid request: text: Input should be a valid string"),
+        ({"text": ""}, "invalid request: text: String should have at least 1 character"),
+        ({"text": "   "}, "invalid request: text: the text is blank"),
+        (
+            {"text": "Una tesis", "type": "poema"},
+            "invalid request: type: unknown document type 'poema' (known: general, Tesis, Libro, Articulo, Objeto de conferencia)",
+        ),
+        ({"txt": "Una tesis"}, "invalid request: text: Field required; txt: Extra inputs are not permitted"),
+        ('{"text": "sin cerrar', "invalid request: invalid JSON at character 9: Unterminated string starting at"),
+        ("[1, 2]", "invalid request: body: Input should be a valid dictionary or object to extract fields from"),
+    ],
+)
 def test_malformed_requests_get_422(url, body, message):
     if isinstance(body, str):
         r = httpx.post(f"{url}/extract", content=body, headers={**AUTH, "Content-Type": "application/json"})
@@ -184,8 +194,11 @@ def test_model_error_is_a_500_and_the_server_keeps_serving(url, extractor, monke
     assert r.json() == {"error": "generation failed: RuntimeError: simulated device failure"}
     r = httpx.post(f"{url}/consume-llm", json={"text": "Una tesis"}, headers=AUTH)
     assert r.status_code == 500
-    assert r.json() == {"success": False, "data": None,
-                        "error": {"code": 500, "message": "generation failed: RuntimeError: simulated device failure"}}
+    assert r.json() == {
+        "success": False,
+        "data": None,
+        "error": {"code": 500, "message": "generation failed: RuntimeError: simulated device failure"},
+    }
     monkeypatch.undo()
 
     r = httpx.post(f"{url}/extract", json={"text": "Una tesis"}, headers=AUTH, timeout=120)
@@ -199,8 +212,13 @@ def test_serve_command(tiny_run, tmp_path):
     env = {**os.environ, "METATUNE_API_TOKEN": TOKEN, "METATUNE_MAX_BYTES": "2000"}
     log = tmp_path / "server.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "metatune", "serve", str(tiny_run), "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "metatune", "serve", str(tiny_run), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -272,9 +290,18 @@ def test_serving_is_announced_only_once_the_port_is_bound(tmp_path, monkeypatch,
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metatune.json").write_text(json.dumps({"format_version": 1, "architecture": "causal", "input": {},
-                                                   "limits": {"max_input_tokens": 512, "max_target_tokens": 64},
-                                                   "types": {}}), encoding="utf-8")
+    (run / "metatune.json").write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "architecture": "causal",
+                "input": {},
+                "limits": {"max_input_tokens": 512, "max_target_tokens": 64},
+                "types": {},
+            }
+        ),
+        encoding="utf-8",
+    )
     monkeypatch.setattr(metatune.inference, "open_run", lambda run_dir, *a, **k: StubExtractor(run_dir))
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]

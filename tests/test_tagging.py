@@ -27,8 +27,19 @@ O, B_TITLE, I_TITLE, B_CREATOR, I_CREATOR, B_KW, I_KW, B_DATE, I_DATE = range(9)
 
 
 def test_labels_list_outside_then_bio_per_field_then_types():
-    assert SCHEME.labels == ["O", "B-title", "I-title", "B-creator", "I-creator", "B-keywords", "I-keywords",
-                             "B-date", "I-date", "TYPE=Articulo", "TYPE=Tesis"]
+    assert SCHEME.labels == [
+        "O",
+        "B-title",
+        "I-title",
+        "B-creator",
+        "I-creator",
+        "B-keywords",
+        "I-keywords",
+        "B-date",
+        "I-date",
+        "TYPE=Articulo",
+        "TYPE=Tesis",
+    ]
     assert TagScheme.from_dict(SCHEME.to_dict()) == SCHEME
 
 
@@ -40,10 +51,14 @@ def test_span_labels_begin_each_item_and_leave_the_rest_outside():
 
 def test_encoded_record_puts_the_type_first_and_counts_unaligned_values(tiny_tokenizer):
     text = "A study of things\nAna Ruiz, Juan Pérez\nKeywords: things; stuff"
-    record = {"title": "A study of things", "creator": ["Ana Ruiz", "Juan Pérez", "Nobody Here"],
-              "keywords": ["things", "stuff"]}
-    features, counts = encode_tagged(record, text, "Tesis", ["title", "creator", "keywords"], SCHEME,
-                                     tiny_tokenizer, 256)
+    record = {
+        "title": "A study of things",
+        "creator": ["Ana Ruiz", "Juan Pérez", "Nobody Here"],
+        "keywords": ["things", "stuff"],
+    }
+    features, counts = encode_tagged(
+        record, text, "Tesis", ["title", "creator", "keywords"], SCHEME, tiny_tokenizer, 256
+    )
     assert features["labels"][0] == SCHEME.labels.index("TYPE=Tesis")
     assert len(features["labels"]) == len(features["input_ids"])
     assert counts == {"title": [1, 1], "creator": [3, 2], "keywords": [2, 2]}
@@ -67,7 +82,19 @@ def test_viterbi_never_puts_an_inside_label_without_its_begin():
 
 def test_decode_reads_spans_as_values_of_the_text():
     text = "Deep  learning\nfor all Ana Ruiz Juan Paz 5 Sep 2012"
-    offsets = [(0, 4), (6, 14), (15, 18), (19, 22), (23, 26), (27, 31), (32, 36), (37, 40), (41, 42), (43, 46), (47, 51)]
+    offsets = [
+        (0, 4),
+        (6, 14),
+        (15, 18),
+        (19, 22),
+        (23, 26),
+        (27, 31),
+        (32, 36),
+        (37, 40),
+        (41, 42),
+        (43, 46),
+        (47, 51),
+    ]
     path = [B_TITLE, I_TITLE, I_TITLE, I_TITLE, B_CREATOR, I_CREATOR, B_CREATOR, I_CREATOR, B_DATE, I_DATE, I_DATE]
     logits = torch.full((1 + len(offsets), len(SCHEME.labels)), -5.0)
     logits[0, SCHEME.labels.index("TYPE=Tesis")] = 5
@@ -77,7 +104,10 @@ def test_decode_reads_spans_as_values_of_the_text():
     assert doc_type == "Tesis"
     assert values == {"title": ["Deep learning for all"], "creator": ["Ana Ruiz", "Juan Paz"], "date": ["2012/09/05"]}
     assert to_record(values, {"title": "string", "creator": "array", "date": "string", "keywords": "array"}) == {
-        "title": "Deep learning for all", "creator": ["Ana Ruiz", "Juan Paz"], "date": "2012/09/05"}
+        "title": "Deep learning for all",
+        "creator": ["Ana Ruiz", "Juan Paz"],
+        "date": "2012/09/05",
+    }
 
 
 def test_decoded_values_take_whole_words_the_longest_text_span_and_lists_as_trained():
@@ -95,11 +125,14 @@ def test_decoded_values_take_whole_words_the_longest_text_span_and_lists_as_trai
     assert values["creator"] == ["Alan Borning", "Alan Borning"]  # the training lists repeat names
     assert to_record({"title": ["C", "Crooked Functions"]}, {"title": "string"}) == {"title": "Crooked Functions"}
     assert to_record({"originPlaceInfo": ["A", "B"]}, {"originPlaceInfo": "string"}, lists=("originPlaceInfo",)) == {
-        "originPlaceInfo": ["A", "B"]}
+        "originPlaceInfo": ["A", "B"]
+    }
 
 
 def test_collator_pads_and_lets_every_token_see_every_real_token():
-    batch = TagCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "labels": [9, 1, 2]}, {"input_ids": [5, 6], "labels": [9, 0]}])
+    batch = TagCollator(pad_token_id=0)(
+        [{"input_ids": [5, 6, 7], "labels": [9, 1, 2]}, {"input_ids": [5, 6], "labels": [9, 0]}]
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 6, 0]]
     assert batch["labels"].tolist() == [[9, 1, 2], [9, 0, -100]]
     mask = batch["attention_mask"]
@@ -107,8 +140,10 @@ def test_collator_pads_and_lets_every_token_see_every_real_token():
     assert mask[1, 0, 0].tolist() == [True, True, False]  # the first token sees the one after it, not the padding
 
 
-WORDS = ("estudio síntesis formación docente escuelas simulación térmica puentes hormigón noticia organizaciones "
-         "financiamiento empresas economía informalidad laboral municipios química suelos agua").split()
+WORDS = (
+    "estudio síntesis formación docente escuelas simulación térmica puentes hormigón noticia organizaciones "
+    "financiamiento empresas economía informalidad laboral municipios química suelos agua"
+).split()
 NAMES = "Ana Ruiz|Juan Pérez|María Gómez|Pedro Díaz|Laura Sosa|Carlos Vega|Sofía Paz|Diego Ríos".split("|")
 
 
@@ -121,30 +156,60 @@ def synthetic_records(n: int, seed: int) -> list[dict]:
     for i in range(n):
         title = " ".join(rng.sample(WORDS, rng.randint(3, 5))).capitalize()
         creators = rng.sample(NAMES, rng.randint(1, 2))
-        text = (f"Universidad Nacional de La Plata\nTítulo: {title}\nAutores: {'; '.join(creators)}\n"
-                f"Resumen: {' '.join(rng.sample(WORDS, 6))}.")
-        records.append({"id": f"s{i}", "type": "Articulo", "original_text": text, "title": title,
-                        "creator": creators, "language": "es"})
+        text = (
+            f"Universidad Nacional de La Plata\nTítulo: {title}\nAutores: {'; '.join(creators)}\n"
+            f"Resumen: {' '.join(rng.sample(WORDS, 6))}."
+        )
+        records.append(
+            {
+                "id": f"s{i}",
+                "type": "Articulo",
+                "original_text": text,
+                "title": title,
+                "creator": creators,
+                "language": "es",
+            }
+        )
     return records
 
 
 def tag_config(model, data, output, *extra):
     from metatune.config import load_config
 
-    return load_config(sets=[
-        f"model.name={model}", f"data.path={data}", f"training.output_dir={output}", "training.objective=tag",
-        "data.include_fields=[title, creator, language]", "data.max_input_tokens=128",
-        "training.max_steps=120", "training.learning_rate=2e-3", "training.per_device_train_batch_size=8",
-        "training.warmup_ratio=0", "training.logging_steps=5", "training.eval_each_epoch=false", "training.bf16=false",
-        *extra,
-    ])
+    return load_config(
+        sets=[
+            f"model.name={model}",
+            f"data.path={data}",
+            f"training.output_dir={output}",
+            "training.objective=tag",
+            "data.include_fields=[title, creator, language]",
+            "data.max_input_tokens=128",
+            "training.max_steps=120",
+            "training.learning_rate=2e-3",
+            "training.per_device_train_batch_size=8",
+            "training.warmup_ratio=0",
+            "training.logging_steps=5",
+            "training.eval_each_epoch=false",
+            "training.bf16=false",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     path = tmp_path_factory.mktemp("synthetic") / "data.json"
-    path.write_text(json.dumps({"training": synthetic_records(48, 0), "validation": synthetic_records(8, 1),
-                                "test": synthetic_records(8, 2)}, ensure_ascii=False), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            {
+                "training": synthetic_records(48, 0),
+                "validation": synthetic_records(8, 1),
+                "test": synthetic_records(8, 2),
+            },
+            ensure_ascii=False,
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -156,13 +221,20 @@ def tag_run(tmp_path_factory, tiny_llama, synthetic):
 
 
 def test_a_tiny_tagger_learns_and_its_run_says_how_it_was_trained(tag_run):
-    losses = [json.loads(line)["loss"] for line in (tag_run / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tag_run / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert losses[-1] < 0.3 * losses[0], losses
     info = json.loads((tag_run / "metatune.json").read_text(encoding="utf-8"))
     assert info["objective"] == "tag"
-    assert info["tagging"]["scheme"] == {"fields": ["title", "creator"], "types": ["Articulo"], "lists": ["creator"],
-                                         "repeats": False}
+    assert info["tagging"]["scheme"] == {
+        "fields": ["title", "creator"],
+        "types": ["Articulo"],
+        "lists": ["creator"],
+        "repeats": False,
+    }
     assert info["tagging"]["alignment"]["title"] == {"values": 48, "aligned": 48}
     assert "language" in info["tagging"]["not_tagged"]
 
@@ -208,7 +280,9 @@ def test_cli_extract_and_evaluate_work_unchanged_on_a_tag_run(tag_run, synthetic
     out = json.loads(result.stdout)
     assert out["type"] == "Articulo" and out["metadata"]["title"] == record["title"]
 
-    result = run_cli("evaluate", tag_run, "--data", synthetic, "--split", "test", "--report", tmp_path / "eval", cwd=tmp_path)
+    result = run_cli(
+        "evaluate", tag_run, "--data", synthetic, "--split", "test", "--report", tmp_path / "eval", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["documents"] == 8 and metrics["parse_failures"] == 0
@@ -246,8 +320,15 @@ def test_bench_times_a_tag_run_and_finds_batched_equal_to_one_at_a_time(tag_run)
     from metatune.bench import probe_extract
 
     records = synthetic_records(4, 7)
-    result = probe_extract({"run": str(tag_run), "texts": [r["original_text"] for r in records],
-                            "types": [None] * 4, "batch_size": 2, "max_new_tokens": 4})
+    result = probe_extract(
+        {
+            "run": str(tag_run),
+            "texts": [r["original_text"] for r in records],
+            "types": [None] * 4,
+            "batch_size": 2,
+            "max_new_tokens": 4,
+        }
+    )
     assert result["objective"] == "tag" and result["documents"] == 4
     assert result["identical_raw_outputs"] == 4 and result["parsed_outputs"] == 4
     assert result["batched_docs_per_second"] > 0 and result["plain_docs_per_second"] > 0
@@ -259,8 +340,11 @@ def test_forced_bf16_tag_training_and_extraction_run_on_any_cpu(tmp_path, tiny_l
     from metatune.training.run import train
 
     run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", "training.bf16=true", "training.max_steps=12"))
-    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert losses[-1] < losses[0], losses
     tagger = open_run(run, GenerationSettings(dtype="bfloat16"))
     assert tagger.model.dtype == torch.bfloat16

@@ -35,7 +35,9 @@ def trained(tmp_path_factory, tiny_llama, one_thread):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(run_module, "save_run", spy)
-        result = run_module.train(config_for(tiny_llama, output, "data.input_style=schema", "training.num_train_epochs=6"))
+        result = run_module.train(
+            config_for(tiny_llama, output, "data.input_style=schema", "training.num_train_epochs=6")
+        )
     assert result == output
     return output, saved["model"]
 
@@ -56,8 +58,15 @@ def test_saved_run_loads_with_transformers_alone(trained, tiny_llama):
 
     output, _ = trained
     files = {p.name for p in output.iterdir()}
-    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "metatune.json", "metrics.jsonl"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "metatune.json",
+        "metrics.jsonl",
+    } <= files
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)  # safetensors only
     assert not output.with_name("run.partial").exists()  # checkpoints are gone once the run is saved
     assert not list(output.parent.glob(".run.*"))
@@ -108,10 +117,17 @@ def test_round_trip_save_load_generate(trained):
         got = extractor.model(input_ids=x).logits
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     with torch.no_grad():
-        reference = in_memory.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=12,
-                                       do_sample=False, pad_token_id=extractor.tokenizer.pad_token_id)
-    assert extractor.tokenizer.decode(reference[0, len(ids):], skip_special_tokens=True) == \
-        extractor.generate([ids], max_new_tokens=12)[0]
+        reference = in_memory.generate(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=extractor.tokenizer.pad_token_id,
+        )
+    assert (
+        extractor.tokenizer.decode(reference[0, len(ids) :], skip_special_tokens=True)
+        == extractor.generate([ids], max_new_tokens=12)[0]
+    )
     results = extractor.extract([record["original_text"]], ["Artículo"])
     assert len(results) == 1 and results[0].doc_type == "Articulo" and isinstance(results[0].raw, str)
 
@@ -186,7 +202,9 @@ def test_bad_input_leaves_nothing_on_disk(tmp_path, tiny_llama):
     from metatune.training.run import train
 
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"training": [{"type": "Tesis", "original_text": ""}], "validation": []}), encoding="utf-8")
+    bad.write_text(
+        json.dumps({"training": [{"type": "Tesis", "original_text": ""}], "validation": []}), encoding="utf-8"
+    )
     before = sorted(tmp_path.rglob("*"))
     for cfg in (
         config_for(tiny_llama, tmp_path / "run", f"data.path={bad}"),
@@ -261,7 +279,9 @@ def test_resume_with_only_an_unfinished_checkpoint_starts_again(tmp_path, tiny_l
     from metatune.training.run import train
 
     output, work = tmp_path / "run", tmp_path / "run.partial"
-    cfg = config_for(tiny_llama, output, "training.max_steps=4", "training.save_steps=2", "training.eval_each_epoch=false")
+    cfg = config_for(
+        tiny_llama, output, "training.max_steps=4", "training.save_steps=2", "training.eval_each_epoch=false"
+    )
 
     def on_save(self, args, state, control, **kwargs):
         raise RuntimeError("killed")

@@ -90,8 +90,13 @@ def test_bad_files_are_one_line_errors(tmp_path):
     with pytest.raises(MetatuneError, match="cannot read the type classifier"):
         TypeClassifier.load(tmp_path)
     good = fitted().to_dict()
-    for broken in ({**good, "format_version": 9}, {**good, "documents": [3]}, {**good, "counts": {"x": [1, -1]}},
-                   {**good, "types": []}, [1, 2]):
+    for broken in (
+        {**good, "format_version": 9},
+        {**good, "documents": [3]},
+        {**good, "counts": {"x": [1, -1]}},
+        {**good, "types": []},
+        [1, 2],
+    ):
         with pytest.raises(MetatuneError, match="type classifier"):
             TypeClassifier.from_dict(broken)
     with pytest.raises(MetatuneError, match="no documents"):

@@ -65,9 +65,17 @@ def probe_train(spec: dict) -> dict:
 
         pad_id = prepared.tokenizer.pad_token_id
         data = [original_features(x, pad_id, prepared.seq2seq) for x in prepared.train[:ORIGINAL_BATCH]]
-        args = quiet_arguments(args, max_steps=1, per_device_train_batch_size=ORIGINAL_BATCH, bf16=False, fp16=False,
-                               gradient_accumulation_steps=1)
-        trainer = Trainer(model=prepared.model, args=args, train_dataset=data, data_collator=collator(prepared.tokenizer))
+        args = quiet_arguments(
+            args,
+            max_steps=1,
+            per_device_train_batch_size=ORIGINAL_BATCH,
+            bf16=False,
+            fp16=False,
+            gradient_accumulation_steps=1,
+        )
+        trainer = Trainer(
+            model=prepared.model, args=args, train_dataset=data, data_collator=collator(prepared.tokenizer)
+        )
     else:
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
         prepared.train = sorted(prepared.train, key=lambda x: len(x["input_ids"]))[-per_step:]
@@ -79,7 +87,8 @@ def probe_train(spec: dict) -> dict:
         "rss_after_load_mb": round(loaded, 1),
         "step_seconds": round(time.perf_counter() - start, 2),
         "longest_sequence": max(len(x["input_ids"]) for x in prepared.train)
-        if spec["side"] != "original" else ORIGINAL_INPUT + ORIGINAL_TARGET,
+        if spec["side"] != "original"
+        else ORIGINAL_INPUT + ORIGINAL_TARGET,
     }
 
 
@@ -130,8 +139,12 @@ def probe_extract(spec: dict) -> dict:
             if tag:
                 out = [extractor.extract([t], [ty], batch_size=1)[0].raw for t, ty in zip(chunk_t, chunk_ty)]
             else:
-                out = [plain_generate(extractor.model, extractor.tokenizer, extractor.input_ids(t, ty), max_new,
-                                      extractor.seq2seq) for t, ty in zip(chunk_t, chunk_ty)]
+                out = [
+                    plain_generate(
+                        extractor.model, extractor.tokenizer, extractor.input_ids(t, ty), max_new, extractor.seq2seq
+                    )
+                    for t, ty in zip(chunk_t, chunk_ty)
+                ]
             return out, time.perf_counter() - t0, time.process_time() - c0
 
         def run_batched():
@@ -171,7 +184,9 @@ def probe_extract(spec: dict) -> dict:
         "identical_raw_outputs": same_raw,
         "parsed_outputs": sum(b.data is not None for b in batched),
         "objective": "tag" if tag else "generate",
-        "generated_tokens_plain": 0 if tag else sum(len(extractor.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in plain_raw),
+        "generated_tokens_plain": 0
+        if tag
+        else sum(len(extractor.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in plain_raw),
         "rss_after_load_mb": round(loaded, 1),
         "peak_rss_mb": round(max(peaks) if can_reset else peak_rss_mb(), 1),
         "peak_rss_scope": "batched extraction" if can_reset else "whole probe process",

@@ -92,16 +92,27 @@ def markdown(r: dict) -> str:
         ]
     mem = r.get("memory")
     if mem or e:
-        lines += ["", "## Peak resident memory", "",
-                  "| what | peak RSS | after loading | seconds of the step |", "|---|---:|---:|---:|"]
-        names = {"train_original": "training, original approach (batch 2 x 2560)",
-                 "train_full": "training, metatune full fine-tuning (longest batch)",
-                 "train_lora": "training, metatune LoRA (longest batch)"}
+        lines += [
+            "",
+            "## Peak resident memory",
+            "",
+            "| what | peak RSS | after loading | seconds of the step |",
+            "|---|---:|---:|---:|",
+        ]
+        names = {
+            "train_original": "training, original approach (batch 2 x 2560)",
+            "train_full": "training, metatune full fine-tuning (longest batch)",
+            "train_lora": "training, metatune LoRA (longest batch)",
+        }
         for key, label in names.items():
             if mem and key in mem:
-                lines.append(f"| {label} | {mem[key]['peak_rss_mb']:,.0f} MB | {mem[key]['rss_after_load_mb']:,.0f} MB | "
-                             f"{mem[key]['step_seconds']:.0f} |")
+                lines.append(
+                    f"| {label} | {mem[key]['peak_rss_mb']:,.0f} MB | {mem[key]['rss_after_load_mb']:,.0f} MB | "
+                    f"{mem[key]['step_seconds']:.0f} |"
+                )
         if e:
-            lines.append(f"| extraction, batched ({e['peak_rss_scope']}) | {e['peak_rss_mb']:,.0f} MB | "
-                         f"{e['rss_after_load_mb']:,.0f} MB | |")
+            lines.append(
+                f"| extraction, batched ({e['peak_rss_scope']}) | {e['peak_rss_mb']:,.0f} MB | "
+                f"{e['rss_after_load_mb']:,.0f} MB | |"
+            )
     return "\n".join(lines) + "\n"

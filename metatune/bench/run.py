@@ -43,7 +43,12 @@ def run_bench(settings: BenchSettings) -> dict:
     from metatune.models import load_pretrained
     from metatune.training.common import prepare
 
-    if settings.steps < 1 or settings.extract_docs < 1 or settings.extract_batch_size < 1 or settings.max_new_tokens < 1:
+    if (
+        settings.steps < 1
+        or settings.extract_docs < 1
+        or settings.extract_batch_size < 1
+        or settings.max_new_tokens < 1
+    ):
         raise MetatuneError("--steps, --extract-docs, --extract-batch-size and --max-new-tokens must be at least 1")
     if settings.extract_run is not None and not (Path(settings.extract_run) / "metatune.json").is_file():
         raise MetatuneError(f"--extract-run {settings.extract_run}: not a saved run (no metatune.json)")
@@ -71,8 +76,9 @@ def run_bench(settings: BenchSettings) -> dict:
             run_dir = Path(settings.extract_run)
             result["extraction_run"] = str(run_dir)
         else:
-            run_dir = extraction_run(prepared, copy.deepcopy(original_model), tokenizer, work / "extract-run",
-                                     settings.max_new_tokens)
+            run_dir = extraction_run(
+                prepared, copy.deepcopy(original_model), tokenizer, work / "extract-run", settings.max_new_tokens
+            )
         print(f"Timing {settings.steps} training steps of each side, in turn")
         result["training"] = timed_training(prepared, original_model, settings, work, device)
         del prepared, original_model
@@ -83,8 +89,14 @@ def run_bench(settings: BenchSettings) -> dict:
         print(f"Timing extraction of {len(texts)} documents (in a subprocess)")
         result["extraction"] = run_probe(
             ctx,
-            {"kind": "extract", "run": str(run_dir), "texts": texts, "types": types,
-             "batch_size": settings.extract_batch_size, "max_new_tokens": settings.max_new_tokens},
+            {
+                "kind": "extract",
+                "run": str(run_dir),
+                "texts": texts,
+                "types": types,
+                "batch_size": settings.extract_batch_size,
+                "max_new_tokens": settings.max_new_tokens,
+            },
             work,
         )
         if settings.memory:
@@ -93,8 +105,12 @@ def run_bench(settings: BenchSettings) -> dict:
             memory = {}
             print("Measuring peak memory of training (one step on the longest batch, each in a subprocess)")
             memory["train_original"] = run_probe(ctx, {**base, "side": "original", "sets": overrides}, work)
-            memory["train_full"] = run_probe(ctx, {**base, "side": "metatune", "sets": overrides + ["model.lora.enabled=false"]}, work)
-            memory["train_lora"] = run_probe(ctx, {**base, "side": "lora", "sets": overrides + ["model.lora.enabled=true"]}, work)
+            memory["train_full"] = run_probe(
+                ctx, {**base, "side": "metatune", "sets": overrides + ["model.lora.enabled=false"]}, work
+            )
+            memory["train_lora"] = run_probe(
+                ctx, {**base, "side": "lora", "sets": overrides + ["model.lora.enabled=true"]}, work
+            )
             result["memory"] = memory
     result["machine"]["load_average_end"] = list(os.getloadavg())
     # other programs kept more than half the CPUs busy when the run started

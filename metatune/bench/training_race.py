@@ -177,8 +177,12 @@ def timed_training(prepared, original_model, settings: BenchSettings, work: Path
         bf16=False,
         fp16=False,
     )
-    original_log = BatchLog(collator(prepared.tokenizer), prepared.seq2seq)  # all rows have one length: no padding added
-    original = Trainer(model=original_model, args=original_args, train_dataset=original_data, data_collator=original_log)
+    original_log = BatchLog(
+        collator(prepared.tokenizer), prepared.seq2seq
+    )  # all rows have one length: no padding added
+    original = Trainer(
+        model=original_model, args=original_args, train_dataset=original_data, data_collator=original_log
+    )
 
     accumulation = args.gradient_accumulation_steps
     epochs = {
@@ -225,10 +229,7 @@ def timed_training(prepared, original_model, settings: BenchSettings, work: Path
     # CPU time says nothing of work done on a GPU
     peak = {"wall": max(r["wall"] for r in rates), "cpu": max(r["cpu"] for r in rates) if device == "cpu" else None}
     parameters = sum(p.numel() for p in original_model.parameters())
-    out = {
-        side.name: side_figures(side, epochs[side.name], parameters, peak)
-        for side in sides
-    }
+    out = {side.name: side_figures(side, epochs[side.name], parameters, peak) for side in sides}
     out["original"]["setup"] = {"batch_size": ORIGINAL_BATCH, "dtype": "float32", "padding": "max_length 2048 + 512"}
     out["metatune"]["setup"] = {
         "examples_per_step": args.per_device_train_batch_size * accumulation,
@@ -253,5 +254,7 @@ def timed_training(prepared, original_model, settings: BenchSettings, work: Path
     out["speedup_per_epoch"] = round(original_epoch / metatune_epoch, 2)
     # CPU time counts the work, not the waiting for cores other programs hold: steadier on a shared machine
     if device == "cpu":
-        out["speedup_per_epoch_cpu"] = round(out["original"]["epoch_cpu_seconds"] / out["metatune"]["epoch_cpu_seconds"], 2)
+        out["speedup_per_epoch_cpu"] = round(
+            out["original"]["epoch_cpu_seconds"] / out["metatune"]["epoch_cpu_seconds"], 2
+        )
     return out

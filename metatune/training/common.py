@@ -104,7 +104,9 @@ def start_output(config: Config, resume: bool, overwrite: bool) -> tuple[Path, P
             raise MetatuneError(f"{work}: nothing to resume (no unfinished run for {output})")
     elif work.exists():
         if not overwrite:
-            raise MetatuneError(f"{work}: an unfinished run is there; pass --resume to continue it or --overwrite to start again")
+            raise MetatuneError(
+                f"{work}: an unfinished run is there; pass --resume to continue it or --overwrite to start again"
+            )
         shutil.rmtree(work)
     return output, work  # prepare() creates `work` once the data and the model have loaded
 
@@ -137,6 +139,7 @@ def describe(config: Config, registry, fmt: InputFormat, seq2seq: bool, chat: bo
 
 def fit_type_classifier(train_records, val_records, registry, fallback_type, stats: dict) -> TypeClassifier:
     """The classifier that picks a document's type (and so its prompt) when extraction is not told it."""
+
     def types(records):
         return [(registry.find(record_type(r)) or registry.find(fallback_type)).name for r in records]
 
@@ -146,8 +149,10 @@ def fit_type_classifier(train_records, val_records, registry, fallback_type, sta
     elif val_records:
         result = accuracy(classifier, [r["original_text"] for r in val_records], types(val_records))["overall"]
         stats["type_classifier_validation_accuracy"] = round(result["accuracy"], 4)
-        print(f"Type classifier ({len(classifier.types)} types): validation accuracy "
-              f"{result['correct']}/{result['n']} ({result['accuracy'] * 100:.1f}%)")
+        print(
+            f"Type classifier ({len(classifier.types)} types): validation accuracy "
+            f"{result['correct']}/{result['n']} ({result['accuracy'] * 100:.1f}%)"
+        )
     return classifier
 
 
@@ -167,8 +172,9 @@ def encode_tag_split(records, registry, fallback_type, fmt, scheme, tokenizer, m
         doc_type = registry.find(record_type(record)) or registry.find(fallback_type)
         if doc_type.name not in scheme.types:  # a type only the validation split has: nothing to learn from
             continue
-        features, counts = encode_tagged(record, record["original_text"], doc_type.name, fmt.fields(doc_type),
-                                         scheme, tokenizer, max_input_tokens)
+        features, counts = encode_tagged(
+            record, record["original_text"], doc_type.name, fmt.fields(doc_type), scheme, tokenizer, max_input_tokens
+        )
         encoded.append(features)
         for name, (total, aligned) in counts.items():
             c = coverage.setdefault(name, [0, 0])
@@ -188,8 +194,11 @@ def prepare_tagging(config: Config, registry, train_records, val_records, fmt: I
     args = (registry, d.fallback_type, fmt, scheme, tokenizer, d.max_input_tokens)
     train = encode_tag_split(train_records, *args, coverage)
     validation = encode_tag_split(val_records, *args, {})
-    print("Aligned values (training split): " + ", ".join(
-        f"{f} {a}/{t}" for f, (t, a) in coverage.items()) + " (values not found in the text are left unlabelled)")
+    print(
+        "Aligned values (training split): "
+        + ", ".join(f"{f} {a}/{t}" for f, (t, a) in coverage.items())
+        + " (values not found in the text are left unlabelled)"
+    )
     description = {
         "scheme": scheme.to_dict(),
         "bidirectional": not seq2seq and config.training.tag_attention == "bidirectional",
@@ -205,12 +214,19 @@ def prepare(config: Config, need_validation: bool = True) -> Prepared:
     path = dataset.path
     train_records = dataset.split("training")
     val_records = dataset.split("validation") if need_validation else []
-    fmt = InputFormat(d.input_style, d.include_fields, tuple(d.exclude_fields), d.chat_template,
-                      d.anchor_min_words if config.training.objective == "generate" else 0, d.anchor_words,
-                      d.prompt_example)
+    fmt = InputFormat(
+        d.input_style,
+        d.include_fields,
+        tuple(d.exclude_fields),
+        d.chat_template,
+        d.anchor_min_words if config.training.objective == "generate" else 0,
+        d.anchor_words,
+        d.prompt_example,
+    )
     if config.training.objective == "tag":
         model, tokenizer, seq2seq, train, validation, tagging = prepare_tagging(
-            config, registry, train_records, val_records, fmt)
+            config, registry, train_records, val_records, fmt
+        )
         info = describe(config, registry, fmt, seq2seq, chat=False, prompts={}).model_copy(update={"tagging": tagging})
         stats = {
             "train_examples": len(train),
@@ -228,8 +244,10 @@ def prepare(config: Config, need_validation: bool = True) -> Prepared:
     if not train:
         raise MetatuneError(f"{path}: no training example fits data.max_target_tokens={d.max_target_tokens}")
     if skipped_train or skipped_val:
-        print(f"Skipped {skipped_train + skipped_val} examples whose target is longer than "
-              f"data.max_target_tokens={d.max_target_tokens} (targets are never truncated)")
+        print(
+            f"Skipped {skipped_train + skipped_val} examples whose target is longer than "
+            f"data.max_target_tokens={d.max_target_tokens} (targets are never truncated)"
+        )
 
     info = describe(config, registry, fmt, seq2seq, encoder.chat, encoder.prompts)
     stats = {
@@ -238,9 +256,11 @@ def prepare(config: Config, need_validation: bool = True) -> Prepared:
         "train_tokens": sum(len(x["input_ids"]) for x in train),
         "train_target_tokens": sum(sum(1 for t in x["labels"] if t != -100) for x in train),
     }
-    classifier = fit_type_classifier(train_records, dataset.splits.get("validation") or [], registry,
-                                     d.fallback_type, stats)
+    classifier = fit_type_classifier(
+        train_records, dataset.splits.get("validation") or [], registry, d.fallback_type, stats
+    )
     # Only now, with every input checked, does anything appear on disk: a mistake leaves nothing behind.
     work_dir(Path(config.training.output_dir)).mkdir(parents=True, exist_ok=True)
-    return Prepared(config, model, tokenizer, seq2seq, train, validation, info, skipped_train + skipped_val, stats,
-                    classifier)
+    return Prepared(
+        config, model, tokenizer, seq2seq, train, validation, info, skipped_train + skipped_val, stats, classifier
+    )

@@ -46,7 +46,9 @@ def shards_weights(state: PartialState) -> bool:
     """FSDP, or DeepSpeed ZeRO stage 3 (stages 1-2 keep whole weights on every process)."""
     if state.distributed_type == DistributedType.FSDP:
         return True
-    return state.distributed_type == DistributedType.DEEPSPEED and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    return (
+        state.distributed_type == DistributedType.DEEPSPEED and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    )
 
 
 def check_launch(config: Config, state: PartialState) -> None:

@@ -135,8 +135,10 @@ def report_to(setting: str) -> str | list[str]:
     if importlib.util.find_spec(REPORT_PACKAGES[setting]) is None:
         if setting == "tensorboard":
             return "none"
-        raise MetatuneError(f"training.report_to={setting} needs the {REPORT_PACKAGES[setting]} package "
-                            f"(pip install {REPORT_PACKAGES[setting]}), or set training.report_to=none")
+        raise MetatuneError(
+            f"training.report_to={setting} needs the {REPORT_PACKAGES[setting]} package "
+            f"(pip install {REPORT_PACKAGES[setting]}), or set training.report_to=none"
+        )
     return [setting]
 
 
@@ -224,7 +226,9 @@ def run_trainer(prepared: Prepared, work: Path, resume: bool) -> tuple[object, d
         checkpoint = last_complete_checkpoint(Path(args.output_dir), remove_others=main)
         if main:
             drop_metrics_after(metrics, checkpoint_step(checkpoint) if checkpoint else 0)
-        main_print(f"Resuming from {checkpoint}" if checkpoint else "No complete checkpoint saved yet: training from the start")
+        main_print(
+            f"Resuming from {checkpoint}" if checkpoint else "No complete checkpoint saved yet: training from the start"
+        )
     totals = RunTotals.from_checkpoint(checkpoint)
     callbacks = [totals, JsonlLogger(metrics)]  # totals first: it completes the summary the logger writes
     if args.load_best_model_at_end:

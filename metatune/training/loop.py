@@ -159,8 +159,7 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: LoopState, keep
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({**asdict(state), "checkpoint": name}, indent=2),
-                                      encoding="utf-8")
+        (tmp / STATE_FILE).write_text(json.dumps({**asdict(state), "checkpoint": name}, indent=2), encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         rotate(root, keep, state.best_checkpoint)
@@ -172,7 +171,10 @@ def rotate(root: Path, keep: int, best: str | None) -> None:
     """Deletes all but the newest `keep` checkpoints (and the best one); keep <= 0 keeps all."""
     if keep <= 0:
         return
-    found = sorted((p for p in root.glob("checkpoint-*") if p.name.split("-")[1].isdigit()), key=lambda p: int(p.name.split("-")[1]))
+    found = sorted(
+        (p for p in root.glob("checkpoint-*") if p.name.split("-")[1].isdigit()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     for path in found[:-keep]:
         if path.name != best:
             shutil.rmtree(path)
@@ -226,7 +228,9 @@ def setup(prepared: Prepared, work: Path) -> Loop:
     set_seed(t.seed)
 
     collate = collator(prepared.tokenizer)
-    train_loader = DataLoader(prepared.train, batch_size=t.per_device_train_batch_size, sampler=train_sampler(prepared), collate_fn=collate)
+    train_loader = DataLoader(
+        prepared.train, batch_size=t.per_device_train_batch_size, sampler=train_sampler(prepared), collate_fn=collate
+    )
 
     # The schedule needs the per-process number of batches before accelerate shards the loader
     # (DeepSpeed wants the scheduler in the same prepare call as the model).
@@ -235,7 +239,10 @@ def setup(prepared: Prepared, work: Path) -> Loop:
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
     optimizer = adamw(prepared.model, t)
     scheduler = get_scheduler(
-        t.lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(total_steps * t.warmup_ratio), num_training_steps=total_steps
+        t.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=math.ceil(total_steps * t.warmup_ratio),
+        num_training_steps=total_steps,
     )
     model, optimizer, train_loader, scheduler = accelerator.prepare(prepared.model, optimizer, train_loader, scheduler)
     assert len(train_loader) == batches_per_epoch, (len(train_loader), batches_per_epoch)
@@ -244,8 +251,19 @@ def setup(prepared: Prepared, work: Path) -> Loop:
         eval_loader = accelerator.prepare(
             DataLoader(prepared.validation, batch_size=t.per_device_eval_batch_size, collate_fn=collate)
         )
-    return Loop(accelerator, model, optimizer, scheduler, train_loader, eval_loader, t, shift=not prepared.seq2seq,
-                total_steps=total_steps, metrics=work / "metrics.jsonl", checkpoints=work / "checkpoints")
+    return Loop(
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        train_loader,
+        eval_loader,
+        t,
+        shift=not prepared.seq2seq,
+        total_steps=total_steps,
+        metrics=work / "metrics.jsonl",
+        checkpoints=work / "checkpoints",
+    )
 
 
 def restore(loop: Loop, resume: bool) -> tuple[LoopState, str | None, tuple | None]:
@@ -335,8 +353,12 @@ def validate(loop: Loop, state: LoopState, epoch_float: float) -> bool:
     if loop.on_plateau:
         loop.scheduler.step(state.eval_loss)
     if loop.main:
-        append_metrics(loop.metrics, state.step, epoch_float,
-                       {"eval_loss": state.eval_loss, "eval_runtime": round(time.perf_counter() - began, 4)})
+        append_metrics(
+            loop.metrics,
+            state.step,
+            epoch_float,
+            {"eval_loss": state.eval_loss, "eval_runtime": round(time.perf_counter() - began, 4)},
+        )
     if state.best_eval_loss is None or state.eval_loss < state.best_eval_loss:
         state.best_eval_loss, state.bad_evals = state.eval_loss, 0
         state.best_checkpoint = f"checkpoint-{state.step}" if loop.patience else None
@@ -369,7 +391,9 @@ def summarize(loop: Loop, state: LoopState, resumed_from: str | None, seconds: f
     if state.eval_loss is not None:
         summary["eval_loss"] = state.eval_loss
     if loop.main:
-        append_metrics(loop.metrics, state.step, summary["epochs"], {"train_loss": summary["train_loss"], "train_runtime": seconds})
+        append_metrics(
+            loop.metrics, state.step, summary["epochs"], {"train_loss": summary["train_loss"], "train_runtime": seconds}
+        )
     return summary
 
 
@@ -378,15 +402,18 @@ def run_loop(prepared: Prepared, work: Path, resume: bool) -> tuple[object, dict
     loop = setup(prepared, work)
     t = loop.t
     state, resumed_from, rng_after_skip = restore(loop, resume)
-    progress = tqdm(total=loop.total_steps, initial=state.step, desc="training",
-                    disable=not loop.accelerator.is_local_main_process)
+    progress = tqdm(
+        total=loop.total_steps, initial=state.step, desc="training", disable=not loop.accelerator.is_local_main_process
+    )
     start = time.perf_counter()
     loop.model.train()
     stop = state.step >= loop.total_steps
     while not stop:
         batches = epoch_batches(loop, state)
         while state.step < loop.total_steps:
-            window = list(itertools.islice(batches, t.gradient_accumulation_steps))  # one optimizer step's micro-batches
+            window = list(
+                itertools.islice(batches, t.gradient_accumulation_steps)
+            )  # one optimizer step's micro-batches
             if not window:
                 break
             if rng_after_skip is not None:

@@ -53,7 +53,9 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     generation = getattr(model, "generation_config", None)  # a tagger generates nothing
     if generation is not None:
         make_greedy(generation, config.data.max_target_tokens, prepared.tokenizer.pad_token_id)
-    info = prepared.info.model_copy(update={"training": {**summary, **prepared.stats, "processes": state.num_processes}})
+    info = prepared.info.model_copy(
+        update={"training": {**summary, **prepared.stats, "processes": state.num_processes}}
+    )
     extra = {"metrics.jsonl": work / "metrics.jsonl", "logs": work / "checkpoints" / "runs"}
     if prepared.type_classifier is not None:  # a run without one (a tag run, an older run) keeps its default type
         info.type_classifier = TYPE_CLASSIFIER_FILE
