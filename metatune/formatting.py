@@ -31,6 +31,19 @@ class InputFormat:
     anchor_words: int = 5
     prompt_example: bool = True  # the instruction shows one example JSON of the output
 
+    @classmethod
+    def from_settings(cls, data, anchors: bool = True) -> InputFormat:
+        """From config.DataSettings; `anchors` False leaves every value whole (the tag objective)."""
+        return cls(
+            data.input_style,
+            data.include_fields,
+            tuple(data.exclude_fields),
+            data.chat_template,
+            data.anchor_min_words if anchors else 0,
+            data.anchor_words,
+            data.prompt_example,
+        )
+
     def fields(self, doc_type: DocType) -> list[str]:
         return doc_type.target_fields(self.include_fields, list(self.exclude_fields))
 

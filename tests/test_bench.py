@@ -202,10 +202,13 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
         assert len(side["steps"]) == 2 and all(s["seconds"] > 0 for s in side["steps"])
         assert side["epoch_seconds"] > 0 and side["target_tokens_per_second"] > 0
         assert 0 < side["mfu"] and side["model_flops_per_second"] > 0
-    examples = result["examples"]["train"]
-    assert original["epoch"]["positions"] == 2560 * examples  # every example padded to 2048 + 512
+    examples = result["examples"]
+    assert original["epoch"]["positions"] == 2560 * examples["original_train"]  # every example padded to 2048 + 512
     assert original["steps"][0]["positions"] == 2 * 2560
-    assert original["epoch"]["targets"] == metatune["epoch"]["targets"]  # the same useful tokens on both sides
+    # the original writes every abstract whole; metatune's side, as `make quality` trains, anchors them
+    assert examples["anchor_min_words"] == 20 and examples["original_train"] == examples["train"] == 24
+    assert examples["original_mean_target_tokens"] > examples["mean_target_tokens"]
+    assert original["epoch"]["targets"] > metatune["epoch"]["targets"]
     assert metatune["epoch"]["positions"] < original["epoch"]["positions"]
     assert metatune["setup"]["target_only_logits"] and metatune["setup"]["group_by_length"]
     assert training["speedup_per_epoch"] == pytest.approx(
@@ -234,6 +237,7 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
         "metatune LoRA",
         "extraction, batched",
         "model: the base model, untrained.",
+        "metatune (anchored targets (data.anchor_min_words=20), no example JSON in the instruction)",
     ):
         assert row in table
     assert sorted(p.name for p in settings.output.iterdir()) == sorted([json_path.name, md_path.name])

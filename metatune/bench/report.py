@@ -24,6 +24,28 @@ def _g(flops: float) -> str:
     return f"{flops / 1e9:.1f} GFLOP/s"
 
 
+def examples_line(x: dict) -> str:
+    """The training examples of each side (runs saved before anchored targets have one set for both)."""
+    metatune = (
+        f"{x['train']} training examples with targets of at most {ORIGINAL_TARGET} tokens "
+        f"({x['skipped_target_over_512']} longer ones left out), mean {x['mean_tokens']} tokens of which "
+        f"{x['mean_target_tokens']} target"
+    )
+    if "original_train" not in x:
+        return f"* Examples: {metatune}, the same on both sides"
+    how = (
+        f"anchored targets (data.anchor_min_words={x['anchor_min_words']})"
+        if x["anchor_min_words"]
+        else "whole targets"
+    )
+    how += ", no example JSON in the instruction" if not x["prompt_example"] else ""
+    return (
+        f"* Examples: metatune ({how}): {metatune}; original (every value whole, the instruction with its example): "
+        f"{x['original_train']} examples, mean {x['original_mean_tokens']} tokens of which "
+        f"{x['original_mean_target_tokens']} target"
+    )
+
+
 def markdown(r: dict) -> str:
     m, t = r["machine"], r["training"]
     o, n = t["original"], t["metatune"]
@@ -38,9 +60,7 @@ def markdown(r: dict) -> str:
         + (" (the machine was shared: timings are noisy)" if m.get("under_load") else ""),
         f"* Model: {r['model']} ({t['parameters']:,} parameters); data: {r['data']}"
         + (f" ({r['data_note']})" if "data_note" in r else ""),
-        f"* Examples: {r['examples']['train']} training examples with targets of at most {ORIGINAL_TARGET} tokens "
-        f"({r['examples']['skipped_target_over_512']} longer ones left out on both sides), "
-        f"mean {r['examples']['mean_tokens']} tokens of which {r['examples']['mean_target_tokens']} target",
+        examples_line(r["examples"]),
         f"* Steps timed per side: {len(n['steps'])}, in turn (seconds per epoch extrapolated from them)",
         f"* Peak matrix multiply here: float32 {_g(peak['float32_best'])} (best of {peak['samples']}), "
         f"bfloat16 {_g(peak['bfloat16'])}; MFU uses {_g(peak['used'])}",

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from metatune.bench.machine import machine_info
+from metatune.bench.original import original_examples
 from metatune.bench.probes import probe_context, run_probe
 from metatune.bench.settings import BenchSettings, bench_sets, default_data
 from metatune.bench.training_race import timed_training
@@ -66,11 +67,19 @@ def run_bench(settings: BenchSettings) -> dict:
         plain = config.model.model_copy(deep=True)
         plain.lora.enabled, plain.gradient_checkpointing, plain.dtype = False, False, "float32"
         original_model, tokenizer, _ = load_pretrained(plain)
+        original_train = original_examples(config.data, prepared.tokenizer, prepared.seq2seq)
         result["examples"] = {
             "train": len(prepared.train),
             "skipped_target_over_512": prepared.skipped,
             "mean_tokens": round(prepared.stats["train_tokens"] / len(prepared.train), 1),
             "mean_target_tokens": round(prepared.stats["train_target_tokens"] / len(prepared.train), 1),
+            "anchor_min_words": config.data.anchor_min_words,
+            "prompt_example": config.data.prompt_example,
+            "original_train": len(original_train),
+            "original_mean_tokens": round(sum(len(x["input_ids"]) for x in original_train) / len(original_train), 1),
+            "original_mean_target_tokens": round(
+                sum(sum(1 for t in x["labels"] if t != -100) for x in original_train) / len(original_train), 1
+            ),
         }
         if settings.extract_run is not None:
             run_dir = Path(settings.extract_run)
@@ -80,7 +89,7 @@ def run_bench(settings: BenchSettings) -> dict:
                 prepared, copy.deepcopy(original_model), tokenizer, work / "extract-run", settings.max_new_tokens
             )
         print(f"Timing {settings.steps} training steps of each side, in turn")
-        result["training"] = timed_training(prepared, original_model, settings, work, device)
+        result["training"] = timed_training(prepared, original_train, original_model, settings, work, device)
         del prepared, original_model
         gc.collect()
 

@@ -36,9 +36,12 @@ def default_data() -> tuple[str, str | None]:
 
 
 def bench_sets(settings: BenchSettings, output_dir: Path) -> list[str]:
-    """metatune's side: every target field, the original's token limits, nothing written outside `output_dir`."""
+    """metatune's side: every target field, the original's token limits, anchored targets and the short
+    instruction as `make quality` trains, nothing written outside `output_dir`."""
     return [
         "data.exclude_fields=[]",
+        "data.anchor_min_words=20",
+        "data.prompt_example=false",
         f"data.max_input_tokens={ORIGINAL_INPUT}",
         f"data.max_target_tokens={ORIGINAL_TARGET}",
         "training.eval_each_epoch=false",

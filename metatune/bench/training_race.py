@@ -150,8 +150,11 @@ def side_figures(side: Side, epoch: dict, parameters: int, peak: dict[str, float
     }
 
 
-def timed_training(prepared, original_model, settings: BenchSettings, work: Path, device: str) -> dict:
-    """Both Trainers train `settings.steps` steps, taking turns with each other and a matmul probe."""
+def timed_training(
+    prepared, original_train: list[dict], original_model, settings: BenchSettings, work: Path, device: str
+) -> dict:
+    """Both Trainers train `settings.steps` steps, taking turns with each other and a matmul probe;
+    the original side on `original_train` (bench.original.original_examples)."""
     import torch
     from transformers import Trainer, set_seed
 
@@ -167,7 +170,7 @@ def timed_training(prepared, original_model, settings: BenchSettings, work: Path
     metatune.data_collator = metatune_log
 
     pad_id = prepared.tokenizer.pad_token_id
-    original_data = [original_features(x, pad_id, prepared.seq2seq) for x in prepared.train]
+    original_data = [original_features(x, pad_id, prepared.seq2seq) for x in original_train]
     original_args = quiet_arguments(
         base_args,
         max_steps=settings.steps,

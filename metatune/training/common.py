@@ -214,15 +214,7 @@ def prepare(config: Config, need_validation: bool = True) -> Prepared:
     path = dataset.path
     train_records = dataset.split("training")
     val_records = dataset.split("validation") if need_validation else []
-    fmt = InputFormat(
-        d.input_style,
-        d.include_fields,
-        tuple(d.exclude_fields),
-        d.chat_template,
-        d.anchor_min_words if config.training.objective == "generate" else 0,
-        d.anchor_words,
-        d.prompt_example,
-    )
+    fmt = InputFormat.from_settings(d, anchors=config.training.objective == "generate")
     if config.training.objective == "tag":
         model, tokenizer, seq2seq, train, validation, tagging = prepare_tagging(
             config, registry, train_records, val_records, fmt
