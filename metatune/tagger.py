@@ -36,13 +36,8 @@ class Tagger(RunTypes):
     trust_remote_code apply (nothing is generated)."""
 
     def __init__(self, run_dir, model, tokenizer, info: RunInfo, settings: GenerationSettings):
-        self.run_dir, self.model, self.tokenizer, self.info, self.settings = (
-            Path(run_dir),
-            model,
-            tokenizer,
-            info,
-            settings,
-        )
+        self.run_dir, self.info, self.settings = Path(run_dir), info, settings
+        self.model, self.tokenizer = model, tokenizer
         self.device = self.model.device
         cast(self.model, settings.dtype)
         self.registry = self.info.registry(source=f"{run_dir}/metatune.json")
