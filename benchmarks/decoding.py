@@ -52,7 +52,6 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="write every figure here as JSON")
     args = parser.parse_args()
 
-    records = load_dataset(args.data or default_data()[0]).split("validation")[: args.docs]
     plain = Extractor.from_run(args.run, GenerationSettings(dtype=args.dtype, snap=False))
     lookup = Extractor(
         args.run,
@@ -61,6 +60,8 @@ def main() -> None:
         plain.info,  # one copy of the weights
         GenerationSettings(dtype=args.dtype, snap=False, prompt_lookup=args.lookup),
     )
+    records = load_dataset(args.data or default_data()[0], plain.registry, plain.info.fallback_type)
+    records = records.split("validation")[: args.docs]
     types = [
         plain.resolve_type(record_type(r)) if plain.registry.find(record_type(r)) else plain.default_type
         for r in records
