@@ -285,38 +285,7 @@ def expand(text: str, value: str, source: Source | None = None) -> str:
     return source.snippet(Span(h.start, t.end))
 
 
-def expand_unmarked(source: Source, value: str, anchor_words: int) -> str | None:
-    """The source span of an anchor written without its mark ("first words last words"), or None.
-
-    A model trained on anchors sometimes drops the ` [...] ` between the two ends. Such a value does
-    not occur in the text as it is; split into a head and a tail of 3 words or more that both occur,
-    head before tail, it stands for the stretch between them (the shortest, over every split).
-    Values shorter than one end of an anchor (`anchor_words`) and 3 words of the other are left alone.
-    """
-    words = value.split()
-    if not anchor_words + 3 <= len(words) <= 8 * anchor_words or source.occurrences(value):
-        return None
-    best = None
-    for k in range(3, len(words) - 2):
-        heads = source.occurrences(" ".join(words[:k]))
-        if not heads:
-            break  # no longer head can occur either
-        for t in source.occurrences(" ".join(words[k:])):
-            for h in heads:
-                if t.start >= h.end and (best is None or t.end - h.start < best.end - best.start):
-                    best = Span(h.start, t.end)
-    return source.snippet(best) if best is not None else None
-
-
-def expand_record(text: str, data: dict, anchor_words: int = 0) -> dict:
-    """Every anchored text value of a predicted record expanded from the document (see `expand`);
-    given the run's `anchor_words`, also the anchors that lost their mark (`expand_unmarked`)."""
+def expand_record(text: str, data: dict) -> dict:
+    """Every anchored text value of a predicted record expanded from the document (see `expand`)."""
     source = Source(text)
-    out = {}
-    for field, value in data.items():
-        if isinstance(value, str) and ANCHOR_MARK.strip() in value:
-            value = expand(text, value, source)
-        elif isinstance(value, str) and anchor_words:
-            value = expand_unmarked(source, value, anchor_words) or value
-        out[field] = value
-    return out
+    return {f: expand(text, v, source) if isinstance(v, str) else v for f, v in data.items()}

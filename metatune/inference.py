@@ -281,7 +281,7 @@ class Extractor(RunTypes):
                 t, source = named, "model"
             data = parsed.data
             if data and self.anchored:
-                data = expand_record(text, data, self.info.input.anchor_words)
+                data = expand_record(text, data)
             if data and self.snap:
                 data = snap_record(text, data)
             results.append(Extraction(t, data, raw, parsed.error, parsed.repaired, n, loop, source))

@@ -180,24 +180,3 @@ def test_an_anchor_whose_ending_repeats_takes_more_words():
     assert expand(text, short) == value.rstrip(".")  # spans end on a word
     assert anchor(text, "w1 w2 w3", 10, 3) == "w1 w2 w3"  # short values stay literal
     assert expand(text, "w0 w1 [...] nowhere") == "w0 w1 nowhere"  # an end not in the text: no guess
-
-
-def test_an_anchor_that_lost_its_mark_still_expands_and_nothing_else_does():
-    from metatune.alignment import ANCHOR_MARK, Source, expand_record
-
-    abstract = (
-        "The nuclear genome of every cell is packed into chromatin, and we map where the regulators bind "
-        "across the genome. Most of the recognition sequences remain unbound."
-    )
-    text = f"A title on chromatin\nJ. Smith\nAbstract\n{abstract}\nKeywords: chromatin"
-    head, tail = "The nuclear genome of every", "recognition sequences remain unbound."
-    spanned = Source(text).snippet(Source(text).locate(abstract))
-    assert expand_record(text, {"abstract": head + ANCHOR_MARK + tail}, 5)["abstract"] == spanned
-    assert expand_record(text, {"abstract": f"{head} {tail}"}, 5)["abstract"] == spanned  # the mark dropped
-    assert expand_record(text, {"abstract": f"{head} {tail}"})["abstract"] == f"{head} {tail}"  # not asked
-    kept = {
-        "title": "A title on chromatin",  # occurs as it is
-        "abstract": "The nuclear genome of every cell binds nothing at all here",  # no tail occurs
-        "note": "genome of every",  # too short to be an anchor
-    }
-    assert expand_record(text, kept, 5) == kept
