@@ -269,20 +269,31 @@ def anchor(text: str, value: str, min_words: int, words: int) -> str:
     return value
 
 
+ANCHOR_END_MIN_WORDS = 3  # an end shortened to find it keeps at least this many words
+
+
 def expand(text: str, value: str, source: Source | None = None) -> str:
     """The source text an anchored value stands for: the shortest stretch from an occurrence of its
-    head to an occurrence of its tail. A value without the mark, or whose ends are not both found,
-    comes back with the mark replaced by a space."""
+    head to an occurrence of its tail. An end the text does not have (a word of it misremembered)
+    is shortened from the inside, the head from its end and the tail from its start, down to
+    ANCHOR_END_MIN_WORDS words, until both are found in order. A value without the mark, or whose
+    ends are still not found, comes back with the mark replaced by a space."""
     if ANCHOR_MARK.strip() not in value:
         return value
     head, _, tail = value.partition(ANCHOR_MARK.strip())
     source = source or Source(text)
-    heads, tails = source.occurrences(head.strip()), source.occurrences(tail.strip())
-    pairs = [(t.end - h.start, h, t) for h in heads for t in tails if t.end > h.start and t.start >= h.start]
-    if not pairs:
-        return " ".join(f"{head} {tail}".split())
-    _, h, t = min(pairs, key=lambda p: p[0])
-    return source.snippet(Span(h.start, t.end))
+    head_words, tail_words = head.split(), tail.split()
+    for cut in range(max(len(head_words), len(tail_words))):
+        h_words = head_words[: max(len(head_words) - cut, min(len(head_words), ANCHOR_END_MIN_WORDS))]
+        t_words = tail_words[min(cut, max(len(tail_words) - ANCHOR_END_MIN_WORDS, 0)) :]
+        heads, tails = source.occurrences(" ".join(h_words)), source.occurrences(" ".join(t_words))
+        pairs = [(t.end - h.start, h, t) for h in heads for t in tails if t.end > h.start and t.start >= h.start]
+        if pairs:
+            _, h, t = min(pairs, key=lambda p: p[0])
+            return source.snippet(Span(h.start, t.end))
+        if len(h_words) <= ANCHOR_END_MIN_WORDS and len(t_words) <= ANCHOR_END_MIN_WORDS:
+            break
+    return " ".join(f"{head} {tail}".split())
 
 
 def expand_record(text: str, data: dict) -> dict:

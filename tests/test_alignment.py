@@ -180,3 +180,20 @@ def test_an_anchor_whose_ending_repeats_takes_more_words():
     assert expand(text, short) == value.rstrip(".")  # spans end on a word
     assert anchor(text, "w1 w2 w3", 10, 3) == "w1 w2 w3"  # short values stay literal
     assert expand(text, "w0 w1 [...] nowhere") == "w0 w1 nowhere"  # an end not in the text: no guess
+
+
+def test_an_anchor_end_the_text_lacks_is_shortened_until_found():
+    from metatune.alignment import ANCHOR_MARK, expand
+
+    abstract = (
+        "The software can be used either on personal computers or as part of automated analysis pipelines "
+        "and is freely available for download."
+    )
+    text = f"Title\nAbstract\n{abstract}\nKeywords: software"
+    # "for" where the text says "on": the tail is found without its first words
+    anchored = "The software can be used" + ANCHOR_MARK + "for personal computers or as part of"
+    assert expand(text, anchored) == "The software can be used either on personal computers or as part of"
+    # a misremembered last word of the head: the head is found without its last words
+    assert expand(text, "The software can be sold" + ANCHOR_MARK + "available for download") == abstract.rstrip(".")
+    # ends that stay missing however short: no guess
+    assert expand(text, "Nothing of this" + ANCHOR_MARK + "is in the text") == "Nothing of this is in the text"
