@@ -109,7 +109,6 @@ def main() -> None:
             "tokens": sum(o["tokens"]),
             "forward_passes": o["forwards"],
             "identical_raw": same,
-            "raw": o["raw"],
         }
         print(f"{name:16} {o['seconds'] / n:7.2f} {base / o['seconds']:5.2f}x {per_forward:15.2f} {same:>9}/{n}")
 
