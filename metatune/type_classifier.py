@@ -20,12 +20,12 @@ import itertools
 import json
 import math
 import re
-import unicodedata
 from collections import Counter
 from pathlib import Path
 
 from metatune.errors import MetatuneError
 from metatune.files import write_atomic
+from metatune.metrics import normalize
 
 FILE = "type_classifier.json"
 FORMAT_VERSION = 1
@@ -37,10 +37,7 @@ WORD = re.compile(r"[a-z0-9]+")
 
 def features(text: str) -> list[str]:
     """The unigrams and bigrams of the start of `text`, lower-cased and without accents."""
-    text = text[:MAX_CHARS].lower()
-    if not text.isascii():
-        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    words = WORD.findall(text)
+    words = WORD.findall(normalize(text[:MAX_CHARS]))
     return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
 
 
