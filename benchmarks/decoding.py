@@ -24,7 +24,7 @@ import torch
 from metatune.bench import default_data, machine_info
 from metatune.config import GenerationSettings
 from metatune.data import load_dataset, record_type
-from metatune.inference import Extractor
+from metatune.objectives.generate.extractor import Extractor
 
 
 def counted_forward(model) -> list[int]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -35,7 +37,19 @@ TRAINING_KEYS = (
     "bf16",
     "seed",
 )
-PIPELINES = {"seq2seq": "text2text-generation", "causal": "text-generation"}
+
+
+@dataclass(frozen=True)
+class CardParts:
+    """What a run's objective says in its card (metatune.objectives.base.Objective.card)."""
+
+    pipeline_tag: str  # the Hub's task for the run
+    how: str = ""  # ends the card's first sentence: how the run writes the metadata
+    use: list[str] = field(default_factory=list)  # lines of a "with transformers alone" section
+    note: str = ""  # anything else a user of the run must know, shown under "Use"
+
+
+Describe = Callable[[RunInfo, str], CardParts]  # (the run's description, its name) -> CardParts
 
 
 def fix_tokenizer_class(directory: Path) -> None:
@@ -50,7 +64,7 @@ def fix_tokenizer_class(directory: Path) -> None:
         write_atomic(path, json.dumps(config, ensure_ascii=False, indent=2) + "\n")
 
 
-def record_evaluation(run_dir: Path, metrics: dict) -> None:
+def record_evaluation(run_dir: Path, metrics: dict, describe: Describe) -> None:
     """Keeps the summary of the last `metatune evaluate` in the run and renders the card again."""
     summary = {
         key: metrics[key]
@@ -59,29 +73,30 @@ def record_evaluation(run_dir: Path, metrics: dict) -> None:
     }
     try:
         write_atomic(Path(run_dir) / EVALUATION_FILE, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
-        write_card(run_dir)
+        write_card(run_dir, describe)
     except OSError as e:  # a run on read-only storage: the report is written, only the card is not updated
         print(f"warning: {run_dir}: model card not updated: {e.strerror or e}", file=sys.stderr)
 
 
-def write_card(run_dir: Path, info: RunInfo | None = None, name: str | None = None) -> None:
-    """README.md in `run_dir`; `name`: the run's name when `run_dir` is still its temporary directory."""
+def write_card(run_dir: Path, describe: Describe, info: RunInfo | None = None, name: str | None = None) -> None:
+    """README.md in `run_dir`; `describe`: the run's objective's card; `name`: the run's name when
+    `run_dir` is still its temporary directory."""
     run_dir = Path(run_dir)
     if info is None:
         info = RunInfo.read(run_dir)
     evaluation_path = run_dir / EVALUATION_FILE
     evaluation = json.loads(evaluation_path.read_text(encoding="utf-8")) if evaluation_path.is_file() else None
-    write_atomic(run_dir / CARD_FILE, model_card(info, name or run_dir.name, evaluation))
+    name = name or run_dir.name
+    write_atomic(run_dir / CARD_FILE, model_card(info, name, describe(info, name), evaluation))
 
 
-def model_card(info: RunInfo, name: str, evaluation: dict | None = None) -> str:
+def model_card(info: RunInfo, name: str, parts: CardParts, evaluation: dict | None = None) -> str:
     config = info.config
     data, training, model = config.get("data", {}), config.get("training", {}), config.get("model", {})
     base = info.base_model or "unknown"
-    tagger = info.objective == "tag"
     front = {
         "library_name": "transformers",
-        "pipeline_tag": "token-classification" if tagger else PIPELINES.get(info.architecture, "text-generation"),
+        "pipeline_tag": parts.pipeline_tag,
         "tags": ["metatune", "metadata-extraction", "bibliographic-metadata"],
     }
     if "/" in base and not Path(base).exists():  # a Hub id, not a local path
@@ -95,7 +110,7 @@ def model_card(info: RunInfo, name: str, evaluation: dict | None = None) -> str:
         "",
         f"`{base}` fine-tuned with metatune {info.metatune_version} to read the text "
         "of an academic document and write its bibliographic metadata as JSON"
-        + (" (by labelling the tokens of the text that hold each value)." if tagger else "."),
+        + (f" ({parts.how})." if parts.how else "."),
         "",
     ]
 
@@ -138,8 +153,8 @@ def model_card(info: RunInfo, name: str, evaluation: dict | None = None) -> str:
             "document's text (shown as `{document}`), and the model answers with one JSON object:",
             "",
         ]
-        for type_name, parts in prompts.items():
-            lines += [f"**{type_name}**", "", "```text", parts["prefix"] + "{document}" + parts["suffix"], "```", ""]
+        for type_name, prompt in prompts.items():
+            lines += [f"**{type_name}**", "", "```text", prompt["prefix"] + "{document}" + prompt["suffix"], "```", ""]
 
     lines += ["## Evaluation", ""]
     if evaluation:
@@ -165,13 +180,6 @@ def model_card(info: RunInfo, name: str, evaluation: dict | None = None) -> str:
     else:
         lines += ["Not evaluated yet: `metatune evaluate RUN_DIR --data DATASET` writes its metrics here.", ""]
 
-    auto = (
-        "AutoModelForTokenClassification"
-        if tagger
-        else "AutoModelForSeq2SeqLM"
-        if info.seq2seq
-        else "AutoModelForCausalLM"
-    )
     lines += [
         "## Use",
         "",
@@ -191,25 +199,7 @@ def model_card(info: RunInfo, name: str, evaluation: dict | None = None) -> str:
         "```",
         "",
     ]
-    if not tagger:
-        first = next(iter(prompts.values()), {"prefix": "", "suffix": ""})
-        lines += [
-            "With transformers alone (the prompt above around the document, greedy decoding):",
-            "",
-            "```python",
-            "import json",
-            f"from transformers import {auto}, AutoTokenizer",
-            "",
-            f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
-            f'model = {auto}.from_pretrained("{name}")',
-            f"prefix, suffix = {json.dumps(first['prefix'], ensure_ascii=False)}, {json.dumps(first['suffix'], ensure_ascii=False)}",
-            'inputs = tokenizer(prefix + text + suffix, return_tensors="pt")',
-            f"output = model.generate(**inputs, max_new_tokens={limits.max_target_tokens})",
-            "answer = tokenizer.decode(output[0]"
-            + ("" if info.seq2seq else "[inputs.input_ids.shape[1]:]")
-            + ", skip_special_tokens=True)",
-            "print(json.loads(answer[: answer.rindex('}') + 1]))",
-            "```",
-            "",
-        ]
+    if parts.note:
+        lines += [parts.note, ""]
+    lines += parts.use
     return "\n".join(lines)

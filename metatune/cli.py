@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,11 @@ def _options(
     ] = False,
 ):
     """Fine-tune language models to extract bibliographic metadata."""
+
+
+def generation_settings(options: dict) -> GenerationSettings:
+    """The GenerationSettings of a command's options (evaluate, extract and serve declare the same ones)."""
+    return GenerationSettings(**{f.name: options[f.name] for f in dataclasses.fields(GenerationSettings)})
 
 
 def _print_json(value) -> None:
@@ -172,7 +178,7 @@ Snap = Annotated[
     bool | None,
     typer.Option(
         "--snap/--no-snap",
-        help="Replace values found (nearly) in the text by the text's own words (default: the run's data.snap_to_source)",
+        help="Replace values found (nearly) in the text by the text's own words (default: the run's generate.snap_to_source)",
     ),
 ]
 PromptLookup = Annotated[
@@ -208,15 +214,7 @@ def evaluate(
 
     from metatune.evaluate import run_evaluate
 
-    settings = GenerationSettings(
-        num_beams=num_beams,
-        max_new_tokens=max_new_tokens,
-        dtype=dtype,
-        batch_size=batch_size,
-        snap=snap,
-        prompt_lookup=prompt_lookup,
-        trust_remote_code=trust_remote_code,
-    )
+    settings = generation_settings(locals())
     with redirect_stdout(sys.stderr if json_ else sys.stdout):
         metrics = run_evaluate(
             run_dir, data, split=split, report=report, settings=settings, baseline=baseline, limit=limit
@@ -266,15 +264,7 @@ def extract(
     """Extract metadata from documents with a saved run."""
     from metatune.extract import run_extract
 
-    settings = GenerationSettings(
-        num_beams=num_beams,
-        max_new_tokens=max_new_tokens,
-        dtype=dtype,
-        batch_size=batch_size,
-        snap=snap,
-        prompt_lookup=prompt_lookup,
-        trust_remote_code=trust_remote_code,
-    )
+    settings = generation_settings(locals())
     code = run_extract(
         run_dir, inputs, doc_type=type_, out=out, settings=settings, fmt=format_, out_dir=out_dir, force=force
     )
@@ -308,15 +298,7 @@ def serve(
     Set METATUNE_API_TOKEN to require `Authorization: Bearer <token>`."""
     from metatune.service import serve as run_server
 
-    settings = GenerationSettings(
-        num_beams=num_beams,
-        max_new_tokens=max_new_tokens,
-        dtype=dtype,
-        batch_size=batch_size,
-        snap=snap,
-        prompt_lookup=prompt_lookup,
-        trust_remote_code=trust_remote_code,
-    )
+    settings = generation_settings(locals())
     run_server(
         run_dir,
         host=host,
@@ -336,9 +318,11 @@ def push(
     message: Annotated[str | None, typer.Option(help="Commit message")] = None,
 ):
     """Upload a saved run (weights, tokenizer, model card) to the Hugging Face Hub. Token: HF_TOKEN."""
+    from metatune.objectives import of_run
     from metatune.push import push as push_run
+    from metatune.run_info import RunInfo
 
-    url = push_run(run_dir, repo_id, private, message)
+    url = push_run(run_dir, repo_id, private, message, card=of_run(RunInfo.read(run_dir)).card)
     typer.echo(f"Pushed {run_dir} to {url}")
 
 

@@ -68,15 +68,6 @@ class DataSettings(Section):
     general_examples: bool = False  # also one example per document asking only the general fields
     max_input_tokens: PositiveInt = 2048
     max_target_tokens: PositiveInt = 512
-    # generate objective: a text value of at least this many words found in the document is written as
-    # its first and last words ("The nuclear genome of every [...] sequences remain unbound."), and
-    # extraction expands it back from the document (0: off)
-    anchor_min_words: NonNegativeInt = 0
-    anchor_words: PositiveInt = 5  # words at each end of an anchor (more where an end repeats in the text)
-    # the instruction shows one example JSON of the output; a model fine-tuned on the targets learns their
-    # shape without it, and off saves about 100 tokens per example (the zero-shot baseline needs it)
-    prompt_example: bool = True
-    snap_to_source: bool = True  # at extraction, values that (nearly) occur in the text become the text's own words
 
     @model_validator(mode="after")
     def _fields_not_both_included_and_excluded(self):
@@ -102,12 +93,32 @@ SchedulerName = Literal[
 ]
 
 
+class GenerateSettings(Section):
+    """The generate objective's settings (the model writes the JSON)."""
+
+    # a text value of at least this many words found in the document is written as its first and last
+    # words ("The nuclear genome of every [...] sequences remain unbound."), and extraction expands it
+    # back from the document (0: off)
+    anchor_min_words: NonNegativeInt = 0
+    anchor_words: PositiveInt = 5  # words at each end of an anchor (more where an end repeats in the text)
+    # the instruction shows one example JSON of the output; a model fine-tuned on the targets learns their
+    # shape without it, and off saves about 100 tokens per example (the zero-shot baseline needs it)
+    prompt_example: bool = True
+    snap_to_source: bool = True  # at extraction, values that (nearly) occur in the text become the text's own words
+
+
+class TagSettings(Section):
+    """The tag objective's settings (the model labels the tokens of the text that hold each value)."""
+
+    # with a decoder: let every token see the whole document (bidirectional) or only what precedes it
+    # (causal, as the model was pretrained)
+    attention: Literal["bidirectional", "causal"] = "bidirectional"
+
+
 class TrainingSettings(Section):
-    # generate: the model writes the JSON; tag: it labels the tokens of the text that hold each value
-    objective: Literal["generate", "tag"] = "generate"
-    # tag objective with a decoder: let every token see the whole document (bidirectional) or only
-    # what precedes it (causal, as the model was pretrained)
-    tag_attention: Literal["bidirectional", "causal"] = "bidirectional"
+    # what the model learns: a name of metatune.objectives' registry (generate: write the JSON; tag:
+    # label the tokens of the text that hold each value); checked when training starts
+    objective: str = "generate"
     mode: Literal["trainer", "loop"] = "trainer"
     output_dir: str = "runs/latest"
     num_train_epochs: PositiveFloat = 3
@@ -148,6 +159,37 @@ class Config(Section):
     model: ModelSettings = ModelSettings()
     data: DataSettings = DataSettings()
     training: TrainingSettings = TrainingSettings()
+    generate: GenerateSettings = GenerateSettings()
+    tag: TagSettings = TagSettings()
+
+
+# Keys that moved into an objective's own section, as configs written before the move name them.
+MOVED_KEYS = {
+    ("data", "anchor_min_words"): ("generate", "anchor_min_words"),
+    ("data", "anchor_words"): ("generate", "anchor_words"),
+    ("data", "prompt_example"): ("generate", "prompt_example"),
+    ("data", "snap_to_source"): ("generate", "snap_to_source"),
+    ("training", "tag_attention"): ("tag", "attention"),
+}
+
+
+def move_old_keys(raw: dict, source: str = "config", note=None) -> dict:
+    """`raw` with keys of MOVED_KEYS under their new names; `note` (default: print to stderr) hears one
+    line per key moved. A key given under both names keeps the new one's value."""
+    import sys
+
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for (old_section, old_key), (new_section, new_key) in MOVED_KEYS.items():
+        section = out.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        value = section.pop(old_key)
+        target = out.setdefault(new_section, {})
+        if isinstance(target, dict):
+            target.setdefault(new_key, value)
+        message = f"note: {source}: {old_section}.{old_key} is now {new_section}.{new_key}; read as that"
+        (note or (lambda line: print(line, file=sys.stderr)))(message)
+    return out
 
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")  # auto: as the weights were saved
@@ -267,6 +309,7 @@ def load_config(
 
 
 def validate(raw: dict, source: str = "config") -> Config:
+    raw = move_old_keys(raw, source)
     _check_keys(raw, Config, [], source)
     try:
         return Config.model_validate(raw)

@@ -25,6 +25,24 @@ def _fold(name: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
+@dataclass(frozen=True)
+class FieldSelection:
+    """Which fields a run writes for a type: the one answer, used by formatting, encoding, the run's
+    description and the extractors (data.include_fields / data.exclude_fields, saved in metatune.json)."""
+
+    include: tuple[str, ...] | None = None  # None: the type's own fields
+    exclude: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, include, exclude) -> FieldSelection:
+        return cls(None if include is None else tuple(include), tuple(exclude))
+
+    def fields(self, doc_type: DocType) -> list[str]:
+        """The type's own fields (or those of `include` the type has), minus `exclude`."""
+        names = list(doc_type.fields) if self.include is None else [f for f in self.include if f in doc_type.fields]
+        return [f for f in names if f not in self.exclude]
+
+
 @dataclass
 class DocType:
     name: str
@@ -32,11 +50,6 @@ class DocType:
     fields: dict[str, str]  # field name -> "string" | "array"
     example: dict
     aliases: list[str] = field(default_factory=list)
-
-    def target_fields(self, include: list[str] | None, exclude: list[str]) -> list[str]:
-        """The fields the model is asked for: the type's own (or those of `include` the type has), minus `exclude`."""
-        names = list(self.fields) if include is None else [f for f in include if f in self.fields]
-        return [f for f in names if f not in exclude]
 
     def prompt(self, fields: list[str], example: bool = True) -> str:
         """The instruction: names the fields and (with `example`) shows one example JSON of the output shape."""

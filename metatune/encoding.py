@@ -143,10 +143,6 @@ class PromptEncoder:
         limits = Limits(info.limits.max_input_tokens, info.limits.max_target_tokens)
         return cls(registry, fmt, spec.prompts, tokenizer, limits, info.seq2seq, spec.chat_template, info.fallback_type)
 
-    def fields(self, doc_type: str) -> list[str]:
-        """The fields the model writes for this type."""
-        return self.fmt.fields(self.registry.types[doc_type])
-
     def doc_type(self, name: str | None) -> DocType:
         """A record's type, else the fallback type (data.load_dataset has checked that one exists)."""
         return self.registry.find(name) or self.registry.find(self.fallback_type)

@@ -16,11 +16,10 @@ from pathlib import Path
 from metatune.config import GenerationSettings
 from metatune.data import load_dataset, record_type
 from metatune.errors import MetatuneError
-from metatune.export import read_run_info
 from metatune.files import temp_dir_beside
 from metatune.formatting import target_json
 from metatune.metrics import MATCHINGS, score_documents
-from metatune.parsing import parse_output
+from metatune.parsing import Extraction
 from metatune.report import bar_chart, markdown_table
 from metatune.run_info import RunInfo
 from metatune.type_classifier import TypeClassifier, accuracy
@@ -54,7 +53,7 @@ def load_items(info: RunInfo, data: str | Path, split: str, limit: int | None = 
     items = []
     for i, record in enumerate(records):
         doc_type = registry.find(record_type(record)) or registry.find(fallback)
-        fields = info.fields(registry, doc_type.name)
+        fields = info.selection.fields(doc_type)
         rid = record.get("id")
         items.append(
             Item(
@@ -85,32 +84,29 @@ def score_predictions(items: list[Item], predictions: list[dict | None]) -> dict
     return score_documents(triples, scored_fields(items, predictions))
 
 
-def evaluate_outputs(
-    items: list[Item], raws: list[str], seconds: float = 0.0, final: list[dict | None] | None = None
-) -> tuple[dict, list[dict]]:
-    """Parse every raw output, score; returns (metrics, one row per document for predictions.jsonl).
+def evaluate_outputs(items: list[Item], results: list[Extraction], seconds: float = 0.0) -> tuple[dict, list[dict]]:
+    """Score what an extractor returned; returns (metrics, one row per document for predictions.jsonl).
 
-    `final`: the values the extractor returned after parsing (snapped to the source), scored instead
-    of the parsed raw outputs; each row keeps both.
+    The values scored are the extractor's final ones (for a generate run: parsed, expanded from
+    anchors, snapped to the source); each row also keeps what the model wrote (`raw`).
     """
-    parsed = [parse_output(raw) for raw in raws]
-    predictions = final if final is not None else [p.data for p in parsed]
+    predictions = [r.data for r in results]
     metrics = score_predictions(items, predictions)
-    metrics["parse_failures"] = sum(p.data is None for p in parsed)
-    metrics["repaired"] = sum(p.repaired for p in parsed)
+    metrics["parse_failures"] = sum(r.data is None for r in results)
+    metrics["repaired"] = sum(r.repaired for r in results)
     metrics["seconds"] = round(seconds, 3)
     rows = [
         {
             "index": item.index,
             "id": item.id,
             "type": item.doc_type,
-            "prediction": prediction,
+            "prediction": r.data,
             "reference": item.reference,
-            "raw": raw,
-            "parse_error": p.error,
-            "repaired": p.repaired,
+            "raw": r.raw,
+            "parse_error": r.error,
+            "repaired": r.repaired,
         }
-        for item, p, raw, prediction in zip(items, parsed, raws, predictions)
+        for item, r in zip(items, results)
     ]
     return metrics, rows
 
@@ -196,36 +192,32 @@ def run_evaluate(
     """Evaluate a run (and optionally the zero-shot base model), write the report, print the table."""
     if baseline is not None and baseline not in BASELINES:
         raise MetatuneError(f"--baseline: unknown baseline {baseline!r} (choose from {', '.join(BASELINES)})")
-    info = read_run_info(run_dir)
-    if baseline and info.objective == "tag":
-        raise MetatuneError("a tag run has no zero-shot baseline: its base model has no labels to predict")
+    info = RunInfo.read(run_dir)
+    from metatune.objectives import of_run  # imports torch: seconds
+
+    objective = of_run(info)
     items = load_items(info, data, split, limit)
     report = Path(report) if report else Path(run_dir) / f"eval-{split}"
     check_report_dir(report)
     types = type_accuracy(Path(run_dir), info, items)
 
-    from metatune.inference import Extractor, open_run  # after the checks above: importing torch takes seconds
-
     runs = {"fine-tuned": False} | ({"zero-shot": True} if baseline else {})
     results = {}
     for name, base in runs.items():
-        extractor = Extractor.zero_shot(run_dir, settings) if base else open_run(run_dir, settings)
+        open_ = objective.zero_shot if base else objective.extractor
+        extractor = open_(run_dir, settings)
         print(f"Evaluating {name} model on {len(items)} '{split}' documents of {data}")
         outputs, seconds = generate_outputs(extractor, items, settings.batch_size, progress)
-        metrics, rows = evaluate_outputs(items, [r.raw for r in outputs], seconds, [r.data for r in outputs])
+        metrics, rows = evaluate_outputs(items, outputs, seconds)
         metrics["loops"] = sum(r.looped for r in outputs)
-        tokens = sum(r.tokens for r in outputs)
         metrics["run"] = {
             "run_dir": str(run_dir),
             "model": info.base_model if base else str(run_dir),
             "baseline": name if base else None,
+            "objective": info.objective,
             "data": str(data),
             "split": split,
-            "num_beams": settings.num_beams,
-            "batch_size": settings.batch_size,
-            "prompt_lookup": settings.prompt_lookup,
-            "max_new_tokens": extractor.max_new_tokens,
-            "generated_tokens": tokens,
+            **extractor.statistics(outputs),
             "device": str(extractor.device),
             "dtype": str(extractor.model.dtype).removeprefix("torch."),
         }
@@ -263,7 +255,9 @@ def run_evaluate(
     print(f"\nReport written to {report}")
     from metatune.card import record_evaluation
 
-    record_evaluation(run_dir, results["fine-tuned"][0])  # the run's model card shows the last evaluation
+    record_evaluation(
+        run_dir, results["fine-tuned"][0], objective.card
+    )  # the run's model card shows the last evaluation
     return results["fine-tuned"][0]
 
 

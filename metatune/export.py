@@ -28,8 +28,9 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise MetatuneError(f"{output}: already holds {what}; pass --overwrite to replace it")
 
 
-def save_run(model, tokenizer, info: RunInfo, output: Path, extra: dict[str, Path] | None = None) -> Path:
-    """Writes model, tokenizer, generation config and metatune.json, then renames into place.
+def save_run(model, tokenizer, info: RunInfo, output: Path, card, extra: dict[str, Path] | None = None) -> Path:
+    """Writes model, tokenizer, generation config, metatune.json and the model card (`card`: the run's
+    objective's card.Describe), then renames into place.
 
     A LoRA model (peft) is saved as its adapter in `adapter/` plus, unless model.lora.merge is false
     in the run's config, the merged full model (see save_lora).
@@ -55,7 +56,7 @@ def save_run(model, tokenizer, info: RunInfo, output: Path, extra: dict[str, Pat
             elif src.is_file():
                 shutil.copy2(src, tmp / name)
         info.write(tmp)
-        write_card(tmp, info, name=output.name)
+        write_card(tmp, card, info, name=output.name)
         usual_modes(tmp)  # safetensors files come out 0600
         if output.exists():
             shutil.rmtree(output)
@@ -71,8 +72,9 @@ def read_run_info(run_dir: str | Path) -> RunInfo:
     return RunInfo.read(run_dir)
 
 
-def load_run(run_dir: str | Path, device: str | None = None, trust_remote_code: bool = False):
-    """(model, tokenizer, info) of a saved run, ready for generation.
+def load_run(run_dir: str | Path, device: str | None = None, trust_remote_code: bool = False, head=None):
+    """(model, tokenizer, info) of a saved run, in eval mode; `head`: the transformers Auto class of
+    the run's model (default: its language model).
 
     Python code in the run, or in the base model it names, runs only with `trust_remote_code` (the
     caller's choice; metatune.json's model.trust_remote_code is ignored): a run is data, not a program.
@@ -80,12 +82,12 @@ def load_run(run_dir: str | Path, device: str | None = None, trust_remote_code: 
     from metatune.models import load_error
 
     try:
-        return _load_run(run_dir, device, trust_remote_code)
+        return _load_run(run_dir, device, trust_remote_code, head)
     except (OSError, ValueError) as e:
         raise load_error(str(run_dir), e) from None
 
 
-def _load_run(run_dir: str | Path, device: str | None, trust_remote_code: bool):
+def _load_run(run_dir: str | Path, device: str | None, trust_remote_code: bool, head):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     from metatune.models import default_device
@@ -94,9 +96,7 @@ def _load_run(run_dir: str | Path, device: str | None, trust_remote_code: bool):
     if info.lora is not None and not info.lora.merged:  # only the adapter was saved: base + adapter via peft
         model = load_adapter_run(run_dir, info, trust_remote_code)
     else:
-        cls = AutoModelForSeq2SeqLM if info.seq2seq else AutoModelForCausalLM
-        if info.objective == "tag":
-            from transformers import AutoModelForTokenClassification as cls
+        cls = head or (AutoModelForSeq2SeqLM if info.seq2seq else AutoModelForCausalLM)
         model = cls.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
     device = device or default_device()
@@ -168,18 +168,3 @@ def load_adapter_run(run_dir: Path, info: RunInfo, trust_remote_code: bool = Fal
     if (run_dir / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(run_dir)
     return model
-
-
-class RunTypes:
-    """What Extractor and Tagger share: the run's document types and the fields it writes for each
-    (needs `registry`, `default_type` and `info`)."""
-
-    def resolve_type(self, name: str | None) -> str:
-        doc_type = self.registry.find(name or self.default_type)
-        if doc_type is None:
-            raise MetatuneError(f"unknown document type {name!r} (known: {', '.join(self.registry.types)})")
-        return doc_type.name
-
-    def fields(self, doc_type: str) -> list[str]:
-        """The fields the run was trained to write for this type (metatune.json input settings)."""
-        return self.info.fields(self.registry, doc_type)

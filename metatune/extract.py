@@ -37,7 +37,7 @@ def run_extract(
     rerun skips what is there (metatune/folder_run.py)."""
     from metatune.export import read_run_info
     from metatune.folder_run import check_outputs, run_many
-    from metatune.inference import open_run
+    from metatune.objectives import open_run
 
     if fmt not in FORMATS:
         raise MetatuneError(f"--format: unknown format {fmt!r} (known: {', '.join(FORMATS)})")

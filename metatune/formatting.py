@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 
 from metatune.alignment import anchor
-from metatune.doctypes import DocType, TypeRegistry
+from metatune.doctypes import DocType, FieldSelection, TypeRegistry
 
 SCHEMA_PREFIX = "<|input|>\n### Template:\n{schema}\n### Text:\n"
 SCHEMA_SUFFIX = "\n<|output|>\n"
@@ -32,20 +32,21 @@ class InputFormat:
     prompt_example: bool = True  # the instruction shows one example JSON of the output
 
     @classmethod
-    def from_settings(cls, data, anchors: bool = True) -> InputFormat:
-        """From config.DataSettings; `anchors` False leaves every value whole (the tag objective)."""
+    def from_settings(cls, data, generate=None) -> InputFormat:
+        """From config.DataSettings and config.GenerateSettings (None: every value whole, no prompt)."""
         return cls(
             data.input_style,
             data.include_fields,
             tuple(data.exclude_fields),
             data.chat_template,
-            data.anchor_min_words if anchors else 0,
-            data.anchor_words,
-            data.prompt_example,
+            generate.anchor_min_words if generate else 0,
+            generate.anchor_words if generate else 5,
+            generate.prompt_example if generate else True,
         )
 
-    def fields(self, doc_type: DocType) -> list[str]:
-        return doc_type.target_fields(self.include_fields, list(self.exclude_fields))
+    @property
+    def selection(self) -> FieldSelection:
+        return FieldSelection.of(self.include_fields, self.exclude_fields)
 
 
 @dataclass
@@ -78,7 +79,7 @@ def dump_target(target: dict, style: str) -> str:
 
 def prompt_parts(doc_type: DocType, fmt: InputFormat, tokenizer=None) -> tuple[str, str]:
     """The (prefix, suffix) that surround a document of this type in this input style."""
-    fields = fmt.fields(doc_type)
+    fields = fmt.selection.fields(doc_type)
     if fmt.style == "schema":
         schema = json.dumps(doc_type.template(fields), ensure_ascii=False, indent=4)
         return SCHEMA_PREFIX.format(schema=schema), SCHEMA_SUFFIX
@@ -117,7 +118,7 @@ def make_examples(
         types.append(registry.general)
     out = []
     for t in types:
-        target = dump_target(target_json(record, fmt.fields(t), fmt), fmt.style)
+        target = dump_target(target_json(record, fmt.selection.fields(t), fmt), fmt.style)
         parts = prompts[t.name]
         out.append(Example(parts["prefix"], record["original_text"], parts["suffix"], target, t.name))
     return out

@@ -192,8 +192,8 @@ def load_model_config(source: Source, settings: ModelSettings):
 def load_pretrained(settings: ModelSettings, labels: list[str] | None = None):
     """(model, tokenizer, seq2seq) as published, in `settings.dtype`, 4-bit if `settings` ask for it.
 
-    With `labels`, the backbone gets a new token-classification head with those labels (the tag
-    objective) instead of its language-model head.
+    With `labels`, the backbone gets a new token-classification head with those labels instead of its
+    language-model head.
     """
     source = resolve_source(settings)
     if source.gguf_file:
@@ -244,24 +244,7 @@ def load_base(settings: ModelSettings, labels: list[str] | None = None):
     """(model, tokenizer, seq2seq) of the base model `settings` name, checked for training; the
     training preparation (4-bit, checkpointing, LoRA) is metatune.peft_setup.prepare_for_training.
 
-    `labels`: a token-classification model with these labels (training.objective=tag).
+    `labels`: a token-classification head with these labels instead of the language-model head.
     """
     check_settings(settings)
-    if labels is not None and (settings.lora.enabled or settings.quantization != "none"):
-        raise MetatuneError(
-            "training.objective=tag trains the full model: set model.lora.enabled=false and model.quantization=none"
-        )
-    model, tokenizer, seq2seq = load_pretrained(settings, labels)
-    if labels is not None:
-        return model, tokenizer, seq2seq
-    if missing := unwritable_characters(tokenizer):
-        # Adding them as tokens does not help: T5's pre-tokenizer then puts a space before the text after each.
-        print(
-            f"warning: the tokenizer of '{settings.name}' cannot write {' '.join(missing)}; "
-            "the model will not produce parseable JSON",
-            file=sys.stderr,
-        )
-    if model.config.model_type == "led" and "global_attention_mask" not in tokenizer.model_input_names:
-        # encoding.collator reads this and adds global attention on the first token to every batch
-        tokenizer.model_input_names = [*tokenizer.model_input_names, "global_attention_mask"]
-    return model, tokenizer, seq2seq
+    return load_pretrained(settings, labels)

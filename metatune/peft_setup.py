@@ -55,9 +55,7 @@ def prepare_for_training(model, settings: ModelSettings, seq2seq: bool):
 def load_trainable(settings: ModelSettings, labels: list[str] | None = None):
     """(model, tokenizer, seq2seq): the base model loaded and prepared as `settings` describe.
 
-    `labels`: a token-classification model with these labels (training.objective=tag), trained whole.
+    `labels`: a token-classification head with these labels instead of the language-model head.
     """
     model, tokenizer, seq2seq = load_base(settings, labels)
-    if labels is None:
-        model = prepare_for_training(model, settings, seq2seq)
-    return model, tokenizer, seq2seq
+    return prepare_for_training(model, settings, seq2seq), tokenizer, seq2seq

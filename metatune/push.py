@@ -23,8 +23,9 @@ def hub_token() -> str | None:
     return next((os.environ[v] for v in TOKEN_VARIABLES if os.environ.get(v)), None)
 
 
-def push(run_dir: Path, repo_id: str, private: bool = False, message: str | None = None) -> str:
-    """Creates the repository if needed and uploads the run; returns the repository's URL."""
+def push(run_dir: Path, repo_id: str, private: bool = False, message: str | None = None, *, card=None) -> str:
+    """Creates the repository if needed and uploads the run; returns the repository's URL.
+    `card`: the run's objective's card.Describe, to write the card of a run saved before cards existed."""
     from huggingface_hub import HfApi
     from huggingface_hub.constants import HF_HUB_OFFLINE
     from huggingface_hub.errors import HFValidationError
@@ -45,8 +46,8 @@ def push(run_dir: Path, repo_id: str, private: bool = False, message: str | None
     token = hub_token()
     if token is None:
         raise MetatuneError(f"cannot push: no Hugging Face token (set {' or '.join(TOKEN_VARIABLES[:2])})")
-    if not (Path(run_dir) / "README.md").is_file():
-        write_card(run_dir)  # a run saved before model cards existed
+    if card is not None and not (Path(run_dir) / "README.md").is_file():
+        write_card(run_dir, card)  # a run saved before model cards existed
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

@@ -1,8 +1,8 @@
 """metatune.json: what a saved run is and how its inputs were built, as one typed object.
 
-Training builds a RunInfo (training/common.describe), saving writes it beside the weights, and
-every reader (inference, tagger, evaluate, extract, service, card) gets its settings from the
-attributes. The file's format is unchanged (format_version 1); keys a later version adds are kept
+Training builds a RunInfo (training/common.describe; each objective adds its own section, such as
+the tag objective's "tagging"), saving writes it beside the weights, and every reader gets its
+settings from the attributes. The file's format is unchanged (format_version 1); keys a later version adds are kept
 as they are, and keys added since the first runs have defaults, so older runs still read.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from metatune.doctypes import TypeRegistry
+from metatune.doctypes import FieldSelection, TypeRegistry
 from metatune.errors import MetatuneError
 
 RUN_FILE = "metatune.json"
@@ -58,14 +58,13 @@ class RunInfo(_Part):
     created: str = ""
     base_model: str | None = None
     architecture: Literal["causal", "seq2seq"]
-    objective: Literal["generate", "tag"] = "generate"
+    objective: str = "generate"  # a name of metatune.objectives' registry
     input: InputSpec
     limits: TokenLimits
     fallback_type: str | None = None
     types: dict[str, dict[str, Any]]  # doctypes.TypeRegistry.to_dict()
     config: dict[str, Any] = {}  # the training config, as dumped (older runs may hold keys no longer known)
     training: dict[str, Any] = {}  # the training summary
-    tagging: dict[str, Any] | None = None  # tag runs: the label scheme and attention
     lora: LoraInfo | None = None  # LoRA runs
     type_classifier: str | None = None  # generate runs: the document-type classifier's file
 
@@ -80,13 +79,14 @@ class RunInfo(_Part):
     def registry(self, source: str = RUN_FILE) -> TypeRegistry:
         return TypeRegistry.from_dict(self.types, source=source)
 
-    def fields(self, registry: TypeRegistry, doc_type: str) -> list[str]:
-        """The fields the run was trained to write for this type."""
-        return registry.types[doc_type].target_fields(self.input.include_fields, self.input.exclude_fields)
+    @property
+    def selection(self) -> FieldSelection:
+        """Which fields the run was trained to write for each type."""
+        return FieldSelection.of(self.input.include_fields, self.input.exclude_fields)
 
     def to_dict(self) -> dict:
         data = self.model_dump(mode="json")
-        for key in ("tagging", "lora", "type_classifier"):  # sections only some runs have
+        for key in ("lora", "type_classifier"):  # sections only some runs have
             if data[key] is None:
                 del data[key]
         return data

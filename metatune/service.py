@@ -405,7 +405,7 @@ def serve(
     import uvicorn
 
     from metatune.export import read_run_info
-    from metatune.inference import open_run
+    from metatune.objectives import open_run
 
     read_run_info(run_dir)  # mistakes fail here, before the model loads
     limit = max_bytes_setting(max_bytes)

@@ -25,7 +25,7 @@ import torch
 from transformers import StoppingCriteriaList
 
 from metatune.config import GenerationSettings
-from metatune.inference import Extractor, JsonObjectEnd, closes_object
+from metatune.objectives.generate.extractor import Extractor, JsonObjectEnd, closes_object
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from metatune.cli import app
 from metatune.config import load_config, preset_names
-from metatune.inference import Extractor
 from metatune.models import unwritable_characters
+from metatune.objectives.generate.extractor import Extractor
 from metatune.training.run import train
 
 from conftest import SAMPLE, make_tiny_model

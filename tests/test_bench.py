@@ -16,7 +16,8 @@ from metatune import bench
 from metatune.bench import BenchSettings, Turns, original_features, run_bench, write_results
 from metatune.config import load_config
 from metatune.encoding import collator, target_positions
-from metatune.training.common import micro_batches, target_logits_supported, target_only_loss
+from metatune.objectives.generate.objective import target_logits_supported, target_only_loss
+from metatune.training.common import micro_batches
 
 from conftest import SAMPLE
 
@@ -105,8 +106,8 @@ def test_padding_free_splits_batches_of_causal_models_into_single_examples():
 def test_padding_free_training_takes_the_same_step_as_padded_batches(tiny_llama, tmp_path):
     from transformers import TrainerCallback
 
-    from metatune.training.common import prepare
     from metatune.training.hf_trainer import build_trainer, training_arguments
+    from metatune.training.run import prepare
 
     grads, losses = {}, {}
     for free in (True, False):
@@ -237,7 +238,7 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
         "metatune LoRA",
         "extraction, batched",
         "model: the base model, untrained.",
-        "metatune (anchored targets (data.anchor_min_words=20), no example JSON in the instruction)",
+        "metatune (anchored targets (generate.anchor_min_words=20), no example JSON in the instruction)",
     ):
         assert row in table
     assert sorted(p.name for p in settings.output.iterdir()) == sorted([json_path.name, md_path.name])

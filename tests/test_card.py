@@ -12,6 +12,7 @@ import pytest
 
 from metatune.card import fix_tokenizer_class, model_card, record_evaluation
 from metatune.errors import MetatuneError
+from metatune.objectives import get
 from metatune.run_info import RunInfo
 
 from conftest import SAMPLE
@@ -57,8 +58,13 @@ def run_cli(*args, cwd, env=None):
     )
 
 
+def card_of(info: dict, name: str, metrics: dict | None = None) -> str:
+    run = RunInfo.model_validate(info)
+    return model_card(run, name, get(run.objective).card(run, name), metrics)
+
+
 def test_the_card_names_base_model_data_settings_prompt_and_how_to_load():
-    card = model_card(RunInfo.model_validate(INFO), "demo")
+    card = card_of(INFO, "demo")
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card.split("---")[1]
     assert "* dataset: `data/sample/sample.json`" in card and "* training examples: 24" in card
@@ -66,7 +72,7 @@ def test_the_card_names_base_model_data_settings_prompt_and_how_to_load():
     assert "Extraé los metadatos de la tesis.\n\nDocumento:\n{document}\n\nJSON:\n" in card
     assert "Not evaluated yet" in card
     assert 'model = AutoModelForCausalLM.from_pretrained("demo")' in card and "metatune extract demo" in card
-    card = model_card(RunInfo.model_validate(INFO), "demo", METRICS)
+    card = card_of(INFO, "demo", METRICS)
     assert (
         "| field | strict | soft |" in card
         and "| title | 75.0 | 100.0 |" in card
@@ -103,7 +109,7 @@ def test_a_saved_run_has_its_card_and_the_last_evaluation_joins_it(tiny_run, tmp
     assert "The last `metatune evaluate`: 2 documents of the `test` split" in card
     assert json.loads((run / "evaluation.json").read_text())["micro"] == summary["micro"]
 
-    record_evaluation(run, METRICS)
+    record_evaluation(run, METRICS, get("generate").card)
     assert "| **micro** | 50.0 | 62.5 |" in (run / "README.md").read_text(encoding="utf-8")
 
 

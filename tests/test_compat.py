@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from metatune.compat import split_instruction
 from metatune.doctypes import TypeRegistry
 from metatune.formats import document_record
-from metatune.inference import Extractor
+from metatune.objectives.generate.extractor import Extractor
 from metatune.service import create_app
 
 TOKEN = "s3cret-test-token"
@@ -173,7 +173,7 @@ def test_the_original_client_gets_the_document_extracted_with_its_type(client, e
 
 
 def test_answers_the_original_client_reads(client, extractor, monkeypatch):
-    from metatune.inference import Extraction
+    from metatune.parsing import Extraction
 
     def extract(texts, types=None, batch_size=8, **kwargs):
         assert texts == ["Facultad de Informática, UNLP. Tesis de Licenciatura."] and types == ["Libro"]

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from metatune.config import DataSettings
-from metatune.doctypes import TypeRegistry
+from metatune.doctypes import FieldSelection, TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.formatting import InputFormat, build_prompts, make_examples
 
@@ -46,7 +46,7 @@ def test_builtin_types_and_their_fields(registry):
         "general": [],
     }
     for name, own in expected.items():
-        fields = registry.types[name].target_fields(None, DEFAULT_EXCLUDE)
+        fields = FieldSelection.of(None, DEFAULT_EXCLUDE).fields(registry.types[name])
         assert fields[: len(GENERAL_FIELDS)] == GENERAL_FIELDS
         assert set(own) <= set(fields)
         assert not {"keywords", "abstract", "subject"} & set(fields)  # the default target leaves them out
@@ -58,7 +58,7 @@ def test_builtin_types_and_their_fields(registry):
 
 def test_prompt_names_the_fields_and_shows_one_example(registry):
     for doc_type in registry.types.values():
-        fields = doc_type.target_fields(None, DEFAULT_EXCLUDE)
+        fields = FieldSelection.of(None, DEFAULT_EXCLUDE).fields(doc_type)
         prompt = doc_type.prompt(fields)
         assert doc_type.noun in prompt
         assert f"Campos posibles: {', '.join(fields)}." in prompt
@@ -79,7 +79,7 @@ def test_prompt_without_example_keeps_the_instruction(registry):
 def test_json_schema_accepts_real_targets_and_rejects_others(registry):
     for name in ("Tesis", "Articulo", "Libro", "Objeto de conferencia"):
         doc_type = registry.types[name]
-        fields = doc_type.target_fields(None, DEFAULT_EXCLUDE)
+        fields = FieldSelection.of(None, DEFAULT_EXCLUDE).fields(doc_type)
         schema = doc_type.json_schema(fields)
         assert schema["title"] == name and list(schema["properties"]) == fields
         record = sample_record(name)
@@ -124,13 +124,13 @@ def test_target_fields_are_configurable(registry):
     fmt = InputFormat("prompt", None, tuple(DEFAULT_EXCLUDE))
     prompts = build_prompts(registry, fmt)
     target = json.loads(make_examples(record, tesis, registry, fmt, prompts)[0].target)
-    assert set(target) == set(fmt.fields(tesis)) & set(record)
+    assert set(target) == set(fmt.selection.fields(tesis)) & set(record)
     assert {"title", "creator", "director", "degree.name"} <= set(target)
     assert not {"keywords", "abstract", "subject", "uri", "identifier.uri", "isRelatedWith"} & set(target)
 
     # include_fields picks fields (in its order), limited to those the type has
-    assert tesis.target_fields(["date", "title", "isbn"], []) == ["date", "title"]
-    assert registry.types["Libro"].target_fields(["date", "title", "isbn"], []) == ["date", "title", "isbn"]
+    assert FieldSelection.of(["date", "title", "isbn"], []).fields(tesis) == ["date", "title"]
+    assert FieldSelection.of(["date", "title", "isbn"], []).fields(registry.types["Libro"]) == ["date", "title", "isbn"]
     fmt = InputFormat("prompt", ["title", "abstract"], ())
     prompts = build_prompts(registry, fmt)
     target = json.loads(make_examples(record, tesis, registry, fmt, prompts)[0].target)
@@ -179,7 +179,7 @@ Artículo:
     assert informe.name == "Informe" and registry.find("report") is informe
     assert informe.fields["reviewers"] == "array" and informe.fields["title"] == "string"  # general's, inherited
     assert informe.example["institution"] == "Facultad de Informática" and "creator" in informe.example
-    assert "Campos posibles: title, creator" in informe.prompt(informe.target_fields(None, DEFAULT_EXCLUDE))
+    assert "Campos posibles: title, creator" in informe.prompt(FieldSelection.of(None, DEFAULT_EXCLUDE).fields(informe))
 
     tesis = registry.find("Tesis")
     assert list(tesis.fields) == ["title", "creator", "director"] and tesis.noun == "la tesina"

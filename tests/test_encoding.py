@@ -8,7 +8,7 @@ import json
 import pytest
 
 from metatune.config import DataSettings, load_config
-from metatune.doctypes import TypeRegistry
+from metatune.doctypes import FieldSelection, TypeRegistry
 from metatune.encoding import IGNORE_INDEX, Limits, collator, encode_example, encode_prompt
 from metatune.errors import MetatuneError
 from metatune.formatting import SCHEMA_END, Example, InputFormat, build_prompts, make_examples
@@ -49,7 +49,9 @@ def test_schema_style_is_nuextract_template(registry, records):
     record = records[0]
     doc_type = registry.find(record["type"])
     example = example_for(record, registry, "schema")
-    schema = json.dumps(doc_type.template(doc_type.target_fields(None, list(EXCLUDE))), ensure_ascii=False, indent=4)
+    schema = json.dumps(
+        doc_type.template(FieldSelection.of(None, EXCLUDE).fields(doc_type)), ensure_ascii=False, indent=4
+    )
     text = record["original_text"]
     assert example.prefix + example.document + example.suffix == (
         f"<|input|>\n### Template:\n{schema}\n### Text:\n{text}\n<|output|>\n"
@@ -77,7 +79,7 @@ def test_prompt_style_in_the_chat_template(registry, records, tiny_tokenizer):
     record = records[0]
     example = example_for(record, registry, "prompt", tokenizer=tokenizer, chat=True)
     doc_type = registry.find(record["type"])
-    instruction = doc_type.prompt(doc_type.target_fields(None, list(EXCLUDE)))
+    instruction = doc_type.prompt(FieldSelection.of(None, EXCLUDE).fields(doc_type))
     messages = [
         {"role": "system", "content": instruction},
         {"role": "user", "content": "Documento:\n" + record["original_text"]},
@@ -207,7 +209,7 @@ def test_seq2seq_collator_pads_labels_separately(registry, records, tiny_tokeniz
 
 
 def test_prepare_reports_skipped_targets(tmp_path, tiny_llama, capsys):
-    from metatune.training.common import prepare
+    from metatune.training.run import prepare
 
     base = [
         f"model.name={tiny_llama}",

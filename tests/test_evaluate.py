@@ -12,6 +12,7 @@ from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.evaluate import evaluate_outputs, load_items, run_evaluate, score_predictions, write_report
 from metatune.metrics import MATCHINGS
+from metatune.parsing import Extraction, parse_output
 from metatune.run_info import InputSpec, RunInfo, TokenLimits
 
 approx = pytest.approx
@@ -64,6 +65,12 @@ RAWS = [
 ]
 
 
+def extractions(raws: list[str]) -> list[Extraction]:
+    """What an extractor returns for these raw outputs, parsed (nothing snapped)."""
+    parsed = [parse_output(raw) for raw in raws]
+    return [Extraction("Articulo", p.data, raw, p.error, p.repaired) for p, raw in zip(parsed, raws)]
+
+
 def test_references_are_the_training_targets(dataset):
     items = load_items(run_info(), dataset, "test")
     assert [i.doc_type for i in items] == ["Tesis", "Articulo", "Libro"]  # aliases resolved
@@ -80,7 +87,7 @@ def test_references_are_the_training_targets(dataset):
 
 def test_scores_match_hand_computed_values(dataset):
     items = load_items(run_info(), dataset, "test")
-    m, rows = evaluate_outputs(items, RAWS, seconds=1.5)
+    m, rows = evaluate_outputs(items, extractions(RAWS), seconds=1.5)
     f = m["fields"]
     # title  strict: tp 1 (b), fp 1 (a), fn 2 (a, c) -> P 1/2, R 1/3, F1 0.4
     #        soft:   tp 2 (a, b), fn 1 (c)           -> P 1, R 2/3, F1 0.8
@@ -131,7 +138,7 @@ def test_fields_nobody_expected_or_wrote_are_left_out_but_hallucinations_count(d
 
 def test_report_files(dataset, tmp_path):
     items = load_items(run_info(), dataset, "test")
-    metrics, rows = evaluate_outputs(items, RAWS)
+    metrics, rows = evaluate_outputs(items, extractions(RAWS))
     write_report(tmp_path / "r", metrics, rows)
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))

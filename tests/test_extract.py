@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from metatune.config import GenerationSettings
-from metatune.doctypes import TypeRegistry
+from metatune.doctypes import FieldSelection, TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.formats import conform
-from metatune.inference import Extractor, JsonObjectEnd, closes_object, output_type
+from metatune.objectives.generate.extractor import Extractor, JsonObjectEnd, closes_object, output_type
 from metatune.pdf import pdf_text
 
 
@@ -297,7 +297,7 @@ def test_extract_a_folder_reports_the_pdf_without_text(tiny_run, tmp_path, monke
     assert f"error: {folder / 'c.pdf'}: has no text layer (scanned or image-only PDF)" in err
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["source"] for r in records] == [str(folder / "a.pdf"), str(folder / "b.txt")]
-    allowed = set(TypeRegistry.load().general.target_fields(["date", "language"], []))
+    allowed = set(FieldSelection.of(["date", "language"], []).fields(TypeRegistry.load().general))
     for r, want in zip(records, ["Tesis", "Articulo"]):
         assert r["type"] == want  # no --type: the run's type classifier reads it from the text
         if r["metadata"] is None:
@@ -351,7 +351,7 @@ def test_snapping_follows_the_option_and_keeps_the_raw_output(tiny_run):
     from metatune.parsing import parse_output
 
     texts, types = sample_texts()
-    assert Extractor.from_run(tiny_run).snap is True  # the run's data.snap_to_source
+    assert Extractor.from_run(tiny_run).snap is True  # the run's generate.snap_to_source
     off = Extractor.from_run(tiny_run, GenerationSettings(snap=False))
     assert off.snap is False
     for result, text in zip(Extractor.from_run(tiny_run).extract(texts, types), texts):
@@ -361,7 +361,7 @@ def test_snapping_follows_the_option_and_keeps_the_raw_output(tiny_run):
 
 
 def test_loop_start_finds_a_block_repeated_at_the_end():
-    from metatune.inference import loop_start
+    from metatune.objectives.generate.extractor import loop_start
 
     prose = list(range(100, 140))
     assert loop_start(prose) is None
@@ -372,7 +372,7 @@ def test_loop_start_finds_a_block_repeated_at_the_end():
 
 
 def test_a_row_caught_in_a_loop_stops_and_is_cut(tiny_tokenizer):
-    from metatune.inference import JsonObjectEnd
+    from metatune.objectives.generate.extractor import JsonObjectEnd
 
     prompt = [5, 6]
     stop = JsonObjectEnd(tiny_tokenizer, len(prompt))
@@ -394,7 +394,7 @@ def test_anchored_targets_in_training_and_their_expansion_at_extraction(tiny_run
     """A run trained with anchors writes "head [...] tail"; extraction gives back the document's span."""
     from metatune.alignment import ANCHOR_MARK, Source
     from metatune.config import load_config
-    from metatune.training.common import prepare
+    from metatune.training.run import prepare
 
     from conftest import SAMPLE
 
@@ -407,9 +407,9 @@ def test_anchored_targets_in_training_and_their_expansion_at_extraction(tiny_run
             "data.exclude_fields=[]",
             "data.max_input_tokens=1024",
             "data.max_target_tokens=1024",
-            "data.anchor_min_words=12",
+            "generate.anchor_min_words=12",
             "data.anchor_words=4",
-            "data.prompt_example=false",
+            "generate.prompt_example=false",
         ]
     )
     prepared = prepare(config, need_validation=False)
@@ -423,7 +423,7 @@ def test_anchored_targets_in_training_and_their_expansion_at_extraction(tiny_run
     words = Source(text).snippet(Source(text).locate(abstract)).split()
     raw = json.dumps({"abstract": " ".join(words[:4]) + ANCHOR_MARK + " ".join(words[-4:])}, ensure_ascii=False)
     extractor = Extractor.from_run(tiny_run)
-    extractor.anchored = True  # as a run trained with data.anchor_min_words > 0 says in metatune.json
+    extractor.anchored = True  # as a run trained with generate.anchor_min_words > 0 says in metatune.json
     monkeypatch.setattr(extractor, "generate_with_counts", lambda encoded, *a, **k: ([raw], [9], [False]))
     result = extractor.extract([text], [record["type"]])[0]
     assert result.raw == raw and result.data["abstract"] == " ".join(words)

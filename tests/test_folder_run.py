@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from metatune.inference import Extraction
+from metatune.parsing import Extraction
 
 
 def cli(monkeypatch, capsys, *args):
@@ -59,7 +59,7 @@ class StubExtractor:
 @pytest.fixture
 def calls(monkeypatch):
     seen = []
-    monkeypatch.setattr("metatune.inference.open_run", lambda *a, **k: StubExtractor(seen))
+    monkeypatch.setattr("metatune.objectives.open_run", lambda *a, **k: StubExtractor(seen))
     return seen
 
 

@@ -140,7 +140,8 @@ def cli(monkeypatch, capsys, *args):
 @pytest.fixture
 def fixed_model(monkeypatch):
     """The run's model answers every document with the same metadata (the tiny run's fields: date, language)."""
-    from metatune.inference import Extraction, Extractor
+    from metatune.objectives.generate.extractor import Extractor
+    from metatune.parsing import Extraction
 
     monkeypatch.setattr(
         Extractor,
@@ -176,7 +177,7 @@ def test_an_unknown_format_is_a_one_line_error(tiny_run, tmp_path, monkeypatch, 
 def test_the_service_answers_in_the_format_asked_for(tiny_run, fixed_model):
     from fastapi.testclient import TestClient
 
-    from metatune.inference import Extractor
+    from metatune.objectives.generate.extractor import Extractor
     from metatune.service import create_app
 
     with TestClient(create_app(Extractor.from_run(tiny_run), batch_wait_ms=0)) as client:
@@ -194,7 +195,7 @@ def test_the_service_says_when_there_is_nothing_to_write_in_a_catalogue_format()
     from fastapi.testclient import TestClient
 
     from metatune.doctypes import TypeRegistry
-    from metatune.inference import Extraction
+    from metatune.parsing import Extraction
     from metatune.service import create_app
 
     class NoJson:

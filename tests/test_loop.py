@@ -129,7 +129,8 @@ def test_loop_learns_evaluates_each_epoch_and_saves_a_run(tmp_path, tiny_llama):
 def test_early_stopping_stops_and_keeps_the_best_weights(tmp_path, tiny_llama, monkeypatch):
     """Validation loss (scripted here) improves, then not for 2 epochs: training stops, the best epoch's weights return."""
     import metatune.training.loop as loop
-    from metatune.training.common import prepare, work_dir
+    from metatune.training.common import work_dir
+    from metatune.training.run import prepare
 
     scripted = iter([5.0, 4.0, 4.5, 4.2, 3.0, 2.0])
     monkeypatch.setattr(loop, "evaluate", lambda *args: next(scripted))
@@ -142,6 +143,7 @@ def test_early_stopping_stops_and_keeps_the_best_weights(tmp_path, tiny_llama, m
     )
     prepared = prepare(cfg)
     work = work_dir(tmp_path / "run")
+    work.mkdir()  # what `train` does once prepare has checked every input
     model, summary = loop.run_loop(prepared, work, resume=False)
 
     assert summary["steps"] == 12 and summary["epochs"] == 4  # epochs 3 and 4 did not improve on epoch 2

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from metatune.config import LoraSettings, ModelSettings, load_config
 from metatune.errors import MetatuneError
 from metatune.export import load_run
-from metatune.inference import Extractor
+from metatune.objectives.generate.extractor import Extractor
 from metatune.peft_setup import load_trainable, lora_config
 from metatune.training.run import train
 

@@ -36,7 +36,7 @@ def test_fp16_on_a_cpu_is_a_clear_error(monkeypatch):
 @pytest.mark.parametrize("mode", ["trainer", "loop"])
 def test_forced_bf16_trains_and_extracts_on_any_cpu(tmp_path, tiny_llama, mode):
     """bf16 autocast runs on every CPU (slowly where it has no bf16 units): forced, it must work."""
-    from metatune.inference import Extractor
+    from metatune.objectives.generate.extractor import Extractor
     from metatune.training.run import train
 
     output = tmp_path / "run"

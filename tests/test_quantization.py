@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 import metatune.quantization as quantization
 from metatune.config import LoraSettings, ModelSettings, load_config
 from metatune.errors import MetatuneError
-from metatune.inference import Extractor
+from metatune.objectives.generate.extractor import Extractor
 from metatune.peft_setup import load_trainable
 from metatune.training.run import train
 

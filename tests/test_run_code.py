@@ -101,7 +101,7 @@ def test_a_planted_zero_shot_base_does_not_run(tiny_run, tmp_path, monkeypatch, 
 
 
 def test_trust_remote_code_is_an_explicit_choice(tiny_run, tmp_path):
-    from metatune.inference import Extractor
+    from metatune.objectives.generate.extractor import Extractor
 
     run, marker = planted_run(tiny_run, tmp_path, adapter_only=True)
     with pytest.raises(AttributeError, match="PlantedConfig"):  # the planted file defines no model...

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from metatune.formats import document_record
-from metatune.inference import Extractor
+from metatune.objectives.generate.extractor import Extractor
 from metatune.service import create_app
 
 TOKEN = "s3cret-test-token"
@@ -284,7 +284,7 @@ def test_the_token_is_checked_before_the_body_and_health_names_only_the_run():
 
 
 def test_serving_is_announced_only_once_the_port_is_bound(tmp_path, monkeypatch, capsys):
-    import metatune.inference
+    import metatune.objectives
     from metatune.errors import MetatuneError
     from metatune.service import serve
 
@@ -302,7 +302,7 @@ def test_serving_is_announced_only_once_the_port_is_bound(tmp_path, monkeypatch,
         ),
         encoding="utf-8",
     )
-    monkeypatch.setattr(metatune.inference, "open_run", lambda run_dir, *a, **k: StubExtractor(run_dir))
+    monkeypatch.setattr(metatune.objectives, "open_run", lambda run_dir, *a, **k: StubExtractor(run_dir))
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         with pytest.raises(MetatuneError, match=f"^cannot listen on 127.0.0.1:{port}: Address already in use$"):

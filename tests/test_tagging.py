@@ -9,7 +9,7 @@ import torch
 
 from metatune.alignment import Span
 from metatune.config import GenerationSettings
-from metatune.tagging import (
+from metatune.objectives.tag.labels import (
     TagCollator,
     TagScheme,
     allowed_transitions,
@@ -240,8 +240,8 @@ def test_a_tiny_tagger_learns_and_its_run_says_how_it_was_trained(tag_run):
 
 
 def test_tag_run_extracts_the_right_spans_after_reload(tag_run):
-    from metatune.inference import open_run
-    from metatune.tagger import Tagger
+    from metatune.objectives import open_run
+    from metatune.objectives.tag.extractor import Tagger
 
     tagger = open_run(tag_run)
     assert isinstance(tagger, Tagger)
@@ -258,15 +258,28 @@ def test_tag_run_extracts_the_right_spans_after_reload(tag_run):
     assert right >= 6, [r.data for r in together]
 
 
-def test_tag_objective_refuses_lora_and_the_loop(tmp_path, tiny_llama):
+def test_tag_objective_refuses_lora(tmp_path, tiny_llama):
     from metatune.errors import MetatuneError
     from metatune.training.run import train
 
     with pytest.raises(MetatuneError, match="training.objective=tag trains the full model"):
         train(tag_config(tiny_llama, SAMPLE, tmp_path / "a", "model.lora.enabled=true"))
-    with pytest.raises(MetatuneError, match="training.objective=tag trains with training.mode=trainer"):
-        train(tag_config(tiny_llama, SAMPLE, tmp_path / "b", "training.mode=loop"))
     assert not list(tmp_path.iterdir())
+
+
+def test_the_custom_loop_trains_a_tagger_too(tmp_path, tiny_llama, synthetic):
+    """The loop gets the tag objective's collator and losses like the Trainer does: it learns the spans."""
+    from metatune.objectives import open_run
+    from metatune.training.run import train
+
+    run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", "training.mode=loop", "training.max_steps=60"))
+    losses = [
+        json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
+    ]
+    assert losses[-1] < 0.3 * losses[0], losses
+    records = synthetic_records(8, 2)
+    results = open_run(run).extract([r["original_text"] for r in records])
+    assert sum(r.data.get("title") == rec["title"] for r, rec in zip(results, records)) >= 6
 
 
 def test_cli_extract_and_evaluate_work_unchanged_on_a_tag_run(tag_run, synthetic, tmp_path):
@@ -295,7 +308,7 @@ def test_cli_extract_and_evaluate_work_unchanged_on_a_tag_run(tag_run, synthetic
 def test_service_answers_from_a_tag_run(tag_run):
     import httpx
 
-    from metatune.inference import open_run
+    from metatune.objectives import open_run
     from metatune.service import create_app
 
     from conftest import serving
@@ -336,7 +349,7 @@ def test_bench_times_a_tag_run_and_finds_batched_equal_to_one_at_a_time(tag_run)
 
 def test_forced_bf16_tag_training_and_extraction_run_on_any_cpu(tmp_path, tiny_llama, synthetic):
     """bf16 autocast for the tag objective and a bf16 Tagger: what `auto` picks on CPUs with bf16 units."""
-    from metatune.inference import open_run
+    from metatune.objectives import open_run
     from metatune.training.run import train
 
     run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", "training.bf16=true", "training.max_steps=12"))

@@ -29,9 +29,9 @@ def trained(tmp_path_factory, tiny_llama, one_thread):
     saved = {}
     real_save_run = run_module.save_run
 
-    def spy(model, tokenizer, info, out, extra=None):
+    def spy(model, tokenizer, info, out, card, extra=None):
         saved["model"] = model
-        return real_save_run(model, tokenizer, info, out, extra)
+        return real_save_run(model, tokenizer, info, out, card, extra)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(run_module, "save_run", spy)
@@ -103,7 +103,7 @@ def test_every_file_of_a_saved_run_has_the_usual_mode(trained):
 
 
 def test_round_trip_save_load_generate(trained):
-    from metatune.inference import Extractor
+    from metatune.objectives.generate.extractor import Extractor
 
     output, in_memory = trained
     in_memory.eval()
@@ -133,8 +133,8 @@ def test_round_trip_save_load_generate(trained):
 
 
 def test_inference_builds_the_inputs_training_saw(trained, tiny_llama, tmp_path):
-    from metatune.inference import Extractor
-    from metatune.training.common import prepare
+    from metatune.objectives.generate.extractor import Extractor
+    from metatune.training.run import prepare
 
     output, _ = trained
     info = json.loads((output / "metatune.json").read_text(encoding="utf-8"))

@@ -117,7 +117,7 @@ def test_a_generate_run_saves_its_classifier(tiny_run):
 
 
 def test_extract_without_a_type_uses_the_predicted_types_prompt(tiny_run, monkeypatch):
-    from metatune.inference import Extractor
+    from metatune.objectives.generate.extractor import Extractor
 
     extractor = Extractor.from_run(tiny_run)
     asked = []
@@ -140,7 +140,7 @@ def test_extract_command_detects_the_type_and_type_overrides(tiny_run, monkeypat
 
 
 def test_a_run_saved_before_the_classifier_keeps_its_default_type(tiny_run, tmp_path):
-    from metatune.inference import Extractor
+    from metatune.objectives.generate.extractor import Extractor
 
     old = tmp_path / "old-run"
     shutil.copytree(tiny_run, old, ignore=shutil.ignore_patterns(FILE, "eval-*"))

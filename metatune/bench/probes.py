@@ -47,8 +47,8 @@ def run_probe(ctx, spec: dict, work: Path) -> dict:
 
 def probe_train(spec: dict) -> dict:
     """One optimizer step on the epoch's longest batch; the process's peak resident memory."""
-    from metatune.training.common import prepare
     from metatune.training.hf_trainer import build_trainer, training_arguments
+    from metatune.training.run import prepare
 
     config = load_config(sets=spec["sets"], model=spec["model"], data=spec["data"])
     if spec["side"] == "original":
@@ -92,38 +92,16 @@ def probe_train(spec: dict) -> dict:
     }
 
 
-def plain_generate(model, tokenizer, ids: list[int], max_new_tokens: int, seq2seq: bool) -> str:
-    """The baseline: one document, one `generate` call, greedy."""
-    import torch
-
-    input_ids = torch.tensor([ids], device=model.device)
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    new = out[0] if seq2seq else out[0, input_ids.shape[1] :]
-    return tokenizer.decode(new, skip_special_tokens=True)
-
-
 def probe_extract(spec: dict) -> dict:
-    """Plain one-at-a-time generation against the batched Extractor, interleaved chunk by chunk.
-
-    A tag run (training.objective=tag) generates nothing: its Tagger one document at a time is timed
-    against the same Tagger batched.
-    """
+    """The extractor's plainest way, one document at a time (for a generate run: one plain `generate`
+    call each), against its batched `extract`, interleaved chunk by chunk."""
     from transformers import set_seed
 
     from metatune.config import GenerationSettings
-    from metatune.export import read_run_info
-    from metatune.inference import open_run
+    from metatune.objectives import open_run
     from metatune.parsing import parse_output
 
     set_seed(0)
-    tag = read_run_info(spec["run"]).objective == "tag"
     extractor = open_run(spec["run"], GenerationSettings(snap=False))  # the raw outputs are compared
     texts, types = spec["texts"], [extractor.resolve_type(t) for t in spec["types"]]
     size, max_new = spec["batch_size"], spec["max_new_tokens"]
@@ -136,15 +114,7 @@ def probe_extract(spec: dict) -> dict:
 
         def run_plain():
             t0, c0 = time.perf_counter(), time.process_time()
-            if tag:
-                out = [extractor.extract([t], [ty], batch_size=1)[0].raw for t, ty in zip(chunk_t, chunk_ty)]
-            else:
-                out = [
-                    plain_generate(
-                        extractor.model, extractor.tokenizer, extractor.input_ids(t, ty), max_new, extractor.seq2seq
-                    )
-                    for t, ty in zip(chunk_t, chunk_ty)
-                ]
+            out = [extractor.one_at_a_time(t, ty, max_new) for t, ty in zip(chunk_t, chunk_ty)]
             return out, time.perf_counter() - t0, time.process_time() - c0
 
         def run_batched():
@@ -184,10 +154,8 @@ def probe_extract(spec: dict) -> dict:
         "identical_predictions": same_data,
         "identical_raw_outputs": same_raw,
         "parsed_outputs": sum(b.data is not None for b in batched),
-        "objective": "tag" if tag else "generate",
-        "generated_tokens_plain": 0
-        if tag
-        else sum(len(extractor.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in plain_raw),
+        "objective": extractor.info.objective,
+        "generated_tokens": sum(b.tokens for b in batched),
         "rss_after_load_mb": round(loaded, 1),
         "peak_rss_mb": round(max(peaks) if can_reset else peak_rss_mb(), 1),
         "peak_rss_scope": "batched extraction" if can_reset else "whole probe process",

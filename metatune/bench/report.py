@@ -34,7 +34,7 @@ def examples_line(x: dict) -> str:
     if "original_train" not in x:
         return f"* Examples: {metatune}, the same on both sides"
     how = (
-        f"anchored targets (data.anchor_min_words={x['anchor_min_words']})"
+        f"anchored targets (generate.anchor_min_words={x['anchor_min_words']})"
         if x["anchor_min_words"]
         else "whole targets"
     )

@@ -23,11 +23,12 @@ from metatune.models import default_device, make_greedy
 def extraction_run(prepared, model, tokenizer, directory: Path, max_new_tokens: int) -> Path:
     """A saved run of the (untrained) base model, for timing extraction: speed does not need a good model."""
     from metatune.export import save_run
+    from metatune.objectives import of_run
 
-    info = prepared.info.model_copy(deep=True)
+    info = prepared.info.model_copy(deep=True, update={"type_classifier": None})  # extraction is told the types
     info.limits.max_target_tokens = max_new_tokens
     make_greedy(model.generation_config, max_new_tokens, tokenizer.pad_token_id)
-    return save_run(model, tokenizer, info, directory)
+    return save_run(model, tokenizer, info, directory, of_run(info).card)
 
 
 def documents(config, count: int) -> tuple[list[str], list[str]]:
@@ -42,7 +43,7 @@ def documents(config, count: int) -> tuple[list[str], list[str]]:
 
 def run_bench(settings: BenchSettings) -> dict:
     from metatune.models import load_pretrained
-    from metatune.training.common import prepare
+    from metatune.training.run import prepare
 
     if (
         settings.steps < 1
@@ -73,8 +74,8 @@ def run_bench(settings: BenchSettings) -> dict:
             "skipped_target_over_512": prepared.skipped,
             "mean_tokens": round(prepared.stats["train_tokens"] / len(prepared.train), 1),
             "mean_target_tokens": round(prepared.stats["train_target_tokens"] / len(prepared.train), 1),
-            "anchor_min_words": config.data.anchor_min_words,
-            "prompt_example": config.data.prompt_example,
+            "anchor_min_words": config.generate.anchor_min_words,
+            "prompt_example": config.generate.prompt_example,
             "original_train": len(original_train),
             "original_mean_tokens": round(sum(len(x["input_ids"]) for x in original_train) / len(original_train), 1),
             "original_mean_target_tokens": round(

@@ -40,8 +40,8 @@ def bench_sets(settings: BenchSettings, output_dir: Path) -> list[str]:
     instruction as `make quality` trains, nothing written outside `output_dir`."""
     return [
         "data.exclude_fields=[]",
-        "data.anchor_min_words=20",
-        "data.prompt_example=false",
+        "generate.anchor_min_words=20",
+        "generate.prompt_example=false",
         f"data.max_input_tokens={ORIGINAL_INPUT}",
         f"data.max_target_tokens={ORIGINAL_TARGET}",
         "training.eval_each_epoch=false",

@@ -20,11 +20,9 @@ from transformers import (
 from transformers.trainer_callback import ExportableState
 
 from metatune.console import main_print
-from metatune.encoding import collator
 from metatune.errors import MetatuneError
 from metatune.precision import apply_precision
-from metatune.tagging import TagCollator, tag_loss
-from metatune.training.common import Prepared, micro_batches, target_logits_supported, target_only_loss
+from metatune.training.common import Prepared, micro_batches
 from metatune.training.distributed import whole_model
 from metatune.training.metrics_log import append_metrics, drop_metrics_after
 
@@ -182,37 +180,23 @@ def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
 
 
 def build_trainer(prepared: Prepared, args: TrainingArguments, callbacks: list) -> Trainer:
-    """The Trainer `run_trainer` uses (also timed by metatune.bench).
-
-    Causal models compute their logits at target positions only (docs/performance.md).
-    """
-    if prepared.info.objective == "tag":
-        return Trainer(
-            model=prepared.model,
-            args=args,
-            train_dataset=prepared.train,
-            eval_dataset=prepared.validation or None,
-            data_collator=TagCollator(prepared.tokenizer.pad_token_id, prepared.info.tagging["bidirectional"]),
-            processing_class=prepared.tokenizer,
-            callbacks=callbacks,
-            compute_loss_func=tag_loss,
-        )
-    target_logits = target_logits_supported(prepared.model, prepared.seq2seq)
+    """The Trainer `run_trainer` uses (also timed by metatune.bench), with the objective's collator and loss."""
+    parts = prepared.trainer
     cls = Seq2SeqTrainer if prepared.seq2seq else Trainer
     trainer = cls(
         model=prepared.model,
         args=args,
         train_dataset=prepared.train,
         eval_dataset=prepared.validation or None,
-        data_collator=collator(prepared.tokenizer, target_logits=target_logits),
+        data_collator=parts.collate,
         processing_class=prepared.tokenizer,
         callbacks=callbacks,
-        compute_loss_func=target_only_loss if target_logits else None,
+        compute_loss_func=parts.loss,
     )
-    if prepared.seq2seq:
-        # transformers' seq2seq losses (T5, LED, BART) ignore `num_items_in_batch`; left to think they
-        # use it, the Trainer would add up the mean losses of accumulated batches instead of averaging
-        # them (loss and gradients times gradient_accumulation_steps).
+    if parts.mean_loss:
+        # A loss that ignores `num_items_in_batch`: left to think the model uses it, the Trainer would
+        # add up the mean losses of accumulated batches instead of averaging them (loss and gradients
+        # times gradient_accumulation_steps).
         trainer.model_accepts_loss_kwargs = False
     return trainer
 

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -41,9 +40,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from metatune.config import TrainingSettings
 from metatune.console import main_print
-from metatune.encoding import IGNORE_INDEX, collator
 from metatune.precision import mixed_precision
-from metatune.training.common import Prepared
+from metatune.training.common import LoopParts, Prepared
 from metatune.training.distributed import whole_model
 from metatune.training.metrics_log import append_metrics, drop_metrics_after
 
@@ -103,33 +101,13 @@ def adamw(model, t) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=t.learning_rate, fused=True)
 
 
-def target_count(batch: dict, shift: bool) -> torch.Tensor:
-    labels = batch["labels"][:, 1:] if shift else batch["labels"]
-    return labels.ne(IGNORE_INDEX).sum()
-
-
-def token_losses(model, batch: dict, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per example: summed cross-entropy over its target tokens, and their number.
-
-    Causal models predict token t+1 at position t (`shift`); seq2seq models need `labels` to build
-    their decoder inputs and predict them in place.
-    """
-    labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"} if shift else batch
-    logits = model(**inputs, use_cache=False).logits
-    if shift:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
-    return ce.view(labels.shape).sum(1), labels.ne(IGNORE_INDEX).sum(1)
-
-
-def evaluate(accelerator: Accelerator, model, loader, shift: bool) -> float:
+def evaluate(accelerator: Accelerator, model, loader, parts: LoopParts) -> float:
     """Mean cross-entropy per target token over the whole validation split (all processes)."""
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in loader:
-            sums, counts = accelerator.gather_for_metrics(token_losses(model, batch, shift))
+            sums, counts = accelerator.gather_for_metrics(parts.example_losses(model, batch))
             total += sums.sum().item()
             count += counts.sum().item()
     model.train()
@@ -191,7 +169,7 @@ class Loop:
     train_loader: DataLoader
     eval_loader: DataLoader | None  # None without validation each epoch
     t: TrainingSettings
-    shift: bool  # causal models predict token t+1 at position t
+    parts: LoopParts  # the objective's collator and losses
     total_steps: int
     metrics: Path
     checkpoints: Path
@@ -227,7 +205,7 @@ def setup(prepared: Prepared, work: Path) -> Loop:
     )
     set_seed(t.seed)
 
-    collate = collator(prepared.tokenizer)
+    collate = prepared.loop.collate
     train_loader = DataLoader(
         prepared.train, batch_size=t.per_device_train_batch_size, sampler=train_sampler(prepared), collate_fn=collate
     )
@@ -259,7 +237,7 @@ def setup(prepared: Prepared, work: Path) -> Loop:
         train_loader,
         eval_loader,
         t,
-        shift=not prepared.seq2seq,
+        parts=prepared.loop,
         total_steps=total_steps,
         metrics=work / "metrics.jsonl",
         checkpoints=work / "checkpoints",
@@ -300,14 +278,14 @@ def optimizer_step(loop: Loop, window: list[dict]) -> tuple[float, float, torch.
     """One optimizer step on a window of micro-batches: (loss summed over processes, learning rate, gradient norm)."""
     accelerator, model = loop.accelerator, loop.model
     # Every target token of the step, on every process, weighs the same.
-    n_tokens = accelerator.reduce(sum(target_count(b, loop.shift) for b in window).to(accelerator.device), "sum")
+    n_tokens = accelerator.reduce(sum(loop.parts.count_targets(b) for b in window).to(accelerator.device), "sum")
     step_loss = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(window):
         last = i == len(window) - 1
         # DeepSpeed steps when told gradients are synced; the Trainer sets this flag the same way.
         accelerator.gradient_state._set_sync_gradients(last)
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
-            sums, _ = token_losses(model, batch, loop.shift)
+            sums, _ = loop.parts.example_losses(model, batch)
             loss = sums.sum() / n_tokens
             # DDP averages gradients over processes and accelerate divides by `accum`: undo both.
             accelerator.backward(loss * accelerator.num_processes * loop.t.gradient_accumulation_steps)
@@ -349,7 +327,7 @@ def end_epoch(loop: Loop, state: LoopState) -> bool:
 def validate(loop: Loop, state: LoopState, epoch_float: float) -> bool:
     """Logs the validation loss and keeps track of the best; returns whether early stopping says stop."""
     began = time.perf_counter()
-    state.eval_loss = evaluate(loop.accelerator, loop.model, loop.eval_loader, loop.shift)
+    state.eval_loss = evaluate(loop.accelerator, loop.model, loop.eval_loader, loop.parts)
     if loop.on_plateau:
         loop.scheduler.step(state.eval_loss)
     if loop.main:

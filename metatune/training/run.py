@@ -10,20 +10,35 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from metatune import objectives
 from metatune.config import Config
 from metatune.console import main_print
+from metatune.data import load_for_training
+from metatune.errors import MetatuneError
 from metatune.export import save_run
-from metatune.models import make_greedy
 from metatune.precision import apply_precision
-from metatune.training.common import prepare, start_output, work_dir
+from metatune.training.common import Prepared, start_output, work_dir
 from metatune.training.distributed import check_launch, on_main, process_state
-from metatune.type_classifier import FILE as TYPE_CLASSIFIER_FILE
+
+
+def prepare(config: Config, need_validation: bool = True) -> Prepared:
+    """The dataset read and checked, then prepared by the config's objective (model, features,
+    collators, losses, the run's description). Writes nothing."""
+    objective = objectives.get(config.training.objective)
+    registry, dataset = load_for_training(config.data, need_validation)
+    prepared = objective.prepare(config, registry, dataset, need_validation)
+    if config.training.mode == "loop" and prepared.loop is None:
+        raise MetatuneError(
+            f"training.objective={objective.name} trains with training.mode=trainer (it has no custom loop)"
+        )
+    return prepared
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path:
     # Both modes (and DeepSpeed) take the precision from here, not from an accelerate config file;
     # a conflicting fp16/bf16 setting fails before anything is written.
     apply_precision(config)
+    objective = objectives.get(config.training.objective)  # an unknown name fails before anything is written
     state = process_state()
     check_launch(config, state)
     output = Path(config.training.output_dir)
@@ -31,9 +46,11 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     on_main(state, lambda: start_output(config, resume, overwrite))
     with state.main_process_first():  # the main process fills caches (converted GGUF, dataset) first
         prepared = prepare(config, need_validation=config.training.eval_each_epoch)
+    # Only now, with every input checked, does anything appear on disk: a mistake leaves nothing behind.
+    on_main(state, lambda: work.mkdir(parents=True, exist_ok=True))
     main_print(
-        f"Training {config.model.name} ({prepared.info.architecture}) on {prepared.stats['train_examples']} examples, "
-        f"validating on {prepared.stats['validation_examples']}"
+        f"Training {config.model.name} ({prepared.info.architecture}) on {len(prepared.train)} examples, "
+        f"validating on {len(prepared.validation)}"
         + (f", {state.num_processes} processes" if state.num_processes > 1 else "")
     )
     try:
@@ -50,21 +67,16 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         if state.is_main_process and not any((work / "checkpoints").glob("checkpoint-*")):
             shutil.rmtree(work, ignore_errors=True)
         raise
-    generation = getattr(model, "generation_config", None)  # a tagger generates nothing
-    if generation is not None:
-        make_greedy(generation, config.data.max_target_tokens, prepared.tokenizer.pad_token_id)
     info = prepared.info.model_copy(
         update={"training": {**summary, **prepared.stats, "processes": state.num_processes}}
     )
     extra = {"metrics.jsonl": work / "metrics.jsonl", "logs": work / "checkpoints" / "runs"}
-    if prepared.type_classifier is not None:  # a run without one (a tag run, an older run) keeps its default type
-        info.type_classifier = TYPE_CLASSIFIER_FILE
-        extra[TYPE_CLASSIFIER_FILE] = work / TYPE_CLASSIFIER_FILE
+    extra |= {name: work / name for name in prepared.files}
 
     def finish():
-        if prepared.type_classifier is not None:
-            prepared.type_classifier.save(work)
-        save_run(model, prepared.tokenizer, info, output, extra)
+        for write in prepared.files.values():
+            write(work)
+        save_run(model, prepared.tokenizer, info, output, objective.card, extra)
         shutil.rmtree(work, ignore_errors=True)
 
     on_main(state, finish)

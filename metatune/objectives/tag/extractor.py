@@ -1,4 +1,4 @@
-"""The Tagger: a saved tag run (training.objective=tag) turned into extraction.
+"""The tag objective's extractor, the Tagger: a saved tag run turned into extraction.
 
 One forward pass per document labels its tokens; the labelled spans become the same JSON the
 generative Extractor writes, so evaluate, extract and serve treat both alike. The type comes from
@@ -15,12 +15,11 @@ import torch
 
 from metatune.config import GenerationSettings
 from metatune.errors import MetatuneError
-from metatune.export import RunTypes, load_run
+from metatune.export import load_run
 from metatune.language import detect_language
 from metatune.models import cast
-from metatune.parsing import Extraction
-from metatune.run_info import RunInfo
-from metatune.tagging import (
+from metatune.objectives.base import RunTypes
+from metatune.objectives.tag.labels import (
     TagCollator,
     TagScheme,
     allowed_transitions,
@@ -29,13 +28,14 @@ from metatune.tagging import (
     to_record,
     token_offsets,
 )
+from metatune.parsing import Extraction
 
 
 class Tagger(RunTypes):
-    """A saved tag run turned into extraction; of the generation settings only dtype and
+    """A saved tag run turned into extraction; of the generation settings only dtype, batch_size and
     trust_remote_code apply (nothing is generated)."""
 
-    def __init__(self, run_dir, model, tokenizer, info: RunInfo, settings: GenerationSettings):
+    def __init__(self, run_dir, model, tokenizer, info, settings: GenerationSettings):
         self.run_dir, self.info, self.settings = Path(run_dir), info, settings
         self.model, self.tokenizer = model, tokenizer
         self.device = self.model.device
@@ -50,13 +50,14 @@ class Tagger(RunTypes):
             self.scheme.types[0] if len(self.scheme.types) == 1 else "general"
         )
         self.seq2seq = self.info.seq2seq
-        self.num_beams, self.max_new_tokens = 1, 0  # nothing is generated
 
     @classmethod
     def from_run(
         cls, run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None
     ) -> Tagger:
-        model, tokenizer, info = load_run(run_dir, device, settings.trust_remote_code)
+        from transformers import AutoModelForTokenClassification
+
+        model, tokenizer, info = load_run(run_dir, device, settings.trust_remote_code, AutoModelForTokenClassification)
         return cls(run_dir, model, tokenizer, info, settings)
 
     @torch.inference_mode()
@@ -88,6 +89,13 @@ class Tagger(RunTypes):
             bar.update(len(rows))
         bar.close()
         return results
+
+    def one_at_a_time(self, text: str, doc_type: str, max_new_tokens: int = 0) -> str:
+        """One document alone (nothing padded beside it); `max_new_tokens` does not apply."""
+        return self.extract([text], [doc_type], batch_size=1)[0].raw
+
+    def statistics(self, results: list[Extraction]) -> dict:
+        return {"batch_size": self.settings.batch_size, "bidirectional": self.info.tagging["bidirectional"]}
 
     def _extraction(self, text: str, doc_type: str, values: dict[str, list[str]]) -> Extraction:
         fields = self.fields(doc_type)

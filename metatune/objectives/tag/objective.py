@@ -1,0 +1,132 @@
+"""The tag objective's training side: token labels from values aligned to the text, a
+token-classification head, a loss over every labelled token; and its model card."""
+
+from __future__ import annotations
+
+import torch
+
+from metatune.card import CardParts
+from metatune.config import Config, GenerationSettings
+from metatune.data import record_type
+from metatune.encoding import IGNORE_INDEX
+from metatune.errors import MetatuneError
+from metatune.formatting import InputFormat
+from metatune.objectives.base import Objective
+from metatune.objectives.tag.labels import NOT_TAGGED, TagCollator, TagScheme, encode_tagged, tag_loss
+from metatune.peft_setup import load_trainable
+from metatune.training.common import LoopParts, Prepared, TrainerParts, describe
+
+
+def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> TagScheme:
+    """The fields to tag (every field some type of the records is trained on) and the types to tell apart."""
+    types = sorted({(registry.find(record_type(r)) or registry.find(fallback_type)).name for r in records})
+    fields = dict.fromkeys(f for t in types for f in fmt.selection.fields(registry.types[t]) if f not in NOT_TAGGED)
+    lists = tuple(f for f in fields if any(isinstance(r.get(f), list) for r in records))
+    repeats = any(len(set(v)) < len(v) for r in records for f in lists if isinstance(v := r.get(f), list))
+    return TagScheme(tuple(fields), tuple(types), lists, repeats)
+
+
+def encode_split(records, registry, fallback_type, fmt, scheme, tokenizer, max_input_tokens, coverage):
+    """Token-label features per record; `coverage` (field -> [values, aligned]) is updated."""
+    encoded = []
+    for record in records:
+        doc_type = registry.find(record_type(record)) or registry.find(fallback_type)
+        if doc_type.name not in scheme.types:  # a type only the validation split has: nothing to learn from
+            continue
+        features, counts = encode_tagged(
+            record,
+            record["original_text"],
+            doc_type.name,
+            fmt.selection.fields(doc_type),
+            scheme,
+            tokenizer,
+            max_input_tokens,
+        )
+        encoded.append(features)
+        for name, (total, aligned) in counts.items():
+            c = coverage.setdefault(name, [0, 0])
+            c[0] += total
+            c[1] += aligned
+    return encoded
+
+
+def count_targets(batch: dict) -> torch.Tensor:
+    return batch["labels"].ne(IGNORE_INDEX).sum()
+
+
+def example_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per document: cross-entropy summed over its labelled tokens, and their number."""
+    labels = batch["labels"]
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    ce = torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return ce.view(labels.shape).sum(1), labels.ne(IGNORE_INDEX).sum(1)
+
+
+class TagObjective(Objective):
+    name = "tag"
+
+    def prepare(self, config: Config, registry, dataset, need_validation: bool) -> Prepared:
+        d = config.data
+        if config.model.lora.enabled or config.model.quantization != "none":
+            raise MetatuneError(
+                "training.objective=tag trains the full model: set model.lora.enabled=false and model.quantization=none"
+            )
+        train_records = dataset.split("training")
+        val_records = dataset.split("validation") if need_validation else []
+        fmt = InputFormat.from_settings(d)
+        scheme = tag_scheme(train_records, registry, d.fallback_type, fmt)
+        model, tokenizer, seq2seq = load_trainable(config.model, labels=scheme.labels)
+        coverage: dict[str, list[int]] = {}
+        args = (registry, d.fallback_type, fmt, scheme, tokenizer, d.max_input_tokens)
+        train = encode_split(train_records, *args, coverage)
+        validation = encode_split(val_records, *args, {})
+        print(
+            "Aligned values (training split): "
+            + ", ".join(f"{f} {a}/{t}" for f, (t, a) in coverage.items())
+            + " (values not found in the text are left unlabelled)"
+        )
+        bidirectional = not seq2seq and config.tag.attention == "bidirectional"
+        tagging = {
+            "scheme": scheme.to_dict(),
+            "bidirectional": bidirectional,
+            "alignment": {f: {"values": t, "aligned": a} for f, (t, a) in coverage.items()},
+            "not_tagged": {"language": "detected from the text (py3langid)"},
+        }
+        info = describe(config, registry, fmt, seq2seq).model_copy(update={"tagging": tagging})
+        stats = {
+            "train_examples": len(train),
+            "validation_examples": len(validation),
+            "train_tokens": sum(len(x["input_ids"]) for x in train),
+            "train_labelled_tokens": sum(sum(1 for t in x["labels"] if t > 0) for x in train),
+        }
+        collate = TagCollator(tokenizer.pad_token_id, bidirectional)
+        return Prepared(
+            config,
+            model,
+            tokenizer,
+            seq2seq,
+            train,
+            validation,
+            info,
+            TrainerParts(collate, tag_loss),
+            LoopParts(collate, example_losses, count_targets),
+            stats=stats,
+        )
+
+    def extractor(self, run_dir, settings: GenerationSettings, device: str | None = None):
+        from metatune.objectives.tag.extractor import Tagger
+
+        return Tagger.from_run(run_dir, settings, device)
+
+    def card(self, info, name: str) -> CardParts:
+        return CardParts(
+            pipeline_tag="token-classification",
+            how="by labelling the tokens of the text that hold each value",
+            note=(
+                "The first position of the input carries the document type's label and a bidirectional run "
+                "reads the document with a mask metatune builds: load the run with metatune (above), not with "
+                "a plain token-classification pipeline."
+            ),
+        )
