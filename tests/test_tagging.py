@@ -16,6 +16,7 @@ from metatune.objectives.tag.labels import (
     decode,
     encode_tagged,
     span_labels,
+    tag_loss,
     to_record,
     viterbi,
 )
@@ -129,15 +130,53 @@ def test_decoded_values_take_whole_words_the_longest_text_span_and_lists_as_trai
     }
 
 
-def test_collator_pads_and_lets_every_token_see_every_real_token():
-    batch = TagCollator(pad_token_id=0)(
-        [{"input_ids": [5, 6, 7], "labels": [9, 1, 2]}, {"input_ids": [5, 6], "labels": [9, 0]}]
-    )
+def test_collator_pads_and_masks_only_padding():
+    collate = TagCollator(pad_token_id=0)
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [9, 1, 2]}, {"input_ids": [5, 6], "labels": [9, 0]}])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 6, 0]]
     assert batch["labels"].tolist() == [[9, 1, 2], [9, 0, -100]]
-    mask = batch["attention_mask"]
-    assert mask.shape == (2, 1, 3, 3) and mask[0].all()
-    assert mask[1, 0, 0].tolist() == [True, True, False]  # the first token sees the one after it, not the padding
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert set(collate([{"input_ids": [5, 6, 7]}])) == {"input_ids"}  # nothing padded: no mask at all
+
+
+def test_reading_both_ways_without_a_mask_is_the_all_visible_4d_mask(tiny_llama):
+    """The mask-free bidirectional attention (models.read_both_ways) gives the logits, loss and gradients
+    of the 4-D all-visible mask it replaced, alone and in a padded batch (float32)."""
+    from transformers import AutoModelForTokenClassification
+
+    from metatune.models import read_both_ways
+
+    torch.manual_seed(0)
+    docs = [[1, *range(10, 40)], [1, *range(50, 70)]]
+    labels = [[3, *([1, 2, 0] * 10)], [3, *([0, 1, 2, 2] * 5)]]
+    reference = AutoModelForTokenClassification.from_pretrained(tiny_llama, num_labels=4, dtype=torch.float32)
+    model = AutoModelForTokenClassification.from_pretrained(tiny_llama, num_labels=4, dtype=torch.float32)
+    model.load_state_dict(reference.state_dict())
+    read_both_ways(model)
+
+    def four_d(lengths, width):  # the mask the collator used to build: every token sees every real token
+        keys = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+        return keys[:, None, None, :].expand(len(lengths), 1, width, width)
+
+    def loss_and_grads(m, batch):
+        m.zero_grad()
+        logits = m(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        loss = tag_loss({"logits": logits}, batch["labels"])
+        loss.backward()
+        return logits.detach(), loss.detach(), [p.grad.clone() for p in m.parameters()]
+
+    for rows in ([0], [0, 1]):  # one document (no mask at all), a padded batch (padding mask only)
+        batch = TagCollator(0)([{"input_ids": docs[r], "labels": labels[r]} for r in rows])
+        lengths = [len(docs[r]) for r in rows]
+        old = dict(batch, attention_mask=four_d(lengths, max(lengths)))
+        (lo, so, go), (ln, sn, gn) = loss_and_grads(reference, old), loss_and_grads(model, batch)
+        real = batch["labels"] != -100
+        assert torch.allclose(lo[real], ln[real], atol=1e-5) and torch.allclose(so, sn, atol=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(go, gn))
+    causal = AutoModelForTokenClassification.from_pretrained(tiny_llama, num_labels=4, dtype=torch.float32)
+    causal.load_state_dict(reference.state_dict())
+    alone = TagCollator(0)([{"input_ids": docs[0]}])
+    assert not torch.allclose(causal(**alone).logits, model(**alone).logits, atol=1e-3)  # it does read both ways
 
 
 WORDS = (

@@ -17,7 +17,7 @@ from metatune.config import GenerationSettings
 from metatune.errors import MetatuneError
 from metatune.export import load_run
 from metatune.language import detect_language
-from metatune.models import cast
+from metatune.models import cast, read_both_ways
 from metatune.objectives.base import RunTypes
 from metatune.objectives.tag.labels import (
     TagCollator,
@@ -43,7 +43,9 @@ class Tagger(RunTypes):
         self.registry = self.info.registry(source=f"{run_dir}/metatune.json")
         tagging = self.info.tagging
         self.scheme = TagScheme.from_dict(tagging["scheme"])
-        self.collate = TagCollator(self.tokenizer.pad_token_id, tagging["bidirectional"])
+        if tagging["bidirectional"]:  # runs saved before `is_causal: false` was in their config too
+            read_both_ways(self.model)
+        self.collate = TagCollator(self.tokenizer.pad_token_id)
         self.allowed = allowed_transitions(self.scheme)
         self.max_input_tokens = self.info.limits.max_input_tokens
         self.default_type = self.info.fallback_type or (

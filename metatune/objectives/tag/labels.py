@@ -4,9 +4,8 @@ the labelled spans back as the same JSON the generative path writes.
 Labels come from aligning each record's values to its text (metatune.alignment); a value that does
 not align is left out and counted. One extra position before the document (the tokenizer's BOS, or
 EOS when it has none) carries the document type as its label, so type and fields come from one
-forward pass. The model reads the document with bidirectional attention (`attention_mask` is a
-4-D all-visible mask): a causal model that sees only the left context cannot tell that the line
-starting here is the title. Decoding is Viterbi over valid BIO transitions (no I- without its B-).
+forward pass. The model reads the document with bidirectional attention (models.read_both_ways: a
+causal model that sees only the left context cannot tell that the line starting here is the title). Decoding is Viterbi over valid BIO transitions (no I- without its B-).
 """
 
 from __future__ import annotations
@@ -116,30 +115,22 @@ def encode_tagged(
     return {"input_ids": [first_token_id(tokenizer), *ids], "labels": labels}, counts
 
 
-def bidirectional_mask(lengths: list[int], width: int) -> torch.Tensor:
-    """(batch, 1, width, width) boolean mask: every token sees every real token of its row."""
-    keys = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
-    return keys[:, None, None, :].expand(len(lengths), 1, width, width)
-
-
 class TagCollator:
-    """Pads a batch on the right (labels with -100); decoders get a bidirectional attention mask."""
+    """Pads a batch on the right (labels with -100). The attention mask covers padding only, and a
+    batch with nothing padded (one document, as padding-free training and extraction on CPUs give)
+    gets none; which way the model attends is the model's (models.read_both_ways)."""
 
-    def __init__(self, pad_token_id: int, bidirectional: bool = True):
+    def __init__(self, pad_token_id: int):
         self.pad = pad_token_id
-        self.bidirectional = bidirectional
 
     def __call__(self, features: list[dict]) -> dict:
-        width = max(len(f["input_ids"]) for f in features)
-        ids = [f["input_ids"] + [self.pad] * (width - len(f["input_ids"])) for f in features]
         lengths = [len(f["input_ids"]) for f in features]
+        width = max(lengths)
         batch = {
-            "input_ids": torch.tensor(ids),
-            # encoders see both sides already; a causal decoder keeps its own causal mask
-            "attention_mask": bidirectional_mask(lengths, width)
-            if self.bidirectional
-            else (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long(),
+            "input_ids": torch.tensor([f["input_ids"] + [self.pad] * (width - len(f["input_ids"])) for f in features])
         }
+        if min(lengths) < width:
+            batch["attention_mask"] = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
         if "labels" in features[0]:
             batch["labels"] = torch.tensor(
                 [f["labels"] + [IGNORE_INDEX] * (width - len(f["labels"])) for f in features]

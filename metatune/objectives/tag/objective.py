@@ -11,6 +11,7 @@ from metatune.data import record_type
 from metatune.encoding import IGNORE_INDEX
 from metatune.errors import MetatuneError
 from metatune.formatting import InputFormat
+from metatune.models import read_both_ways
 from metatune.objectives.base import Objective
 from metatune.objectives.tag.labels import NOT_TAGGED, TagCollator, TagScheme, encode_tagged, tag_loss
 from metatune.peft_setup import load_trainable
@@ -88,6 +89,8 @@ class TagObjective(Objective):
             + " (values not found in the text are left unlabelled)"
         )
         bidirectional = not seq2seq and config.tag.attention == "bidirectional"
+        if bidirectional:
+            read_both_ways(model)
         tagging = {
             "scheme": scheme.to_dict(),
             "bidirectional": bidirectional,
@@ -101,7 +104,7 @@ class TagObjective(Objective):
             "train_tokens": sum(len(x["input_ids"]) for x in train),
             "train_labelled_tokens": sum(sum(1 for t in x["labels"] if t > 0) for x in train),
         }
-        collate = TagCollator(tokenizer.pad_token_id, bidirectional)
+        collate = TagCollator(tokenizer.pad_token_id)
         return Prepared(
             config,
             model,

@@ -1,0 +1,123 @@
+"""Where tag training's time goes: seconds per optimizer step, MFU against the matmul peak measured in
+the same run, and (--profile) a torch.profiler summary of a few steps.
+
+    .venv/bin/python benchmarks/tag_training.py --steps 8 [--profile] [--set training.bf16=false ...]
+
+Trains configs/grobid-headers-tag.yaml (or --config) for --steps optimizer steps on the real header
+corpus with the Trainer engine, exactly as `metatune train` would, into a temporary directory. MFU
+counts 6 x parameters x document tokens per second over the steps after the first (warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from metatune.bench.machine import peak_rates
+from metatune.config import load_config
+from metatune.precision import apply_precision
+from metatune.training.hf_trainer import build_trainer, training_arguments
+from metatune.training.run import prepare
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class StepTimes(TrainerCallback):
+    def __init__(self):
+        self.times, self.start = [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self.start)
+
+
+class TokenCount:
+    """Wraps a collator: counts the real (unpadded) tokens of every batch it builds."""
+
+    def __init__(self, collate):
+        self.collate, self.tokens = collate, []
+
+    def __call__(self, features):
+        self.tokens.append(sum(len(f["input_ids"]) for f in features))
+        return self.collate(features)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "grobid-headers-tag.yaml"))
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--profile", action="store_true", help="profile steps 2 and 3 (torch.profiler, CPU)")
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--out", help="write the figures here as JSON")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="tag-training-") as tmp:
+        sets = [*args.sets, f"training.max_steps={args.steps}", "training.report_to=none"]
+        sets += [f"training.output_dir={tmp}/run", "training.save_total_limit=0", "training.logging_steps=1000"]
+        config = load_config(args.config, sets=sets)
+        precision = apply_precision(config)
+        before = peak_rates("cpu", 2048)
+        prepared = prepare(config, need_validation=False)
+        work = Path(tmp) / "run.partial"
+        work.mkdir()
+        targs = training_arguments(prepared, work)
+        targs.save_strategy = "no"
+        timer = StepTimes()
+        trainer = build_trainer(prepared, targs, [timer])
+        counter = TokenCount(trainer.data_collator)
+        trainer.data_collator = counter
+        params = sum(p.numel() for p in prepared.model.parameters())
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile, schedule
+
+            prof = profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=1, warmup=0, active=2, repeat=1))
+
+            class Step(TrainerCallback):
+                def on_step_end(self, *a, **k):
+                    prof.step()
+
+            trainer.add_callback(Step())
+            with prof:
+                trainer.train()
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        else:
+            trainer.train()
+        after = peak_rates("cpu", 2048)
+
+    per_step = len(counter.tokens) // max(len(timer.times), 1)
+    step_tokens = [sum(counter.tokens[i * per_step : (i + 1) * per_step]) for i in range(len(timer.times))]
+    times, tokens = timer.times[1:], step_tokens[1:]
+    dtype = "bfloat16" if precision == "bf16" else "float32"
+    peak = max(before[dtype]["wall"], after[dtype]["wall"])
+    rate = 6 * params * sum(tokens) / sum(times)
+    figures = {
+        "cpu_flags": sorted(
+            set(Path("/proc/cpuinfo").read_text().split()) & {"avx2", "avx512_bf16", "amx_bf16", "amx_tile"}
+        ),
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "sets": args.sets,
+        "steps_timed": len(times),
+        "median_step_seconds": round(statistics.median(times), 3),
+        "mean_tokens_per_step": round(statistics.mean(tokens), 1),
+        "gflops_per_second": round(rate / 1e9, 1),
+        "peak_gflops_per_second": {k: round(max(before[k]["wall"], after[k]["wall"]) / 1e9, 1) for k in before},
+        "mfu": round(rate / peak, 3),
+    }
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
