@@ -23,6 +23,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import FIELDS, REPO, SAMPLE, run_main
@@ -234,7 +235,7 @@ def test_only_tied_weights_are_quiet(tiny_llama):
     ]
 
 
-# --- extract and evaluate -------------------------------------------------------------------------
+# --- extract, evaluate, serve ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -374,3 +375,47 @@ def test_extract_to_json_lines_on_a_full_disk_and_the_rerun(tiny_run, docs, tmp_
     assert "1 of 3 document(s) already done" in err
     sources = [json.loads(line)["source"] for line in out.read_text(encoding="utf-8").splitlines()]
     assert sources == [str(docs / f"{i}.txt") for i in range(3)]
+
+
+def test_sigterm_to_the_service_finishes_the_request_in_flight(tiny_run, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_service import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    with log.open("w") as out:  # a request waits 3 s for others to batch with: it is in flight when the signal comes
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "metatune", "serve", str(tiny_run), "--port", str(port), "--batch-wait-ms", "3000"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if k not in ("METATUNE_API_TOKEN", "SERVICE_TOKEN")},
+            cwd=REPO,
+        )
+    try:
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                httpx.get(f"{url}/health")
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(httpx.post, f"{url}/extract", json={"text": "Una tesis"}, timeout=120)
+            # answered after the request above was sent: the server has accepted that one too
+            assert httpx.get(f"{url}/health").status_code == 200
+            proc.send_signal(signal.SIGTERM)
+            while True:  # new requests are refused from now on (one accepted before the socket closed is answered)
+                try:
+                    r = httpx.get(f"{url}/health")
+                except httpx.TransportError:
+                    break
+                if r.status_code == 503:
+                    break
+                time.sleep(0.05)
+            answer = in_flight.result()
+        assert answer.status_code == 200 and "metadata" in answer.json()
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        proc.kill()
