@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile steps 2 and 3 (torch.profiler, CPU)")
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--out", help="write the figures here as JSON")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (inductor, dynamic shapes)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tag-training-") as tmp:
@@ -72,6 +73,8 @@ def main() -> None:
         work.mkdir()
         targs = training_arguments(prepared, work)
         targs.save_strategy = "no"
+        if args.compile:
+            prepared.model = torch.compile(prepared.model, dynamic=True)
         timer = StepTimes()
         trainer = build_trainer(prepared, targs, [timer])
         counter = TokenCount(trainer.data_collator)
@@ -107,6 +110,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "precision": precision,
         "sets": args.sets,
+        "compiled": args.compile,
         "steps_timed": len(times),
         "median_step_seconds": round(statistics.median(times), 3),
         "mean_tokens_per_step": round(statistics.mean(tokens), 1),

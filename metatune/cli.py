@@ -371,11 +371,26 @@ def main() -> None:
     # use, spinning threads hold cores their partners need (2.6x slower steps measured; see
     # docs/performance.md). Read once, when torch loads, so it must be set before that.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from metatune.faults import Stopped, close_progress_bars, fault_message, quiet_expected_warnings
+
+    quiet_expected_warnings()
     try:
         app()
     except MetatuneError as e:
+        close_progress_bars()
         typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(e.exit_code)
+    except Stopped as e:
+        close_progress_bars()
+        typer.echo(str(e), err=True)
+        sys.exit(e.exit_code)
+    except Exception as e:
+        message = fault_message(e, None)  # a write fault where no command expected one: still one line
+        if message is None:
+            raise
+        close_progress_bars()
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -3,3 +3,5 @@
 
 class MetatuneError(Exception):
     """A problem with the user's input (file, config, arguments), not a bug."""
+
+    exit_code = 2

@@ -16,6 +16,7 @@ from pathlib import Path
 from metatune.config import GenerationSettings
 from metatune.data import load_dataset, record_type
 from metatune.errors import MetatuneError
+from metatune.faults import warning_on_fault, writing
 from metatune.files import temp_dir_beside
 from metatune.formatting import target_json
 from metatune.metrics import MATCHINGS, score_documents
@@ -226,21 +227,22 @@ def run_evaluate(
         results[name] = (metrics, rows)
         del extractor
 
-    report.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_beside(report)
-    try:
-        write_report(tmp, *results["fine-tuned"])
-        if baseline:
-            write_report(tmp / "baseline", *results["zero-shot"])
-            (tmp / "comparison.md").write_text(
-                comparison_table(results["fine-tuned"][0], results["zero-shot"][0]), encoding="utf-8"
-            )
-        if report.exists():
-            shutil.rmtree(report)
-        tmp.rename(report)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writing(report, "the evaluation report", then="run it again"):
+        report.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir_beside(report)
+        try:
+            write_report(tmp, *results["fine-tuned"])
+            if baseline:
+                write_report(tmp / "baseline", *results["zero-shot"])
+                (tmp / "comparison.md").write_text(
+                    comparison_table(results["fine-tuned"][0], results["zero-shot"][0]), encoding="utf-8"
+                )
+            if report.exists():
+                shutil.rmtree(report)
+            tmp.rename(report)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     for name, (metrics, _) in results.items():
         print(f"\n## {name} ({metrics['documents']} documents, F1 %)\n")
@@ -255,9 +257,8 @@ def run_evaluate(
     print(f"\nReport written to {report}")
     from metatune.card import record_evaluation
 
-    record_evaluation(
-        run_dir, results["fine-tuned"][0], objective.card
-    )  # the run's model card shows the last evaluation
+    with warning_on_fault(run_dir, "the evaluation into the run's model card"):
+        record_evaluation(run_dir, results["fine-tuned"][0], objective.card)  # the card shows the last evaluation
     return results["fine-tuned"][0]
 
 

@@ -16,6 +16,7 @@ import typer
 from metatune.config import GenerationSettings
 from metatune.documents import list_inputs, read_inputs
 from metatune.errors import MetatuneError
+from metatune.faults import writing
 from metatune.files import write_atomic
 from metatune.formats import FORMATS, document_record, render
 
@@ -55,18 +56,19 @@ def run_extract(
         if not items:
             more = f" (and {len(problems) - 1} more unreadable inputs)" if len(problems) > 1 else ""
             raise MetatuneError((problems[0] if problems else "no input documents") + more)
-        return run_many(
-            run_dir,
-            items,
-            problems,
-            doc_type,
-            out,
-            out_dir,
-            fmt,
-            force,
-            settings.batch_size,
-            lambda: open_run(run_dir, settings),
-        )
+        with writing(out_dir or out, "the results", then="rerun: it continues where it stopped"):
+            return run_many(
+                run_dir,
+                items,
+                problems,
+                doc_type,
+                out,
+                out_dir,
+                fmt,
+                force,
+                settings.batch_size,
+                lambda: open_run(run_dir, settings),
+            )
     docs, problems = read_inputs(inputs)
     if not docs:
         more = f" (and {len(problems) - 1} more unreadable inputs)" if len(problems) > 1 else ""
@@ -81,7 +83,8 @@ def run_extract(
     records = [document_record(name, r, extractor) for (name, _), r in zip(docs, results)]
     text = render(records, fmt, single)
     if out:
-        write_atomic(out, text)
+        with writing(out, "the results", then="run it again"):
+            write_atomic(out, text)
         typer.echo(f"Wrote {len(records)} document(s) to {out}", err=True)
     else:
         typer.echo(text, nl=False)

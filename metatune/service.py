@@ -13,9 +13,10 @@ import hmac
 import logging
 import math
 import os
+import signal
 import socket
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +36,7 @@ ORIGINAL_TOKEN_ENV = "SERVICE_TOKEN"  # the original SEDICI LLM service's variab
 MAX_BYTES_ENV = "METATUNE_MAX_BYTES"
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_QUEUE = 64
+SHUTDOWN_SECONDS = 60  # on SIGTERM, for the requests in flight to finish
 CONSUME_PATH = "/consume-llm"
 INTEGRATION_PATH = "/test-integration"
 
@@ -426,4 +428,21 @@ def serve(
     source = TOKEN_ENV if os.environ.get(TOKEN_ENV) else ORIGINAL_TOKEN_ENV
     auth = f"bearer token required ({source} is set)" if token else f"no authentication ({TOKEN_ENV} is not set)"
     print(f"Serving {run_dir} on http://{host}:{port} ({auth}; API docs at /docs)", flush=True)
-    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run(sockets=[sock])
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_SECONDS)
+    graceful_server(config).run(sockets=[sock])
+
+
+def graceful_server(config):
+    """A uvicorn server that exits 0 after SIGTERM. On SIGTERM uvicorn stops accepting connections,
+    lets the requests in flight finish (for up to timeout_graceful_shutdown) and returns, then raises
+    the SIGTERM again, which would kill the process (exit status 143) after a clean stop."""
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+    return GracefulServer(config)

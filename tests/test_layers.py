@@ -18,6 +18,7 @@ LAYERS = [
         "paths",
         "console",
         "files",
+        "faults",
         "text",
         "config",
         "precision",

@@ -32,13 +32,13 @@ def on_main(state: PartialState, fn):
         try:
             result = fn()
         except MetatuneError as e:
-            error = str(e)
+            error = e
     if state.num_processes > 1:
         box = [error]
         broadcast_object_list(box)
         error = box[0]
     if error:
-        raise MetatuneError(error)
+        raise error  # of its own class: a WriteFault exits with its own status
     return result
 
 

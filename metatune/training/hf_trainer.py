@@ -21,6 +21,7 @@ from transformers.trainer_callback import ExportableState
 
 from metatune.console import main_print
 from metatune.errors import MetatuneError
+from metatune.faults import saving_checkpoints, stop_signal
 from metatune.precision import apply_precision
 from metatune.training.common import Prepared, micro_batches
 from metatune.training.distributed import whole_model
@@ -122,6 +123,36 @@ class SaveEverySteps(TrainerCallback):
             control.should_save = True
 
 
+class StopOnSignal(TrainerCallback):
+    """On SIGTERM or SIGINT (metatune.faults): a checkpoint at the next step end, then the end of training."""
+
+    def __init__(self):
+        self.saved_step = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if stop_agreed(args):
+            control.should_save = control.should_training_stop = True
+            control.should_evaluate = False
+            self.saved_step = state.global_step
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.saved_step == state.global_step:  # saved at the step end already: not twice
+            control.should_save = control.should_evaluate = False
+        elif stop_agreed(args):
+            control.should_save = control.should_training_stop = True
+            control.should_evaluate = False
+
+
+def stop_agreed(args: TrainingArguments) -> bool:
+    """Whether a signal asked any process to stop (all of them stop at the same step)."""
+    stop = stop_signal() is not None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = torch.tensor(int(stop), device=args.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        stop = bool(flag.item())
+    return stop
+
+
 REPORT_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
@@ -214,13 +245,17 @@ def run_trainer(prepared: Prepared, work: Path, resume: bool) -> tuple[object, d
             f"Resuming from {checkpoint}" if checkpoint else "No complete checkpoint saved yet: training from the start"
         )
     totals = RunTotals.from_checkpoint(checkpoint)
-    callbacks = [totals, JsonlLogger(metrics)]  # totals first: it completes the summary the logger writes
+    # totals first: it completes the summary the logger writes
+    callbacks = [totals, JsonlLogger(metrics), StopOnSignal()]
     if args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(prepared.config.training.early_stopping_patience))
     if prepared.config.training.save_steps > 0:
         callbacks.append(SaveEverySteps(prepared.config.training.save_steps))
     trainer = build_trainer(prepared, args, callbacks)
     trainer.training_step = totals.count(trainer.training_step)
+    trainer._save_checkpoint = saving_checkpoints(
+        trainer._save_checkpoint, lambda: Path(args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+    )
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     loss_sum, seconds = totals.totals()
     summary = {

@@ -40,6 +40,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from metatune.config import TrainingSettings
 from metatune.console import main_print
+from metatune.faults import stop_signal, stopped, training_writes
 from metatune.precision import mixed_precision
 from metatune.training.common import LoopParts, Prepared
 from metatune.training.distributed import whole_model
@@ -134,15 +135,23 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: LoopState, keep
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({**asdict(state), "checkpoint": name}, indent=2), encoding="utf-8")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        rotate(root, keep, state.best_checkpoint)
+    with training_writes(final, "a checkpoint", remove=tmp):
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps({**asdict(state), "checkpoint": name}, indent=2), encoding="utf-8")
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            rotate(root, keep, state.best_checkpoint)
     accelerator.wait_for_everyone()
     return name
+
+
+def stop_agreed(accelerator: Accelerator) -> bool:
+    """Whether a signal asked any process to stop (all of them stop at the same step)."""
+    if stop_signal() is not None:
+        accelerator.set_trigger()
+    return accelerator.check_trigger()
 
 
 def rotate(root: Path, keep: int, best: str | None) -> None:
@@ -402,8 +411,11 @@ def run_loop(prepared: Prepared, work: Path, resume: bool) -> tuple[object, dict
             record_step(loop, state, step_loss, learning_rate, grad_norm)
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}")
-            if t.save_steps > 0 and state.step % t.save_steps == 0 and state.batches < len(loop.train_loader):
+            stop = stop_agreed(loop.accelerator)
+            if stop or (t.save_steps > 0 and state.step % t.save_steps == 0 and state.batches < len(loop.train_loader)):
                 save_checkpoint(loop.accelerator, loop.checkpoints, state, t.save_total_limit)
+            if stop:
+                raise stopped(state.step)
         stop = end_epoch(loop, state)
         save_checkpoint(loop.accelerator, loop.checkpoints, state, t.save_total_limit)
     progress.close()

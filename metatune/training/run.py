@@ -16,6 +16,7 @@ from metatune.console import main_print
 from metatune.data import load_for_training
 from metatune.errors import MetatuneError
 from metatune.export import save_run
+from metatune.faults import WriteFault, quiet_tied_weights, stop_on_signals, stop_signal, stopped, training_writes
 from metatune.precision import apply_precision
 from metatune.training.common import Prepared, start_output, work_dir
 from metatune.training.distributed import check_launch, on_main, process_state
@@ -54,17 +55,22 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         + (f", {state.num_processes} processes" if state.num_processes > 1 else "")
     )
     try:
-        if config.training.mode == "loop":
-            from metatune.training.loop import run_loop
+        with stop_on_signals(), training_writes(work, "the training logs"), quiet_tied_weights(prepared.model):
+            if config.training.mode == "loop":
+                from metatune.training.loop import run_loop
 
-            model, summary = run_loop(prepared, work, resume)
-        else:
-            from metatune.training.hf_trainer import run_trainer
+                model, summary = run_loop(prepared, work, resume)
+            else:
+                from metatune.training.hf_trainer import run_trainer
 
-            model, summary = run_trainer(prepared, work, resume)
-    except BaseException:
-        # A run that failed before its first checkpoint has nothing to resume: leave nothing behind.
-        if state.is_main_process and not any((work / "checkpoints").glob("checkpoint-*")):
+                model, summary = run_trainer(prepared, work, resume)
+            if stop_signal() is not None:  # the checkpoint of the last step is saved
+                raise stopped(summary["steps"])
+    except BaseException as e:
+        # A run that failed before its first checkpoint has nothing to resume: leave nothing behind,
+        # unless a write failed (full disk, read-only folder): its message says to --resume (which starts over).
+        resumable = isinstance(e, WriteFault) or any((work / "checkpoints").glob("checkpoint-*"))
+        if state.is_main_process and not resumable:
             shutil.rmtree(work, ignore_errors=True)
         raise
     info = prepared.info.model_copy(
@@ -74,9 +80,10 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     extra |= {name: work / name for name in prepared.files}
 
     def finish():
-        for write in prepared.files.values():
-            write(work)
-        save_run(model, prepared.tokenizer, info, output, objective.card, extra)
+        with training_writes(output, "the run"):
+            for write in prepared.files.values():
+                write(work)
+            save_run(model, prepared.tokenizer, info, output, objective.card, extra)
         shutil.rmtree(work, ignore_errors=True)
 
     on_main(state, finish)
