@@ -200,6 +200,16 @@ def evaluate(
     baseline: Annotated[str | None, typer.Option(help="Also evaluate the base model untrained: zero-shot")] = None,
     max_new_tokens: MaxNewTokens = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N documents of the split")] = None,
+    micro_fields: Annotated[
+        str | None,
+        typer.Option(
+            help="Also a micro average over these comma-separated fields (GROBID's five: title,creator,first_author,keywords,abstract)"
+        ),
+    ] = None,
+    collapse_whitespace: Annotated[
+        bool,
+        typer.Option("--collapse-whitespace", help="Evaluate on the texts with every run of whitespace made one space"),
+    ] = False,
     dtype: Dtype = "auto",
     trust_remote_code: TrustRemoteCode = False,
     snap: Snap = None,
@@ -217,13 +227,31 @@ def evaluate(
     settings = generation_settings(locals())
     with redirect_stdout(sys.stderr if json_ else sys.stdout):
         metrics = run_evaluate(
-            run_dir, data, split=split, report=report, settings=settings, baseline=baseline, limit=limit
+            run_dir,
+            data,
+            split=split,
+            report=report,
+            settings=settings,
+            baseline=baseline,
+            limit=limit,
+            micro_fields=[f.strip() for f in micro_fields.split(",") if f.strip()] if micro_fields else None,
+            collapse=collapse_whitespace,
         )
     if json_:
         _print_json(
             {
                 key: metrics[key]
-                for key in ("documents", "parse_failures", "repaired", "seconds", "micro", "macro", "fields", "run")
+                for key in (
+                    "documents",
+                    "parse_failures",
+                    "repaired",
+                    "seconds",
+                    "micro",
+                    "micro_chosen",
+                    "macro",
+                    "fields",
+                    "run",
+                )
                 if key in metrics
             }
         )

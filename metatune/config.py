@@ -15,6 +15,7 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -113,6 +114,9 @@ class TagSettings(Section):
     # with a decoder: let every token see the whole document (bidirectional) or only what precedes it
     # (causal, as the model was pretrained)
     attention: Literal["bidirectional", "causal"] = "bidirectional"
+    # this fraction of the training documents is also trained on with every run of whitespace made one
+    # space (line breaks gone, as the original SEDICI orchestrator and some PDF tools send text); seeded
+    augment_collapsed: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class TrainingSettings(Section):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from metatune.config import GenerationSettings
@@ -23,6 +23,7 @@ from metatune.metrics import MATCHINGS, score_documents
 from metatune.parsing import Extraction
 from metatune.report import bar_chart, markdown_table
 from metatune.run_info import RunInfo
+from metatune.text import collapse_whitespace
 from metatune.type_classifier import TypeClassifier, accuracy
 
 BASELINES = ("zero-shot",)
@@ -77,22 +78,24 @@ def scored_fields(items: list[Item], predictions: list[dict | None]) -> list[str
     return [f for f in union if f in present]
 
 
-def score_predictions(items: list[Item], predictions: list[dict | None]) -> dict:
+def score_predictions(items: list[Item], predictions: list[dict | None], chosen: list[str] | None = None) -> dict:
     """metrics.score_documents over (prediction, reference, type); a None prediction misses every field."""
     if len(items) != len(predictions):
         raise ValueError(f"{len(items)} documents but {len(predictions)} predictions")
     triples = [(p, item.reference, item.doc_type) for item, p in zip(items, predictions)]
-    return score_documents(triples, scored_fields(items, predictions))
+    return score_documents(triples, scored_fields(items, predictions), chosen)
 
 
-def evaluate_outputs(items: list[Item], results: list[Extraction], seconds: float = 0.0) -> tuple[dict, list[dict]]:
+def evaluate_outputs(
+    items: list[Item], results: list[Extraction], seconds: float = 0.0, chosen: list[str] | None = None
+) -> tuple[dict, list[dict]]:
     """Score what an extractor returned; returns (metrics, one row per document for predictions.jsonl).
 
     The values scored are the extractor's final ones (for a generate run: parsed, expanded from
     anchors, snapped to the source); each row also keeps what the model wrote (`raw`).
     """
     predictions = [r.data for r in results]
-    metrics = score_predictions(items, predictions)
+    metrics = score_predictions(items, predictions, chosen)
     metrics["parse_failures"] = sum(r.data is None for r in results)
     metrics["repaired"] = sum(r.repaired for r in results)
     metrics["seconds"] = round(seconds, 3)
@@ -188,6 +191,8 @@ def run_evaluate(
     settings: GenerationSettings = GenerationSettings(),
     baseline: str | None = None,
     limit: int | None = None,
+    micro_fields: list[str] | None = None,
+    collapse: bool = False,
     progress: bool = True,
 ) -> dict:
     """Evaluate a run (and optionally the zero-shot base model), write the report, print the table."""
@@ -198,6 +203,12 @@ def run_evaluate(
 
     objective = of_run(info)
     items = load_items(info, data, split, limit)
+    if micro_fields:
+        known = {f for item in items for f in item.fields} | {"first_author"}
+        if unknown := [f for f in micro_fields if f not in known]:
+            raise MetatuneError(f"--micro-fields: {unknown[0]!r} is not a field this run writes")
+    if collapse:  # the same documents with every run of whitespace made one space
+        items = [replace(item, text=collapse_whitespace(item.text)) for item in items]
     report = Path(report) if report else Path(run_dir) / f"eval-{split}"
     check_report_dir(report)
     types = type_accuracy(Path(run_dir), info, items)
@@ -209,7 +220,7 @@ def run_evaluate(
         extractor = open_(run_dir, settings)
         print(f"Evaluating {name} model on {len(items)} '{split}' documents of {data}")
         outputs, seconds = generate_outputs(extractor, items, settings.batch_size, progress)
-        metrics, rows = evaluate_outputs(items, outputs, seconds)
+        metrics, rows = evaluate_outputs(items, outputs, seconds, micro_fields)
         metrics["loops"] = sum(r.looped for r in outputs)
         metrics["run"] = {
             "run_dir": str(run_dir),
@@ -218,6 +229,7 @@ def run_evaluate(
             "objective": info.objective,
             "data": str(data),
             "split": split,
+            "collapsed_whitespace": collapse,
             **extractor.statistics(outputs),
             "device": str(extractor.device),
             "dtype": str(extractor.model.dtype).removeprefix("torch."),

@@ -147,7 +147,7 @@ def _prf(tp: float, fp: float, fn: float, support: int) -> dict:
     return {"precision": p, "recall": r, "f1": f1, "support": support}
 
 
-def _score(items: list[tuple[dict | None, dict, str]], fields: list[str]) -> dict:
+def _score(items: list[tuple[dict | None, dict, str]], fields: list[str], chosen: list[str] | None = None) -> dict:
     scored = list(fields) + (["first_author"] if "creator" in fields and "first_author" not in fields else [])
     # counts[field][matching] = [tp, fp, fn]; support does not depend on the matching
     counts = {f: {m: [0.0, 0.0, 0.0] for m in MATCHINGS} for f in scored}
@@ -180,18 +180,28 @@ def _score(items: list[tuple[dict | None, dict, str]], fields: list[str]) -> dic
         macro[m] = {
             k: (sum(row[k] for row in rows) / len(rows) if rows else 0.0) for k in ("precision", "recall", "f1")
         } | {"support": total}
-    return {"fields": per_field, "micro": micro, "macro": macro}
+    out = {"fields": per_field, "micro": micro, "macro": macro}
+    if chosen:  # a micro average over these fields only (first_author may be one: GROBID's five fields)
+        picked = [f for f in chosen if f in counts]
+        out["micro_chosen"] = {"fields": picked} | {
+            m: _prf(*(sum(counts[f][m][i] for f in picked) for i in range(3)), sum(support[f] for f in picked))
+            for m in MATCHINGS
+        }
+    return out
 
 
-def score_documents(items: list[tuple[dict | None, dict, str]], fields: list[str] | None = None) -> dict:
-    """Score (prediction or None, reference, document type) triples field by field."""
+def score_documents(
+    items: list[tuple[dict | None, dict, str]], fields: list[str] | None = None, chosen: list[str] | None = None
+) -> dict:
+    """Score (prediction or None, reference, document type) triples field by field; `chosen`: fields
+    of an extra micro average (`micro_chosen`)."""
     if fields is None:
         fields = list(dict.fromkeys(f for _, ref, _ in items for f in ref if f not in IGNORED_FIELDS))
     by_type = defaultdict(list)
     for item in items:
         by_type[item[2]].append(item)
     return {
-        **_score(items, fields),
+        **_score(items, fields, chosen),
         # the same field list for every type, so fields predicted where they do not apply count as FP
         "by_type": {t: _score(group, fields) for t, group in by_type.items()},
         "documents": len(items),

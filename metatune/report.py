@@ -17,6 +17,8 @@ def markdown_table(metrics: dict, matchings=MATCHINGS) -> str:
     """F1 (%) per field and matching, plus support; micro and macro rows at the end."""
     rows = [(f, metrics["fields"][f]) for f in _ordered_fields(metrics)]
     rows += [("**micro**", metrics["micro"]), ("**macro**", metrics["macro"])]
+    if chosen := metrics.get("micro_chosen"):
+        rows.append((f"**micro ({', '.join(chosen['fields'])})**", chosen))
     lines = [
         "| field | " + " | ".join(matchings) + " | support |",
         "|---|" + "---:|" * (len(matchings) + 1),

@@ -10,6 +10,13 @@ from __future__ import annotations
 import re
 import unicodedata
 
+
+def collapse_whitespace(text: str) -> str:
+    """The text with every run of whitespace (line breaks included) made one space: what the original
+    SEDICI orchestrator sends and what some PDF tools give."""
+    return " ".join(text.split())
+
+
 # Spacing accents as PDF text layers emit them, and the combining mark each one stands for. The ASCII
 # look-alikes (^ ` ~) are left out: in real text they are far more often code, math, paths or quotes.
 ACCENTS = {

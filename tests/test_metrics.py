@@ -178,3 +178,19 @@ def test_markdown_table_and_bar_chart(tmp_path):
     assert table[2] == "| title | 0.0 | 100.0 | 100.0 | 100.0 | 1 |"
     png = bar_chart(m, tmp_path / "f1.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_micro_over_chosen_fields_pools_only_those():
+    from metatune.metrics import score_documents
+
+    items = [
+        ({"title": "A", "creator": ["X"], "date": "2020"}, {"title": "A", "creator": ["X", "Y"], "date": "2021"}, "t"),
+        ({"title": "B"}, {"title": "C", "creator": ["Z"]}, "t"),
+    ]
+    scores = score_documents(items, ["title", "creator", "date"], chosen=["title", "first_author"])
+    chosen = scores["micro_chosen"]
+    assert chosen["fields"] == ["title", "first_author"]
+    # title: tp 1, fp 1, fn 1; first author: tp 1 (X), fn 1 (Z) -> P 2/3, R 2/4
+    assert chosen["strict"]["precision"] == pytest.approx(2 / 3) and chosen["strict"]["recall"] == pytest.approx(0.5)
+    assert chosen["strict"]["support"] == 4
+    assert "micro_chosen" not in score_documents(items, ["title"])

@@ -312,9 +312,7 @@ def test_the_custom_loop_trains_a_tagger_too(tmp_path, tiny_llama, synthetic):
     from metatune.training.run import train
 
     run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", "training.mode=loop", "training.max_steps=60"))
-    losses = [
-        json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
-    ]
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert losses[-1] < 0.3 * losses[0], losses
     records = synthetic_records(8, 2)
     results = open_run(run).extract([r["original_text"] for r in records])
@@ -342,6 +340,40 @@ def test_cli_extract_and_evaluate_work_unchanged_on_a_tag_run(tag_run, synthetic
 
     result = run_cli("evaluate", tag_run, "--data", synthetic, "--baseline", "zero-shot", cwd=tmp_path)
     assert result.returncode == 2 and "a tag run has no zero-shot baseline" in result.stderr
+
+    # GROBID's way of averaging, on the same documents with their line breaks gone
+    result = run_cli(
+        "evaluate", tag_run, "--data", synthetic, "--split", "test", "--report", tmp_path / "flat",
+        "--micro-fields", "title,creator,first_author", "--collapse-whitespace", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    flat = json.loads(result.stdout)
+    assert flat["run"]["collapsed_whitespace"] is True and flat["micro_chosen"]["fields"] == [
+        "title",
+        "creator",
+        "first_author",
+    ]
+    assert "| **micro (title, creator, first_author)** |" in (tmp_path / "flat" / "metrics.md").read_text()
+    result = run_cli("evaluate", tag_run, "--data", synthetic, "--micro-fields", "isbn", cwd=tmp_path)
+    assert result.returncode == 2 and "--micro-fields: 'isbn' is not a field this run writes" in result.stderr
+
+
+SCHEME_TC = TagScheme(("title", "creator"), ("Articulo",), ("creator",))
+
+
+def test_collapsed_copies_are_seeded_and_their_values_still_align(tiny_tokenizer):
+    from metatune.objectives.tag.objective import collapsed_copies
+
+    records = synthetic_records(40, 7)
+    copies = collapsed_copies(records, 0.5, seed=3)
+    assert copies == collapsed_copies(records, 0.5, seed=3) and 10 < len(copies) < 30
+    assert collapsed_copies(records, 0.0, seed=3) == [] and len(collapsed_copies(records, 1.0, seed=3)) == 40
+    for copy in copies:
+        assert "\n" not in copy["original_text"] and "  " not in copy["original_text"]
+        _, counts = encode_tagged(
+            copy, copy["original_text"], "Articulo", ["title", "creator"], SCHEME_TC, tiny_tokenizer, 256
+        )
+        assert all(aligned == total for total, aligned in counts.values()), counts
 
 
 def test_service_answers_from_a_tag_run(tag_run):

@@ -3,6 +3,8 @@ token-classification head, a loss over every labelled token; and its model card.
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from metatune.card import CardParts
@@ -15,6 +17,7 @@ from metatune.models import read_both_ways
 from metatune.objectives.base import Objective
 from metatune.objectives.tag.labels import NOT_TAGGED, TagCollator, TagScheme, encode_tagged, tag_loss
 from metatune.peft_setup import load_trainable
+from metatune.text import collapse_whitespace
 from metatune.training.common import LoopParts, Prepared, TrainerParts, describe
 
 
@@ -51,6 +54,14 @@ def encode_split(records, registry, fallback_type, fmt, scheme, tokenizer, max_i
     return encoded
 
 
+def collapsed_copies(records: list[dict], fraction: float, seed: int) -> list[dict]:
+    """Copies of a seeded `fraction` of the records whose text has every run of whitespace made one
+    space; their values align to that text as to the original (alignment folds whitespace)."""
+    rng = random.Random(seed)
+    picked = [r for r in records if rng.random() < fraction]
+    return [dict(r, original_text=collapse_whitespace(r["original_text"])) for r in picked]
+
+
 def count_targets(batch: dict) -> torch.Tensor:
     return batch["labels"].ne(IGNORE_INDEX).sum()
 
@@ -75,6 +86,9 @@ class TagObjective(Objective):
                 "training.objective=tag trains the full model: set model.lora.enabled=false and model.quantization=none"
             )
         train_records = dataset.split("training")
+        train_records = train_records + collapsed_copies(
+            train_records, config.tag.augment_collapsed, config.training.seed
+        )
         val_records = dataset.split("validation") if need_validation else []
         fmt = InputFormat.from_settings(d)
         scheme = tag_scheme(train_records, registry, d.fallback_type, fmt)
