@@ -7,7 +7,11 @@ metatune.text.clean_text, as training text does.
 from __future__ import annotations
 
 import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from metatune.data import read_text
@@ -74,6 +78,32 @@ def read_item(item: Item) -> str:
             raise MetatuneError("-: no text on standard input")
         return clean_text(text)
     return read_document(item.path)
+
+
+def read_ahead(items: Iterable[Item], workers: int, window: int) -> Iterator[tuple[Item, str | MetatuneError]]:
+    """(item, its text or the error that stopped reading it), in input order, while up to `window`
+    items further on are read by `workers` threads: PDFs parse (each in its own limited child
+    process, metatune/pdf.py) while the caller runs the model on what came before. At most `window`
+    texts are held at once."""
+    pending = iter(items)
+
+    def attempt(item: Item) -> str | MetatuneError:
+        try:
+            return read_item(item)
+        except MetatuneError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="read-ahead") as pool:
+        queue = deque((item, pool.submit(attempt, item)) for item in islice(pending, max(window, 1)))
+        try:
+            while queue:
+                item, future = queue.popleft()
+                for following in islice(pending, 1):
+                    queue.append((following, pool.submit(attempt, following)))
+                yield item, future.result()
+        finally:  # the caller stopped (an error, ^C): what has not started is not read
+            for _, future in queue:
+                future.cancel()
 
 
 def read_inputs(inputs: list[str]) -> tuple[list[tuple[str, str]], list[str]]:

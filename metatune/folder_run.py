@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import sys
+from itertools import islice
 from pathlib import Path
 
 import typer
 
-from metatune.documents import Item, read_item
+from metatune.documents import Item, read_ahead
 from metatune.errors import MetatuneError
 from metatune.files import write_atomic
 from metatune.formats import SUFFIXES, document_record, render
@@ -90,6 +91,9 @@ class DirectoryOut:
         pass
 
 
+READ_WORKERS = 2  # documents read at once ahead of the model (a PDF each in its own child process)
+
+
 def run_many(
     run_dir: Path,
     items: list[Item],
@@ -116,17 +120,18 @@ def run_many(
     written = unparsed = 0
     extractor = None
     bar = tqdm(total=len(pending), unit="doc", disable=len(pending) < 2, file=sys.stderr)
+    texts_ahead = read_ahead(pending, READ_WORKERS, 2 * batch_size)  # the next batch parses while this one runs
     try:
-        for start in range(0, len(pending), batch_size):
+        while chunk := list(islice(texts_ahead, batch_size)):
             batch, texts = [], []
-            for item in pending[start : start + batch_size]:
-                try:
-                    texts.append(read_item(item))
-                    batch.append(item)
-                except MetatuneError as e:
-                    failures.append(str(e))
-                    bar.write(f"error: {e} (skipped)", file=sys.stderr)
+            for item, text in chunk:
+                if isinstance(text, MetatuneError):
+                    failures.append(str(text))
+                    bar.write(f"error: {text} (skipped)", file=sys.stderr)
                     bar.update(1)
+                    continue
+                texts.append(text)
+                batch.append(item)
             if not batch:
                 continue
             extractor = extractor or open_extractor()  # loaded once the first document is readable
@@ -154,6 +159,7 @@ def run_many(
                     sink.write(record)
                 written += 1
     finally:
+        texts_ahead.close()
         bar.close()
         sink.close()
     if not written and not skipped and failures:

@@ -216,3 +216,45 @@ def test_a_full_queue_is_a_503_with_retry_after():
         first.join(30)
         second.join(30)
         assert answers == [200, 200]
+
+
+def test_reading_ahead_keeps_input_order_holds_a_bounded_window_and_the_pdf_limits(tmp_path, monkeypatch):
+    """The folder run parses the next documents while the model runs; order, errors and limits stay."""
+    import threading
+    import time
+    from pathlib import Path
+
+    from test_extract import heavy_pdf
+
+    import metatune.documents as documents
+    from metatune.documents import Item, read_ahead
+    from metatune.errors import MetatuneError
+
+    names = ["a.txt", "heavy.pdf", "missing.txt", "b.txt"]
+    (tmp_path / "a.txt").write_text("Título A", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("Título B", encoding="utf-8")
+    (tmp_path / "heavy.pdf").write_bytes(heavy_pdf(30, 600_000))
+    items = [Item(n, tmp_path / n, Path(n)) for n in names]
+    began = time.perf_counter()
+    out = list(read_ahead(items, workers=2, window=3))
+    assert time.perf_counter() - began < 20  # the heavy PDF is refused in seconds, in its own process
+    assert [item.name for item, _ in out] == names
+    assert out[0][1] == "Título A" and out[3][1] == "Título B"
+    assert "the content of its first pages is too large" in str(out[1][1])
+    assert isinstance(out[2][1], MetatuneError) and "missing.txt" in str(out[2][1])
+
+    started, lock = [], threading.Lock()
+    real = documents.read_item
+
+    def counted(item):
+        with lock:
+            started.append(item.name)
+        return real(item)
+
+    monkeypatch.setattr(documents, "read_item", counted)
+    many = [Item(f"{i}.txt", tmp_path / "a.txt", Path(f"{i}.txt")) for i in range(20)]
+    reader = read_ahead(many, workers=2, window=3)
+    first = next(reader)
+    time.sleep(0.2)
+    assert first[0].name == "0.txt" and len(started) <= 4  # the window, and the one that replaced the first
+    reader.close()
