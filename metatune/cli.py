@@ -288,13 +288,31 @@ def extract(
         typer.Option(help="Write one file per input here, each as soon as it is done; a rerun skips those written"),
     ] = None,
     force: Annotated[bool, typer.Option(help="Redo documents already in --out-dir or in the JSON Lines --out")] = False,
+    engine: Annotated[
+        str,
+        typer.Option(help="local (this process) or ray (a Ray cluster, or a local Ray: pip install 'metatune[ray]')"),
+    ] = "local",
+    workers: Annotated[int, typer.Option(help="--engine ray: actors that each load the model once")] = 1,
+    cpus_per_worker: Annotated[float, typer.Option(help="--engine ray: CPUs (and torch threads) per actor")] = 1.0,
+    address: Annotated[
+        str | None, typer.Option(help="--engine ray: the cluster to join (ray start's address); default: a local Ray")
+    ] = None,
 ):
     """Extract metadata from documents with a saved run."""
     from metatune.extract import run_extract
 
     settings = generation_settings(locals())
     code = run_extract(
-        run_dir, inputs, doc_type=type_, out=out, settings=settings, fmt=format_, out_dir=out_dir, force=force
+        run_dir,
+        inputs,
+        doc_type=type_,
+        out=out,
+        settings=settings,
+        fmt=format_,
+        out_dir=out_dir,
+        force=force,
+        engine=engine,
+        ray_options={"workers": workers, "cpus_per_worker": cpus_per_worker, "address": address},
     )
     if code:
         raise typer.Exit(code)

@@ -8,6 +8,7 @@ plain `from_pretrained`.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -28,9 +29,18 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise MetatuneError(f"{output}: already holds {what}; pass --overwrite to replace it")
 
 
-def save_run(model, tokenizer, info: RunInfo, output: Path, card, extra: dict[str, Path] | None = None) -> Path:
+def save_run(
+    model,
+    tokenizer,
+    info: RunInfo,
+    output: Path,
+    card,
+    extra: dict[str, Path] | None = None,
+    config_keys: dict | None = None,
+) -> Path:
     """Writes model, tokenizer, generation config, metatune.json and the model card (`card`: the run's
-    objective's card.Describe), then renames into place.
+    objective's card.Describe), then renames into place. `config_keys`: written into config.json
+    over what transformers saved (keys it does not save itself, such as `attn_implementation`).
 
     A LoRA model (peft) is saved as its adapter in `adapter/` plus, unless model.lora.merge is false
     in the run's config, the merged full model (see save_lora).
@@ -47,6 +57,10 @@ def save_run(model, tokenizer, info: RunInfo, output: Path, card, extra: dict[st
             info = info.model_copy(update={"lora": save_lora(model, tmp, settings, merge=settings.lora.merge)})
         else:
             model.save_pretrained(tmp)  # safetensors
+        if config_keys:
+            config_path = tmp / "config.json"
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            config_path.write_text(json.dumps({**config, **config_keys}, indent=2) + "\n", encoding="utf-8")
         tokenizer.save_pretrained(tmp)
         fix_tokenizer_class(tmp)
         for name, src in (extra or {}).items():
@@ -72,9 +86,11 @@ def read_run_info(run_dir: str | Path) -> RunInfo:
     return RunInfo.read(run_dir)
 
 
-def load_run(run_dir: str | Path, device: str | None = None, trust_remote_code: bool = False, head=None):
+def load_run(
+    run_dir: str | Path, device: str | None = None, trust_remote_code: bool = False, head=None, **model_kwargs
+):
     """(model, tokenizer, info) of a saved run, in eval mode; `head`: the transformers Auto class of
-    the run's model (default: its language model).
+    the run's model (default: its language model); `model_kwargs` go to its `from_pretrained`.
 
     Python code in the run, or in the base model it names, runs only with `trust_remote_code` (the
     caller's choice; metatune.json's model.trust_remote_code is ignored): a run is data, not a program.
@@ -82,12 +98,12 @@ def load_run(run_dir: str | Path, device: str | None = None, trust_remote_code: 
     from metatune.models import load_error
 
     try:
-        return _load_run(run_dir, device, trust_remote_code, head)
+        return _load_run(run_dir, device, trust_remote_code, head, model_kwargs)
     except (OSError, ValueError) as e:
         raise load_error(str(run_dir), e) from None
 
 
-def _load_run(run_dir: str | Path, device: str | None, trust_remote_code: bool, head):
+def _load_run(run_dir: str | Path, device: str | None, trust_remote_code: bool, head, model_kwargs: dict):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     from metatune.models import default_device
@@ -97,7 +113,7 @@ def _load_run(run_dir: str | Path, device: str | None, trust_remote_code: bool, 
         model = load_adapter_run(run_dir, info, trust_remote_code)
     else:
         cls = head or (AutoModelForSeq2SeqLM if info.seq2seq else AutoModelForCausalLM)
-        model = cls.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
+        model = cls.from_pretrained(run_dir, trust_remote_code=trust_remote_code, **model_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
     device = device or default_device()
     model.to(device).eval()

@@ -20,6 +20,8 @@ from metatune.faults import writing
 from metatune.files import write_atomic
 from metatune.formats import FORMATS, document_record, render
 
+ENGINES = ("local", "ray")  # where documents are extracted: this process, or a Ray cluster
+
 
 def run_extract(
     run_dir: Path,
@@ -31,17 +33,28 @@ def run_extract(
     fmt: str = "json",
     out_dir: Path | None = None,
     force: bool = False,
+    engine: str = "local",
+    ray_options: dict | None = None,
 ) -> int:
     """Extract and write; returns the exit status (1 when some inputs were unreadable and skipped).
 
     With `out_dir`, or several inputs and a JSON Lines `out`, each result is written when done and a
-    rerun skips what is there (metatune/folder_run.py)."""
+    rerun skips what is there (metatune/folder_run.py). `engine` "ray" runs them on Ray
+    (metatune/ray_engine.py; `ray_options`: workers, cpus_per_worker, address)."""
     from metatune.export import read_run_info
     from metatune.folder_run import check_outputs, run_many
     from metatune.objectives import open_run
 
     if fmt not in FORMATS:
         raise MetatuneError(f"--format: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    if engine not in ENGINES:
+        raise MetatuneError(f"--engine: unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+    if engine == "ray":
+        from metatune.ray_engine import check_ray
+
+        check_ray()
+        if out is None and out_dir is None:
+            raise MetatuneError("--engine ray writes results as they complete: give --out FILE.jsonl or --out-dir DIR")
     info = read_run_info(run_dir)
     if doc_type is not None and info.registry().find(doc_type) is None:
         raise MetatuneError(f"--type: unknown document type {doc_type!r} (known: {', '.join(info.types)})")
@@ -51,12 +64,27 @@ def run_extract(
         raise MetatuneError(f"{out}: cannot write there (no such directory)")
     check_outputs(out, out_dir)
     single = len(inputs) == 1 and (inputs[0] == "-" or not Path(inputs[0]).is_dir())
-    if out_dir is not None or (not single and out is not None and fmt == "json"):
+    if engine == "ray" or out_dir is not None or (not single and out is not None and fmt == "json"):
         items, problems = list_inputs(inputs)
         if not items:
             more = f" (and {len(problems) - 1} more unreadable inputs)" if len(problems) > 1 else ""
             raise MetatuneError((problems[0] if problems else "no input documents") + more)
         with writing(out_dir or out, "the results", then="rerun: it continues where it stopped"):
+            if engine == "ray":
+                from metatune.ray_engine import run_on_ray
+
+                return run_on_ray(
+                    run_dir,
+                    items,
+                    problems,
+                    doc_type=doc_type,
+                    out=out,
+                    out_dir=out_dir,
+                    fmt=fmt,
+                    force=force,
+                    settings=settings,
+                    **(ray_options or {}),
+                )
             return run_many(
                 run_dir,
                 items,

@@ -91,6 +91,21 @@ class DirectoryOut:
         pass
 
 
+def extract_batch(extractor, texts: list[str], doc_type: str | None, batch_size: int) -> list:
+    """One Extraction, or the MetatuneError that stopped it, per text. A batch whose model call fails
+    is tried again one document at a time, so that one poison document fails alone."""
+    try:
+        return extractor.extract(texts, [doc_type] * len(texts), batch_size)
+    except Exception as e:  # noqa: BLE001 - the model failed on this batch; its documents may not
+        if len(texts) == 1:
+            return [e if isinstance(e, MetatuneError) else model_failure(e)]
+    return [extract_batch(extractor, [text], doc_type, 1)[0] for text in texts]
+
+
+def model_failure(error: Exception) -> MetatuneError:
+    return MetatuneError(f"generation failed: {type(error).__name__}: {error}".splitlines()[0])
+
+
 READ_WORKERS = 2  # documents read at once ahead of the model (a PDF each in its own child process)
 
 
@@ -135,12 +150,7 @@ def run_many(
             if not batch:
                 continue
             extractor = extractor or open_extractor()  # loaded once the first document is readable
-            try:
-                results = extractor.extract(texts, [doc_type] * len(texts), batch_size)
-            except MetatuneError as e:
-                results = [e] * len(batch)
-            except Exception as e:  # noqa: BLE001 - the model failed on this batch; the others may not
-                results = [MetatuneError(f"generation failed: {type(e).__name__}: {e}".splitlines()[0])] * len(batch)
+            results = extract_batch(extractor, texts, doc_type, batch_size)
             for item, result in zip(batch, results):
                 bar.update(1)
                 if isinstance(result, Exception):

@@ -50,7 +50,7 @@ LAYERS = [
     # what uses a run or makes one
     ["objectives", "objectives.*", "inference", "training", "training.*"],
     # the commands
-    ["evaluate", "extract", "folder_run", "service", "bench", "bench.*"],
+    ["evaluate", "extract", "folder_run", "ray_engine", "service", "bench", "bench.*"],
     ["cli", "__main__"],
 ]
 

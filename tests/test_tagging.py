@@ -434,3 +434,26 @@ def test_forced_bf16_tag_training_and_extraction_run_on_any_cpu(tmp_path, tiny_l
     assert tagger.model.dtype == torch.bfloat16
     result = tagger.extract([synthetic_records(1, 9)[0]["original_text"]])[0]
     assert result.data is not None and result.data["language"] == "es"
+
+
+def test_a_transformers_pipeline_reads_a_bidirectional_tag_run_as_the_tagger_does(tag_run):
+    """pipeline("token-classification") on one unpadded document: the labels of the Tagger's logits."""
+    from transformers import pipeline
+
+    from metatune.objectives import open_run
+    from metatune.objectives.tag.labels import first_token_id, token_offsets
+
+    tagger = open_run(tag_run, GenerationSettings(dtype="float32"))
+    config = json.loads((tag_run / "config.json").read_text(encoding="utf-8"))
+    assert config["is_causal"] is False and config["id2label"]["1"] == "B-title"
+    assert "pipeline_tag: token-classification" in (tag_run / "README.md").read_text()
+    tag = pipeline("token-classification", model=str(tag_run), aggregation_strategy="none", device="cpu")
+    for record in synthetic_records(3, 11):
+        text = record["original_text"]
+        ids, _ = token_offsets(tagger.tokenizer, text, tagger.max_input_tokens - 1)
+        batch = tagger.collate([{"input_ids": [first_token_id(tagger.tokenizer), *ids]}])
+        with torch.no_grad():
+            argmax = tagger.model(**batch).logits[0].argmax(-1).tolist()
+        expected = {i: tagger.model.config.id2label[label] for i, label in enumerate(argmax) if i and label}
+        got = {e["index"]: e["entity"] for e in tag(text)}
+        assert got == expected and any(v.endswith("-title") for v in got.values())

@@ -29,9 +29,9 @@ def trained(tmp_path_factory, tiny_llama, one_thread):
     saved = {}
     real_save_run = run_module.save_run
 
-    def spy(model, tokenizer, info, out, card, extra=None):
+    def spy(model, tokenizer, info, out, card, extra=None, config_keys=None):
         saved["model"] = model
-        return real_save_run(model, tokenizer, info, out, card, extra)
+        return real_save_run(model, tokenizer, info, out, card, extra, config_keys)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(run_module, "save_run", spy)

@@ -59,6 +59,7 @@ class Prepared:
     skipped: int = 0  # examples left out (a target longer than max_target_tokens)
     stats: dict = field(default_factory=dict)  # training figures for metatune.json
     files: dict[str, Callable[[Path], None]] = field(default_factory=dict)  # saved with the run: name -> writer
+    config_keys: dict = field(default_factory=dict)  # written into the run's config.json (export.save_run)
 
 
 def micro_batches(config: Config, seq2seq: bool) -> tuple[int, int]:

@@ -83,7 +83,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         with training_writes(output, "the run"):
             for write in prepared.files.values():
                 write(work)
-            save_run(model, prepared.tokenizer, info, output, objective.card, extra)
+            save_run(model, prepared.tokenizer, info, output, objective.card, extra, prepared.config_keys)
         shutil.rmtree(work, ignore_errors=True)
 
     on_main(state, finish)

@@ -59,7 +59,10 @@ class Tagger(RunTypes):
     ) -> Tagger:
         from transformers import AutoModelForTokenClassification
 
-        model, tokenizer, info = load_run(run_dir, device, settings.trust_remote_code, AutoModelForTokenClassification)
+        # SDPA's fast kernel; read_both_ways makes it bidirectional (the run's config names eager for other runtimes)
+        model, tokenizer, info = load_run(
+            run_dir, device, settings.trust_remote_code, AutoModelForTokenClassification, attn_implementation="sdpa"
+        )
         return cls(run_dir, model, tokenizer, info, settings)
 
     @torch.inference_mode()

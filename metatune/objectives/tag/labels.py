@@ -80,6 +80,21 @@ def first_token_id(tokenizer) -> int:
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
+def start_with_the_type_position(tokenizer) -> None:
+    """Makes a plain tokenizer call (`add_special_tokens=True`, what a transformers pipeline does)
+    put the type position first, as metatune's Tagger does, on a fast tokenizer that does not
+    already: a token-classification pipeline then reads the run's inputs as the Tagger does."""
+    first = first_token_id(tokenizer)
+    if tokenizer("x")["input_ids"][:1] == [first] or not hasattr(tokenizer, "backend_tokenizer"):
+        return
+    from tokenizers import processors
+
+    token = tokenizer.convert_ids_to_tokens(first)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{token} $A", pair=f"{token} $A $B", special_tokens=[(token, first)]
+    )
+
+
 def span_labels(offsets: list[tuple[int, int]], spans: list[tuple[Span, str]], scheme: TagScheme) -> list[int]:
     """BIO label ids for tokens at `offsets`, given (span, field) pairs that do not overlap."""
     labels = [0] * len(offsets)

@@ -15,7 +15,14 @@ from metatune.errors import MetatuneError
 from metatune.formatting import InputFormat
 from metatune.models import read_both_ways
 from metatune.objectives.base import Objective
-from metatune.objectives.tag.labels import NOT_TAGGED, TagCollator, TagScheme, encode_tagged, tag_loss
+from metatune.objectives.tag.labels import (
+    NOT_TAGGED,
+    TagCollator,
+    TagScheme,
+    encode_tagged,
+    start_with_the_type_position,
+    tag_loss,
+)
 from metatune.peft_setup import load_trainable
 from metatune.text import collapse_whitespace
 from metatune.training.common import LoopParts, Prepared, TrainerParts, describe
@@ -105,6 +112,7 @@ class TagObjective(Objective):
         bidirectional = not seq2seq and config.tag.attention == "bidirectional"
         if bidirectional:
             read_both_ways(model)
+        start_with_the_type_position(tokenizer)  # the saved tokenizer; training encodes without special tokens
         tagging = {
             "scheme": scheme.to_dict(),
             "bidirectional": bidirectional,
@@ -130,6 +138,10 @@ class TagObjective(Objective):
             TrainerParts(collate, tag_loss),
             LoopParts(collate, example_losses, count_targets),
             stats=stats,
+            # Runtimes that load the run with transformers read it both ways too: its config says
+            # `is_causal: false`, and eager attention, which (unlike SDPA, that asks the attention
+            # modules, causal in code) masks nothing but padding. metatune's Tagger loads it with SDPA.
+            config_keys={"attn_implementation": "eager"} if bidirectional else {},
         )
 
     def extractor(self, run_dir, settings: GenerationSettings, device: str | None = None):
@@ -142,8 +154,14 @@ class TagObjective(Objective):
             pipeline_tag="token-classification",
             how="by labelling the tokens of the text that hold each value",
             note=(
-                "The first position of the input carries the document type's label and a bidirectional run "
-                "reads the document with a mask metatune builds: load the run with metatune (above), not with "
-                "a plain token-classification pipeline."
+                "The first position of the input (the tokenizer's first special token) carries the document "
+                "type's label; the other tokens carry BIO labels of the fields (`id2label`). A transformers "
+                "token-classification pipeline reads the run as metatune does and gives, token for token, "
+                "the labels of the same logits; metatune's Tagger adds Viterbi decoding over valid label "
+                "sequences, word boundaries and the JSON record.\n\n"
+                "```python\n"
+                "from transformers import pipeline\n\n"
+                f'tagger = pipeline("token-classification", model="{name}")\n'
+                "```"
             ),
         )
