@@ -129,7 +129,7 @@ def run_on_ray(
                         "threads": max(int(cpus_per_worker), 1),
                     },
                     batch_size=settings.batch_size,
-                    compute=ray.data.ActorPoolStrategy(size=workers),
+                    concurrency=(1, workers),  # starts with one actor: reads need CPU too
                     num_cpus=cpus_per_worker,
                     max_restarts=RESTARTS,
                     max_task_retries=RESTARTS,
