@@ -111,7 +111,10 @@ def run_on_ray(
         started_here = not ray.is_initialized()
         if started_here:
             os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-            kwargs = {"address": address} if address else {"num_cpus": max(os.cpu_count() or 1, 1)}
+            # a local Ray: the actors' CPUs, and one more logical CPU for the reads that feed them (a
+            # read is mostly waiting on its PDF child process), else actors holding every CPU starve them
+            cpus = max(os.cpu_count() or 1, int(workers * cpus_per_worker + 0.999))
+            kwargs = {"address": address} if address else {"num_cpus": cpus + 1}
             ray.init(**kwargs, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
             rows = [
