@@ -41,7 +41,7 @@ TRAINING_KEYS = (
 
 @dataclass(frozen=True)
 class CardParts:
-    """What a run's objective says in its card (metatune.objectives.base.Objective.card)."""
+    """What the card says about how the run writes the metadata (metatune.objectives.base.Objective.card)."""
 
     pipeline_tag: str  # the Hub's task for the run
     how: str = ""  # ends the card's first sentence: how the run writes the metadata
@@ -79,7 +79,7 @@ def record_evaluation(run_dir: Path, metrics: dict, describe: Describe) -> None:
 
 
 def write_card(run_dir: Path, describe: Describe, info: RunInfo | None = None, name: str | None = None) -> None:
-    """README.md in `run_dir`; `describe`: the run's objective's card; `name`: the run's name when
+    """README.md in `run_dir`; `describe`: the run's CardParts; `name`: the run's name when
     `run_dir` is still its temporary directory."""
     run_dir = Path(run_dir)
     if info is None:

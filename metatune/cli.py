@@ -136,7 +136,7 @@ def data_validate(
     coverage = alignment_coverage(dataset, registry, fallback_type)
     if coverage:
         typer.echo(
-            "found in the text (what training.objective=tag can label): "
+            "found in the text (what a run can copy or label verbatim): "
             + ", ".join(f"{f} {a}/{t} ({100 * a / t:.0f}%)" for f, (t, a) in coverage.items())
         )
     typer.echo(f"{path}: OK")

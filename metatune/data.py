@@ -297,7 +297,7 @@ def write_split(dataset: Dataset, out: Path) -> None:
 def alignment_coverage(
     dataset: Dataset, registry: TypeRegistry, fallback_type: str | None = None
 ) -> dict[str, list[int]]:
-    """Per field, [values, values found in their document's text]: what training.objective=tag can label."""
+    """Per field, [values, values found in their document's text]: what a run can copy or label verbatim."""
     from metatune.alignment import align_record
 
     coverage: dict[str, list[int]] = {}

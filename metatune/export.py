@@ -38,8 +38,8 @@ def save_run(
     extra: dict[str, Path] | None = None,
     config_keys: dict | None = None,
 ) -> Path:
-    """Writes model, tokenizer, generation config, metatune.json and the model card (`card`: the run's
-    objective's card.Describe), then renames into place. `config_keys`: written into config.json
+    """Writes model, tokenizer, generation config, metatune.json and the model card (`card`: a
+    card.Describe), then renames into place. `config_keys`: written into config.json
     over what transformers saved (keys it does not save itself, such as `attn_implementation`).
 
     A LoRA model (peft) is saved as its adapter in `adapter/` plus, unless model.lora.merge is false

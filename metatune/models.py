@@ -207,7 +207,7 @@ def load_pretrained(settings: ModelSettings, labels: list[str] | None = None):
         if type(config) not in cls._model_mapping:
             raise MetatuneError(
                 f"model '{settings.name}' ({config.model_type}) has no token-classification head "
-                "in transformers; training.objective=tag needs one (Llama, Qwen, Mistral, Gemma...)"
+                "in transformers (Llama, Qwen, Mistral, Gemma... have one)"
             )
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))

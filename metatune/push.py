@@ -25,7 +25,7 @@ def hub_token() -> str | None:
 
 def push(run_dir: Path, repo_id: str, private: bool = False, message: str | None = None, *, card=None) -> str:
     """Creates the repository if needed and uploads the run; returns the repository's URL.
-    `card`: the run's objective's card.Describe, to write the card of a run saved before cards existed."""
+    `card`: a card.Describe, to write the card of a run saved before cards existed."""
     from huggingface_hub import HfApi
     from huggingface_hub.constants import HF_HUB_OFFLINE
     from huggingface_hub.errors import HFValidationError

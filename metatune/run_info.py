@@ -1,7 +1,7 @@
 """metatune.json: what a saved run is and how its inputs were built, as one typed object.
 
-Training builds a RunInfo (training/common.describe; each objective adds its own section, such as
-the tag objective's "tagging"), saving writes it beside the weights, and every reader gets its
+Training builds a RunInfo (metatune.objectives.base.describe, plus sections a run adds, such as
+"tagging"), saving writes it beside the weights, and every reader gets its
 settings from the attributes. The file's format is unchanged (format_version 1); keys a later version adds are kept
 as they are, and keys added since the first runs have defaults, so older runs still read.
 """

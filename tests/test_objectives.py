@@ -24,7 +24,8 @@ class FirstLine(Objective):
     def prepare(self, config, registry, dataset, need_validation):
         from metatune.formatting import InputFormat
         from metatune.models import load_base
-        from metatune.training.common import Prepared, TrainerParts, describe
+        from metatune.objectives.base import describe
+        from metatune.training.common import Prepared, TrainerParts
 
         model, tokenizer, seq2seq = load_base(config.model, labels=["other", "first line"])
 

@@ -9,17 +9,21 @@ metatune.json and in the model card, and its extractor. The training engines, `e
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from metatune import __version__
 from metatune.config import Config, GenerationSettings
 from metatune.errors import MetatuneError
+from metatune.formatting import InputFormat
+from metatune.run_info import InputSpec, RunInfo, TokenLimits
 
 if TYPE_CHECKING:
     from metatune.card import CardParts
     from metatune.doctypes import TypeRegistry
     from metatune.parsing import Extraction
-    from metatune.run_info import RunInfo
     from metatune.training.common import Prepared
 
 
@@ -92,3 +96,32 @@ class Objective:
     def card(self, info: RunInfo, name: str) -> CardParts:
         """What the model card of a run of this objective (named `name`) says about it."""
         raise NotImplementedError
+
+
+def describe(
+    config: Config, registry, fmt: InputFormat, seq2seq: bool, chat: bool = False, prompts: dict | None = None
+) -> RunInfo:
+    """The run's description for metatune.json: how its inputs were built, from what; an objective
+    adds its own section."""
+    d = config.data
+    return RunInfo(
+        metatune_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        base_model=config.model.name,
+        architecture="seq2seq" if seq2seq else "causal",
+        objective=config.training.objective,
+        input=InputSpec(
+            style=fmt.style,
+            include_fields=fmt.include_fields,
+            exclude_fields=list(fmt.exclude_fields),
+            chat_template=chat,
+            prompts=prompts or {},
+            anchor_min_words=fmt.anchor_min_words,
+            anchor_words=fmt.anchor_words,
+            prompt_example=fmt.prompt_example,
+        ),
+        limits=TokenLimits(max_input_tokens=d.max_input_tokens, max_target_tokens=d.max_target_tokens),
+        fallback_type=d.fallback_type,
+        types=registry.to_dict(),
+        config=json.loads(config.model_dump_json()),
+    )

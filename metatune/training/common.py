@@ -1,28 +1,24 @@
-"""What the training engines (the Trainer path, the custom loop) receive from an objective, and what
-every run shares: its work directory and the generic part of its description."""
+"""What the training engines (the Trainer path, the custom loop) receive to train (`Prepared`), and
+where a run keeps its checkpoints until it is complete."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from metatune import __version__
 from metatune.config import Config
 from metatune.errors import MetatuneError
 from metatune.export import check_output
-from metatune.formatting import InputFormat
-from metatune.run_info import InputSpec, RunInfo, TokenLimits
+from metatune.run_info import RunInfo
 
 
 @dataclass
 class TrainerParts:
-    """What the Trainer engine (training/hf_trainer.py) needs from an objective."""
+    """What the Trainer engine (training/hf_trainer.py) needs: a collator and a loss."""
 
     collate: Callable[[list[dict]], dict]
     loss: Callable | None = (
@@ -35,7 +31,7 @@ class TrainerParts:
 
 @dataclass
 class LoopParts:
-    """What the custom loop (training/loop.py) needs from an objective: a collator, per-example losses
+    """What the custom loop (training/loop.py) needs: a collator, per-example losses
     (summed cross-entropy over an example's targets, and their number) and the targets of a batch."""
 
     collate: Callable[[list[dict]], dict]
@@ -45,7 +41,7 @@ class LoopParts:
 
 @dataclass
 class Prepared:
-    """Everything an engine trains and a run is saved from, as an objective prepared it."""
+    """Everything an engine trains and a run is saved from."""
 
     config: Config
     model: object
@@ -55,7 +51,7 @@ class Prepared:
     validation: list[dict]
     info: RunInfo  # what goes into metatune.json
     trainer: TrainerParts
-    loop: LoopParts | None = None  # None: the objective trains with training.mode=trainer only
+    loop: LoopParts | None = None  # None: training.mode=loop is refused
     skipped: int = 0  # examples left out (a target longer than max_target_tokens)
     stats: dict = field(default_factory=dict)  # training figures for metatune.json
     files: dict[str, Callable[[Path], None]] = field(default_factory=dict)  # saved with the run: name -> writer
@@ -102,32 +98,3 @@ def start_output(config: Config, resume: bool, overwrite: bool) -> tuple[Path, P
             )
         shutil.rmtree(work)
     return output, work  # prepare() creates `work` once the data and the model have loaded
-
-
-def describe(
-    config: Config, registry, fmt: InputFormat, seq2seq: bool, chat: bool = False, prompts: dict | None = None
-) -> RunInfo:
-    """The run's description for metatune.json: how its inputs were built, from what (an objective
-    adds its own section)."""
-    d = config.data
-    return RunInfo(
-        metatune_version=__version__,
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        base_model=config.model.name,
-        architecture="seq2seq" if seq2seq else "causal",
-        objective=config.training.objective,
-        input=InputSpec(
-            style=fmt.style,
-            include_fields=fmt.include_fields,
-            exclude_fields=list(fmt.exclude_fields),
-            chat_template=chat,
-            prompts=prompts or {},
-            anchor_min_words=fmt.anchor_min_words,
-            anchor_words=fmt.anchor_words,
-            prompt_example=fmt.prompt_example,
-        ),
-        limits=TokenLimits(max_input_tokens=d.max_input_tokens, max_target_tokens=d.max_target_tokens),
-        fallback_type=d.fallback_type,
-        types=registry.to_dict(),
-        config=json.loads(config.model_dump_json()),
-    )

@@ -211,7 +211,7 @@ def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
 
 
 def build_trainer(prepared: Prepared, args: TrainingArguments, callbacks: list) -> Trainer:
-    """The Trainer `run_trainer` uses (also timed by metatune.bench), with the objective's collator and loss."""
+    """The Trainer `run_trainer` uses (also timed by metatune.bench), with the collator and loss it was given."""
     parts = prepared.trainer
     cls = Seq2SeqTrainer if prepared.seq2seq else Trainer
     trainer = cls(

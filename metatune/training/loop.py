@@ -178,7 +178,7 @@ class Loop:
     train_loader: DataLoader
     eval_loader: DataLoader | None  # None without validation each epoch
     t: TrainingSettings
-    parts: LoopParts  # the objective's collator and losses
+    parts: LoopParts  # the collator and losses to train with
     total_steps: int
     metrics: Path
     checkpoints: Path

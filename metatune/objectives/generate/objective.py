@@ -16,9 +16,9 @@ from metatune.encoding import IGNORE_INDEX, PromptEncoder, collator
 from metatune.errors import MetatuneError
 from metatune.formatting import InputFormat
 from metatune.models import make_greedy, unwritable_characters
-from metatune.objectives.base import Objective
+from metatune.objectives.base import Objective, describe
 from metatune.peft_setup import load_trainable
-from metatune.training.common import LoopParts, Prepared, TrainerParts, describe
+from metatune.training.common import LoopParts, Prepared, TrainerParts
 from metatune.type_classifier import FILE as TYPE_CLASSIFIER_FILE
 from metatune.type_classifier import TypeClassifier, accuracy
 

@@ -14,7 +14,7 @@ from metatune.encoding import IGNORE_INDEX
 from metatune.errors import MetatuneError
 from metatune.formatting import InputFormat
 from metatune.models import read_both_ways
-from metatune.objectives.base import Objective
+from metatune.objectives.base import Objective, describe
 from metatune.objectives.tag.labels import (
     NOT_TAGGED,
     TagCollator,
@@ -25,7 +25,7 @@ from metatune.objectives.tag.labels import (
 )
 from metatune.peft_setup import load_trainable
 from metatune.text import collapse_whitespace
-from metatune.training.common import LoopParts, Prepared, TrainerParts, describe
+from metatune.training.common import LoopParts, Prepared, TrainerParts
 
 
 def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> TagScheme:
