@@ -165,11 +165,14 @@ MONTHS = {name: i + 1 for names in _MONTH_NAMES for i, name in enumerate(names.s
 MONTHS.update({name[:3]: n for name, n in list(MONTHS.items())})
 MONTHS.update({"sept": 9, "setiembre": 9, "set": 9})
 _MONTH = r"(?P<month>" + "|".join(sorted(MONTHS, key=len, reverse=True)) + r")\.?"
+_ORDINAL = r"(?:st|nd|rd|th|º|°|o\b)?"
+_TO_DAY = rf"(?:\s*(?:-|–|al|a|to|y|and)\s*\d{{1,2}}{_ORDINAL})?"  # a range of days: its first day is the date
 _DATE_PATTERNS = [
     re.compile(r"\b(?P<year>(?:1[89]|20)\d\d)[-/.](?P<mm>\d{1,2})(?:[-/.](?P<day>\d{1,2}))?\b"),
     re.compile(r"\b(?P<day>\d{1,2})[-/.](?P<mm>\d{1,2})[-/.](?P<year>(?:1[89]|20)\d\d)\b"),
-    re.compile(
-        rf"\b(?:(?P<day>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:de\s+)?)?{_MONTH},?\s+(?:(?P<day2>\d{{1,2}}),?\s+)?(?:de\s+)?(?P<year>(?:1[89]|20)\d\d)\b",
+    re.compile(  # "1 de marzo de 2019", "1º al 3 de marzo de 2019", "March 1st-3rd, 2019", "1st of March 2019"
+        rf"\b(?:(?P<day>\d{{1,2}}){_ORDINAL}{_TO_DAY}\s+(?:de\s+|of\s+)?)?{_MONTH},?\s+"
+        rf"(?:(?P<day2>\d{{1,2}}){_ORDINAL}{_TO_DAY},?\s+)?(?:de\s+|del\s+)?(?P<year>(?:1[89]|20)\d\d)\b",
         re.IGNORECASE,
     ),
     re.compile(r"\b(?P<year>(?:1[89]|20)\d\d)\b"),

@@ -1,6 +1,7 @@
-"""The scripts that turn a run's reports into the published tables."""
+"""The scripts: the one that turns a run's reports into the published tables, and the sample generator."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,46 @@ def test_grobid_comparison_without_a_report_says_what_to_run(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "metrics.json not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def make_sample(*args):
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_sample.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_make_sample_rewrites_data_sample_byte_for_byte(tmp_path):
+    result = make_sample("--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("sample.json", "holdout.txt"):
+        assert (tmp_path / name).read_bytes() == (REPO / "data" / "sample" / name).read_bytes()
+
+
+def test_make_sample_catalogued_is_seeded_and_differs_from_the_page_as_a_catalogue_does(tmp_path):
+    for run in ("a", "b"):
+        result = make_sample("--catalogued", "--per-type", 6, "--seed", 13, "--out", tmp_path / run)
+        assert result.returncode == 0, result.stderr
+    for name in ("sample.json", "holdout.txt"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    dataset = json.loads((tmp_path / "a" / "sample.json").read_text(encoding="utf-8"))
+    assert {split: len(records) for split, records in dataset.items()} == {"training": 24, "validation": 4, "test": 4}
+    records = [r for split in dataset.values() for r in split]
+
+    creators = [c for r in records for c in r["creator"]]
+    assert all(re.fullmatch(r"[^,]+, [^,]+", c) for c in creators)  # "Surname, Given"
+    assert any(" " in c.split(", ")[0] for c in creators)  # "de la Fuente, María Laura", "García Márquez, ..."
+
+    def given_first(value, text):  # not verbatim, but "Given Surname" or "G. Surname"
+        surname, given = value.split(", ")
+        initials = " ".join(f"{g[0]}." for g in given.split())
+        return value not in text and (f"{given} {surname}" in text or f"{initials} {surname}" in text)
+
+    reworded = [r for r in records if all(given_first(c, r["original_text"]) for c in r["creator"])]
+    assert len(reworded) >= 0.8 * len(records)
+    assert all(re.fullmatch(r"\d{4}(-\d\d){0,2}", r["date"]) for r in records)
+    assert all(r["rights"] and r["rightsurl"] for r in records)
+    for field in ("rights", "rightsurl"):
+        assert sum(r[field] not in r["original_text"] for r in records) >= len(records) / 2
+    assert all(r["degree.name"] not in r["original_text"] for r in records if r["type"] == "Tesis")

@@ -15,7 +15,7 @@ from metatune.objectives.tag.labels import (
     allowed_transitions,
     decode,
     encode_tagged,
-    span_labels,
+    bio_labels,
     tag_loss,
     to_record,
     viterbi,
@@ -44,10 +44,10 @@ def test_labels_list_outside_then_bio_per_field_then_types():
     assert TagScheme.from_dict(SCHEME.to_dict()) == SCHEME
 
 
-def test_span_labels_begin_each_item_and_leave_the_rest_outside():
+def test_bio_labels_begin_each_item_and_leave_the_rest_outside():
     offsets = [(0, 4), (5, 9), (10, 13), (14, 18), (19, 23)]
-    spans = [(Span(0, 9), "title"), (Span(10, 13), "creator"), (Span(14, 18), "creator")]
-    assert span_labels(offsets, spans, SCHEME) == [B_TITLE, I_TITLE, B_CREATOR, B_CREATOR, O]
+    spans = [(Span(0, 9), "title", None), (Span(10, 13), "creator", None), (Span(14, 18), "creator", None)]
+    assert bio_labels(offsets, spans, SCHEME) == [B_TITLE, I_TITLE, B_CREATOR, B_CREATOR, O]
 
 
 def test_encoded_record_puts_the_type_first_and_counts_unaligned_values(tiny_tokenizer):
@@ -70,7 +70,7 @@ def test_encoded_record_puts_the_type_first_and_counts_unaligned_values(tiny_tok
 
 
 def test_viterbi_never_puts_an_inside_label_without_its_begin():
-    allowed = allowed_transitions(SCHEME)[: SCHEME.first_type_label, : SCHEME.first_type_label]
+    allowed = allowed_transitions(SCHEME)
     scores = torch.full((4, 9), -10.0)
     scores[0, O] = 0
     scores[1, I_TITLE] = 0  # alone, argmax would start a title with I-
@@ -273,8 +273,12 @@ def test_a_tiny_tagger_learns_and_its_run_says_how_it_was_trained(tag_run):
         "types": ["Articulo"],
         "lists": ["creator"],
         "repeats": False,
+        "surnames": [],  # the names are written as the page writes them
+        "classes": {},
+        "date_form": ["/", ""],
     }
     assert info["tagging"]["alignment"]["title"] == {"values": 48, "aligned": 48}
+    assert info["tagging"]["produced"]["title"] == {"how": "span", "values": 48, "in_text": 48}
     assert "language" in info["tagging"]["not_tagged"]
 
 

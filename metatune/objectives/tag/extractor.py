@@ -23,6 +23,7 @@ from metatune.objectives.tag.labels import (
     TagCollator,
     TagScheme,
     allowed_transitions,
+    class_prompts,
     decode,
     first_token_id,
     to_record,
@@ -47,6 +48,7 @@ class Tagger(RunTypes):
             read_both_ways(self.model)
         self.collate = TagCollator(self.tokenizer.pad_token_id)
         self.allowed = allowed_transitions(self.scheme)
+        self.prompts = class_prompts(self.tokenizer, self.scheme)
         self.max_input_tokens = self.info.limits.max_input_tokens
         self.default_type = self.info.fallback_type or (
             self.scheme.types[0] if len(self.scheme.types) == 1 else "general"
@@ -78,17 +80,21 @@ class Tagger(RunTypes):
         if len(requested) != len(texts):
             raise MetatuneError(f"{len(texts)} texts but {len(requested)} types")
         asked = [self.resolve_type(t) if t is not None else None for t in requested]
-        encoded = [token_offsets(self.tokenizer, text, self.max_input_tokens - 1) for text in texts]
+        budget = self.max_input_tokens - 1 - sum(map(len, self.prompts))
+        encoded = [token_offsets(self.tokenizer, text, budget) for text in texts]
+        after = [t for prompt in self.prompts for t in prompt]  # each closed-list field's prompt
         start_id = first_token_id(self.tokenizer)
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i][0]), reverse=True)
         results: list[Extraction | None] = [None] * len(texts)
         bar = tqdm(total=len(texts), unit="doc", disable=not progress, leave=False)
         for begin in range(0, len(order), batch_size):
             rows = order[begin : begin + batch_size]
-            batch = self.collate([{"input_ids": [start_id, *encoded[i][0]]} for i in rows])
+            batch = self.collate([{"input_ids": [start_id, *encoded[i][0], *after]} for i in rows])
             logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.cpu()
             for r, i in enumerate(rows):
-                predicted, values = decode(logits[r], encoded[i][1], texts[i], self.scheme, self.allowed)
+                predicted, values = decode(
+                    logits[r], encoded[i][1], texts[i], self.scheme, self.allowed, list(map(len, self.prompts))
+                )
                 doc_type = asked[i] or (predicted if self.registry.find(predicted) else self.resolve_type(None))
                 results[i] = self._extraction(texts[i], doc_type, values)
             bar.update(len(rows))

@@ -10,6 +10,7 @@ causal model that sees only the left context cannot tell that the line starting 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -19,30 +20,63 @@ from metatune.encoding import IGNORE_INDEX
 
 OUTSIDE = "O"
 TYPE_PREFIX = "TYPE="
+SURNAME = "~surname"  # suffix of the labels of a name's surname words
 CHARS_PER_TOKEN_BOUND = 16  # no tokenizer spends fewer than 1 token per 16 characters of prose
 NOT_TAGGED = ("language",)  # not a span of the text: detected (metatune.language), never tagged
 
 
 @dataclass(frozen=True)
 class TagScheme:
-    """The fields a run tags and the document types it tells apart, as token labels."""
+    """The fields a run tags and the document types it tells apart, as token labels.
+
+    Labels, in order: O; B-/I- per tagged field; B-/I- with SURNAME per person field the training data
+    writes "Surname, Given" (a name's surname words carry those); one TYPE= label per type; one
+    `field=value` label per value of a closed-list field (`classes`), `field=` for no value.
+    """
 
     fields: tuple[str, ...]
     types: tuple[str, ...]
     lists: tuple[str, ...] = ()  # fields the training data gives as lists (whatever the type table says)
     repeats: bool = False  # the training lists name a value again where the text repeats it
+    surnames: tuple[str, ...] = ()  # person fields whose training values are "Surname, Given"
+    classes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # closed-list fields and their training values
+    date_form: tuple[str, str] = ("/", "")  # the training dates' separator, and their one precision or ""
+
+    @property
+    def span_labels(self) -> list[str]:
+        spans = [f"{p}-{f}" for f in self.fields for p in ("B", "I")]
+        spans += [f"{p}-{f}{SURNAME}" for f in self.surnames for p in ("B", "I")]
+        return [OUTSIDE, *spans]
 
     @property
     def labels(self) -> list[str]:
-        spans = [f"{p}-{f}" for f in self.fields for p in ("B", "I")]
-        return [OUTSIDE, *spans, *(TYPE_PREFIX + t for t in self.types)]
+        classes = [f"{field}={value}" for field, values in self.classes for value in ("", *values)]
+        return [*self.span_labels, *(TYPE_PREFIX + t for t in self.types), *classes]
 
     @property
     def first_type_label(self) -> int:
-        return 1 + 2 * len(self.fields)
+        return len(self.span_labels)
 
-    def begin(self, field: str) -> int:
+    def first_class_label(self, field: str) -> int:
+        """The label id of `field=` (no value); its values follow in order."""
+        at = self.first_type_label + len(self.types)
+        for name, values in self.classes:
+            if name == field:
+                return at
+            at += 1 + len(values)
+        raise KeyError(field)
+
+    def begin(self, field: str, surname: bool = False) -> int:
+        if surname:
+            return 1 + 2 * len(self.fields) + 2 * self.surnames.index(field)
         return 1 + 2 * self.fields.index(field)
+
+    def span_label(self, label: int) -> tuple[str, bool, bool]:
+        """(field, inside, surname) of a span label id (not O)."""
+        k, inside = divmod(label - 1, 2)
+        if k < len(self.fields):
+            return self.fields[k], bool(inside), False
+        return self.surnames[k - len(self.fields)], bool(inside), True
 
     def to_dict(self) -> dict:
         return {
@@ -50,11 +84,22 @@ class TagScheme:
             "types": list(self.types),
             "lists": list(self.lists),
             "repeats": self.repeats,
+            "surnames": list(self.surnames),
+            "classes": {field: list(values) for field, values in self.classes},
+            "date_form": list(self.date_form),
         }
 
     @classmethod
     def from_dict(cls, raw: dict) -> TagScheme:
-        return cls(tuple(raw["fields"]), tuple(raw["types"]), tuple(raw.get("lists", ())), raw.get("repeats", False))
+        return cls(
+            tuple(raw["fields"]),
+            tuple(raw["types"]),
+            tuple(raw.get("lists", ())),
+            raw.get("repeats", False),
+            tuple(raw.get("surnames", ())),
+            tuple((field, tuple(values)) for field, values in raw.get("classes", {}).items()),
+            tuple(raw.get("date_form", ("/", ""))),
+        )
 
 
 def token_offsets(tokenizer, text: str, max_tokens: int) -> tuple[list[int], list[tuple[int, int]]]:
@@ -95,10 +140,21 @@ def start_with_the_type_position(tokenizer) -> None:
     )
 
 
-def span_labels(offsets: list[tuple[int, int]], spans: list[tuple[Span, str]], scheme: TagScheme) -> list[int]:
-    """BIO label ids for tokens at `offsets`, given (span, field) pairs that do not overlap."""
+def surname_within(text: str, span: Span, value: str) -> Span | None:
+    """Where the surname of a catalogued name ("Surname, Given") sits inside its aligned `span`."""
+    surname, comma, given = value.partition(",")
+    if not comma or not given.strip():
+        return None
+    found = Source(text[span.start : span.end]).occurrences(surname.strip())
+    return Span(span.start + found[0].start, span.start + found[0].end) if found else None
+
+
+def bio_labels(
+    offsets: list[tuple[int, int]], spans: list[tuple[Span, str, Span | None]], scheme: TagScheme
+) -> list[int]:
+    """BIO label ids for tokens at `offsets`, given (span, field, its surname or None) that do not overlap."""
     labels = [0] * len(offsets)
-    for span, field in spans:
+    for span, field, surname in spans:
         # a token of only whitespace (trimmed to an empty offset) belongs to a span it sits inside: a line
         # break within a title continues the title
         inside = [
@@ -107,27 +163,50 @@ def span_labels(offsets: list[tuple[int, int]], spans: list[tuple[Span, str]], s
             if (s < e and s < span.end and e > span.start) or (s == e and span.start < s < span.end)
         ]
         for k, i in enumerate(inside):
-            labels[i] = scheme.begin(field) + (0 if k == 0 else 1)
+            s, e = offsets[i]
+            in_surname = surname is not None and s < e and s < surname.end and e > surname.start
+            labels[i] = scheme.begin(field, in_surname) + (0 if k == 0 else 1)
     return labels
 
 
+def class_prompts(tokenizer, scheme: TagScheme) -> list[list[int]]:
+    """The tokens read after the document for each closed-list field ("\\nrights:"); the last one carries
+    the field's value label."""
+    return [tokenizer(f"\n{field}:", add_special_tokens=False)["input_ids"] for field, _ in scheme.classes]
+
+
 def encode_tagged(
-    record: dict, text: str, doc_type: str, fields: list[str], scheme: TagScheme, tokenizer, max_input_tokens: int
+    record: dict,
+    text: str,
+    doc_type: str,
+    fields: list[str],
+    scheme: TagScheme,
+    tokenizer,
+    max_input_tokens: int,
+    prompts: list[list[int]] = (),
 ) -> tuple[dict, dict[str, list[int]]]:
     """Training features for one record, and per field [values, aligned] counts."""
-    ids, offsets = token_offsets(tokenizer, text, max_input_tokens - 1)
+    ids, offsets = token_offsets(tokenizer, text, max_input_tokens - 1 - sum(map(len, prompts)))
     tagged = [f for f in fields if f in scheme.fields]
     aligned = align_record(text, record, tagged)
     counts: dict[str, list[int]] = {}
     spans = []
-    for (field, _), span in aligned.items():
+    for (field, i), span in aligned.items():
         c = counts.setdefault(field, [0, 0])
         c[0] += 1
         if span is not None:
             c[1] += 1
-            spans.append((span, field))
-    labels = [scheme.first_type_label + scheme.types.index(doc_type)] + span_labels(offsets, spans, scheme)
-    return {"input_ids": [first_token_id(tokenizer), *ids], "labels": labels}, counts
+            value = record[field][i] if isinstance(record[field], list) else record[field]
+            spans.append((span, field, surname_within(text, span, value) if field in scheme.surnames else None))
+    labels = [scheme.first_type_label + scheme.types.index(doc_type)] + bio_labels(offsets, spans, scheme)
+    ids = [first_token_id(tokenizer), *ids]
+    for (field, values), prompt in zip(scheme.classes, prompts):
+        value = record.get(field)
+        known = field in fields and (value in values or not value)  # a value only validation has: no label
+        label = scheme.first_class_label(field) + (values.index(value) + 1 if value else 0) if known else IGNORE_INDEX
+        ids += prompt
+        labels += [IGNORE_INDEX] * (len(prompt) - 1) + [label]
+    return {"input_ids": ids, "labels": labels}, counts
 
 
 class TagCollator:
@@ -154,14 +233,15 @@ class TagCollator:
 
 
 def allowed_transitions(scheme: TagScheme) -> torch.Tensor:
-    """(labels, labels) boolean: may label j follow label i? I-x only after B-x or I-x; no type labels."""
-    n = len(scheme.labels)
-    allowed = torch.zeros(n, n, dtype=torch.bool)
-    spans = range(0, scheme.first_type_label)
-    for i in spans:
-        for j in spans:
-            inside = j > 0 and (j - 1) % 2 == 1  # an I- label
-            allowed[i, j] = not inside or (i > 0 and (i - 1) // 2 == (j - 1) // 2)
+    """(span labels, span labels) boolean: may label j follow label i? An I- label only after a B- or
+    I- label of its field (surname or not); type and class labels are not part of the sequence."""
+    n = scheme.first_type_label
+    allowed = torch.ones(n, n, dtype=torch.bool)
+    for j in range(1, n):
+        field, inside, _ = scheme.span_label(j)
+        if inside:
+            for i in range(n):
+                allowed[i, j] = i > 0 and scheme.span_label(i)[0] == field
     return allowed
 
 
@@ -184,32 +264,67 @@ def viterbi(log_probs: torch.Tensor, allowed: torch.Tensor) -> list[int]:
     return best[::-1]
 
 
+PRECISIONS = ("year", "month", "day")
+
+
+def date_in_form(normalised: str, form: tuple[str, str]) -> str:
+    """A yyyy/mm/dd (or shorter) date written with the training dates' separator, cut to their precision."""
+    separator, precision = form
+    parts = normalised.split("/")
+    if precision:
+        parts = parts[: PRECISIONS.index(precision) + 1]
+    return separator.join(parts)
+
+
+def catalogue_name(text: str, span: Span, surname: list[tuple[int, int]]) -> str:
+    """A name span written "Surname, Given": its words whose first letter lies in a token labelled
+    surname, then the others; the page's text when none or all of its words are."""
+    words = [
+        (m.start() + next((k for k, c in enumerate(m[0]) if c.isalnum()), 0), m[0].strip(",;"))
+        for m in re.finditer(r"\S+", text[span.start : span.end])
+    ]
+    is_surname = [any(s <= span.start + at < e for s, e in surname) for at, _ in words]
+    family = [w for (_, w), sur in zip(words, is_surname) if sur and w]
+    given = [w for (_, w), sur in zip(words, is_surname) if not sur and w]
+    if not family or not given:
+        return " ".join(text[span.start : span.end].split())
+    return f"{' '.join(family)}, {' '.join(given)}"
+
+
 def decode(
-    logits: torch.Tensor, offsets: list[tuple[int, int]], text: str, scheme: TagScheme, allowed: torch.Tensor
+    logits: torch.Tensor,
+    offsets: list[tuple[int, int]],
+    text: str,
+    scheme: TagScheme,
+    allowed: torch.Tensor,
+    prompt_lengths: list[int] = (),
 ) -> tuple[str, dict[str, list[str]]]:
-    """(document type, field -> values in text order) from one document's logits (type position first).
+    """(document type, field -> values in text order) from one document's logits (type position first,
+    then the text's tokens, then each closed-list field's prompt of `prompt_lengths` tokens).
 
     A value found again is listed again only when the training lists did so (`scheme.repeats`); a
     one-word value that begins another value of the field (a name cut short) is dropped.
     """
     logits = logits.float()
-    types = logits[0, scheme.first_type_label :]
+    types = logits[0, scheme.first_type_label : scheme.first_type_label + len(scheme.types)]
     doc_type = scheme.types[int(types.argmax())] if scheme.types else ""
     tokens = torch.log_softmax(logits[1 : 1 + len(offsets), : scheme.first_type_label], dim=-1)
-    path = viterbi(tokens, allowed[: scheme.first_type_label, : scheme.first_type_label])
-    spans: list[tuple[str, int, int]] = []
+    path = viterbi(tokens, allowed)
+    spans: list[tuple[str, int, int, list]] = []  # field, start, end, the character ranges of surname tokens
     for i, label in enumerate(path):
         if label == 0:
             continue
-        field = scheme.fields[(label - 1) // 2]
+        field, inside, surname = scheme.span_label(label)
         start, end = offsets[i]
-        if (label - 1) % 2 == 0 or not spans:  # B-
-            spans.append((field, start, end))
+        if not inside or not spans:
+            spans.append((field, start, end, []))
         else:
-            spans[-1] = (field, spans[-1][1], max(end, spans[-1][2]))
+            spans[-1] = (field, spans[-1][1], max(end, spans[-1][2]), spans[-1][3])
+        if surname:
+            spans[-1][3].append((start, end))
     source = Source(text)
     values: dict[str, list[str]] = {}
-    for field, start, end in spans:
+    for field, start, end, surname in spans:
         # spans start and end on word boundaries, as the aligned labels did: a span that begins or ends
         # inside a word (a sub-word token left out) takes the whole word
         while 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum():
@@ -217,12 +332,20 @@ def decode(
         while end < len(text) and text[end].isalnum() and text[end - 1].isalnum():
             end += 1
         value = source.snippet(Span(start, end))
-        if field in DATE_FIELDS:
-            value = normalise_date(value) or value
+        if field in scheme.surnames:
+            value = catalogue_name(text, Span(start, end), surname)
+        if field in DATE_FIELDS and (normalised := normalise_date(value)):
+            value = date_in_form(normalised, scheme.date_form)
         if value and (scheme.repeats or value not in values.get(field, [])):
             values.setdefault(field, []).append(value)
     for field, found in values.items():
         values[field] = [v for v in found if " " in v or not any(o != v and o.startswith(v + " ") for o in found)]
+    at = 1 + len(offsets)
+    for (field, choices), length in zip(scheme.classes, prompt_lengths):
+        at += length
+        first = scheme.first_class_label(field)
+        if k := int(logits[at - 1, first : first + 1 + len(choices)].argmax()):
+            values[field] = [choices[k - 1]]
     return doc_type, values
 
 

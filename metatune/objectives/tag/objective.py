@@ -4,9 +4,12 @@ token-classification head, a loss over every labelled token; and its model card.
 from __future__ import annotations
 
 import random
+import re
+from collections import Counter
 
 import torch
 
+from metatune.alignment import PERSON_FIELDS, align_record
 from metatune.card import CardParts
 from metatune.config import Config, GenerationSettings
 from metatune.data import record_type
@@ -17,8 +20,10 @@ from metatune.models import read_both_ways
 from metatune.objectives.base import Objective, describe
 from metatune.objectives.tag.labels import (
     NOT_TAGGED,
+    PRECISIONS,
     TagCollator,
     TagScheme,
+    class_prompts,
     encode_tagged,
     start_with_the_type_position,
     tag_loss,
@@ -27,19 +32,97 @@ from metatune.peft_setup import load_trainable
 from metatune.text import collapse_whitespace
 from metatune.training.common import LoopParts, Prepared, TrainerParts
 
+SPAN_MIN_ALIGNED = 0.9  # a field whose values are this often in the text is tagged even when they repeat
+CLASSIFIED_MAX_VALUES = 64  # a closed list: at most this many distinct values, each seen twice on average
 
-def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> TagScheme:
-    """The fields to tag (every field some type of the records is trained on) and the types to tell apart."""
+
+def field_classes(
+    records, types: list[str], registry, fallback_type, fmt: InputFormat
+) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """How a run produces each field its training types declare, and per field [values, aligned].
+
+    `span`: mostly in the text, tagged. `classified`: a closed list (a licence, a degree name) mostly
+    not in the text, a value label read after the document. `detected`: the language. `not produced`:
+    neither, with its coverage saying why.
+    """
+    coverage: dict[str, list[int]] = {}
+    values: dict[str, list] = {}
+    declared = dict.fromkeys(f for t in types for f in fmt.selection.fields(registry.types[t]))
+    for record in records:
+        fields = fmt.selection.fields(registry.find(record_type(record)) or registry.find(fallback_type))
+        for (field, _), span in align_record(
+            record["original_text"], record, [f for f in fields if f not in NOT_TAGGED]
+        ).items():
+            c = coverage.setdefault(field, [0, 0])
+            c[0] += 1
+            c[1] += span is not None
+        for field in fields:
+            if record.get(field):
+                values.setdefault(field, []).append(record[field])
+    produced = {}
+    for field in declared:
+        total, aligned = coverage.get(field, (0, 0))
+        seen = values.get(field, [])
+        closed = all(isinstance(v, str) for v in seen) and 0 < len(set(seen)) <= min(
+            CLASSIFIED_MAX_VALUES, len(seen) / 2
+        )
+        if field in NOT_TAGGED:
+            produced[field] = "detected"
+        elif total and aligned >= SPAN_MIN_ALIGNED * total or (aligned >= total / 2 and not closed):
+            produced[field] = "span" if aligned else "not produced"
+        else:
+            produced[field] = "classified" if closed else "not produced"
+    return produced, coverage
+
+
+def date_form(records) -> tuple[str, str]:
+    """The training dates' separator ("-", "/" or ".") and their precision when they all share one."""
+    dates = [
+        r["date"]
+        for r in records
+        if isinstance(r.get("date"), str) and re.fullmatch(r"\d{4}([-/.]\d\d){0,2}", r["date"])
+    ]
+    if not dates:
+        return ("/", "")
+    separators = Counter(c for d in dates for c in d[4:5])
+    precisions = {PRECISIONS[len(re.findall(r"\d+", d)) - 1] for d in dates}
+    return (separators.most_common(1)[0][0] if separators else "/", precisions.pop() if len(precisions) == 1 else "")
+
+
+def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagScheme, dict[str, str], dict]:
+    """The labels of a run (every span field some type of the records is trained on, the types to tell
+    apart, the closed lists), how each declared field is produced, and the training split's alignment."""
     types = sorted({(registry.find(record_type(r)) or registry.find(fallback_type)).name for r in records})
-    fields = dict.fromkeys(f for t in types for f in fmt.selection.fields(registry.types[t]) if f not in NOT_TAGGED)
+    produced, coverage = field_classes(records, types, registry, fallback_type, fmt)
+    fields = tuple(f for f, how in produced.items() if how == "span")
     lists = tuple(f for f in fields if any(isinstance(r.get(f), list) for r in records))
     repeats = any(len(set(v)) < len(v) for r in records for f in lists if isinstance(v := r.get(f), list))
-    return TagScheme(tuple(fields), tuple(types), lists, repeats)
+    surnames = tuple(
+        f for f in fields if f in PERSON_FIELDS and catalogued_names(v for r in records for v in as_items(r.get(f)))
+    )
+    classes = tuple(
+        (f, tuple(v for v, _ in Counter(r[f] for r in records if r.get(f)).most_common()))
+        for f, how in produced.items()
+        if how == "classified"
+    )
+    scheme = TagScheme(fields, tuple(types), lists, repeats, surnames, classes, date_form(records))
+    return scheme, produced, coverage
+
+
+def as_items(value) -> list:
+    return value if isinstance(value, list) else [value] if value else []
+
+
+def catalogued_names(names) -> bool:
+    """Whether most names are written "Surname, Given" (a catalogue's form, not the page's order)."""
+    names = [n for n in names if isinstance(n, str)]
+    return bool(names) and sum(", " in n for n in names) > len(names) / 2
 
 
 def encode_split(records, registry, fallback_type, fmt, scheme, tokenizer, max_input_tokens, coverage):
     """Token-label features per record; `coverage` (field -> [values, aligned]) is updated."""
     encoded = []
+    prompts = class_prompts(tokenizer, scheme)
     for record in records:
         doc_type = registry.find(record_type(record)) or registry.find(fallback_type)
         if doc_type.name not in scheme.types:  # a type only the validation split has: nothing to learn from
@@ -52,6 +135,7 @@ def encode_split(records, registry, fallback_type, fmt, scheme, tokenizer, max_i
             scheme,
             tokenizer,
             max_input_tokens,
+            prompts,
         )
         encoded.append(features)
         for name, (total, aligned) in counts.items():
@@ -98,7 +182,7 @@ class TagObjective(Objective):
         )
         val_records = dataset.split("validation") if need_validation else []
         fmt = InputFormat.from_settings(d)
-        scheme = tag_scheme(train_records, registry, d.fallback_type, fmt)
+        scheme, produced, field_coverage = tag_scheme(train_records, registry, d.fallback_type, fmt)
         model, tokenizer, seq2seq = load_trainable(config.model, labels=scheme.labels)
         coverage: dict[str, list[int]] = {}
         args = (registry, d.fallback_type, fmt, scheme, tokenizer, d.max_input_tokens)
@@ -118,6 +202,10 @@ class TagObjective(Objective):
             "bidirectional": bidirectional,
             "alignment": {f: {"values": t, "aligned": a} for f, (t, a) in coverage.items()},
             "not_tagged": {"language": "detected from the text (py3langid)"},
+            "produced": {
+                f: {"how": how} | ({"values": c[0], "in_text": c[1]} if (c := field_coverage.get(f)) else {})
+                for f, how in produced.items()
+            },
         }
         info = describe(config, registry, fmt, seq2seq).model_copy(update={"tagging": tagging})
         stats = {
