@@ -238,11 +238,25 @@ class TagObjective(Objective):
         return Tagger.from_run(run_dir, settings, device)
 
     def card(self, info, name: str) -> CardParts:
+        produced = (info.tagging or {}).get("produced", {})
+        fields = "".join(
+            f"* `{f}`: {p['how']}"
+            + (f" (in the text for {p['in_text']} of {p['values']} training values)" if "values" in p else "")
+            + "\n"
+            for f, p in produced.items()
+        )
         return CardParts(
             pipeline_tag="token-classification",
             how="by labelling the tokens of the text that hold each value",
             note=(
-                "The first position of the input (the tokenizer's first special token) carries the document "
+                (
+                    "How each field is produced: `span` (tagged in the text), `classified` (a value of the "
+                    "training data's closed list, read at the end of the input), `detected` (the language), "
+                    "`not produced`.\n\n" + fields + "\n"
+                    if fields
+                    else ""
+                )
+                + "The first position of the input (the tokenizer's first special token) carries the document "
                 "type's label; the other tokens carry BIO labels of the fields (`id2label`). A transformers "
                 "token-classification pipeline reads the run as metatune does and gives, token for token, "
                 "the labels of the same logits; metatune's Tagger adds Viterbi decoding over valid label "

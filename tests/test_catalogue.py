@@ -1,0 +1,191 @@
+"""The catalogue record from a tag run: names surname-first, dates in the training data's form,
+closed-list fields read after the document, and how each declared field is produced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from metatune.alignment import normalise_date
+from metatune.objectives.tag.labels import (
+    TagScheme,
+    allowed_transitions,
+    class_prompts,
+    date_in_form,
+    decode,
+    encode_tagged,
+    token_offsets,
+)
+from metatune.objectives.tag.objective import catalogued_names, date_form
+
+from conftest import REPO
+
+NAMES = TagScheme(("title", "creator"), ("Tesis",), lists=("creator",), surnames=("creator",))
+
+
+def round_trip(tokenizer, scheme: TagScheme, record: dict, text: str, fields: list[str]) -> dict:
+    """Encode the record's labels, turn them into one-hot logits and decode them: what a tagger that
+    learned the labels perfectly writes."""
+    prompts = class_prompts(tokenizer, scheme)
+    features, _ = encode_tagged(record, text, "Tesis", fields, scheme, tokenizer, 512, prompts)
+    _, offsets = token_offsets(tokenizer, text, 511 - sum(map(len, prompts)))
+    logits = torch.full((len(features["labels"]), len(scheme.labels)), -5.0)
+    for i, label in enumerate(features["labels"]):
+        logits[i, max(label, 0)] = 5.0
+    _, values = decode(logits, offsets, text, scheme, allowed_transitions(scheme), list(map(len, prompts)))
+    return values
+
+
+@pytest.mark.parametrize(
+    ("page", "catalogued"),
+    [
+        ("María Laura de la Fuente", "de la Fuente, María Laura"),  # a particle
+        ("Dr. Juan Pérez Esquivel", "Pérez Esquivel, Juan"),  # a compound surname, an honorific outside
+        ("Ana del Valle", "del Valle, Ana"),
+        ("Bárbara Siccardi", "Siccardi, Bárbara"),
+        ("Siccardi, Bárbara", "Siccardi, Bárbara"),  # a page that already writes the catalogue's form
+        ("M. L. Quiroga", "Quiroga, M. L."),  # initials: the given names are the page's
+    ],
+)
+def test_a_name_comes_out_in_the_catalogue_form_its_labels_teach(tiny_tokenizer, page, catalogued):
+    text = f"Un estudio de las cosas\n{page}\nLa Plata, 2021"
+    record = {"title": "Un estudio de las cosas", "creator": [catalogued]}
+    values = round_trip(tiny_tokenizer, NAMES, record, text, ["title", "creator"])
+    assert values["creator"] == [catalogued]
+
+
+def test_a_single_name_or_names_in_page_order_keep_the_pages_text(tiny_tokenizer):
+    text = "Un estudio de las cosas\nMadonna y Juan Pérez\n"
+    record = {"title": "Un estudio de las cosas", "creator": ["Madonna", "Juan Pérez"]}
+    assert round_trip(tiny_tokenizer, NAMES, record, text, ["title", "creator"])["creator"] == ["Madonna", "Juan Pérez"]
+    assert not catalogued_names(["Juan Pérez", "Ana Ruiz", "Pérez, Juan"])  # page order: no surname labels
+    assert catalogued_names(["Pérez, Juan", "Ruiz, Ana", "Madonna"])
+
+
+@pytest.mark.parametrize(
+    ("span", "normalised"),
+    [
+        ("1 de marzo de 2019", "2019/03/01"),
+        ("1º de marzo de 2019", "2019/03/01"),
+        ("3 al 5 de marzo de 2019", "2019/03/03"),  # a range: its first day
+        ("March 3-5, 2019", "2019/03/03"),
+        ("March 1st, 2019", "2019/03/01"),
+        ("1st of March 2019", "2019/03/01"),
+        ("10 y 11 de septiembre del 2018", "2018/09/10"),
+        ("febrero de 2021", "2021/02"),
+        ("2019", "2019"),
+    ],
+)
+def test_dates_on_the_page_are_normalised(span, normalised):
+    assert normalise_date(span) == normalised
+
+
+def test_dates_are_written_in_the_training_datas_form(tiny_tokenizer):
+    assert date_form([{"date": "2019-03-01"}, {"date": "2020-05"}, {"date": "2021"}]) == ("-", "")
+    assert date_form([{"date": "2019"}, {"date": "2021"}]) == ("-", "year") or date_form(
+        [{"date": "2019"}, {"date": "2021"}]
+    ) == ("/", "year")
+    assert date_form([{"date": "2019/03/01"}, {"date": "2020/05/02"}]) == ("/", "day")
+    assert date_form([]) == ("/", "")
+    assert date_in_form("2019/03/01", ("-", "")) == "2019-03-01"
+    assert date_in_form("2019/03", ("-", "day")) == "2019-03"  # the page has no day: none is invented
+    assert date_in_form("2019/03/01", (".", "year")) == "2019"
+    scheme = TagScheme(("date",), ("Tesis",), date_form=("-", ""))
+    text = "La Plata, 3 al 5 de marzo de 2019"
+    assert round_trip(tiny_tokenizer, scheme, {"date": "2019-03-03"}, text, ["date"]) == {"date": ["2019-03-03"]}
+
+
+def test_a_closed_list_field_is_read_after_the_document(tiny_tokenizer):
+    licences = ("CC BY 4.0 International", "CC BY-NC-SA 4.0 International")
+    scheme = TagScheme(("title",), ("Tesis",), classes=(("rights", licences), ("degree.name", ("Doctor en Física",))))
+    assert scheme.labels[-5:] == [
+        "rights=",
+        "rights=CC BY 4.0 International",
+        "rights=CC BY-NC-SA 4.0 International",
+        "degree.name=",
+        "degree.name=Doctor en Física",
+    ]
+    assert TagScheme.from_dict(scheme.to_dict()) == scheme
+    text = "Un estudio de las cosas\nhttp://creativecommons.org/licenses/by-nc-sa/4.0/"
+    record = {"title": "Un estudio de las cosas", "rights": licences[1]}
+    prompts = class_prompts(tiny_tokenizer, scheme)
+    features, _ = encode_tagged(record, text, "Tesis", ["title", "rights"], scheme, tiny_tokenizer, 512, prompts)
+    # the last token of each field's prompt carries its label; degree.name is not a field of this type
+    assert features["input_ids"][-len(prompts[1]) - len(prompts[0]) :] == prompts[0] + prompts[1]
+    assert features["labels"][-len(prompts[1]) - 1] == scheme.first_class_label("rights") + 2
+    assert features["labels"][-1] == -100
+    values = round_trip(tiny_tokenizer, scheme, record, text, ["title", "rights"])
+    assert values == {"title": ["Un estudio de las cosas"], "rights": [licences[1]]}
+    record.pop("rights")  # no value: the "rights=" label, and nothing written
+    assert "rights" not in round_trip(tiny_tokenizer, scheme, record, text, ["title", "rights"])
+
+
+@pytest.fixture(scope="module")
+def catalogued(tmp_path_factory):
+    out = tmp_path_factory.mktemp("catalogued")
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "make_sample.py"),
+            "--catalogued",
+            "--per-type",
+            "6",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out / "sample.json"
+
+
+def test_a_tag_run_on_the_catalogued_sample_produces_every_declared_field(tmp_path, tiny_llama, catalogued):
+    from metatune.config import load_config
+    from metatune.doctypes import TypeRegistry
+    from metatune.objectives import open_run
+    from metatune.training.run import train
+
+    config = load_config(
+        sets=[
+            f"model.name={tiny_llama}",
+            f"data.path={catalogued}",
+            f"training.output_dir={tmp_path / 'run'}",
+            "training.objective=tag",
+            "data.max_input_tokens=320",
+            "training.max_steps=40",
+            "training.learning_rate=2e-3",
+            "training.per_device_train_batch_size=8",
+            "training.warmup_ratio=0",
+            "training.logging_steps=5",
+            "training.eval_each_epoch=false",
+            "training.bf16=false",
+        ]
+    )
+    run = train(config)
+    info = json.loads((run / "metatune.json").read_text(encoding="utf-8"))
+    produced = {f: p["how"] for f, p in info["tagging"]["produced"].items()}
+    types = TypeRegistry.load().types
+    declared = {f for t in ("Tesis", "Articulo", "Libro", "Objeto de conferencia") for f in types[t].fields}
+    # every field of every trained type is accounted for, but those the config leaves out
+    assert set(produced) == declared - set(config.data.exclude_fields)
+    assert produced["title"] == "span" and produced["creator"] == "span" and produced["language"] == "detected"
+    assert produced["rights"] == "classified" and produced["rightsurl"] == "classified"
+    # six theses name too many degrees to be a closed list: without a span either, not produced
+    assert produced["degree.name"] == "not produced"
+    scheme = info["tagging"]["scheme"]
+    assert set(scheme["surnames"]) == {"creator", "director", "codirector", "compiler"}
+    assert scheme["date_form"] == ["-", ""]
+    card = (run / "README.md").read_text(encoding="utf-8")
+    assert "`rights`: classified" in card
+    losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert losses[-1] < 0.5 * losses[0], losses
+    tagger = open_run(run)
+    data = json.loads(catalogued.read_text(encoding="utf-8"))["training"][:4]
+    for extraction in tagger.extract([r["original_text"] for r in data], [r["type"] for r in data]):
+        # a classified field is always one of the catalogue's values (the repository's default when the
+        # page says nothing)
+        assert extraction.data["rights"] in scheme["classes"]["rights"]
