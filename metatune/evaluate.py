@@ -21,7 +21,7 @@ from metatune.files import temp_dir_beside
 from metatune.formatting import target_json
 from metatune.metrics import MATCHINGS, score_documents
 from metatune.parsing import Extraction
-from metatune.report import bar_chart, markdown_table
+from metatune.report import bar_chart, catalogue_form_lines, markdown_table
 from metatune.run_info import RunInfo
 from metatune.text import collapse_whitespace
 from metatune.type_classifier import TypeClassifier, accuracy
@@ -150,6 +150,8 @@ def write_report(directory: Path, metrics: dict, rows: list[dict]) -> None:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     table = markdown_table(metrics)
+    if form := catalogue_form_lines(metrics):
+        table += f"\n{form}"
     if metrics.get("type_accuracy"):
         table += f"\n## Document type (the run's classifier, accuracy %)\n\n{type_table(metrics['type_accuracy'])}"
     (directory / "metrics.md").write_text(table, encoding="utf-8")
@@ -259,6 +261,7 @@ def run_evaluate(
     for name, (metrics, _) in results.items():
         print(f"\n## {name} ({metrics['documents']} documents, F1 %)\n")
         print(markdown_table(metrics), end="")
+        print(catalogue_form_lines(metrics), end="")
         print(summary_line(metrics))
     if types:
         print("\n## document type: the run's classifier on the same texts (accuracy %)\n")

@@ -190,6 +190,30 @@ def _score(items: list[tuple[dict | None, dict, str]], fields: list[str], chosen
     return out
 
 
+def _folded(value) -> str:
+    return " ".join(_text(value).lower().split())
+
+
+def catalogue_form(items: list[tuple[dict | None, dict, str]], fields: list[str]) -> dict:
+    """Of the predicted names and dates that soft-match a reference (which ignores name order and date
+    format), how many are written as the reference writes them (case and whitespace folded): whether
+    "Pérez, Juan" came out as the catalogue's "Pérez, Juan" and not as the page's "Juan Pérez"."""
+    out = {}
+    for kind, group in (("names", PERSON_FIELDS - {"first_author"}), ("dates", DATE_FIELDS)):
+        matched = same = 0
+        for pred, ref, _ in items:
+            for field in (f for f in fields if f in group):
+                free = _items(_value(ref, field))
+                for p in _items(_value(pred, field)):
+                    hit = next((i for i, r in enumerate(free) if match(field, p, r, "soft")), None)
+                    if hit is not None:
+                        matched += 1
+                        same += _folded(p) == _folded(free.pop(hit))
+        if matched:
+            out[kind] = {"matched": matched, "same_form": same, "rate": same / matched}
+    return out
+
+
 def score_documents(
     items: list[tuple[dict | None, dict, str]], fields: list[str] | None = None, chosen: list[str] | None = None
 ) -> dict:
@@ -202,6 +226,7 @@ def score_documents(
         by_type[item[2]].append(item)
     return {
         **_score(items, fields, chosen),
+        "catalogue_form": catalogue_form(items, fields),
         # the same field list for every type, so fields predicted where they do not apply count as FP
         "by_type": {t: _score(group, fields) for t, group in by_type.items()},
         "documents": len(items),

@@ -29,6 +29,15 @@ def markdown_table(metrics: dict, matchings=MATCHINGS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def catalogue_form_lines(metrics: dict) -> str:
+    """Names and dates written as the reference writes them, of those that soft-match it."""
+    return "".join(
+        f"{kind} in the reference's form: {form['same_form']} of {form['matched']} soft-matched "
+        f"({form['rate'] * 100:.1f}%)\n"
+        for kind, form in metrics.get("catalogue_form", {}).items()
+    )
+
+
 def bar_chart(metrics: dict, path, matching: str = "soft") -> Path:
     """Horizontal bar chart of per-field F1 under one matching, saved as PNG."""
     import matplotlib

@@ -1,7 +1,7 @@
 import pytest
 
 from metatune.metrics import MATCHINGS, normalize_date, score_documents
-from metatune.report import bar_chart, markdown_table
+from metatune.report import bar_chart, catalogue_form_lines, markdown_table
 
 approx = pytest.approx
 
@@ -194,3 +194,23 @@ def test_a_micro_over_chosen_fields_pools_only_those():
     assert chosen["strict"]["precision"] == pytest.approx(2 / 3) and chosen["strict"]["recall"] == pytest.approx(0.5)
     assert chosen["strict"]["support"] == 4
     assert "micro_chosen" not in score_documents(items, ["title"])
+
+
+def test_the_catalogue_form_counts_soft_matches_written_as_the_reference_writes_them():
+    items = [
+        (
+            {"creator": ["Juan Pérez", "ruiz,  ana", "Nadie"], "director": ["Paz, Olga"], "date": "2019/03/01"},
+            {"creator": ["Pérez, Juan", "Ruiz, Ana"], "director": ["Paz, Olga"], "date": "2019-03-01"},
+            "Tesis",
+        ),
+        ({"date": "2020"}, {"date": "2020"}, "Tesis"),
+    ]
+    form = score_documents(items, ["creator", "director", "date"])["catalogue_form"]
+    # "Juan Pérez" soft-matches but is in the page's order; case and spaces do not count; "Nadie" matched nothing
+    assert form["names"] == {"matched": 3, "same_form": 2, "rate": approx(2 / 3)}
+    assert form["dates"] == {"matched": 2, "same_form": 1, "rate": 0.5}
+    lines = catalogue_form_lines(score_documents(items, ["creator", "director", "date"]))
+    assert lines == (
+        "names in the reference's form: 2 of 3 soft-matched (66.7%)\n"
+        "dates in the reference's form: 1 of 2 soft-matched (50.0%)\n"
+    )
