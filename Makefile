@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch that pip finds on this machine; an unpinned torch pulls CUDA wheels.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-fast bench quality quality-tag clean
+.PHONY: install demo test test-fast bench quality quality-tag quality-catalogued clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,14 @@ quality-tag: install
 	$(BIN)/metatune train --config configs/grobid-headers-tag.yaml --output runs/grobid-headers-tag --overwrite
 	$(BIN)/metatune evaluate runs/grobid-headers-tag --data ../shared/data/grobid-headers/dataset.json --split validation --report runs/grobid-headers-tag/eval
 	$(BIN)/python scripts/grobid_comparison.py runs/grobid-headers-tag --out runs/grobid-headers-tag/eval/grobid-comparison.md
+
+# the catalogue record: generate and tag on the catalogued sample (configs/catalogued*.yaml), names and
+# dates scored in the catalogue's form too
+quality-catalogued: install
+	$(BIN)/metatune train --config configs/catalogued.yaml --output runs/catalogued --overwrite
+	$(BIN)/metatune evaluate runs/catalogued --data data/sample-catalogued/sample.json --split validation --report runs/catalogued/eval
+	$(BIN)/metatune train --config configs/catalogued-tag.yaml --output runs/catalogued-tag --overwrite
+	$(BIN)/metatune evaluate runs/catalogued-tag --data data/sample-catalogued/sample.json --split validation --report runs/catalogued-tag/eval
 
 clean:
 	rm -rf runs build *.egg-info

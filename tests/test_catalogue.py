@@ -189,3 +189,25 @@ def test_a_tag_run_on_the_catalogued_sample_produces_every_declared_field(tmp_pa
         # a classified field is always one of the catalogue's values (the repository's default when the
         # page says nothing)
         assert extraction.data["rights"] in scheme["classes"]["rights"]
+
+
+def test_page_order_names_and_verbatim_fields_keep_the_grobid_headers_scheme_as_it_was():
+    from conftest import GROBID
+
+    if not GROBID.is_file():
+        pytest.skip("the GROBID header corpus is not here")
+    from metatune.config import load_config
+    from metatune.data import load_for_training
+    from metatune.formatting import InputFormat
+    from metatune.objectives.tag.objective import tag_scheme
+
+    config = load_config(REPO / "configs" / "grobid-headers-tag.yaml", sets=[f"data.path={GROBID}"])
+    registry, dataset = load_for_training(config.data, False)
+    scheme, produced, _ = tag_scheme(
+        dataset.split("training"), registry, config.data.fallback_type, InputFormat.from_settings(config.data)
+    )
+    # the labels of runs trained before the catalogue record: every field a span, names as on the page
+    assert set(produced.values()) == {"span"}
+    assert (scheme.surnames, scheme.classes, scheme.date_form) == ((), (), ("/", ""))
+    assert scheme.labels[:3] == ["O", "B-title", "I-title"] and scheme.labels[-1] == "TYPE=Articulo"
+    assert len(scheme.labels) == 16
