@@ -12,44 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
 from metatune.bench.machine import peak_rates
+from metatune.bench.tag import StepTimes, TokenCount, step_figures
 from metatune.config import load_config
 from metatune.precision import apply_precision
 from metatune.training.hf_trainer import build_trainer, training_arguments
 from metatune.training.run import prepare
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class StepTimes(TrainerCallback):
-    def __init__(self):
-        self.times, self.start = [], None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self.start)
-
-
-class TokenCount:
-    """Wraps a collator: counts the real (unpadded) tokens of every batch it builds."""
-
-    def __init__(self, collate):
-        self.collate, self.tokens = collate, []
-
-    def __call__(self, features):
-        self.tokens.append(sum(len(f["input_ids"]) for f in features))
-        return self.collate(features)
 
 
 def main() -> None:
@@ -79,7 +56,6 @@ def main() -> None:
         trainer = build_trainer(prepared, targs, [timer])
         counter = TokenCount(trainer.data_collator)
         trainer.data_collator = counter
-        params = sum(p.numel() for p in prepared.model.parameters())
         if args.profile:
             from torch.profiler import ProfilerActivity, profile, schedule
 
@@ -97,12 +73,10 @@ def main() -> None:
             trainer.train()
         after = peak_rates("cpu", 2048)
 
-    per_step = len(counter.tokens) // max(len(timer.times), 1)
-    step_tokens = [sum(counter.tokens[i * per_step : (i + 1) * per_step]) for i in range(len(timer.times))]
-    times, tokens = timer.times[1:], step_tokens[1:]
     dtype = "bfloat16" if precision == "bf16" else "float32"
     peak = max(before[dtype]["wall"], after[dtype]["wall"])
-    rate = 6 * params * sum(tokens) / sum(times)
+    params = sum(p.numel() for p in prepared.model.parameters())
+    steps = step_figures(timer.times, counter.tokens, params, peak)
     figures = {
         "cpu_flags": sorted(
             set(Path("/proc/cpuinfo").read_text().split()) & {"avx2", "avx512_bf16", "amx_bf16", "amx_tile"}
@@ -111,12 +85,12 @@ def main() -> None:
         "precision": precision,
         "sets": args.sets,
         "compiled": args.compile,
-        "steps_timed": len(times),
-        "median_step_seconds": round(statistics.median(times), 3),
-        "mean_tokens_per_step": round(statistics.mean(tokens), 1),
-        "gflops_per_second": round(rate / 1e9, 1),
+        "steps_timed": steps["steps_timed"],
+        "median_step_seconds": steps["seconds_per_step_median"],
+        "mean_tokens_per_step": steps["tokens_per_step_mean"],
+        "gflops_per_second": round(steps["model_flops_per_second"] / 1e9, 1),
         "peak_gflops_per_second": {k: round(max(before[k]["wall"], after[k]["wall"]) / 1e9, 1) for k in before},
-        "mfu": round(rate / peak, 3),
+        "mfu": steps["mfu"],
     }
     print(json.dumps(figures, indent=2))
     if args.out:

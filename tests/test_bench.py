@@ -223,6 +223,18 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
     assert extraction["plain_docs_per_second"] > 0 and extraction["batched_docs_per_second"] > 0
     assert 0 <= extraction["identical_predictions"] <= 3 and extraction["peak_rss_mb"] > 0
 
+    tag = result["tag"]
+    assert tag["training"]["steps_timed"] == 2 and 0 < tag["training"]["mfu"]
+    assert tag["training"]["tokens_per_step_mean"] > 0
+    tag_extraction = tag["extraction"]
+    assert tag_extraction["objective"] == "tag" and tag_extraction["dtype"] in ("float32", "bfloat16")
+    assert tag_extraction["identical_predictions"] == 3  # one forward pass: batched or alone, the same labels
+    limit = tag_extraction["forward_limit_seconds_per_document"]
+    assert limit > 0
+    assert tag_extraction["batched_x_limit"] == pytest.approx(
+        1 / tag_extraction["batched_docs_per_second"] / limit, rel=0.01
+    )
+
     memory = result["memory"]
     for key in ("train_original", "train_full", "train_lora"):
         assert memory[key]["peak_rss_mb"] >= memory[key]["rss_after_load_mb"] > 0
@@ -238,6 +250,8 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
         "metatune LoRA",
         "extraction, batched",
         "model: the base model, untrained.",
+        "## Tag objective",
+        "| one forward pass at the ",
         "metatune (anchored targets (generate.anchor_min_words=20), no example JSON in the instruction)",
     ):
         assert row in table

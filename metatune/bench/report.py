@@ -46,6 +46,33 @@ def examples_line(x: dict) -> str:
     )
 
 
+def tag_lines(tag: dict) -> list[str]:
+    t, e = tag["training"], tag["extraction"]
+    lines = [
+        "",
+        "## Tag objective",
+        "",
+        f"Training ({'bf16' if t['bf16'] else 'float32'}, {t['documents_per_step']} documents per step, "
+        f"{t['steps_timed']} steps timed): median {t['seconds_per_step_median']:.2f} s per step, "
+        f"{t['tokens_per_step_mean']:.0f} document tokens per step, {_g(t['model_flops_per_second'])}, "
+        f"**MFU {t['mfu']:.1%}** of the peak above.",
+    ]
+    if "error" in e:
+        return [*lines, "", f"Extraction failed: {e['error']}"]
+    return [
+        *lines,
+        "",
+        "| extraction | seconds per document | x one forward pass |",
+        "|---|---:|---:|",
+        f"| one forward pass at the {e['dtype']} peak (the limit) | {e['forward_limit_seconds_per_document']:.3f} | 1 |",
+        f"| batched ({e['batch_size']} documents) | {1 / e['batched_docs_per_second']:.3f} | {e['batched_x_limit']:.1f} |",
+        f"| one at a time | {1 / e['plain_docs_per_second']:.3f} | {e['one_at_a_time_x_limit']:.1f} |",
+        "",
+        f"{e['documents']} documents in {e['dtype']}; the same records batched and one at a time: "
+        f"{e['identical_predictions']}/{e['documents']}.",
+    ]
+
+
 def markdown(r: dict) -> str:
     m, t = r["machine"], r["training"]
     o, n = t["original"], t["metatune"]
@@ -110,6 +137,8 @@ def markdown(r: dict) -> str:
             f"{e['parsed_outputs']}/{e['documents']} outputs are JSON; model: "
             + (f"the run `{r['extraction_run']}`." if "extraction_run" in r else "the base model, untrained."),
         ]
+    if tag := r.get("tag"):
+        lines += tag_lines(tag)
     mem = r.get("memory")
     if mem or e:
         lines += [

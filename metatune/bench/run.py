@@ -13,7 +13,8 @@ from pathlib import Path
 from metatune.bench.machine import machine_info
 from metatune.bench.original import original_examples
 from metatune.bench.probes import probe_context, run_probe
-from metatune.bench.settings import BenchSettings, bench_sets, default_data
+from metatune.bench.settings import BenchSettings, bench_sets, default_data, tag_sets
+from metatune.bench.tag import forward_limit, tag_training
 from metatune.bench.training_race import timed_training
 from metatune.config import load_config
 from metatune.errors import MetatuneError
@@ -39,6 +40,20 @@ def documents(config, count: int) -> tuple[list[str], list[str]]:
     records = dataset.splits.get("validation") or dataset.split("training")
     records = records[:count]
     return [r["original_text"] for r in records], [str(record_type(r)) for r in records]
+
+
+def tag_section(settings: BenchSettings, data: str, texts, types, training: dict, work: Path, ctx) -> dict:
+    """The tag objective's steps and extraction, against the peaks the training race measured."""
+    peaks = training["peak_flops_per_second"]
+    config = load_config(sets=tag_sets(work / "tag-out"), model=settings.model, data=data)
+    print(f"Timing {settings.steps} training steps of the tag objective")
+    figures, run_dir, tokens = tag_training(config, settings.steps, work, peaks["used"], texts)
+    print(f"Timing tag extraction of {len(texts)} documents (in a subprocess)")
+    spec = {"kind": "extract", "run": str(run_dir), "texts": texts, "types": types}
+    extraction = run_probe(ctx, spec | {"batch_size": settings.extract_batch_size, "max_new_tokens": 1}, work)
+    if "error" not in extraction:
+        extraction |= forward_limit(extraction, figures["parameters"], tokens, peaks)
+    return {"training": figures, "extraction": extraction}
 
 
 def run_bench(settings: BenchSettings) -> dict:
@@ -122,6 +137,8 @@ def run_bench(settings: BenchSettings) -> dict:
                 ctx, {**base, "side": "lora", "sets": overrides + ["model.lora.enabled=true"]}, work
             )
             result["memory"] = memory
+        if settings.tag:
+            result["tag"] = tag_section(settings, data, texts, types, result["training"], work, ctx)
     result["machine"]["load_average_end"] = list(os.getloadavg())
     # other programs kept more than half the CPUs busy when the run started
     result["machine"]["under_load"] = result["machine"]["load_average_start"][0] > 0.5 * (os.cpu_count() or 1)
