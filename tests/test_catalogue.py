@@ -211,3 +211,20 @@ def test_page_order_names_and_verbatim_fields_keep_the_grobid_headers_scheme_as_
     assert (scheme.surnames, scheme.classes, scheme.date_form) == ((), (), ("/", ""))
     assert scheme.labels[:3] == ["O", "B-title", "I-title"] and scheme.labels[-1] == "TYPE=Articulo"
     assert len(scheme.labels) == 16
+
+
+def test_footnote_markers_glued_to_names_are_not_part_of_them(tiny_tokenizer):
+    scheme = TagScheme(("creator",), ("Tesis",), lists=("creator",))
+    text = "Ana Pérez1, Juan Smith†,2 and Olga Paz*"
+    _, offsets = token_offsets(tiny_tokenizer, text, 100)
+    words = [(0, 10), (12, 24), (29, 38)]  # each name with its marker, as a tagger might label it
+    logits = torch.full((1 + len(offsets), len(scheme.labels)), -5.0)
+    for i, (s, e) in enumerate(offsets, 1):
+        inside = [k for k, (a, b) in enumerate(words) if a <= s < b]
+        if inside:
+            first = all(not (words[inside[0]][0] <= s2 < s) for s2, _ in offsets[: i - 1])
+            logits[i, scheme.begin("creator") + (0 if first else 1)] = 5.0
+        else:
+            logits[i, 0] = 5.0
+    _, values = decode(logits, offsets, text, scheme, allowed_transitions(scheme))
+    assert values["creator"] == ["Ana Pérez", "Juan Smith", "Olga Paz"]

@@ -461,3 +461,19 @@ def test_a_transformers_pipeline_reads_a_bidirectional_tag_run_as_the_tagger_doe
         expected = {i: tagger.model.config.id2label[label] for i, label in enumerate(argmax) if i and label}
         got = {e["index"]: e["entity"] for e in tag(text)}
         assert got == expected and any(v.endswith("-title") for v in got.values())
+
+
+def test_a_span_at_a_line_end_hyphen_takes_the_whole_word():
+    from metatune.objectives.tag.labels import whole_words
+
+    text = "Regu-\nlation of cells\nby methyl-\nation"
+    assert whole_words(text, 6, 21) == (0, 21)  # began after the hyphen: the word's first half is taken
+    assert whole_words(text, 25, 31) == (25, 38)  # ended before the hyphen: its second half too
+    assert whole_words(text, 25, 32) == (25, 38)
+    assert whole_words("Ana Pérez1, Juan", 0, 9, name=True) == (0, 9)  # a glued footnote marker stays out
+    offsets = [(0, 4), (4, 5), (6, 12), (13, 15), (16, 21)]
+    logits = torch.full((1 + len(offsets), len(SCHEME.labels)), -5.0)
+    for i, label in enumerate([O, O, B_TITLE, I_TITLE, I_TITLE], 1):
+        logits[i, label] = 5
+    _, values = decode(logits, offsets, text, SCHEME, allowed_transitions(SCHEME))
+    assert values["title"] == ["Regu-lation of cells"]

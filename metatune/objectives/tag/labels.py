@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-from metatune.alignment import DATE_FIELDS, Source, Span, align_record, normalise_date
+from metatune.alignment import DATE_FIELDS, PERSON_FIELDS, Source, Span, align_record, normalise_date
 from metatune.encoding import IGNORE_INDEX
 
 OUTSIDE = "O"
 TYPE_PREFIX = "TYPE="
 SURNAME = "~surname"  # suffix of the labels of a name's surname words
 CHARS_PER_TOKEN_BOUND = 16  # no tokenizer spends fewer than 1 token per 16 characters of prose
+FOOTNOTE_MARKS = re.compile(r"(?<=[^\W\d_])[\d*∗†‡§¶#]+(?:[\s,]*[\d*∗†‡§¶#]+)*[\s,]*$")  # "Smith†", "Pérez1,2"
 NOT_TAGGED = ("language",)  # not a span of the text: detected (metatune.language), never tagged
 
 
@@ -291,6 +292,29 @@ def catalogue_name(text: str, span: Span, surname: list[tuple[int, int]]) -> str
     return f"{' '.join(family)}, {' '.join(given)}"
 
 
+LINE_END_HYPHEN = re.compile(r"(?<=[^\W\d_])- (?=[^\W\d_])")  # "regu-\nlation", whitespace folded
+_HYPHEN_BEFORE = re.compile(r"[^\W\d_]+-[ \t]*\n[ \t]*$")
+_HYPHEN_AFTER = re.compile(r"-?[ \t]*\n[ \t]*[^\W\d_]+")
+
+
+def whole_words(text: str, start: int, end: int, name: bool = False) -> tuple[int, int]:
+    """The span widened to whole words, as the aligned labels were: a span that begins or ends inside a
+    word (a sub-word token left out) takes the whole word, and a word broken by a line-end hyphen
+    ("regu-\\nlation") is one word. In a name, digits glued to it ("Pérez1") are a footnote marker."""
+    while 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum():
+        start -= 1
+    if start < len(text) and text[start].isalpha() and (m := _HYPHEN_BEFORE.search(text, max(0, start - 80), start)):
+        start = m.start()
+    while end < len(text) and text[end].isalnum() and text[end - 1].isalnum():
+        if name and text[end].isdigit() and text[end - 1].isalpha():
+            break
+        end += 1
+    ends_a_word = end > 1 and (text[end - 1].isalpha() or (text[end - 1] == "-" and text[end - 2].isalpha()))
+    if ends_a_word and (m := _HYPHEN_AFTER.match(text, end)) and (text[end - 1] == "-" or m[0].startswith("-")):
+        end = m.end()
+    return start, end
+
+
 def decode(
     logits: torch.Tensor,
     offsets: list[tuple[int, int]],
@@ -325,13 +349,10 @@ def decode(
     source = Source(text)
     values: dict[str, list[str]] = {}
     for field, start, end, surname in spans:
-        # spans start and end on word boundaries, as the aligned labels did: a span that begins or ends
-        # inside a word (a sub-word token left out) takes the whole word
-        while 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum():
-            start -= 1
-        while end < len(text) and text[end].isalnum() and text[end - 1].isalnum():
-            end += 1
-        value = source.snippet(Span(start, end))
+        start, end = whole_words(text, start, end, field in PERSON_FIELDS)
+        value = LINE_END_HYPHEN.sub("-", source.snippet(Span(start, end)))
+        if field in PERSON_FIELDS:
+            value = FOOTNOTE_MARKS.sub("", value)
         if field in scheme.surnames:
             value = catalogue_name(text, Span(start, end), surname)
         if field in DATE_FIELDS and (normalised := normalise_date(value)):
