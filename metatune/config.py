@@ -117,6 +117,9 @@ class TagSettings(Section):
     # this fraction of the training documents is also trained on with every run of whitespace made one
     # space (line breaks gone, as the original SEDICI orchestrator and some PDF tools send text); seeded
     augment_collapsed: float = Field(default=0.0, ge=0.0, le=1.0)
+    # how decoding chains labels: "allowed" (any label but I-x after something other than x) or "learned"
+    # (the label-to-label frequencies of the training split; what it never shows is forbidden)
+    transitions: Literal["allowed", "learned"] = "allowed"
 
 
 class TrainingSettings(Section):

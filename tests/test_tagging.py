@@ -477,3 +477,27 @@ def test_a_span_at_a_line_end_hyphen_takes_the_whole_word():
         logits[i, label] = 5
     _, values = decode(logits, offsets, text, SCHEME, allowed_transitions(SCHEME))
     assert values["title"] == ["Regu-lation of cells"]
+
+
+def test_learned_transitions_forbid_what_the_training_labels_never_show():
+    from metatune.objectives.tag.labels import learned_transitions, transition_counts
+
+    type_label = SCHEME.first_type_label
+    features = [  # titles are followed by O, then names; no creator ever follows a title directly
+        {"labels": [type_label, B_TITLE, I_TITLE, O, B_CREATOR, I_CREATOR, B_CREATOR, O, -100]},
+        {"labels": [type_label, O, B_TITLE, O, B_CREATOR, O]},
+    ]
+    counts = transition_counts(features, SCHEME)
+    assert counts[O][B_TITLE] == 2 and counts[I_TITLE][O] == 1 and counts[B_TITLE][B_CREATOR] == 0
+    assert counts[I_CREATOR][B_CREATOR] == 1 and sum(map(sum, counts)) == 12  # type positions and -100 left out
+    learned = learned_transitions(counts, allowed_transitions(SCHEME))
+    assert learned[O, B_TITLE].exp() == pytest.approx(2 / 5)  # O is followed by B-title 2 times of 5
+    assert learned[B_TITLE, B_CREATOR] == float("-inf")  # allowed by BIO, never seen: forbidden
+    assert learned[B_KW, I_KW] == 0 and learned[B_KW, I_TITLE] == float("-inf")  # never seen: BIO's rule
+    # a title token that the emissions alone would make a creator is kept a title
+    scores = torch.full((3, 9), -10.0)
+    scores[0, B_TITLE] = 0
+    scores[1, B_CREATOR], scores[1, I_TITLE] = 0, -1
+    scores[2, O] = 0
+    assert viterbi(scores, allowed_transitions(SCHEME)) == [B_TITLE, B_CREATOR, O]
+    assert viterbi(scores, learned) == [B_TITLE, I_TITLE, O]

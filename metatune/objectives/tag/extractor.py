@@ -26,6 +26,7 @@ from metatune.objectives.tag.labels import (
     class_prompts,
     decode,
     first_token_id,
+    learned_transitions,
     to_record,
     token_offsets,
 )
@@ -47,7 +48,9 @@ class Tagger(RunTypes):
         if tagging["bidirectional"]:  # runs saved before `is_causal: false` was in their config too
             read_both_ways(self.model)
         self.collate = TagCollator(self.tokenizer.pad_token_id)
-        self.allowed = allowed_transitions(self.scheme)
+        self.transitions = allowed_transitions(self.scheme)
+        if tagging.get("transitions") == "learned":
+            self.transitions = learned_transitions(tagging["transition_counts"], self.transitions)
         self.prompts = class_prompts(self.tokenizer, self.scheme)
         self.max_input_tokens = self.info.limits.max_input_tokens
         self.default_type = self.info.fallback_type or (
@@ -93,7 +96,7 @@ class Tagger(RunTypes):
             logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.cpu()
             for r, i in enumerate(rows):
                 predicted, values = decode(
-                    logits[r], encoded[i][1], texts[i], self.scheme, self.allowed, list(map(len, self.prompts))
+                    logits[r], encoded[i][1], texts[i], self.scheme, self.transitions, list(map(len, self.prompts))
                 )
                 doc_type = asked[i] or (predicted if self.registry.find(predicted) else self.resolve_type(None))
                 results[i] = self._extraction(texts[i], doc_type, values)

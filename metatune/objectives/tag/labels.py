@@ -246,17 +246,41 @@ def allowed_transitions(scheme: TagScheme) -> torch.Tensor:
     return allowed
 
 
-def viterbi(log_probs: torch.Tensor, allowed: torch.Tensor) -> list[int]:
-    """The best label sequence under the transition constraints (start: anything but I-)."""
+def transition_counts(features: list[dict], scheme: TagScheme) -> list[list[int]]:
+    """How often each span label follows each other in the training documents (the start of a
+    document counts as following O)."""
+    n = scheme.first_type_label
+    counts = [[0] * n for _ in range(n)]
+    for feature in features:
+        previous = 0
+        for label in feature["labels"]:
+            if 0 <= label < n:  # the text's tokens (the type and class positions have other labels)
+                counts[previous][label] += 1
+                previous = label
+    return counts
+
+
+def learned_transitions(counts: list[list[int]], allowed: torch.Tensor) -> torch.Tensor:
+    """Log-frequencies of label j after label i; a transition the training labels never show is
+    forbidden. A label never seen keeps the allowed transitions."""
+    counts = torch.tensor(counts, dtype=torch.float)
+    seen = counts.sum(1, keepdim=True) > 0
+    scores = torch.where(counts > 0, (counts / counts.sum(1, keepdim=True).clamp(min=1)).log(), float("-inf"))
+    return torch.where(seen, scores, torch.where(allowed, 0.0, float("-inf")))
+
+
+def viterbi(log_probs: torch.Tensor, transitions: torch.Tensor) -> list[int]:
+    """The best label sequence: `transitions` is a boolean matrix of allowed label pairs, or a matrix of
+    scores added for each pair (-inf: forbidden); the sequence starts as if after O."""
     length, n = log_probs.shape
     if length == 0:
         return []
-    forbidden = torch.where(allowed, 0.0, float("-inf"))
-    start_ok = allowed[0]  # what may follow O may start a sequence
-    score = log_probs[0] + torch.where(start_ok, 0.0, float("-inf"))
+    if transitions.dtype == torch.bool:
+        transitions = torch.where(transitions, 0.0, float("-inf"))
+    score = log_probs[0] + transitions[0]
     back = torch.empty(length, n, dtype=torch.long)
     for t in range(1, length):
-        total = score[:, None] + forbidden  # (from, to)
+        total = score[:, None] + transitions  # (from, to)
         score, back[t] = total.max(dim=0)
         score = score + log_probs[t]
     best = [int(score.argmax())]
@@ -320,7 +344,7 @@ def decode(
     offsets: list[tuple[int, int]],
     text: str,
     scheme: TagScheme,
-    allowed: torch.Tensor,
+    transitions: torch.Tensor,
     prompt_lengths: list[int] = (),
 ) -> tuple[str, dict[str, list[str]]]:
     """(document type, field -> values in text order) from one document's logits (type position first,
@@ -333,7 +357,7 @@ def decode(
     types = logits[0, scheme.first_type_label : scheme.first_type_label + len(scheme.types)]
     doc_type = scheme.types[int(types.argmax())] if scheme.types else ""
     tokens = torch.log_softmax(logits[1 : 1 + len(offsets), : scheme.first_type_label], dim=-1)
-    path = viterbi(tokens, allowed)
+    path = viterbi(tokens, transitions)
     spans: list[tuple[str, int, int, list]] = []  # field, start, end, the character ranges of surname tokens
     for i, label in enumerate(path):
         if label == 0:

@@ -27,6 +27,7 @@ from metatune.objectives.tag.labels import (
     encode_tagged,
     start_with_the_type_position,
     tag_loss,
+    transition_counts,
 )
 from metatune.peft_setup import load_trainable
 from metatune.text import collapse_whitespace
@@ -202,6 +203,8 @@ class TagObjective(Objective):
             "bidirectional": bidirectional,
             "alignment": {f: {"values": t, "aligned": a} for f, (t, a) in coverage.items()},
             "not_tagged": {"language": "detected from the text (py3langid)"},
+            "transitions": config.tag.transitions,
+            "transition_counts": transition_counts(train, scheme),
             "produced": {
                 f: {"how": how} | ({"values": c[0], "in_text": c[1]} if (c := field_coverage.get(f)) else {})
                 for f, how in produced.items()
