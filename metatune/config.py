@@ -120,6 +120,9 @@ class TagSettings(Section):
     # how decoding chains labels: "allowed" (any label but I-x after something other than x) or "learned"
     # (the label-to-label frequencies of the training split; what it never shows is forbidden)
     transitions: Literal["allowed", "learned"] = "allowed"
+    # at extraction, read a document longer than data.max_input_tokens in up to this many overlapping
+    # windows of that size (1: the text is cut, as in training)
+    windows: int = Field(default=1, ge=1, le=64)
 
 
 class TrainingSettings(Section):

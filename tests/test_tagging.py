@@ -301,6 +301,24 @@ def test_tag_run_extracts_the_right_spans_after_reload(tag_run):
     assert right >= 6, [r.data for r in together]
 
 
+def test_a_run_saved_with_windows_reads_a_long_document_in_bounded_windows(tag_run):
+    from metatune.objectives import open_run
+
+    tagger = open_run(tag_run)
+    texts = [r["original_text"] for r in synthetic_records(4, 2)]
+    plain = [r.data for r in tagger.extract(texts)]
+    tagger.windows = 3  # as a run trained with tag.windows=3 loads
+    assert [r.data for r in tagger.extract(texts)] == plain  # what fits one window reads as before
+    seen = []
+    forward = tagger.model.forward
+    tagger.model.forward = lambda **batch: seen.append(batch["input_ids"].shape) or forward(**batch)
+    long = texts[0] + "\n" + " ".join(texts[1:] * 4)
+    tagger.extract([long], batch_size=1)
+    assert len(seen) == 3 and all(shape[1] <= 128 for shape in seen)  # three windows, none over the limit
+    tagger.extract([long * 50], batch_size=8)
+    assert seen[-1][0] == 3  # a huge text costs no more than the windows the run reads
+
+
 def test_tag_objective_refuses_lora(tmp_path, tiny_llama):
     from metatune.errors import MetatuneError
     from metatune.training.run import train
@@ -501,3 +519,30 @@ def test_learned_transitions_forbid_what_the_training_labels_never_show():
     scores[2, O] = 0
     assert viterbi(scores, allowed_transitions(SCHEME)) == [B_TITLE, B_CREATOR, O]
     assert viterbi(scores, learned) == [B_TITLE, I_TITLE, O]
+
+
+def test_windows_stitch_a_span_that_crosses_an_edge():
+    from metatune.objectives.tag.labels import stitch_windows, window_starts, window_stride
+
+    assert window_starts(8, 8, 6) == [0] and window_starts(12, 8, 6) == [0, 4]
+    assert window_starts(20, 8, 6) == [0, 6, 12] and window_stride(8) == 6
+    text = "aa bb cc dd ee TT UU VV WW ff gg hh"
+    offsets = [(3 * k, 3 * k + 2) for k in range(12)]  # 12 tokens; the title is tokens 5-8
+    n_labels = len(SCHEME.labels)
+
+    def window(start: int, labels: dict[int, int]) -> torch.Tensor:
+        rows = torch.full((1 + 8, n_labels), -5.0)
+        rows[0, SCHEME.labels.index("TYPE=Tesis")] = 5
+        for t in range(start, start + 8):
+            rows[1 + t - start, labels.get(t, O)] = 5
+        return rows
+
+    # the first window ends inside the title; the second starts just before it
+    first = window(0, {5: B_TITLE, 6: I_TITLE, 7: I_TITLE})
+    second = window(4, {4: B_TITLE, 5: I_TITLE, 6: I_TITLE, 7: I_TITLE, 8: I_TITLE})
+    second[1, :] = -5.0
+    second[1, B_CREATOR] = 5  # token 4 at the second window's edge: the first window, with more context, wins
+    stitched = stitch_windows({0: first, 4: second}, 12, 8)
+    assert stitched.shape == (13, n_labels)
+    doc_type, values = decode(stitched, offsets, text, SCHEME, allowed_transitions(SCHEME))
+    assert doc_type == "Tesis" and values == {"title": ["TT UU VV WW"]}

@@ -27,8 +27,11 @@ from metatune.objectives.tag.labels import (
     decode,
     first_token_id,
     learned_transitions,
+    stitch_windows,
     to_record,
     token_offsets,
+    window_starts,
+    window_stride,
 )
 from metatune.parsing import Extraction
 
@@ -53,6 +56,7 @@ class Tagger(RunTypes):
             self.transitions = learned_transitions(tagging["transition_counts"], self.transitions)
         self.prompts = class_prompts(self.tokenizer, self.scheme)
         self.max_input_tokens = self.info.limits.max_input_tokens
+        self.windows = tagging.get("windows", 1)  # windows of max_input_tokens read per document
         self.default_type = self.info.fallback_type or (
             self.scheme.types[0] if len(self.scheme.types) == 1 else "general"
         )
@@ -83,24 +87,39 @@ class Tagger(RunTypes):
         if len(requested) != len(texts):
             raise MetatuneError(f"{len(texts)} texts but {len(requested)} types")
         asked = [self.resolve_type(t) if t is not None else None for t in requested]
-        budget = self.max_input_tokens - 1 - sum(map(len, self.prompts))
-        encoded = [token_offsets(self.tokenizer, text, budget) for text in texts]
+        size = self.max_input_tokens - 1 - sum(map(len, self.prompts))  # text tokens per window
+        stride = window_stride(size)
+        encoded = [token_offsets(self.tokenizer, text, size + (self.windows - 1) * stride) for text in texts]
         after = [t for prompt in self.prompts for t in prompt]  # each closed-list field's prompt
         start_id = first_token_id(self.tokenizer)
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i][0]), reverse=True)
+        rows = [(i, s) for i, (ids, _) in enumerate(encoded) for s in window_starts(len(ids), size, stride)]
+        rows.sort(key=lambda row: min(len(encoded[row[0]][0]) - row[1], size), reverse=True)
+        windows: dict[int, dict[int, torch.Tensor]] = {}
+        left = {i: len(window_starts(len(ids), size, stride)) for i, (ids, _) in enumerate(encoded)}
         results: list[Extraction | None] = [None] * len(texts)
         bar = tqdm(total=len(texts), unit="doc", disable=not progress, leave=False)
-        for begin in range(0, len(order), batch_size):
-            rows = order[begin : begin + batch_size]
-            batch = self.collate([{"input_ids": [start_id, *encoded[i][0], *after]} for i in rows])
+        for begin in range(0, len(rows), batch_size):
+            chunk = rows[begin : begin + batch_size]
+            batch = self.collate([{"input_ids": [start_id, *encoded[i][0][s : s + size], *after]} for i, s in chunk])
             logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.cpu()
-            for r, i in enumerate(rows):
+            for r, (i, s) in enumerate(chunk):
+                width = 1 + len(encoded[i][0][s : s + size]) + len(after)
+                windows.setdefault(i, {})[s] = logits[r, :width]
+                left[i] -= 1
+                if left[i]:
+                    continue
+                ids, offsets = encoded[i]
                 predicted, values = decode(
-                    logits[r], encoded[i][1], texts[i], self.scheme, self.transitions, list(map(len, self.prompts))
+                    stitch_windows(windows.pop(i), len(ids), size),
+                    offsets,
+                    texts[i],
+                    self.scheme,
+                    self.transitions,
+                    list(map(len, self.prompts)),
                 )
                 doc_type = asked[i] or (predicted if self.registry.find(predicted) else self.resolve_type(None))
                 results[i] = self._extraction(texts[i], doc_type, values)
-            bar.update(len(rows))
+                bar.update(1)
         bar.close()
         return results
 

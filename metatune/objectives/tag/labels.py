@@ -121,6 +121,33 @@ def token_offsets(tokenizer, text: str, max_tokens: int) -> tuple[list[int], lis
     return ids, trimmed
 
 
+def window_stride(size: int) -> int:
+    """Windows of `size` tokens start this far apart: each overlaps the next by a quarter."""
+    return max(1, size - size // 4)
+
+
+def window_starts(length: int, size: int, stride: int) -> list[int]:
+    """Where the windows over a text of `length` tokens start: every `stride` tokens, the last one
+    ending with the text."""
+    if length <= size:
+        return [0]
+    return [*range(0, length - size, stride), length - size]
+
+
+def stitch_windows(windows: dict[int, torch.Tensor], length: int, size: int) -> torch.Tensor:
+    """One document's logits from its windows' (start -> rows: type position, the window's text
+    tokens, the closed-list prompts): each text token's row from the window in which it has the most
+    context on both sides, so a span that crosses a window edge is read where it is whole; the type
+    and the closed-list fields from the first window."""
+    first = windows[0]
+    tail = first.shape[0] - 1 - min(length, size)  # the closed-list prompts' rows
+    rows = [first[0]]
+    for t in range(length):
+        start = max((s for s in windows if s <= t < s + size), key=lambda s: min(t - s, s + size - 1 - t))
+        rows.append(windows[start][1 + t - start])
+    return torch.stack(rows + list(first[first.shape[0] - tail :]) if tail else rows)
+
+
 def first_token_id(tokenizer) -> int:
     """The position that carries the document type: BOS, or EOS for tokenizers without one."""
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

@@ -204,6 +204,7 @@ class TagObjective(Objective):
             "alignment": {f: {"values": t, "aligned": a} for f, (t, a) in coverage.items()},
             "not_tagged": {"language": "detected from the text (py3langid)"},
             "transitions": config.tag.transitions,
+            "windows": config.tag.windows,
             "transition_counts": transition_counts(train, scheme),
             "produced": {
                 f: {"how": how} | ({"values": c[0], "in_text": c[1]} if (c := field_coverage.get(f)) else {})
