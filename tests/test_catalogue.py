@@ -219,7 +219,7 @@ def test_footnote_markers_glued_to_names_are_not_part_of_them(tiny_tokenizer):
     _, offsets = token_offsets(tiny_tokenizer, text, 100)
     words = [(0, 10), (12, 24), (29, 38)]  # each name with its marker, as a tagger might label it
     logits = torch.full((1 + len(offsets), len(scheme.labels)), -5.0)
-    for i, (s, e) in enumerate(offsets, 1):
+    for i, (s, _) in enumerate(offsets, 1):
         inside = [k for k, (a, b) in enumerate(words) if a <= s < b]
         if inside:
             first = all(not (words[inside[0]][0] <= s2 < s) for s2, _ in offsets[: i - 1])
