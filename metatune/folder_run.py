@@ -175,7 +175,11 @@ def run_many(
     if not written and not skipped and failures:
         more = f" (and {len(failures) - 1} more failed inputs)" if len(failures) > 1 else ""
         raise MetatuneError(failures[0] + more)
-    where = out_dir if out_dir is not None else out
+    return report_end(out_dir if out_dir is not None else out, written, unparsed, failures)
+
+
+def report_end(where: Path | None, written: int, unparsed: int, failures: list[str]) -> int:
+    """The end of a run over many documents, on stderr; the exit status (1 when an input failed)."""
     typer.echo(f"Wrote {written} document(s) to {where}", err=True)
     if unparsed:
         typer.echo(f"warning: {unparsed} output(s) could not be parsed as JSON", err=True)

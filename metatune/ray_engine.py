@@ -25,7 +25,7 @@ import typer
 from metatune.config import GenerationSettings
 from metatune.documents import Item, read_item
 from metatune.errors import MetatuneError
-from metatune.folder_run import DirectoryOut, JsonLinesOut, extract_batch
+from metatune.folder_run import DirectoryOut, JsonLinesOut, extract_batch, report_end
 from metatune.formats import document_record
 
 RESTARTS = 3  # times Ray restarts a dead actor (its batches are redone)
@@ -164,13 +164,4 @@ def run_on_ray(
             sink.close()
             if started_here:
                 ray.shutdown()
-    where = out_dir if out_dir is not None else out
-    typer.echo(f"Wrote {written} document(s) to {where}", err=True)
-    if unparsed:
-        typer.echo(f"warning: {unparsed} output(s) could not be parsed as JSON", err=True)
-    if failures:
-        typer.echo(f"error: {len(failures)} input(s) failed (a rerun tries them again):", err=True)
-        for failure in failures:
-            typer.echo(f"  {failure}", err=True)
-        return 1
-    return 0
+    return report_end(out_dir if out_dir is not None else out, written, unparsed, failures)
