@@ -228,3 +228,12 @@ def test_footnote_markers_glued_to_names_are_not_part_of_them(tiny_tokenizer):
             logits[i, 0] = 5.0
     _, values = decode(logits, offsets, text, scheme, allowed_transitions(scheme))
     assert values["creator"] == ["Ana Pérez", "Juan Smith", "Olga Paz"]
+
+
+def test_a_name_span_loses_its_markers_and_a_lone_initial_is_no_name():
+    from metatune.objectives.tag.labels import person_name
+
+    assert person_name("Pérez1,2") == "Pérez" and person_name("Smith†") == "Smith"
+    assert person_name("42 T. Aushev") == "T. Aushev" and person_name("* Ana Ruiz") == "Ana Ruiz"
+    assert person_name("A") == "" and person_name("J. K.") == ""
+    assert person_name("Wu Li") == "Wu Li" and person_name("Ng, A.") == "Ng, A."

@@ -23,6 +23,17 @@ TYPE_PREFIX = "TYPE="
 SURNAME = "~surname"  # suffix of the labels of a name's surname words
 CHARS_PER_TOKEN_BOUND = 16  # no tokenizer spends fewer than 1 token per 16 characters of prose
 FOOTNOTE_MARKS = re.compile(r"(?<=[^\W\d_])[\d*∗†‡§¶#]+(?:[\s,]*[\d*∗†‡§¶#]+)*[\s,]*$")  # "Smith†", "Pérez1,2"
+LEADING_MARKS = re.compile(r"^[\d*∗†‡§¶#,\s]+(?=[^\W\d_])")  # "42 T. Aushev", "2 Ana Ruiz"
+NAME_WORD = re.compile(r"[^\W\d_]{2,}")
+
+
+def person_name(value: str) -> str:
+    """A name span without footnote markers before or after it; "" for a span with no word of two
+    letters or more (a lone initial is a fragment of a name, not a name)."""
+    value = LEADING_MARKS.sub("", FOOTNOTE_MARKS.sub("", value))
+    return value if NAME_WORD.search(value) else ""
+
+
 NOT_TAGGED = ("language",)  # not a span of the text: detected (metatune.language), never tagged
 
 
@@ -403,7 +414,7 @@ def decode(
         start, end = whole_words(text, start, end, field in PERSON_FIELDS)
         value = LINE_END_HYPHEN.sub("-", source.snippet(Span(start, end)))
         if field in PERSON_FIELDS:
-            value = FOOTNOTE_MARKS.sub("", value)
+            value = person_name(value)
         if field in scheme.surnames:
             value = catalogue_name(text, Span(start, end), surname)
         if field in DATE_FIELDS and (normalised := normalise_date(value)):
