@@ -301,6 +301,17 @@ def test_tag_run_extracts_the_right_spans_after_reload(tag_run):
     assert right >= 6, [r.data for r in together]
 
 
+def test_in_bf16_a_documents_labels_do_not_depend_on_its_batch(tag_run):
+    from metatune.objectives import open_run
+
+    tagger = open_run(tag_run, GenerationSettings(dtype="bfloat16"))  # forced, whatever this CPU would pick
+    assert next(tagger.model.parameters()).dtype == torch.bfloat16
+    texts = [r["original_text"] for r in synthetic_records(8, 2)]
+    together = tagger.extract(texts, batch_size=8)
+    assert [r.data for r in together] == [tagger.extract([t], batch_size=1)[0].data for t in texts]
+    assert tagger.statistics(together)["batch_size"] == 1  # on a CPU every document is its own batch
+
+
 def test_a_run_saved_with_windows_reads_a_long_document_in_bounded_windows(tag_run):
     from metatune.objectives import open_run
 
@@ -316,7 +327,8 @@ def test_a_run_saved_with_windows_reads_a_long_document_in_bounded_windows(tag_r
     tagger.extract([long], batch_size=1)
     assert len(seen) == 3 and all(shape[1] <= 128 for shape in seen)  # three windows, none over the limit
     tagger.extract([long * 50], batch_size=8)
-    assert seen[-1][0] == 3  # a huge text costs no more than the windows the run reads
+    assert len(seen) == 6  # a huge text costs no more than the windows the run reads
+    assert all(shape == (1, 128) for shape in seen[3:])  # on a CPU each window is its own batch
 
 
 def test_tag_objective_refuses_lora(tmp_path, tiny_llama):

@@ -98,8 +98,11 @@ class Tagger(RunTypes):
         left = {i: len(window_starts(len(ids), size, stride)) for i, (ids, _) in enumerate(encoded)}
         results: list[Extraction | None] = [None] * len(texts)
         bar = tqdm(total=len(texts), unit="doc", disable=not progress, leave=False)
-        for begin in range(0, len(rows), batch_size):
-            chunk = rows[begin : begin + batch_size]
+        # On a CPU a batch buys nothing for one forward pass per document (0.80 against 0.82 s per
+        # document measured) and padding changes bf16 labels: there, each window is its own batch.
+        per_call = batch_size if self.device.type != "cpu" else 1
+        for begin in range(0, len(rows), per_call):
+            chunk = rows[begin : begin + per_call]
             batch = self.collate([{"input_ids": [start_id, *encoded[i][0][s : s + size], *after]} for i, s in chunk])
             logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.cpu()
             for r, (i, s) in enumerate(chunk):
@@ -128,7 +131,8 @@ class Tagger(RunTypes):
         return self.extract([text], [doc_type], batch_size=1)[0].raw
 
     def statistics(self, results: list[Extraction]) -> dict:
-        return {"batch_size": self.settings.batch_size, "bidirectional": self.info.tagging["bidirectional"]}
+        batch = self.settings.batch_size if self.device.type != "cpu" else 1
+        return {"batch_size": batch, "bidirectional": self.info.tagging["bidirectional"]}
 
     def _extraction(self, text: str, doc_type: str, values: dict[str, list[str]]) -> Extraction:
         fields = self.fields(doc_type)
