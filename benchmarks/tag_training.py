@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -70,7 +71,9 @@ def main() -> None:
                 trainer.train()
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
         else:
+            wall, cpu = time.perf_counter(), time.process_time()
             trainer.train()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         after = peak_rates("cpu", 2048)
 
     dtype = "bfloat16" if precision == "bf16" else "float32"
@@ -91,6 +94,8 @@ def main() -> None:
         "gflops_per_second": round(steps["model_flops_per_second"] / 1e9, 1),
         "peak_gflops_per_second": {k: round(max(before[k]["wall"], after[k]["wall"]) / 1e9, 1) for k in before},
         "mfu": steps["mfu"],
+        # CPU seconds per wall second while training, of torch's threads together: how busy the cores were
+        "cores_busy": None if args.profile else round(cpu / wall, 2),
     }
     print(json.dumps(figures, indent=2))
     if args.out:
