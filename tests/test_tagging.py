@@ -496,17 +496,21 @@ def test_a_transformers_pipeline_reads_a_bidirectional_tag_run_as_the_tagger_doe
 def test_a_span_at_a_line_end_hyphen_takes_the_whole_word():
     from metatune.objectives.tag.labels import whole_words
 
-    text = "Regu-\nlation of cells\nby methyl-\nation"
-    assert whole_words(text, 6, 21) == (0, 21)  # began after the hyphen: the word's first half is taken
-    assert whole_words(text, 25, 31) == (25, 38)  # ended before the hyphen: its second half too
-    assert whole_words(text, 25, 32) == (25, 38)
+    text = "On the regu-\nlation of cells\nby methyl-\nation"
+    assert whole_words(text, 13, 28) == (7, 28)  # began after the hyphen: the word's first half is taken
+    assert whole_words(text, 32, 38) == (32, 45)  # ended before the hyphen: its second half too
+    assert whole_words(text, 32, 39) == (32, 45)
+    # a label and its value are not a broken word, whatever their case
+    for label in ("Abstract-\nWe show", "Keywords-\nrobots, cells", "KeyWords-\nrobots"):
+        start = label.index("\n") + 1
+        assert whole_words(label, start, len(label)) == (start, len(label))
     assert whole_words("Ana Pérez1, Juan", 0, 9, name=True) == (0, 9)  # a glued footnote marker stays out
-    offsets = [(0, 4), (4, 5), (6, 12), (13, 15), (16, 21)]
+    offsets = [(0, 2), (3, 6), (7, 11), (11, 12), (13, 19), (20, 22), (23, 28)]
     logits = torch.full((1 + len(offsets), len(SCHEME.labels)), -5.0)
-    for i, label in enumerate([O, O, B_TITLE, I_TITLE, I_TITLE], 1):
+    for i, label in enumerate([B_TITLE, I_TITLE, O, O, B_TITLE, I_TITLE, I_TITLE], 1):
         logits[i, label] = 5
     _, values = decode(logits, offsets, text, SCHEME, allowed_transitions(SCHEME))
-    assert values["title"] == ["Regu-lation of cells"]
+    assert values["title"] == ["On the", "regu- lation of cells"]  # written as the corpus writes a break
 
 
 def test_learned_transitions_forbid_what_the_training_labels_never_show():

@@ -354,18 +354,20 @@ def catalogue_name(text: str, span: Span, surname: list[tuple[int, int]]) -> str
     return f"{' '.join(family)}, {' '.join(given)}"
 
 
-LINE_END_HYPHEN = re.compile(r"(?<=[^\W\d_])- (?=[^\W\d_])")  # "regu-\nlation", whitespace folded
-_HYPHEN_BEFORE = re.compile(r"[^\W\d_]+-[ \t]*\n[ \t]*$")
+_HYPHEN_BEFORE = re.compile(r"(?<![^\W\d_])[^\W\d_A-Z]+-[ \t]*\n[ \t]*$")  # a whole lower-case piece
 _HYPHEN_AFTER = re.compile(r"-?[ \t]*\n[ \t]*[^\W\d_]+")
 
 
 def whole_words(text: str, start: int, end: int, name: bool = False) -> tuple[int, int]:
     """The span widened to whole words, as the aligned labels were: a span that begins or ends inside a
     word (a sub-word token left out) takes the whole word, and a word broken by a line-end hyphen
-    ("regu-\\nlation") is one word. In a name, digits glued to it ("Pérez1") are a footnote marker."""
+    ("regu-\\nlation", lower case on both sides when the span starts after the break) is one word.
+    In a name, digits glued to it ("Pérez1") are a footnote marker."""
     while 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum():
         start -= 1
-    if start < len(text) and text[start].isalpha() and (m := _HYPHEN_BEFORE.search(text, max(0, start - 80), start)):
+    # only a lower-case piece before a lower-case one: "Abstract-\nWe" and "Keywords-\nrobots" are a label
+    # and its value, which the model rightly splits
+    if start < len(text) and text[start].islower() and (m := _HYPHEN_BEFORE.search(text, max(0, start - 80), start)):
         start = m.start()
     while end < len(text) and text[end].isalnum() and text[end - 1].isalnum():
         if name and text[end].isdigit() and text[end - 1].isalpha():
@@ -412,7 +414,7 @@ def decode(
     values: dict[str, list[str]] = {}
     for field, start, end, surname in spans:
         start, end = whole_words(text, start, end, field in PERSON_FIELDS)
-        value = LINE_END_HYPHEN.sub("-", source.snippet(Span(start, end)))
+        value = source.snippet(Span(start, end))
         if field in PERSON_FIELDS:
             value = person_name(value)
         if field in scheme.surnames:
