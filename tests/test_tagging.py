@@ -562,3 +562,13 @@ def test_windows_stitch_a_span_that_crosses_an_edge():
     assert stitched.shape == (13, n_labels)
     doc_type, values = decode(stitched, offsets, text, SCHEME, allowed_transitions(SCHEME))
     assert doc_type == "Tesis" and values == {"title": ["TT UU VV WW"]}
+
+
+def test_seen_transitions_forbid_the_unseen_without_scoring_the_rest():
+    from metatune.objectives.tag.labels import learned_transitions
+
+    counts = [[0] * 9 for _ in range(9)]
+    counts[O][B_TITLE], counts[O][O], counts[B_TITLE][O] = 1, 9, 1
+    seen = learned_transitions(counts, allowed_transitions(SCHEME), scores=False)
+    assert seen[O, B_TITLE] == 0 and seen[O, O] == 0  # no frequency penalty on a rare pair
+    assert seen[O, B_CREATOR] == float("-inf") and seen[B_TITLE, I_TITLE] == float("-inf")

@@ -52,8 +52,9 @@ class Tagger(RunTypes):
             read_both_ways(self.model)
         self.collate = TagCollator(self.tokenizer.pad_token_id)
         self.transitions = allowed_transitions(self.scheme)
-        if tagging.get("transitions") == "learned":
-            self.transitions = learned_transitions(tagging["transition_counts"], self.transitions)
+        if tagging.get("transitions") in ("learned", "seen"):
+            scores = tagging["transitions"] == "learned"
+            self.transitions = learned_transitions(tagging["transition_counts"], self.transitions, scores)
         self.prompts = class_prompts(self.tokenizer, self.scheme)
         self.max_input_tokens = self.info.limits.max_input_tokens
         self.windows = tagging.get("windows", 1)  # windows of max_input_tokens read per document

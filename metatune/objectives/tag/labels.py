@@ -298,13 +298,15 @@ def transition_counts(features: list[dict], scheme: TagScheme) -> list[list[int]
     return counts
 
 
-def learned_transitions(counts: list[list[int]], allowed: torch.Tensor) -> torch.Tensor:
-    """Log-frequencies of label j after label i; a transition the training labels never show is
-    forbidden. A label never seen keeps the allowed transitions."""
+def learned_transitions(counts: list[list[int]], allowed: torch.Tensor, scores: bool = True) -> torch.Tensor:
+    """Transition scores from the training labels: a transition they never show is forbidden; with
+    `scores`, the others add their log-frequency (label j after label i), else 0. A label never seen
+    keeps the allowed transitions."""
     counts = torch.tensor(counts, dtype=torch.float)
     seen = counts.sum(1, keepdim=True) > 0
-    scores = torch.where(counts > 0, (counts / counts.sum(1, keepdim=True).clamp(min=1)).log(), float("-inf"))
-    return torch.where(seen, scores, torch.where(allowed, 0.0, float("-inf")))
+    frequency = (counts / counts.sum(1, keepdim=True).clamp(min=1)).log() if scores else torch.zeros_like(counts)
+    learned = torch.where(counts > 0, frequency, float("-inf"))
+    return torch.where(seen, learned, torch.where(allowed, 0.0, float("-inf")))
 
 
 def viterbi(log_probs: torch.Tensor, transitions: torch.Tensor) -> list[int]:
