@@ -117,9 +117,9 @@ class TagSettings(Section):
     # this fraction of the training documents is also trained on with every run of whitespace made one
     # space (line breaks gone, as the original SEDICI orchestrator and some PDF tools send text); seeded
     augment_collapsed: float = Field(default=0.0, ge=0.0, le=1.0)
-    # how decoding chains labels: "allowed" (any label but I-x after something other than x), "seen"
-    # (only the label pairs the training split shows) or "learned" (those, scored by their frequency)
-    transitions: Literal["allowed", "seen", "learned"] = "allowed"
+    # how decoding chains labels: "seen" (only the label pairs the training split shows), "learned"
+    # (those, scored by their frequency) or "allowed" (any label but I-x after something other than x)
+    transitions: Literal["allowed", "seen", "learned"] = "seen"
     # at extraction, read a document longer than data.max_input_tokens in up to this many overlapping
     # windows of that size (1: the text is cut, as in training)
     windows: int = Field(default=1, ge=1, le=64)
