@@ -417,10 +417,10 @@ def decode(
     for field, start, end, surname in spans:
         start, end = whole_words(text, start, end, field in PERSON_FIELDS)
         value = source.snippet(Span(start, end))
-        if field in PERSON_FIELDS:
-            value = person_name(value)
         if field in scheme.surnames:
             value = catalogue_name(text, Span(start, end), surname)
+        if field in PERSON_FIELDS:
+            value = person_name(value)
         if field in DATE_FIELDS and (normalised := normalise_date(value)):
             value = date_in_form(normalised, scheme.date_form)
         if value and (scheme.repeats or value not in values.get(field, [])):
