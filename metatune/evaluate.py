@@ -1,4 +1,4 @@
-"""`metatune evaluate`: generate for every document of a split, parse, score field by field, report.
+"""`metatune evaluate`: extract every document of a split, score field by field, report.
 
 The reference for a document is exactly the target training built for it: the fields of its type
 under the run's include/exclude settings (metatune.json), via formatting.target_json. Scoring
@@ -91,8 +91,8 @@ def evaluate_outputs(
 ) -> tuple[dict, list[dict]]:
     """Score what an extractor returned; returns (metrics, one row per document for predictions.jsonl).
 
-    The values scored are the extractor's final ones (for a generate run: parsed, expanded from
-    anchors, snapped to the source); each row also keeps what the model wrote (`raw`).
+    The values scored are the extractor's final ones, as the run's objective makes them; each row
+    also keeps what the model wrote (`raw`).
     """
     predictions = [r.data for r in results]
     metrics = score_predictions(items, predictions, chosen)

@@ -21,7 +21,7 @@ class ParseResult:
 
 @dataclass
 class Extraction:
-    """What extraction returns for one document (Extractor and Tagger alike)."""
+    """What extraction returns for one document, whatever the run's objective."""
 
     doc_type: str
     data: dict | None  # the parsed metadata, None when the output could not be parsed
