@@ -21,7 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from metatune.bench.machine import peak_rates
-from metatune.bench.tag import StepTimes, TokenCount, step_figures
+from metatune.bench.objectives import StepTimes, TokenCount, step_figures
 from metatune.config import load_config
 from metatune.precision import apply_precision
 from metatune.training.hf_trainer import build_trainer, training_arguments

@@ -384,8 +384,11 @@ def bench(
     extract_batch_size: Annotated[int, typer.Option(help="Batch size of the Extractor")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Generation limit in the extraction timing")] = 128,
     memory: Annotated[bool, typer.Option(help="Measure peak memory of training (full, LoRA) in subprocesses")] = True,
-    tag: Annotated[
-        bool, typer.Option(help="Also time the tag objective: training MFU, extraction vs one forward pass")
+    objectives: Annotated[
+        bool,
+        typer.Option(
+            help="Also time every other objective than the race's: training MFU, extraction vs one forward pass"
+        ),
     ] = True,
     extract_run: Annotated[
         Path | None, typer.Option(help="Time extraction with this saved run (default: the base model)")
@@ -408,7 +411,7 @@ def bench(
         memory,
         sets=set_,
         extract_run=extract_run,
-        tag=tag,
+        objectives=objectives,
     )
     json_path, md_path = write_results(run_bench(settings), output)
     typer.echo(md_path.read_text(encoding="utf-8"))

@@ -115,7 +115,7 @@ def evaluate_outputs(
     return metrics, rows
 
 
-def generate_outputs(extractor, items: list[Item], batch_size: int, progress: bool = True):
+def extract_outputs(extractor, items: list[Item], batch_size: int, progress: bool = True):
     """(one Extraction per item, seconds) of the extractor on the items' texts and types."""
     start = time.perf_counter()
     results = extractor.extract(
@@ -221,7 +221,7 @@ def run_evaluate(
         open_ = objective.zero_shot if base else objective.extractor
         extractor = open_(run_dir, settings)
         print(f"Evaluating {name} model on {len(items)} '{split}' documents of {data}")
-        outputs, seconds = generate_outputs(extractor, items, settings.batch_size, progress)
+        outputs, seconds = extract_outputs(extractor, items, settings.batch_size, progress)
         metrics, rows = evaluate_outputs(items, outputs, seconds, micro_fields)
         metrics["loops"] = sum(r.looped for r in outputs)
         metrics["run"] = {

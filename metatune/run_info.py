@@ -1,7 +1,7 @@
 """metatune.json: what a saved run is and how its inputs were built, as one typed object.
 
-Training builds a RunInfo (metatune.objectives.base.describe, plus sections a run adds, such as
-"tagging"), saving writes it beside the weights, and every reader gets its
+Training builds a RunInfo (metatune.objectives.base.describe, plus the sections its objective
+adds), saving writes it beside the weights, and every reader gets its
 settings from the attributes. The file's format is unchanged (format_version 1); keys a later version adds are kept
 as they are, and keys added since the first runs have defaults, so older runs still read.
 """
@@ -66,7 +66,7 @@ class RunInfo(_Part):
     config: dict[str, Any] = {}  # the training config, as dumped (older runs may hold keys no longer known)
     training: dict[str, Any] = {}  # the training summary
     lora: LoraInfo | None = None  # LoRA runs
-    type_classifier: str | None = None  # generate runs: the document-type classifier's file
+    type_classifier: str | None = None  # runs whose objective fits one: the document-type classifier's file
 
     @property
     def seq2seq(self) -> bool:

@@ -1,7 +1,7 @@
-"""The document-type classifier saved with every generate run (type_classifier.json).
+"""The document-type classifier a run saves when its objective needs the type before it reads the
+document (type_classifier.json; the generate objective's prompt names the type).
 
-A generate run writes the fields of the type its prompt names, so the type must be known before
-generation. This classifier decides it when the caller does not: multinomial naive Bayes (Laplace
+This classifier decides the type when the caller does not: multinomial naive Bayes (Laplace
 smoothing) over the word unigrams and bigrams of the first MAX_CHARS characters of the text,
 lower-cased and without accents, each counted once per document (binarized: on synthetic samples
 this was right more often than raw counts, 210 against 173 of 256 documents, as repeated topic

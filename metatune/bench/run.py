@@ -11,14 +11,15 @@ import time
 from pathlib import Path
 
 from metatune.bench.machine import machine_info
+from metatune.bench.objectives import forward_limit, objective_sets, objective_training
 from metatune.bench.original import original_examples
 from metatune.bench.probes import probe_context, run_probe
-from metatune.bench.settings import BenchSettings, bench_sets, default_data, tag_sets
-from metatune.bench.tag import forward_limit, tag_training
+from metatune.bench.settings import BenchSettings, bench_sets, default_data
 from metatune.bench.training_race import timed_training
 from metatune.config import load_config
 from metatune.errors import MetatuneError
 from metatune.models import default_device, make_greedy
+from metatune.objectives import OBJECTIVES
 
 
 def extraction_run(prepared, model, tokenizer, directory: Path, max_new_tokens: int) -> Path:
@@ -42,15 +43,19 @@ def documents(config, count: int) -> tuple[list[str], list[str]]:
     return [r["original_text"] for r in records], [str(record_type(r)) for r in records]
 
 
-def tag_section(settings: BenchSettings, data: str, texts, types, training: dict, work: Path, ctx) -> dict:
-    """The tag objective's steps and extraction, against the peaks the training race measured."""
+def objective_section(
+    name: str, settings: BenchSettings, data: str, texts, types, training: dict, work: Path, ctx
+) -> dict:
+    """The objective `name`'s steps and extraction, against the peaks the training race measured."""
     peaks = training["peak_flops_per_second"]
-    config = load_config(sets=tag_sets(work / "tag-out"), model=settings.model, data=data)
-    print(f"Timing {settings.steps} training steps of the tag objective")
-    figures, run_dir, tokens = tag_training(config, settings.steps, work, peaks["used"], texts)
-    print(f"Timing tag extraction of {len(texts)} documents (in a subprocess)")
+    config = load_config(sets=objective_sets(name, work / f"{name}-out"), model=settings.model, data=data)
+    print(f"Timing {settings.steps} training steps of the {name} objective")
+    figures, run_dir, tokens = objective_training(config, settings.steps, work, peaks["used"], texts)
+    print(f"Timing {name} extraction of {len(texts)} documents (in a subprocess)")
     spec = {"kind": "extract", "run": str(run_dir), "texts": texts, "types": types}
-    extraction = run_probe(ctx, spec | {"batch_size": settings.extract_batch_size, "max_new_tokens": 1}, work)
+    extraction = run_probe(
+        ctx, spec | {"batch_size": settings.extract_batch_size, "max_new_tokens": settings.max_new_tokens}, work
+    )
     if "error" not in extraction:
         extraction |= forward_limit(extraction, figures["parameters"], tokens, peaks)
     return {"training": figures, "extraction": extraction}
@@ -137,8 +142,12 @@ def run_bench(settings: BenchSettings) -> dict:
                 ctx, {**base, "side": "lora", "sets": overrides + ["model.lora.enabled=true"]}, work
             )
             result["memory"] = memory
-        if settings.tag:
-            result["tag"] = tag_section(settings, data, texts, types, result["training"], work, ctx)
+        if settings.objectives:  # the race trains the config's objective; time each other one too
+            others = [name for name in OBJECTIVES if name != config.training.objective]
+            result["objectives"] = {
+                name: objective_section(name, settings, data, texts, types, result["training"], work, ctx)
+                for name in others
+            }
     result["machine"]["load_average_end"] = list(os.getloadavg())
     # other programs kept more than half the CPUs busy when the run started
     result["machine"]["under_load"] = result["machine"]["load_average_start"][0] > 0.5 * (os.cpu_count() or 1)

@@ -26,18 +26,7 @@ class BenchSettings:
     matmul_size: int | None = None  # n of the n x n peak-rate products (default: 2048 on CPUs, 8192 on GPUs)
     sets: list[str] = field(default_factory=list)  # --set overrides for metatune's side
     extract_run: Path | None = None  # a saved run to time extraction with (default: the base model saved as a run)
-    tag: bool = True  # also time the tag objective's training steps and extraction
-
-
-def tag_sets(output_dir: Path) -> list[str]:
-    """The tag objective as configs/grobid-headers-tag.yaml trains it, on every field of the data."""
-    return [
-        "training.objective=tag",
-        "data.exclude_fields=[]",
-        "data.max_input_tokens=1536",
-        "training.eval_each_epoch=false",
-        f"training.output_dir={output_dir}",
-    ]
+    objectives: bool = True  # also time every objective other than the race's: training steps and extraction
 
 
 def default_data() -> tuple[str, str | None]:

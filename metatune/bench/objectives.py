@@ -1,5 +1,6 @@
-"""The tag objective in `metatune bench`: its training steps' MFU, and its extraction against the
-forward-pass limit, both over the matrix-multiply peak the training race measured in the same run."""
+"""The objectives other than the race's in `metatune bench`: each one's training steps' MFU, and its
+extraction against the forward-pass limit, both over the matrix-multiply peak the training race measured
+in the same run."""
 
 from __future__ import annotations
 
@@ -53,8 +54,18 @@ def step_figures(times: list[float], tokens: list[int], parameters: int, peak: f
     }
 
 
-def tag_training(config, steps: int, work: Path, peak: float, texts: list[str]) -> tuple[dict, Path, float]:
-    """`steps` optimizer steps of the tag objective through the Trainer engine (`metatune train`'s), the
+def objective_sets(name: str, output_dir: Path) -> list[str]:
+    """The objective `name` with the data's defaults, on every field of the data."""
+    return [
+        f"training.objective={name}",
+        "data.exclude_fields=[]",
+        "training.eval_each_epoch=false",
+        f"training.output_dir={output_dir}",
+    ]
+
+
+def objective_training(config, steps: int, work: Path, peak: float, texts: list[str]) -> tuple[dict, Path, float]:
+    """`steps` optimizer steps of `config`'s objective through the Trainer engine (`metatune train`'s), the
     trained model saved as a run for the extraction probe, and the mean tokens the model reads of `texts`."""
     from metatune.export import save_run
     from metatune.objectives import of_run
@@ -63,7 +74,7 @@ def tag_training(config, steps: int, work: Path, peak: float, texts: list[str]) 
     from metatune.training.run import prepare
 
     prepared = prepare(config, need_validation=False)
-    args = quiet_arguments(training_arguments(prepared, work / "tag-train"), max_steps=steps)
+    args = quiet_arguments(training_arguments(prepared, work / f"{config.training.objective}-train"), max_steps=steps)
     timer = StepTimes()
     trainer = build_trainer(prepared, args, [timer])
     counter = TokenCount(trainer.data_collator)
@@ -81,7 +92,7 @@ def tag_training(config, steps: int, work: Path, peak: float, texts: list[str]) 
         prepared.model,
         prepared.tokenizer,
         prepared.info,
-        work / "tag-run",
+        work / f"{config.training.objective}-run",
         of_run(prepared.info).card,
         config_keys=prepared.config_keys,
     )
