@@ -123,6 +123,9 @@ class TagSettings(Section):
     # at extraction, read a document longer than data.max_input_tokens in up to this many overlapping
     # windows of that size (1: the text is cut, as in training)
     windows: int = Field(default=1, ge=1, le=64)
+    # in the loss, the label a closed-list field is read from (one per field and document, against
+    # hundreds of token labels) counts as this many tokens' labels
+    class_weight: float = Field(default=32.0, ge=1.0, le=1000.0)
 
 
 class TrainingSettings(Section):

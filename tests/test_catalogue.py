@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,9 +19,10 @@ from metatune.objectives.tag.labels import (
     date_in_form,
     decode,
     encode_tagged,
+    tag_loss_for,
     token_offsets,
 )
-from metatune.objectives.tag.objective import catalogued_names, date_form
+from metatune.objectives.tag.objective import catalogued_names, date_form, example_losses_for
 
 from conftest import REPO
 
@@ -122,6 +124,28 @@ def test_a_closed_list_field_is_read_after_the_document(tiny_tokenizer):
     assert values == {"title": ["Un estudio de las cosas"], "rights": [licences[1]]}
     record.pop("rights")  # no value: the "rights=" label, and nothing written
     assert "rights" not in round_trip(tiny_tokenizer, scheme, record, text, ["title", "rights"])
+
+
+def test_a_closed_list_fields_label_weighs_class_weight_tokens_in_the_loss():
+    licences = ("CC BY 4.0", "CC BY-NC-SA 4.0")
+    scheme = TagScheme(("title",), ("Tesis",), classes=(("rights", licences),))
+    rights = scheme.first_class_label("rights") + 1
+    labels = torch.tensor([[scheme.first_type_label, 1, 2, 0, -100, rights, -100]])  # type, B I O, pad, class
+    logits = torch.randn(1, 7, len(scheme.labels), generator=torch.Generator().manual_seed(0))
+    each = torch.nn.functional.cross_entropy(logits[0], labels[0], ignore_index=-100, reduction="none")
+    plain = tag_loss_for(scheme, 1.0)({"logits": logits}, labels)
+    weighted = tag_loss_for(scheme, 32.0)({"logits": logits}, labels)
+    assert torch.allclose(plain, each.sum() / 5)
+    assert torch.allclose(weighted, (each.sum() + 31 * each[5]) / 5)  # still divided by the labelled count
+    # the custom loop's per-document sums weigh the same way; a scheme without classes is unweighted
+    model = lambda **batch: SimpleNamespace(logits=logits)  # noqa: E731
+    sums, counts = example_losses_for(scheme, 32.0)(model, {"input_ids": labels, "labels": labels})
+    assert torch.allclose(sums, weighted * 5) and counts.tolist() == [5]
+    no_classes = TagScheme(("title",), ("Tesis",))
+    assert torch.allclose(
+        tag_loss_for(no_classes, 32.0)({"logits": logits[..., :4]}, labels.clamp(max=3)),
+        tag_loss_for(no_classes, 1.0)({"logits": logits[..., :4]}, labels.clamp(max=3)),
+    )
 
 
 @pytest.fixture(scope="module")

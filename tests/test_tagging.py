@@ -16,7 +16,7 @@ from metatune.objectives.tag.labels import (
     bio_labels,
     decode,
     encode_tagged,
-    tag_loss,
+    tag_loss_for,
     to_record,
     viterbi,
 )
@@ -161,7 +161,7 @@ def test_reading_both_ways_without_a_mask_is_the_all_visible_4d_mask(tiny_llama)
     def loss_and_grads(m, batch):
         m.zero_grad()
         logits = m(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        loss = tag_loss({"logits": logits}, batch["labels"])
+        loss = tag_loss_for(TagScheme(("title",), ("article",)), 32.0)({"logits": logits}, batch["labels"])
         loss.backward()
         return logits.detach(), loss.detach(), [p.grad.clone() for p in m.parameters()]
 

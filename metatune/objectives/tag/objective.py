@@ -25,8 +25,9 @@ from metatune.objectives.tag.labels import (
     TagScheme,
     class_prompts,
     encode_tagged,
+    label_weights,
     start_with_the_type_position,
-    tag_loss,
+    tag_loss_for,
     transition_counts,
 )
 from metatune.peft_setup import load_trainable
@@ -158,14 +159,21 @@ def count_targets(batch: dict) -> torch.Tensor:
     return batch["labels"].ne(IGNORE_INDEX).sum()
 
 
-def example_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per document: cross-entropy summed over its labelled tokens, and their number."""
-    labels = batch["labels"]
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    ce = torch.nn.functional.cross_entropy(
-        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    return ce.view(labels.shape).sum(1), labels.ne(IGNORE_INDEX).sum(1)
+def example_losses_for(scheme: TagScheme, class_weight: float):
+    """The custom loop's losses: per document, the weighted cross-entropy summed over its labelled tokens
+    (as `tag_loss_for`), and their number."""
+
+    def example_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = batch["labels"]
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        ce = torch.nn.functional.cross_entropy(
+            logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        if (weights := label_weights(labels.flatten(), scheme, class_weight)) is not None:
+            ce = ce * weights
+        return ce.view(labels.shape).sum(1), labels.ne(IGNORE_INDEX).sum(1)
+
+    return example_losses
 
 
 class TagObjective(Objective):
@@ -227,8 +235,8 @@ class TagObjective(Objective):
             train,
             validation,
             info,
-            TrainerParts(collate, tag_loss),
-            LoopParts(collate, example_losses, count_targets),
+            TrainerParts(collate, tag_loss_for(scheme, config.tag.class_weight)),
+            LoopParts(collate, example_losses_for(scheme, config.tag.class_weight), count_targets),
             stats=stats,
             # Runtimes that load the run with transformers read it both ways too: its config says
             # `is_causal: false`, and eager attention, which (unlike SDPA, that asks the attention
