@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--out", help="write the figures here as JSON")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (inductor, dynamic shapes)")
+    parser.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa", help="the attention kernels")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tag-training-") as tmp:
@@ -51,6 +54,7 @@ def main() -> None:
         work.mkdir()
         targs = training_arguments(prepared, work)
         targs.save_strategy = "no"
+        prepared.model.set_attn_implementation(args.attention)
         if args.compile:
             prepared.model = torch.compile(prepared.model, dynamic=True)
         timer = StepTimes()
@@ -71,9 +75,10 @@ def main() -> None:
                 trainer.train()
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
         else:
-            wall, cpu = time.perf_counter(), time.process_time()
+            wall, cpu, usage = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
             trainer.train()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            after_usage = resource.getrusage(resource.RUSAGE_SELF)
         after = peak_rates("cpu", 2048)
 
     dtype = "bfloat16" if precision == "bf16" else "float32"
@@ -88,6 +93,8 @@ def main() -> None:
         "precision": precision,
         "sets": args.sets,
         "compiled": args.compile,
+        "attention": args.attention,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "steps_timed": steps["steps_timed"],
         "median_step_seconds": steps["seconds_per_step_median"],
         "mean_tokens_per_step": steps["tokens_per_step_mean"],
@@ -96,6 +103,9 @@ def main() -> None:
         "mfu": steps["mfu"],
         # CPU seconds per wall second while training, of torch's threads together: how busy the cores were
         "cores_busy": None if args.profile else round(cpu / wall, 2),
+        # of that CPU time, the kernel's (page faults, mmap/munmap of tensors' memory), and the page faults
+        "system_seconds": None if args.profile else round(after_usage.ru_stime - usage.ru_stime, 1),
+        "minor_page_faults": None if args.profile else after_usage.ru_minflt - usage.ru_minflt,
     }
     print(json.dumps(figures, indent=2))
     if args.out:
