@@ -24,7 +24,6 @@ from metatune.parsing import Extraction
 from metatune.report import bar_chart, catalogue_form_lines, markdown_table
 from metatune.run_info import RunInfo
 from metatune.text import collapse_whitespace
-from metatune.type_classifier import TypeClassifier, accuracy
 
 BASELINES = ("zero-shot",)
 CHART_MATCHING = "soft"
@@ -124,18 +123,6 @@ def extract_outputs(extractor, items: list[Item], batch_size: int, progress: boo
     return results, time.perf_counter() - start
 
 
-def type_accuracy(run_dir: Path, info: RunInfo, items: list[Item]) -> dict | None:
-    """How often the run's type classifier names each document's true type (None: the run has none).
-
-    The field scores are generated with the true types; this is what extraction without a
-    type would have chosen for the same texts."""
-    name = info.type_classifier
-    if not name:
-        return None
-    classifier = TypeClassifier.load(run_dir, name)
-    return accuracy(classifier, [item.text for item in items], [item.doc_type for item in items])
-
-
 def type_table(scores: dict) -> str:
     lines = ["| true type | n | correct | accuracy |", "|---|---:|---:|---:|"]
     for name, row in [*scores["by_type"].items(), ("**overall**", scores["overall"])]:
@@ -213,7 +200,9 @@ def run_evaluate(
         items = [replace(item, text=collapse_whitespace(item.text)) for item in items]
     report = Path(report) if report else Path(run_dir) / f"eval-{split}"
     check_report_dir(report)
-    types = type_accuracy(Path(run_dir), info, items)
+    # the field scores are extracted with the true types; this is the type extraction without one
+    # would have chosen for the same texts (None: the run has no type classifier)
+    types = objective.type_accuracy(Path(run_dir), info, [i.text for i in items], [i.doc_type for i in items])
 
     runs = {"fine-tuned": False} | ({"zero-shot": True} if baseline else {})
     results = {}

@@ -183,7 +183,7 @@ def test_evaluate_a_trained_run_end_to_end(tiny_run, tmp_path, capsys):
     assert saved["parse_failures"] == sum(r["prediction"] is None for r in rows)
 
     # the run's type classifier on the same texts (the fields above were generated with the true types)
-    from metatune.type_classifier import TypeClassifier
+    from metatune.objectives.generate.type_classifier import TypeClassifier
 
     classifier = TypeClassifier.load(tiny_run)
     correct = {i.doc_type: int(classifier.predict(i.text)[0] == i.doc_type) for i in items}  # one of each type

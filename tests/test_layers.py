@@ -27,7 +27,6 @@ LAYERS = [
         "parsing",
         "language",
         "alignment",
-        "type_classifier",
     ],
     # documents: types, records, examples, tokens; input and output formats
     [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from metatune.errors import MetatuneError
-from metatune.type_classifier import FILE, MAX_CHARS, TypeClassifier, accuracy, features
+from metatune.objectives.generate.type_classifier import FILE, MAX_CHARS, TypeClassifier, accuracy, features
 
 REPO = Path(__file__).resolve().parent.parent
 HOLDOUT = REPO / "data" / "sample" / "holdout.txt"

@@ -97,6 +97,11 @@ class Objective:
         """What the model card of a run of this objective (named `name`) says about it."""
         raise NotImplementedError
 
+    def type_accuracy(self, run_dir, info: RunInfo, texts: list[str], types: list[str]) -> dict | None:
+        """How often the run's own document-type classifier names each text's true type; None where the
+        run has none."""
+        return None
+
 
 def describe(
     config: Config, registry, fmt: InputFormat, seq2seq: bool, chat: bool = False, prompts: dict | None = None

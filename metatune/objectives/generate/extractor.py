@@ -22,9 +22,9 @@ from metatune.errors import MetatuneError
 from metatune.export import load_run
 from metatune.models import cast, default_device, make_greedy
 from metatune.objectives.base import RunTypes
+from metatune.objectives.generate.type_classifier import TypeClassifier
 from metatune.parsing import Extraction, parse_output
 from metatune.run_info import RunInfo
-from metatune.type_classifier import TypeClassifier
 
 
 class _Scan:

@@ -17,10 +17,11 @@ from metatune.errors import MetatuneError
 from metatune.formatting import InputFormat
 from metatune.models import make_greedy, unwritable_characters
 from metatune.objectives.base import Objective, describe
+from metatune.objectives.generate.type_classifier import FILE as TYPE_CLASSIFIER_FILE
+from metatune.objectives.generate.type_classifier import TypeClassifier, accuracy
 from metatune.peft_setup import load_trainable
+from metatune.run_info import RunInfo
 from metatune.training.common import LoopParts, Prepared, TrainerParts
-from metatune.type_classifier import FILE as TYPE_CLASSIFIER_FILE
-from metatune.type_classifier import TypeClassifier, accuracy
 
 PIPELINES = {"seq2seq": "text2text-generation", "causal": "text-generation"}
 
@@ -180,6 +181,11 @@ class GenerateObjective(Objective):
         from metatune.objectives.generate.extractor import Extractor
 
         return Extractor.zero_shot(run_dir, settings, device)
+
+    def type_accuracy(self, run_dir, info: RunInfo, texts: list[str], types: list[str]) -> dict | None:
+        if not info.type_classifier:  # runs saved before it had none
+            return None
+        return accuracy(TypeClassifier.load(run_dir, info.type_classifier), texts, types)
 
     def card(self, info, name: str) -> CardParts:
         auto = "AutoModelForSeq2SeqLM" if info.seq2seq else "AutoModelForCausalLM"

@@ -1,5 +1,5 @@
-"""The document-type classifier a run saves when its objective needs the type before it reads the
-document (type_classifier.json; the generate objective's prompt names the type).
+"""The document-type classifier a generate run saves (type_classifier.json): its prompt names the
+type, so the type must be known before generation.
 
 This classifier decides the type when the caller does not: multinomial naive Bayes (Laplace
 smoothing) over the word unigrams and bigrams of the first MAX_CHARS characters of the text,
