@@ -161,7 +161,7 @@ def model_card(info: RunInfo, name: str, parts: CardParts, evaluation: dict | No
         run = evaluation.get("run", {})
         lines += [
             f"The last `metatune evaluate`: {evaluation.get('documents')} documents of the `{run.get('split')}` "
-            f"split of `{run.get('data')}`; {evaluation.get('parse_failures', 0)} outputs not JSON. F1 (%):",
+            f"split of `{run.get('data')}`; {evaluation.get('parse_failures', 0)} outputs unreadable. F1 (%):",
             "",
         ]
         matchings = list(evaluation.get("micro", {}))

@@ -167,9 +167,11 @@ def data_split(
 
 # The generation options of evaluate, extract and serve, declared once (config.GenerationSettings checks them).
 NumBeams = Annotated[int, typer.Option(help="Beam search width (1: greedy)")]
-MaxNewTokens = Annotated[int | None, typer.Option(help="Generation limit (default: the run's max_target_tokens)")]
+MaxNewTokens = Annotated[
+    int | None, typer.Option(help="Most tokens the model writes per document (default: the run's max_target_tokens)")
+]
 Dtype = Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")]
-BatchSize = Annotated[int, typer.Option(help="Documents generated together")]
+BatchSize = Annotated[int, typer.Option(help="Documents extracted together")]
 TrustRemoteCode = Annotated[
     bool,
     typer.Option(help="Let the run's model (or its base model) run Python code of its own: only for runs you trust"),
@@ -327,7 +329,7 @@ def serve(
         int | None,
         typer.Option(help="Largest request body accepted, in bytes (env METATUNE_MAX_BYTES; default 10 MB)"),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Most requests generated together")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Most requests extracted together")] = 8,
     batch_wait_ms: Annotated[float, typer.Option(help="How long the first request of a batch waits for others")] = 10.0,
     max_queue: Annotated[
         int, typer.Option(help="Most requests waiting for the model; more are answered 503 with Retry-After")

@@ -16,11 +16,11 @@ from pathlib import Path
 from metatune.config import GenerationSettings
 from metatune.data import load_dataset, record_type
 from metatune.errors import MetatuneError
+from metatune.extraction import Extraction
 from metatune.faults import warning_on_fault, writing
 from metatune.files import temp_dir_beside
 from metatune.formatting import target_json
 from metatune.metrics import MATCHINGS, score_documents
-from metatune.parsing import Extraction
 from metatune.report import bar_chart, catalogue_form_lines, markdown_table
 from metatune.run_info import RunInfo
 from metatune.text import collapse_whitespace
@@ -212,7 +212,6 @@ def run_evaluate(
         print(f"Evaluating {name} model on {len(items)} '{split}' documents of {data}")
         outputs, seconds = extract_outputs(extractor, items, settings.batch_size, progress)
         metrics, rows = evaluate_outputs(items, outputs, seconds, micro_fields)
-        metrics["loops"] = sum(r.looped for r in outputs)
         metrics["run"] = {
             "run_dir": str(run_dir),
             "model": info.base_model if base else str(run_dir),
@@ -271,6 +270,6 @@ def summary_line(metrics: dict) -> str:
     rate = f", {docs / secs:.2f} documents/s" if secs else ""
     micro = ", ".join(f"{m} {metrics['micro'][m]['f1'] * 100:.1f}" for m in MATCHINGS)
     return (
-        f"micro F1: {micro}; {metrics['parse_failures']} of {docs} outputs unparseable "
-        f"({metrics['repaired']} repaired); generation {secs:.1f} s{rate}"
+        f"micro F1: {micro}; {metrics['parse_failures']} of {docs} outputs unreadable "
+        f"({metrics['repaired']} repaired); extraction {secs:.1f} s{rate}"
     )

@@ -103,7 +103,7 @@ def extract_batch(extractor, texts: list[str], doc_type: str | None, batch_size:
 
 
 def model_failure(error: Exception) -> MetatuneError:
-    return MetatuneError(f"generation failed: {type(error).__name__}: {error}".splitlines()[0])
+    return MetatuneError(f"extraction failed: {type(error).__name__}: {error}".splitlines()[0])
 
 
 READ_WORKERS = 2  # documents read at once ahead of the model (a PDF each in its own child process)

@@ -1,4 +1,4 @@
-"""The language of a text, for fields a tagger cannot copy from the document (ISO 639-1 codes)."""
+"""The language of a text, for a field an extractor cannot copy from the document (ISO 639-1 codes)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The model is loaded once, before the server starts. Requests go through an asyncio queue to one
 worker task that collects whatever arrives within `batch_wait_ms` (up to `batch_size` requests)
-and generates for all of them with a single Extractor.extract call in a thread, so the event loop
+and extracts all of them with a single Extractor.extract call in a thread, so the event loop
 keeps answering while the model works.
 """
 
@@ -88,8 +88,8 @@ class HealthResponse(BaseModel):
     types: list[str]
     default_type: str
     device: str
-    requests: int = Field(description="Documents generated since start")
-    batches: int = Field(description="Generation calls since start (requests generated together count once)")
+    requests: int = Field(description="Documents extracted since start")
+    batches: int = Field(description="Extraction calls since start (requests extracted together count once)")
     largest_batch: int
     failed_batches: int
 
@@ -103,7 +103,7 @@ class Batcher:
         self.wait_s = wait_s
         self.queue: asyncio.Queue = asyncio.Queue(max_queue)  # 0: unbounded
         self.requests = self.batches = self.largest = self.failed = 0
-        self.busy_s = 0.0  # time spent generating, for Retry-After
+        self.busy_s = 0.0  # time spent extracting, for Retry-After
 
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained: the batches ahead times the mean batch time."""
@@ -131,7 +131,7 @@ class Batcher:
                 results = await asyncio.to_thread(self.extractor.extract, texts, types, len(items))
             except Exception as e:  # noqa: BLE001 - reported to every waiting request, the worker goes on
                 if not isinstance(e, MetatuneError):
-                    log.exception("generation failed for a batch of %d", len(items))
+                    log.exception("extraction failed for a batch of %d", len(items))
                 self.failed += 1
                 for _, _, future in items:
                     if not future.done():
@@ -302,7 +302,7 @@ def create_app(
         except MetatuneError as e:
             raise HTTPException(422, str(e)) from None
         except Exception as e:  # noqa: BLE001 - the model failed: 500, and the worker keeps serving
-            raise HTTPException(500, f"generation failed: {type(e).__name__}: {e}".splitlines()[0]) from None
+            raise HTTPException(500, f"extraction failed: {type(e).__name__}: {e}".splitlines()[0]) from None
 
     def response(name: str, extraction, fmt: str = "json") -> ExtractResponse | Response:
         record = document_record(name, extraction, extractor)
@@ -403,7 +403,7 @@ def serve(
     batch_wait_ms: float = 10.0,
     max_queue: int = DEFAULT_MAX_QUEUE,
 ) -> None:
-    """Serves the run; settings.batch_size is the most requests generated together."""
+    """Serves the run; settings.batch_size is the most requests extracted together."""
     import uvicorn
 
     from metatune.export import read_run_info

@@ -53,7 +53,7 @@ def comparison(run_dir: Path, report: Path) -> str:
         f"Model `{info.get('base_model')}` fine-tuned for {training.get('steps', '?')} steps "
         f"({training.get('epochs', 0):.2f} epochs) in {minutes:.0f} minutes on {cores} cores of an {cpu_name()}; "
         f"evaluated on {metrics['documents']} documents of split `{metrics['run'].get('split', '?')}` "
-        f"({metrics['parse_failures']} unparseable outputs, generation {metrics['seconds'] / 60:.0f} minutes).",
+        f"({metrics['parse_failures']} unreadable outputs, extraction {metrics['seconds'] / 60:.0f} minutes).",
         "",
         *rows,
         "",

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from metatune.alignment import normalise_date
+from metatune.alignment import align_record, normalise_date
 from metatune.objectives.tag.labels import (
     TagScheme,
     allowed_transitions,
@@ -22,7 +22,7 @@ from metatune.objectives.tag.labels import (
     tag_loss_for,
     token_offsets,
 )
-from metatune.objectives.tag.objective import catalogued_names, date_form, example_losses_for
+from metatune.objectives.tag.objective import catalogued_names, date_form, date_hosts, example_losses_for
 
 from conftest import REPO
 
@@ -99,6 +99,35 @@ def test_dates_are_written_in_the_training_datas_form(tiny_tokenizer):
     scheme = TagScheme(("date",), ("Tesis",), date_form=("-", ""))
     text = "La Plata, 3 al 5 de marzo de 2019"
     assert round_trip(tiny_tokenizer, scheme, {"date": "2019-03-03"}, text, ["date"]) == {"date": ["2019-03-03"]}
+
+
+def test_a_date_written_only_inside_the_event_line_is_read_from_the_events_span(tiny_tokenizer):
+    papers = [
+        {"title": f"Trabajo {i}", "event": f"Jornadas de Arte {i}, La Plata, {2010 + i}", "date": f"{2010 + i}"}
+        for i in range(3)
+    ]
+    theses = [{"title": f"Tesis {i}", "date": "2019-03-01"} for i in range(10)]
+    records = [{**r, "original_text": f"{r['title']}\n{r.get('event', '1 de marzo de 2019')}"} for r in papers + theses]
+    fields = ("title", "event", "date")
+    aligned = [align_record(r["original_text"], r, list(fields)) for r in records]
+    # the events' spans took the papers' years: 3 of 13 dates have no span of their own, all inside an event
+    assert sum(span is None for a in aligned for (f, _), span in a.items() if f == "date") == 3
+    assert date_hosts(records, aligned, fields) == (("date", "event"),)
+    assert date_hosts(records + theses * 6, aligned + aligned[3:] * 6, fields) == ()  # 3 of 73: too rare to learn
+    scheme = TagScheme(fields, ("Tesis",), date_form=("-", ""), date_hosts=(("date", "event"),))
+    assert TagScheme.from_dict(scheme.to_dict()) == scheme
+    text = records[1]["original_text"]
+    assert round_trip(tiny_tokenizer, scheme, papers[1], text, list(fields)) == {
+        "title": ["Trabajo 1"],
+        "event": ["Jornadas de Arte 1, La Plata, 2011"],
+        "date": ["2011"],
+    }
+    plain = TagScheme(fields, ("Tesis",), date_form=("-", ""))
+    assert "date" not in round_trip(tiny_tokenizer, plain, papers[1], text, list(fields))
+    # a date with a span of its own keeps it
+    record = {**papers[1], "date": "2011-05-02"}
+    both = text + "\n2 de mayo de 2011"
+    assert round_trip(tiny_tokenizer, scheme, record, both, list(fields))["date"] == ["2011-05-02"]
 
 
 def test_a_closed_list_field_is_read_after_the_document(tiny_tokenizer):
@@ -232,7 +261,7 @@ def test_page_order_names_and_verbatim_fields_keep_the_grobid_headers_scheme_as_
     )
     # the labels of runs trained before the catalogue record: every field a span, names as on the page
     assert set(produced.values()) == {"span"}
-    assert (scheme.surnames, scheme.classes, scheme.date_form) == ((), (), ("/", ""))
+    assert (scheme.surnames, scheme.classes, scheme.date_form, scheme.date_hosts) == ((), (), ("/", ""), ())
     assert scheme.labels[:3] == ["O", "B-title", "I-title"] and scheme.labels[-1] == "TYPE=Articulo"
     assert len(scheme.labels) == 16
 

@@ -173,7 +173,7 @@ def test_the_original_client_gets_the_document_extracted_with_its_type(client, e
 
 
 def test_answers_the_original_client_reads(client, extractor, monkeypatch):
-    from metatune.parsing import Extraction
+    from metatune.extraction import Extraction
 
     def extract(texts, types=None, batch_size=8, **kwargs):
         assert texts == ["Facultad de Informática, UNLP. Tesis de Licenciatura."] and types == ["Libro"]
@@ -205,7 +205,7 @@ def test_answers_the_original_client_reads(client, extractor, monkeypatch):
 
     monkeypatch.setattr(extractor, "extract", broken)
     body, code = original_consume_llm(client, TOKEN, PROMPTS["Tesis"] + "Una tesis")
-    assert code == 500 and body["error"]["message"] == "generation failed: RuntimeError: simulated device failure"
+    assert code == 500 and body["error"]["message"] == "extraction failed: RuntimeError: simulated device failure"
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,9 @@ from metatune.config import GenerationSettings
 from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.evaluate import evaluate_outputs, load_items, run_evaluate, score_predictions, write_report
+from metatune.extraction import Extraction
 from metatune.metrics import MATCHINGS
-from metatune.parsing import Extraction, parse_output
+from metatune.objectives.generate.json_output import parse_output
 from metatune.run_info import InputSpec, RunInfo, TokenLimits
 
 approx = pytest.approx

@@ -348,7 +348,7 @@ def test_extract_mistakes_are_one_line_errors(tiny_run, tmp_path, monkeypatch, c
 
 def test_snapping_follows_the_option_and_keeps_the_raw_output(tiny_run):
     from metatune.alignment import snap_record
-    from metatune.parsing import parse_output
+    from metatune.objectives.generate.json_output import parse_output
 
     texts, types = sample_texts()
     assert Extractor.from_run(tiny_run).snap is True  # the run's generate.snap_to_source

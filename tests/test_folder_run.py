@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from metatune.parsing import Extraction
+from metatune.extraction import Extraction
 
 
 def cli(monkeypatch, capsys, *args):
@@ -135,7 +135,7 @@ def test_a_failing_batch_does_not_stop_the_rest(tiny_run, folder, tmp_path, monk
     status, _, err = cli(monkeypatch, capsys, "extract", tiny_run, folder, "--out", out, "--batch-size", "1")
     assert status == 1
     assert [r["source"] for r in lines(out)] == [str(folder / "a.txt"), str(folder / "sub/c.txt")]
-    assert f"  {folder / 'b.txt'}: generation failed: RuntimeError: simulated device failure" in err.splitlines()
+    assert f"  {folder / 'b.txt'}: extraction failed: RuntimeError: simulated device failure" in err.splitlines()
 
 
 def test_a_poison_document_fails_alone_its_batch_is_tried_one_by_one(
@@ -146,7 +146,7 @@ def test_a_poison_document_fails_alone_its_batch_is_tried_one_by_one(
     status, _, err = cli(monkeypatch, capsys, "extract", tiny_run, folder, "--out", out, "--batch-size", "8")
     assert status == 1 and len(calls[0]) == 3  # the batch of three failed, then each went alone
     assert [r["source"] for r in lines(out)] == [str(folder / "a.txt"), str(folder / "sub/c.txt")]
-    assert f"  {folder / 'b.txt'}: generation failed: RuntimeError: simulated device failure" in err.splitlines()
+    assert f"  {folder / 'b.txt'}: extraction failed: RuntimeError: simulated device failure" in err.splitlines()
 
 
 def test_one_file_per_input_in_any_format(tiny_run, folder, tmp_path, monkeypatch, capsys, calls):

@@ -140,8 +140,8 @@ def cli(monkeypatch, capsys, *args):
 @pytest.fixture
 def fixed_model(monkeypatch):
     """The run's model answers every document with the same metadata (the tiny run's fields: date, language)."""
+    from metatune.extraction import Extraction
     from metatune.objectives.generate.extractor import Extractor
-    from metatune.parsing import Extraction
 
     monkeypatch.setattr(
         Extractor,
@@ -195,7 +195,7 @@ def test_the_service_says_when_there_is_nothing_to_write_in_a_catalogue_format()
     from fastapi.testclient import TestClient
 
     from metatune.doctypes import TypeRegistry
-    from metatune.parsing import Extraction
+    from metatune.extraction import Extraction
     from metatune.service import create_app
 
     class NoJson:

@@ -24,7 +24,7 @@ LAYERS = [
         "precision",
         "quantization",
         "metrics",
-        "parsing",
+        "extraction",
         "language",
         "alignment",
     ],

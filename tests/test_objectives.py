@@ -68,7 +68,7 @@ class FirstLineExtractor(RunTypes):
         self.default_type = "general"
 
     def extract(self, texts, types=None, batch_size=8, progress=False):
-        from metatune.parsing import Extraction
+        from metatune.extraction import Extraction
 
         results = []
         for text in texts:

@@ -78,7 +78,7 @@ def test_a_poison_pdf_is_listed_as_failed_and_the_rest_is_written(local_ray, doc
 def test_the_actor_tries_a_failing_batch_one_document_at_a_time():
     """What each Ray actor does with a batch: a text that makes the model raise fails alone."""
     from metatune.doctypes import TypeRegistry
-    from metatune.parsing import Extraction
+    from metatune.extraction import Extraction
     from metatune.ray_engine import ExtractActor
 
     class Stub:
@@ -98,7 +98,7 @@ def test_the_actor_tries_a_failing_batch_one_document_at_a_time():
     out = actor(
         {"name": ["a", "b", "c", "d"], "text": ["x", "poison", "y", ""], "error": ["", "", "", "d: unreadable"]}
     )
-    assert out["error"] == ["", "b: generation failed: RuntimeError: the model choked", "", "d: unreadable"]
+    assert out["error"] == ["", "b: extraction failed: RuntimeError: the model choked", "", "d: unreadable"]
     assert json.loads(out["record"][0])["metadata"] == {"date": "2019"} and out["record"][1] == ""
 
 

@@ -53,7 +53,7 @@ def test_grobid_comparison_puts_soft_f1_next_to_grobid(tmp_path):
     assert "| keywords | — | 73.3 | 0 |" in table  # not trained: no figure of ours
     assert "| doi | 25.0 | — | 20 |" in table
     assert "| **micro average** | **71.2** | **84.8** | |" in table
-    assert "60 steps (0.48 epochs) in 50 minutes" in table and "2 unparseable" in table
+    assert "60 steps (0.48 epochs) in 50 minutes" in table and "2 unreadable" in table
 
 
 def test_grobid_comparison_without_a_report_says_what_to_run(tmp_path):

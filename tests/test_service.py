@@ -191,13 +191,13 @@ def test_model_error_is_a_500_and_the_server_keeps_serving(url, extractor, monke
     monkeypatch.setattr(extractor.model, "generate", broken)
     r = httpx.post(f"{url}/extract", json={"text": "Una tesis"}, headers=AUTH)
     assert r.status_code == 500
-    assert r.json() == {"error": "generation failed: RuntimeError: simulated device failure"}
+    assert r.json() == {"error": "extraction failed: RuntimeError: simulated device failure"}
     r = httpx.post(f"{url}/consume-llm", json={"text": "Una tesis"}, headers=AUTH)
     assert r.status_code == 500
     assert r.json() == {
         "success": False,
         "data": None,
-        "error": {"code": 500, "message": "generation failed: RuntimeError: simulated device failure"},
+        "error": {"code": 500, "message": "extraction failed: RuntimeError: simulated device failure"},
     }
     monkeypatch.undo()
 

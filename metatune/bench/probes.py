@@ -99,7 +99,7 @@ def probe_extract(spec: dict) -> dict:
 
     from metatune.config import GenerationSettings
     from metatune.objectives import open_run
-    from metatune.parsing import parse_output
+    from metatune.objectives.generate.json_output import parse_output
 
     set_seed(0)
     extractor = open_run(spec["run"], GenerationSettings(snap=False))  # the raw outputs are compared

@@ -23,7 +23,7 @@ from metatune.run_info import InputSpec, RunInfo, TokenLimits
 if TYPE_CHECKING:
     from metatune.card import CardParts
     from metatune.doctypes import TypeRegistry
-    from metatune.parsing import Extraction
+    from metatune.extraction import Extraction
     from metatune.training.common import Prepared
 
 

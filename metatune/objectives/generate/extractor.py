@@ -20,10 +20,11 @@ from metatune.doctypes import TypeRegistry
 from metatune.encoding import PromptEncoder, global_attention_mask
 from metatune.errors import MetatuneError
 from metatune.export import load_run
+from metatune.extraction import Extraction
 from metatune.models import cast, default_device, make_greedy
 from metatune.objectives.base import RunTypes
+from metatune.objectives.generate.json_output import parse_output
 from metatune.objectives.generate.type_classifier import TypeClassifier
-from metatune.parsing import Extraction, parse_output
 from metatune.run_info import RunInfo
 
 
@@ -309,6 +310,7 @@ class Extractor(RunTypes):
             "prompt_lookup": self.prompt_lookup,
             "max_new_tokens": self.max_new_tokens,
             "generated_tokens": sum(r.tokens for r in results),
+            "loops": sum(r.looped for r in results),
         }
 
     def choose_type(self, text: str, name: str | None) -> tuple[str, str]:

@@ -16,6 +16,7 @@ import torch
 from metatune.config import GenerationSettings
 from metatune.errors import MetatuneError
 from metatune.export import load_run
+from metatune.extraction import Extraction
 from metatune.language import detect_language
 from metatune.models import cast, read_both_ways
 from metatune.objectives.base import RunTypes
@@ -33,7 +34,6 @@ from metatune.objectives.tag.labels import (
     window_starts,
     window_stride,
 )
-from metatune.parsing import Extraction
 
 
 class Tagger(RunTypes):

@@ -44,6 +44,10 @@ class TagScheme:
     Labels, in order: O; B-/I- per tagged field; B-/I- with SURNAME per person field the training data
     writes "Surname, Given" (a name's surname words carry those); one TYPE= label per type; one
     `field=value` label per value of a closed-list field (`classes`), `field=` for no value.
+
+    A date the page writes only inside another field's span (a conference paper's year inside its
+    event line) cannot have a span of its own; `date_hosts` names, per date field, the fields whose
+    span the training data's dates sit in that way, and the date is read from that span.
     """
 
     fields: tuple[str, ...]
@@ -53,6 +57,7 @@ class TagScheme:
     surnames: tuple[str, ...] = ()  # person fields whose training values are "Surname, Given"
     classes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # closed-list fields and their training values
     date_form: tuple[str, str] = ("/", "")  # the training dates' separator, and their one precision or ""
+    date_hosts: tuple[tuple[str, str], ...] = ()  # (date field, the field whose span holds it) pairs
 
     @property
     def span_labels(self) -> list[str]:
@@ -99,6 +104,7 @@ class TagScheme:
             "surnames": list(self.surnames),
             "classes": {field: list(values) for field, values in self.classes},
             "date_form": list(self.date_form),
+            "date_hosts": [list(pair) for pair in self.date_hosts],
         }
 
     @classmethod
@@ -111,6 +117,7 @@ class TagScheme:
             tuple(raw.get("surnames", ())),
             tuple((field, tuple(values)) for field, values in raw.get("classes", {}).items()),
             tuple(raw.get("date_form", ("/", ""))),
+            tuple(tuple(pair) for pair in raw.get("date_hosts", ())),
         )
 
 
@@ -393,7 +400,8 @@ def decode(
     then the text's tokens, then each closed-list field's prompt of `prompt_lengths` tokens).
 
     A value found again is listed again only when the training lists did so (`scheme.repeats`); a
-    one-word value that begins another value of the field (a name cut short) is dropped.
+    one-word value that begins another value of the field (a name cut short) is dropped. A date field
+    with no span takes the first date written in its host's span (`scheme.date_hosts`).
     """
     logits = logits.float()
     types = logits[0, scheme.first_type_label : scheme.first_type_label + len(scheme.types)]
@@ -427,6 +435,10 @@ def decode(
             values.setdefault(field, []).append(value)
     for field, found in values.items():
         values[field] = [v for v in found if " " in v or not any(o != v and o.startswith(v + " ") for o in found)]
+    for field, host in scheme.date_hosts:
+        inside = [d for v in values.get(host, []) if (d := normalise_date(v))]
+        if field not in values and inside:
+            values[field] = [date_in_form(inside[0], scheme.date_form)]
     at = 1 + len(offsets)
     for (field, choices), length in zip(scheme.classes, prompt_lengths):
         at += length

@@ -9,7 +9,7 @@ from collections import Counter
 
 import torch
 
-from metatune.alignment import PERSON_FIELDS, align_record
+from metatune.alignment import DATE_FIELDS, PERSON_FIELDS, Span, align_record, locate_date
 from metatune.card import CardParts
 from metatune.config import Config, GenerationSettings
 from metatune.data import record_type
@@ -36,10 +36,21 @@ from metatune.training.common import LoopParts, Prepared, TrainerParts
 
 SPAN_MIN_ALIGNED = 0.9  # a field whose values are this often in the text is tagged even when they repeat
 CLASSIFIED_MAX_VALUES = 64  # a closed list: at most this many distinct values, each seen twice on average
+DATE_HOST_MIN = 0.05  # the share of a date field's values that must sit inside a field's span to read it there
+
+
+def alignments(records, registry, fallback_type, fmt: InputFormat) -> list[dict[tuple[str, int], Span | None]]:
+    """Each record's values aligned to its text (alignment.align_record), over the fields its type
+    trains on that a tagger could find in the text."""
+    out = []
+    for record in records:
+        fields = fmt.selection.fields(registry.find(record_type(record)) or registry.find(fallback_type))
+        out.append(align_record(record["original_text"], record, [f for f in fields if f not in NOT_TAGGED]))
+    return out
 
 
 def field_classes(
-    records, types: list[str], registry, fallback_type, fmt: InputFormat
+    records, aligned: list[dict], types: list[str], registry, fallback_type, fmt: InputFormat
 ) -> tuple[dict[str, str], dict[str, list[int]]]:
     """How a run produces each field its training types declare, and per field [values, aligned].
 
@@ -50,11 +61,9 @@ def field_classes(
     coverage: dict[str, list[int]] = {}
     values: dict[str, list] = {}
     declared = dict.fromkeys(f for t in types for f in fmt.selection.fields(registry.types[t]))
-    for record in records:
+    for record, spans in zip(records, aligned):
         fields = fmt.selection.fields(registry.find(record_type(record)) or registry.find(fallback_type))
-        for (field, _), span in align_record(
-            record["original_text"], record, [f for f in fields if f not in NOT_TAGGED]
-        ).items():
+        for (field, _), span in spans.items():
             c = coverage.setdefault(field, [0, 0])
             c[0] += 1
             c[1] += span is not None
@@ -91,11 +100,32 @@ def date_form(records) -> tuple[str, str]:
     return (separators.most_common(1)[0][0] if separators else "/", precisions.pop() if len(precisions) == 1 else "")
 
 
+def date_hosts(records, aligned: list[dict], fields: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(date field, host) pairs: a tagged field whose aligned span holds at least DATE_HOST_MIN of a
+    date field's training values that have no span of their own (a conference paper's year, written
+    only in its event line, where the event's span already took it)."""
+    held: Counter = Counter()
+    dates: Counter = Counter()
+    for record, spans in zip(records, aligned):
+        for (field, i), span in spans.items():
+            if field not in DATE_FIELDS or field not in fields:
+                continue
+            dates[field] += 1
+            value = record[field][i] if isinstance(record[field], list) else record[field]
+            if span is not None or (at := locate_date(record["original_text"], value)) is None:
+                continue
+            for (host, _), s in spans.items():
+                if host in fields and s is not None and s.start <= at.start and at.end <= s.end:
+                    held[(field, host)] += 1
+    return tuple(pair for pair, n in sorted(held.items()) if n >= DATE_HOST_MIN * dates[pair[0]])
+
+
 def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagScheme, dict[str, str], dict]:
     """The labels of a run (every span field some type of the records is trained on, the types to tell
     apart, the closed lists), how each declared field is produced, and the training split's alignment."""
     types = sorted({(registry.find(record_type(r)) or registry.find(fallback_type)).name for r in records})
-    produced, coverage = field_classes(records, types, registry, fallback_type, fmt)
+    aligned = alignments(records, registry, fallback_type, fmt)
+    produced, coverage = field_classes(records, aligned, types, registry, fallback_type, fmt)
     fields = tuple(f for f, how in produced.items() if how == "span")
     lists = tuple(f for f in fields if any(isinstance(r.get(f), list) for r in records))
     repeats = any(len(set(v)) < len(v) for r in records for f in lists if isinstance(v := r.get(f), list))
@@ -107,7 +137,8 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagS
         for f, how in produced.items()
         if how == "classified"
     )
-    scheme = TagScheme(fields, tuple(types), lists, repeats, surnames, classes, date_form(records))
+    hosts = date_hosts(records, aligned, fields)
+    scheme = TagScheme(fields, tuple(types), lists, repeats, surnames, classes, date_form(records), hosts)
     return scheme, produced, coverage
 
 

@@ -1,4 +1,4 @@
-from metatune.parsing import parse_output
+from metatune.objectives.generate.json_output import parse_output
 
 
 def test_clean_json():

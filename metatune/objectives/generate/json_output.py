@@ -1,4 +1,4 @@
-"""Turn a model's generated text into a JSON object, repairing it when needed."""
+"""The generate objective's output read as a JSON object, repaired when it is cut off or malformed."""
 
 from __future__ import annotations
 
@@ -17,20 +17,6 @@ class ParseResult:
     data: dict | None
     error: str | None = None
     repaired: bool = False
-
-
-@dataclass
-class Extraction:
-    """What extraction returns for one document, whatever the run's objective."""
-
-    doc_type: str
-    data: dict | None  # the parsed metadata, None when the output could not be parsed
-    raw: str  # what the model wrote
-    error: str | None = None
-    repaired: bool = False
-    tokens: int = 0  # generated tokens
-    looped: bool = False  # generation was stopped in a repetition loop (the repeats are cut)
-    type_source: str | None = None  # how doc_type was decided: given, classifier, model (its "type" field), default
 
 
 def parse_output(text: str) -> ParseResult:
