@@ -244,6 +244,23 @@ def test_a_tag_run_on_the_catalogued_sample_produces_every_declared_field(tmp_pa
         assert extraction.data["rights"] in scheme["classes"]["rights"]
 
 
+def test_the_catalogued_samples_conference_years_are_read_from_the_event_and_the_card_says_so():
+    from metatune.config import load_config
+    from metatune.data import load_for_training
+    from metatune.formatting import InputFormat
+    from metatune.objectives.tag.objective import TagObjective, tag_scheme
+
+    config = load_config(sets=[f"data.path={REPO / 'data' / 'sample-catalogued' / 'sample.json'}"])
+    registry, dataset = load_for_training(config.data, False)
+    scheme, produced, _ = tag_scheme(
+        dataset.split("training"), registry, config.data.fallback_type, InputFormat.from_settings(config.data)
+    )
+    assert scheme.date_hosts == (("date", "event"),) and produced["date"] == "span"
+    tagging = {"scheme": scheme.to_dict(), "produced": {"date": {"how": "span"}, "title": {"how": "span"}}}
+    note = TagObjective().card(SimpleNamespace(tagging=tagging), "run").note
+    assert "* `date`: span; with no span of its own, the first date inside `event`\n* `title`: span\n" in note
+
+
 def test_page_order_names_and_verbatim_fields_keep_the_grobid_headers_scheme_as_it_was():
     from conftest import GROBID
 

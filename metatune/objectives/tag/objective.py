@@ -282,9 +282,11 @@ class TagObjective(Objective):
 
     def card(self, info, name: str) -> CardParts:
         produced = (info.tagging or {}).get("produced", {})
+        hosts = dict((info.tagging or {}).get("scheme", {}).get("date_hosts", ()))
         fields = "".join(
             f"* `{f}`: {p['how']}"
             + (f" (in the text for {p['in_text']} of {p['values']} training values)" if "values" in p else "")
+            + (f"; with no span of its own, the first date inside `{hosts[f]}`" if f in hosts else "")
             + "\n"
             for f, p in produced.items()
         )
