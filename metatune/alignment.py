@@ -136,7 +136,9 @@ def align_record(text: str, record: dict, fields: list[str], fuzzy: bool = True)
 
     Longer values claim their place first: an abstract or a title takes its words before a keyword
     that also occurs in them is searched, so the keyword lands in the keywords line. Dates are
-    matched by their normalised form, after the other fields.
+    matched by their normalised form, after the other fields. A span takes the punctuation its value
+    begins or ends with where the text has it too (a title's "?", an abstract's last period, the
+    bracket that closes an affiliation): matching itself reads letters and digits only.
     """
     source = Source(text)
     wanted = sorted(values_of(record, fields), key=lambda v: (v[0] in DATE_FIELDS, -len(v[2])))
@@ -149,10 +151,25 @@ def align_record(text: str, record: dict, fields: list[str], fuzzy: bool = True)
             span = next(filter(None, (source.locate(form, taken, fuzzy) for form in name_forms(value))), None)
         else:
             span = source.locate(value, taken, fuzzy)
+            span = span and with_edges(text, span, value)
         spans[(field, i)] = span
         if span is not None:
             taken.append(span)
     return spans
+
+
+_LEADING, _TRAILING = re.compile(r"^[^\w\s]+"), re.compile(r"[^\w\s]+$")
+
+
+def with_edges(text: str, span: Span, value: str) -> Span:
+    """`span` widened by the punctuation `value` begins and ends with, where the text has it right there."""
+    value = value.strip()
+    start, end = span.start, span.end
+    if (lead := _LEADING.search(value)) and text[:start].endswith(lead[0]):
+        start -= len(lead[0])
+    if (tail := _TRAILING.search(value)) and text.startswith(tail[0], end):
+        end += len(tail[0])
+    return Span(start, end, span.exact)
 
 
 # --- dates: values are normalised (yyyy/mm/dd, yyyy/mm, yyyy), the text writes them in many ways ---

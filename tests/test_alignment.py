@@ -52,6 +52,27 @@ def test_a_value_occurring_twice_takes_the_first_free_occurrence():
     assert source.locate("DNA methylation", taken=[first]) == second
 
 
+def test_an_aligned_span_keeps_the_punctuation_its_value_begins_and_ends_with():
+    text = "¿Qué aprendemos de las redes?\nInstituto de Física (IFLP), La Plata\nResumen. Un texto breve. Otro.\n"
+    record = {
+        "title": "¿Qué aprendemos de las redes?",
+        "originPlaceInfo": "Instituto de Física (IFLP)",
+        "abstract": "Un texto breve. Otro.",
+    }
+    spans = align_record(text, record, list(record))
+    got = {field: text[span.start : span.end] for (field, _), span in spans.items() if span}
+    assert got == {
+        "title": "¿Qué aprendemos de las redes?",
+        "originPlaceInfo": "Instituto de Física (IFLP)",
+        "abstract": "Un texto breve. Otro.",
+    }
+    # an edge the text does not have right there: the span stays as matched
+    ((_, span),) = align_record("En La Plata, 2011", {"originPlaceInfo": "(La Plata)"}, ["originPlaceInfo"]).items()
+    assert "En La Plata, 2011"[span.start : span.end] == "La Plata"
+    # matching itself still reads letters and digits only: the bare search finds the words alone
+    assert found(text, "(IFLP)", fuzzy=False) == "IFLP"
+
+
 def test_longer_values_claim_their_place_first():
     """The keyword occurs in the title too; it is labelled in the keywords line."""
     record = {

@@ -103,7 +103,7 @@ def test_dates_are_written_in_the_training_datas_form(tiny_tokenizer):
 
 def test_a_date_written_only_inside_the_event_line_is_read_from_the_events_span(tiny_tokenizer):
     papers = [
-        {"title": f"Trabajo {i}", "event": f"Jornadas de Arte {i}, La Plata, {2010 + i}", "date": f"{2010 + i}"}
+        {"title": f"Trabajo {i}", "event": f"Jornadas de Arte {i} (La Plata, {2010 + i})", "date": f"{2010 + i}"}
         for i in range(3)
     ]
     theses = [{"title": f"Tesis {i}", "date": "2019-03-01"} for i in range(10)]
@@ -119,7 +119,7 @@ def test_a_date_written_only_inside_the_event_line_is_read_from_the_events_span(
     text = records[1]["original_text"]
     assert round_trip(tiny_tokenizer, scheme, papers[1], text, list(fields)) == {
         "title": ["Trabajo 1"],
-        "event": ["Jornadas de Arte 1, La Plata, 2011"],
+        "event": ["Jornadas de Arte 1 (La Plata, 2011)"],
         "date": ["2011"],
     }
     plain = TagScheme(fields, ("Tesis",), date_form=("-", ""))
