@@ -41,11 +41,19 @@ def main() -> None:
     parser.add_argument("--out", help="write the figures here as JSON")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (inductor, dynamic shapes)")
     parser.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa", help="the attention kernels")
+    parser.add_argument(
+        "--bf16-weights",
+        action="store_true",
+        help="keep the weights, gradients and optimizer state in bf16 (no autocast, no float32 master copy): "
+        "changes the numerics, a speed screen only",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tag-training-") as tmp:
         sets = [*args.sets, f"training.max_steps={args.steps}", "training.report_to=none"]
         sets += [f"training.output_dir={tmp}/run", "training.save_total_limit=0", "training.logging_steps=1000"]
+        if args.bf16_weights:
+            sets.append("training.bf16=false")  # no autocast: the weights themselves are bf16
         config = load_config(args.config, sets=sets)
         precision = apply_precision(config)
         before = peak_rates("cpu", 2048)
@@ -55,6 +63,9 @@ def main() -> None:
         targs = training_arguments(prepared, work)
         targs.save_strategy = "no"
         prepared.model.set_attn_implementation(args.attention)
+        if args.bf16_weights:
+            prepared.model.to(torch.bfloat16)
+            precision = "bf16"
         if args.compile:
             prepared.model = torch.compile(prepared.model, dynamic=True)
         timer = StepTimes()
@@ -94,6 +105,7 @@ def main() -> None:
         "sets": args.sets,
         "compiled": args.compile,
         "attention": args.attention,
+        "bf16_weights": args.bf16_weights,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "steps_timed": steps["steps_timed"],
         "median_step_seconds": steps["seconds_per_step_median"],
