@@ -130,6 +130,32 @@ def test_decoded_values_take_whole_words_the_longest_text_span_and_lists_as_trai
     }
 
 
+def test_a_one_value_field_broken_across_lines_is_one_span():
+    text = "Modeling Architecture:\nA hybrid approach\nAna Ruiz\nJuan Paz"
+    offsets = [(0, 8), (9, 22), (23, 24), (25, 31), (32, 40), (41, 44), (45, 49), (50, 54), (55, 58)]
+    path = [B_TITLE, I_TITLE, B_TITLE, I_TITLE, I_TITLE, B_CREATOR, I_CREATOR, B_CREATOR, I_CREATOR]
+    logits = torch.full((1 + len(offsets), len(SCHEME.labels)), -5.0)
+    for i, label in enumerate(path):
+        logits[1 + i, label] = 5
+    one_span = TagScheme(SCHEME.fields, SCHEME.types, lists=("creator",), one_span=True)
+    assert TagScheme.from_dict(one_span.to_dict()) == one_span
+    _, values = decode(logits, offsets, text, one_span, allowed_transitions(one_span))
+    # the title's second line begins with B-: it continues the title; a list's items stay apart
+    assert values == {"title": ["Modeling Architecture: A hybrid approach"], "creator": ["Ana Ruiz", "Juan Paz"]}
+    # runs saved before keep two spans (and the record takes the longer)
+    old = TagScheme(SCHEME.fields, SCHEME.types, lists=("creator",))
+    assert TagScheme.from_dict({k: v for k, v in old.to_dict().items() if k != "one_span"}) == old
+    _, values = decode(logits, offsets, text, old, allowed_transitions(old))
+    assert values["title"] == ["Modeling Architecture:", "A hybrid approach"]
+    # something other than whitespace between: two spans
+    text = "Modeling Architecture:\n§ hybrid approach\nAna Ruiz\nJuan Paz"
+    logits[1 + 2] = -5.0
+    logits[1 + 2, O] = 5
+    logits[1 + 3, I_TITLE], logits[1 + 3, B_TITLE] = -5.0, 5.0
+    _, values = decode(logits, offsets, text, one_span, allowed_transitions(one_span))
+    assert values["title"] == ["Modeling Architecture:", "hybrid approach"]
+
+
 def test_collator_pads_and_masks_only_padding():
     collate = TagCollator(pad_token_id=0)
     batch = collate([{"input_ids": [5, 6, 7], "labels": [9, 1, 2]}, {"input_ids": [5, 6], "labels": [9, 0]}])

@@ -58,6 +58,7 @@ class TagScheme:
     classes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # closed-list fields and their training values
     date_form: tuple[str, str] = ("/", "")  # the training dates' separator, and their one precision or ""
     date_hosts: tuple[tuple[str, str], ...] = ()  # (date field, the field whose span holds it) pairs
+    one_span: bool = False  # a one-value field's spans with only whitespace between are one (False: runs saved before)
 
     @property
     def span_labels(self) -> list[str]:
@@ -105,6 +106,7 @@ class TagScheme:
             "classes": {field: list(values) for field, values in self.classes},
             "date_form": list(self.date_form),
             "date_hosts": [list(pair) for pair in self.date_hosts],
+            "one_span": self.one_span,
         }
 
     @classmethod
@@ -118,6 +120,7 @@ class TagScheme:
             tuple((field, tuple(values)) for field, values in raw.get("classes", {}).items()),
             tuple(raw.get("date_form", ("/", ""))),
             tuple(tuple(pair) for pair in raw.get("date_hosts", ())),
+            raw.get("one_span", False),
         )
 
 
@@ -399,9 +402,11 @@ def decode(
     """(document type, field -> values in text order) from one document's logits (type position first,
     then the text's tokens, then each closed-list field's prompt of `prompt_lengths` tokens).
 
-    A value found again is listed again only when the training lists did so (`scheme.repeats`); a
-    one-word value that begins another value of the field (a name cut short) is dropped. A date field
-    with no span takes the first date written in its host's span (`scheme.date_hosts`).
+    With `scheme.one_span`, a field the training data gives one value (not a list) has one span: a
+    span of it that begins right after its own, only whitespace between, continues it. A value found again is listed again
+    only when the training lists did so (`scheme.repeats`); a one-word value that begins another
+    value of the field (a name cut short) is dropped. A date field with no span takes the first date
+    written in its host's span (`scheme.date_hosts`).
     """
     logits = logits.float()
     types = logits[0, scheme.first_type_label : scheme.first_type_label + len(scheme.types)]
@@ -414,7 +419,11 @@ def decode(
             continue
         field, inside, surname = scheme.span_label(label)
         start, end = offsets[i]
-        if not inside or not spans:
+        # a field with one value has one span: a B- right after its own span, only whitespace between
+        # (a title broken across lines), continues it
+        resumes = scheme.one_span and spans and spans[-1][0] == field and field not in scheme.lists
+        resumes = resumes and not text[spans[-1][2] : start].strip()
+        if not (inside or resumes) or not spans:
             spans.append((field, start, end, []))
         else:
             spans[-1] = (field, spans[-1][1], max(end, spans[-1][2]), spans[-1][3])

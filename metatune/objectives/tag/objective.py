@@ -138,7 +138,7 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagS
         if how == "classified"
     )
     hosts = date_hosts(records, aligned, fields)
-    scheme = TagScheme(fields, tuple(types), lists, repeats, surnames, classes, date_form(records), hosts)
+    scheme = TagScheme(fields, tuple(types), lists, repeats, surnames, classes, date_form(records), hosts, True)
     return scheme, produced, coverage
 
 
