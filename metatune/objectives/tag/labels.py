@@ -403,10 +403,10 @@ def decode(
     then the text's tokens, then each closed-list field's prompt of `prompt_lengths` tokens).
 
     With `scheme.one_span`, a field the training data gives one value (not a list) has one span: a
-    span of it that begins right after its own, only whitespace between, continues it. A value found again is listed again
-    only when the training lists did so (`scheme.repeats`); a one-word value that begins another
-    value of the field (a name cut short) is dropped. A date field with no span takes the first date
-    written in its host's span (`scheme.date_hosts`).
+    span of it that begins right after its own, only whitespace between, continues it. A value
+    found again is listed again only when the training lists did so (`scheme.repeats`); a one-word
+    value that begins another value of the field (a name cut short) is dropped. A date field with
+    no span takes the first date written in its host's span (`scheme.date_hosts`).
     """
     logits = logits.float()
     types = logits[0, scheme.first_type_label : scheme.first_type_label + len(scheme.types)]
