@@ -126,9 +126,17 @@ PERSON_FIELDS = {"creator", "director", "codirector", "compiler"}
 
 
 def name_forms(value: str) -> list[str]:
-    """A person's name as catalogues write it ("Pérez, Juan") and as documents do ("Juan Pérez")."""
+    """A person's name as catalogues write it ("Pérez, Juan"), as documents do ("Juan Pérez"), and
+    with the given names as the initials a page may print instead ("J. Pérez", "Pérez, J.")."""
     surname, comma, given = value.partition(",")
-    return [value, f"{given.strip()} {surname.strip()}"] if comma and given.strip() else [value]
+    surname, given = surname.strip(), given.strip()
+    if not comma or not given:
+        return [value]
+    forms = [value, f"{given} {surname}"]
+    initials = " ".join(f"{word[0]}." for word in given.split())
+    if initials != given:
+        forms += [f"{initials} {surname}", f"{surname}, {initials}"]
+    return forms
 
 
 def align_record(text: str, record: dict, fields: list[str], fuzzy: bool = True) -> dict[tuple[str, int], Span | None]:
@@ -147,11 +155,11 @@ def align_record(text: str, record: dict, fields: list[str], fuzzy: bool = True)
     for field, i, value in wanted:
         if field in DATE_FIELDS:
             span = locate_date(text, value, taken)
-        elif field in PERSON_FIELDS:
-            span = next(filter(None, (source.locate(form, taken, fuzzy) for form in name_forms(value))), None)
         else:
-            span = source.locate(value, taken, fuzzy)
-            span = span and with_edges(text, span, value)
+            for form in name_forms(value) if field in PERSON_FIELDS else [value]:
+                if (span := source.locate(form, taken, fuzzy)) is not None:
+                    span = with_edges(text, span, form)
+                    break
         spans[(field, i)] = span
         if span is not None:
             taken.append(span)

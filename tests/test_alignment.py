@@ -94,9 +94,23 @@ def test_near_matches_are_found_and_marked_inexact():
 
 
 def test_catalogue_names_are_found_in_document_order():
-    assert name_forms("Pérez-Gómez, José") == ["Pérez-Gómez, José", "José Pérez-Gómez"]
+    assert name_forms("Pérez-Gómez, José")[:2] == ["Pérez-Gómez, José", "José Pérez-Gómez"]
     spans = align_record(TEXT, {"creator": ["Pérez-Gómez, José", "Ruiz, Ana María"]}, ["creator"])
     assert [TEXT[s.start : s.end] for s in spans.values()] == ["José  Pérez-Gómez", "Ana María Ruiz"]
+
+
+def test_a_catalogued_name_is_found_where_the_page_prints_initials():
+    assert name_forms("Ruiz, Ana María") == ["Ruiz, Ana María", "Ana María Ruiz", "A. M. Ruiz", "Ruiz, A. M."]
+    assert name_forms("Quiroga, M. L.") == ["Quiroga, M. L.", "M. L. Quiroga"]  # already initials
+    assert name_forms("Madonna") == ["Madonna"]
+    text = "Un estudio\nJ. Echeverry y Ruiz, A. M.\nDirector: Ing. H. García Márquez"
+    record = {"creator": ["Echeverry, Julieta", "Ruiz, Ana María"], "director": ["García Márquez, Hernán"]}
+    spans = align_record(text, record, ["creator", "director"])
+    assert {key: text[s.start : s.end] for key, s in spans.items()} == {
+        ("creator", 0): "J. Echeverry",
+        ("creator", 1): "Ruiz, A. M.",
+        ("director", 0): "H. García Márquez",
+    }
 
 
 def test_dates_are_found_by_their_normalised_form():
