@@ -68,7 +68,7 @@ def record_evaluation(run_dir: Path, metrics: dict, describe: Describe) -> None:
     """Keeps the summary of the last `metatune evaluate` in the run and renders the card again."""
     summary = {
         key: metrics[key]
-        for key in ("documents", "parse_failures", "repaired", "micro", "macro", "fields", "run")
+        for key in ("documents", "parse_failures", "micro", "macro", "fields", "run")
         if key in metrics
     }
     try:

@@ -246,7 +246,6 @@ def evaluate(
                 for key in (
                     "documents",
                     "parse_failures",
-                    "repaired",
                     "seconds",
                     "micro",
                     "micro_chosen",

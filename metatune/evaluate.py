@@ -96,7 +96,6 @@ def evaluate_outputs(
     predictions = [r.data for r in results]
     metrics = score_predictions(items, predictions, chosen)
     metrics["parse_failures"] = sum(r.data is None for r in results)
-    metrics["repaired"] = sum(r.repaired for r in results)
     metrics["seconds"] = round(seconds, 3)
     rows = [
         {
@@ -107,7 +106,7 @@ def evaluate_outputs(
             "reference": item.reference,
             "raw": r.raw,
             "parse_error": r.error,
-            "repaired": r.repaired,
+            **r.notes,
         }
         for item, r in zip(items, results)
     ]
@@ -269,7 +268,4 @@ def summary_line(metrics: dict) -> str:
     docs, secs = metrics["documents"], metrics["seconds"]
     rate = f", {docs / secs:.2f} documents/s" if secs else ""
     micro = ", ".join(f"{m} {metrics['micro'][m]['f1'] * 100:.1f}" for m in MATCHINGS)
-    return (
-        f"micro F1: {micro}; {metrics['parse_failures']} of {docs} outputs unreadable "
-        f"({metrics['repaired']} repaired); extraction {secs:.1f} s{rate}"
-    )
+    return f"micro F1: {micro}; {metrics['parse_failures']} of {docs} outputs unreadable; extraction {secs:.1f} s{rate}"

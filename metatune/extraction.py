@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -13,7 +13,8 @@ class Extraction:
     data: dict | None  # the record, None when the model's output could not be read into one
     raw: str  # what the model wrote
     error: str | None = None  # why `data` is None
-    repaired: bool = False  # the output was malformed or cut off and was mended to read it
-    tokens: int = 0  # tokens the model wrote (0: the objective writes none)
-    looped: bool = False  # the output repeated itself and the repeats were cut
     type_source: str | None = None  # how doc_type was decided: given, classifier, model (its "type" field), default
+    # what the run's objective says of this document, written beside its record (JSON values)
+    notes: dict = field(default_factory=dict)
+    # what the objective counts per document, summed by its extractor's `statistics`
+    counts: dict[str, int] = field(default_factory=dict)

@@ -75,7 +75,8 @@ def conform(data: dict, schema: dict) -> tuple[dict, dict[str, str]]:
 
 
 def document_record(name: str, extraction, extractor) -> dict:
-    """The output object of one document: source, type, schema-valid metadata and what was fixed."""
+    """The output object of one document: source, type, schema-valid metadata, what was fixed and
+    the objective's notes (a generate run's `repaired`)."""
     doc_type = extractor.registry.types[extraction.doc_type]
     record = {"source": name, "type": doc_type.name, "metadata": None}
     if extraction.data is None:
@@ -88,8 +89,7 @@ def document_record(name: str, extraction, extractor) -> dict:
     record["metadata"], fixes = conform(data, doc_type.json_schema(extractor.fields(doc_type.name)))
     if fixes:
         record["schema_fixes"] = fixes
-    if extraction.repaired:
-        record["repaired"] = True
+    record.update(extraction.notes)
     return record
 
 

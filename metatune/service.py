@@ -58,16 +58,17 @@ class ConsumeRequest(BaseModel):
 
 
 class ExtractResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")  # and the objective's notes, as `metatune extract` writes them
+
     type: str
     metadata: dict | None = Field(
-        description="Metadata valid under the type's JSON schema; null when the output was not JSON"
+        description="Metadata valid under the type's JSON schema; null when the output could not be read"
     )
     schema_fixes: dict[str, str] = Field(
         default_factory=dict, description="Fields converted or dropped to satisfy the schema"
     )
-    repaired: bool = Field(False, description="The output was truncated or malformed JSON, repaired")
-    error: str | None = Field(None, description="Why the output could not be parsed")
-    raw: str | None = Field(None, description="The model's output, given when it could not be parsed")
+    error: str | None = Field(None, description="Why the output could not be read")
+    raw: str | None = Field(None, description="The model's output, given when it could not be read")
 
 
 class ConsumeError(BaseModel):

@@ -38,7 +38,6 @@ INFO = {
 METRICS = {
     "documents": 4,
     "parse_failures": 1,
-    "repaired": 0,
     "seconds": 2.0,
     "micro": {"strict": {"f1": 0.5}, "soft": {"f1": 0.625}},
     "macro": {"strict": {"f1": 0.4}, "soft": {"f1": 0.5}},

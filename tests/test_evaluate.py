@@ -1,6 +1,7 @@
 """`metatune evaluate`: references as training built them, hand-computed scores, the report on disk."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,10 @@ RAWS = [
 def extractions(raws: list[str]) -> list[Extraction]:
     """What an extractor returns for these raw outputs, parsed (nothing snapped)."""
     parsed = [parse_output(raw) for raw in raws]
-    return [Extraction("Articulo", p.data, raw, p.error, p.repaired) for p, raw in zip(parsed, raws)]
+    return [
+        Extraction("Articulo", p.data, raw, p.error, notes={"repaired": True} if p.repaired else {})
+        for p, raw in zip(parsed, raws)
+    ]
 
 
 def test_references_are_the_training_targets(dataset):
@@ -113,7 +117,7 @@ def test_scores_match_hand_computed_values(dataset):
     assert m["macro"]["soft"]["f1"] == approx((0.8 + 0.25 + 0.0) / 3)
     assert m["by_type"]["Tesis"]["fields"]["title"]["soft"]["f1"] == 1.0
     assert m["by_type"]["Libro"]["fields"]["title"]["soft"]["recall"] == 0.0
-    assert (m["documents"], m["parse_failures"], m["repaired"], m["seconds"]) == (3, 1, 1, 1.5)
+    assert (m["documents"], m["parse_failures"], m["seconds"]) == (3, 1, 1.5)
     assert set(f) == {"title", "creator", "date", "first_author"}
 
     assert rows[1]["prediction"] == {"title": "Otro libro", "date": "2020-01"} and rows[1]["repaired"]
@@ -125,7 +129,6 @@ def test_scores_match_hand_computed_values(dataset):
         "prediction": None,
         "raw": RAWS[0],
         "parse_error": None,
-        "repaired": False,
         "reference": items[0].reference,
     }
 
@@ -149,12 +152,18 @@ def test_report_files(dataset, tmp_path):
     assert (tmp_path / "r" / "f1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_evaluate_a_trained_run_end_to_end(tiny_run, tmp_path, capsys):
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    """The shared tiny run copied: an evaluation writes into the run (its card), which other tests read."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+def test_evaluate_a_trained_run_end_to_end(run_copy, tmp_path, capsys):
     from conftest import SAMPLE
 
     report = tmp_path / "report"
     metrics = run_evaluate(
-        tiny_run,
+        run_copy,
         SAMPLE,
         split="test",
         report=report,
@@ -178,15 +187,18 @@ def test_evaluate_a_trained_run_end_to_end(tiny_run, tmp_path, capsys):
     # the metrics are those of the predictions written beside them
     rows = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["reference"] for r in rows)
-    items = load_items(RunInfo.read(tiny_run), SAMPLE, "test")
+    items = load_items(RunInfo.read(run_copy), SAMPLE, "test")
     again = score_predictions(items, [r["prediction"] for r in rows])
     assert again["micro"] == saved["micro"] and again["fields"] == saved["fields"]
     assert saved["parse_failures"] == sum(r["prediction"] is None for r in rows)
+    # the generate objective's own counts: repairs as the rows note them, every written token
+    assert saved["run"]["repaired"] == sum(r.get("repaired", False) for r in rows)
+    assert saved["run"]["generated_tokens"] >= len(rows)
 
     # the run's type classifier on the same texts (the fields above were generated with the true types)
     from metatune.objectives.generate.type_classifier import TypeClassifier
 
-    classifier = TypeClassifier.load(tiny_run)
+    classifier = TypeClassifier.load(run_copy)
     correct = {i.doc_type: int(classifier.predict(i.text)[0] == i.doc_type) for i in items}  # one of each type
     types = saved["type_accuracy"]
     assert {t: (row["n"], row["correct"]) for t, row in types["by_type"].items()} == {
@@ -238,14 +250,14 @@ def test_cli_prints_one_line_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_on_the_grobid_headers(tiny_run, tmp_path):
+def test_evaluate_on_the_grobid_headers(run_copy, tmp_path):
     """The real annotated headers load and score (types, list fields, English text) end to end."""
     from conftest import GROBID
 
     if not GROBID.is_file():
         pytest.skip(f"{GROBID} is absent")
     metrics = run_evaluate(
-        tiny_run,
+        run_copy,
         GROBID,
         split="validation",
         report=tmp_path / "r",

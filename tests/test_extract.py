@@ -147,7 +147,7 @@ def test_batched_greedy_equals_one_at_a_time(tiny_run):
     mixed = extractor.extract(texts, types, batch_size=3)
     alone = [extractor.extract([t], [ty], batch_size=1)[0] for t, ty in zip(texts, types)]
     assert [r.raw for r in together] == [r.raw for r in alone] == [r.raw for r in mixed]
-    assert [r.tokens for r in together] == [r.tokens for r in alone]
+    assert [r.counts for r in together] == [r.counts for r in alone]
     assert len({r.raw for r in alone}) > 1  # the documents get different outputs
 
 
@@ -190,7 +190,7 @@ def test_beam_search_stops_at_the_object_too(tiny_run):
     for r in results:
         if closes_object(r.raw):
             assert r.raw.rstrip().endswith("}")
-            assert r.tokens == len(extractor.tokenizer(r.raw, add_special_tokens=False)["input_ids"])
+            assert r.counts["tokens"] == len(extractor.tokenizer(r.raw, add_special_tokens=False)["input_ids"])
 
 
 # --- schema and type ----------------------------------------------------------------------------

@@ -286,7 +286,9 @@ class Extractor(RunTypes):
                 data = expand_record(text, data)
             if data and self.snap:
                 data = snap_record(text, data)
-            results.append(Extraction(t, data, raw, parsed.error, parsed.repaired, n, loop, source))
+            notes = {"repaired": True} if parsed.repaired else {}
+            counts = {"tokens": n, "loops": int(loop), "repaired": int(parsed.repaired)}
+            results.append(Extraction(t, data, raw, parsed.error, type_source=source, notes=notes, counts=counts))
         return results
 
     @torch.inference_mode()
@@ -309,8 +311,9 @@ class Extractor(RunTypes):
             "batch_size": self.settings.batch_size,
             "prompt_lookup": self.prompt_lookup,
             "max_new_tokens": self.max_new_tokens,
-            "generated_tokens": sum(r.tokens for r in results),
-            "loops": sum(r.looped for r in results),
+            "generated_tokens": sum(r.counts["tokens"] for r in results),
+            "loops": sum(r.counts["loops"] for r in results),
+            "repaired": sum(r.counts["repaired"] for r in results),
         }
 
     def choose_type(self, text: str, name: str | None) -> tuple[str, str]:
