@@ -222,6 +222,7 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
     assert extraction["documents"] == 3
     assert extraction["plain_docs_per_second"] > 0 and extraction["batched_docs_per_second"] > 0
     assert 0 <= extraction["identical_predictions"] <= 3 and extraction["peak_rss_mb"] > 0
+    assert extraction["generated_tokens"] > 0  # the generate extractor's own statistics
 
     assert set(result["objectives"]) == {"tag"}  # every objective but the race's (generate)
     tag = result["objectives"]["tag"]

@@ -68,7 +68,7 @@ def test_forced_bf16_trains_and_extracts_on_any_cpu(tmp_path, tiny_llama, mode):
     extractor = Extractor.from_run(output, GenerationSettings(dtype="bfloat16", max_new_tokens=8))
     assert extractor.model.dtype == torch.bfloat16
     result = extractor.extract(["Universidad Nacional de La Plata, 2020"], ["Tesis"], batch_size=1)[0]
-    assert result.tokens > 0
+    assert result.counts["tokens"] > 0
 
 
 def test_an_earlier_runs_precision_does_not_leak_into_the_next(monkeypatch):

@@ -141,6 +141,7 @@ def probe_extract(spec: dict) -> dict:
     same_data = sum(parse_output(p).data == parse_output(b.raw).data for p, b in zip(plain_raw, batched))
     n = len(texts)
     return {
+        **extractor.statistics(batched),  # the objective's own figures (a generate run: tokens written)
         "documents": n,
         "batch_size": size,
         "max_new_tokens": max_new,
@@ -156,7 +157,6 @@ def probe_extract(spec: dict) -> dict:
         "parsed_outputs": sum(b.data is not None for b in batched),
         "objective": extractor.info.objective,
         "dtype": str(next(extractor.model.parameters()).dtype).removeprefix("torch."),
-        "generated_tokens": sum(b.tokens for b in batched),
         "rss_after_load_mb": round(loaded, 1),
         "peak_rss_mb": round(max(peaks) if can_reset else peak_rss_mb(), 1),
         "peak_rss_scope": "batched extraction" if can_reset else "whole probe process",
