@@ -138,7 +138,9 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagS
         if how == "classified"
     )
     hosts = date_hosts(records, aligned, fields)
-    scheme = TagScheme(fields, tuple(types), lists, repeats, surnames, classes, date_form(records), hosts, True)
+    scheme = TagScheme(
+        fields, tuple(types), lists, repeats, surnames, classes, date_form(records), hosts, one_span=True
+    )
     return scheme, produced, coverage
 
 
