@@ -126,6 +126,10 @@ class TagSettings(Section):
     # in the loss, the label a closed-list field is read from (one per field and document, against
     # hundreds of token labels) counts as this many tokens' labels
     class_weight: float = Field(default=32.0, ge=1.0, le=1000.0)
+    # in the loss, a span field's labels weigh (most aligned values of any span field / its own) to
+    # this power: a rare field (a codirector among directors) is not drowned by its frequent
+    # neighbour; 0: every span label weighs 1, 0.5: a field with a quarter as many values weighs 2
+    field_balance: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class TrainingSettings(Section):

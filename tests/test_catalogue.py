@@ -22,7 +22,13 @@ from metatune.objectives.tag.labels import (
     tag_loss_for,
     token_offsets,
 )
-from metatune.objectives.tag.objective import catalogued_names, date_form, date_hosts, example_losses_for
+from metatune.objectives.tag.objective import (
+    catalogued_names,
+    date_form,
+    date_hosts,
+    example_losses_for,
+    field_weights,
+)
 
 from conftest import REPO
 
@@ -177,6 +183,36 @@ def test_a_closed_list_fields_label_weighs_class_weight_tokens_in_the_loss():
     )
 
 
+def test_a_rare_span_field_weighs_more_with_field_balance():
+    # 100 aligned directors, 25 codirectors: at balance 0.5 a codirector label weighs sqrt(4) = 2
+    coverage = {"director": [101, 100], "codirector": [25, 25], "doi": [10, 0]}
+    assert field_weights(coverage, ("director", "codirector"), 0.5) == {"director": 1.0, "codirector": 2.0}
+    assert field_weights(coverage, ("director", "codirector"), 0.0) == {}
+    scheme = TagScheme(("director", "codirector"), ("Tesis",))
+    b_co = scheme.begin("codirector")
+    labels = torch.tensor([[scheme.first_type_label, 1, 2, 0, b_co, b_co + 1, -100]])  # type, B I O B I, pad
+    logits = torch.randn(1, 7, len(scheme.labels), generator=torch.Generator().manual_seed(0))
+    each = torch.nn.functional.cross_entropy(logits[0], labels[0], ignore_index=-100, reduction="none")
+    balanced = tag_loss_for(scheme, 32.0, {"director": 1.0, "codirector": 2.0})({"logits": logits}, labels)
+    assert torch.allclose(balanced, (each.sum() + each[4] + each[5]) / 6)
+    model = lambda **batch: SimpleNamespace(logits=logits)  # noqa: E731
+    sums, _ = example_losses_for(scheme, 32.0, {"codirector": 2.0})(model, {"input_ids": labels, "labels": labels})
+    assert torch.allclose(sums, balanced * 6)
+    assert torch.allclose(tag_loss_for(scheme, 32.0, {})({"logits": logits}, labels), each.sum() / 6)
+
+
+def test_field_balance_weighs_the_catalogued_samples_rare_fields(tiny_llama, catalogued, tmp_path):
+    from metatune.config import load_config
+    from metatune.training.run import prepare
+
+    base = [f"model.name={tiny_llama}", f"data.path={catalogued}", "training.objective=tag"]
+    prepared = prepare(load_config(sets=base + [f"training.output_dir={tmp_path}", "tag.field_balance=0.5"]))
+    weights = prepared.info.tagging["field_weights"]
+    # the most frequent span field weighs 1; a thesis's codirector (rarer than authors) more
+    assert min(weights.values()) == 1.0 and weights["codirector"] > weights["creator"]
+    assert set(weights) <= set(prepared.info.tagging["scheme"]["fields"])
+
+
 @pytest.fixture(scope="module")
 def catalogued(tmp_path_factory):
     out = tmp_path_factory.mktemp("catalogued")
@@ -220,6 +256,7 @@ def test_a_tag_run_on_the_catalogued_sample_produces_every_declared_field(tmp_pa
     )
     run = train(config)
     info = json.loads((run / "metatune.json").read_text(encoding="utf-8"))
+    assert info["tagging"]["field_weights"] == {}  # tag.field_balance is 0 by default
     produced = {f: p["how"] for f, p in info["tagging"]["produced"].items()}
     types = TypeRegistry.load().types
     declared = {f for t in ("Tesis", "Articulo", "Libro", "Objeto de conferencia") for f in types[t].fields}

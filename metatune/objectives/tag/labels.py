@@ -468,24 +468,34 @@ def to_record(values: dict[str, list[str]], fields: dict[str, str], lists: tuple
     return out
 
 
-def label_weights(labels: torch.Tensor, scheme: TagScheme, class_weight: float) -> torch.Tensor | None:
-    """Each position's weight in the loss: `class_weight` where a closed-list field's label is read,
-    1 elsewhere; None when the scheme has no closed-list field (every weight 1)."""
-    if not scheme.classes or class_weight == 1:
-        return None
-    first_class = scheme.first_type_label + len(scheme.types)
-    return torch.where(labels >= first_class, class_weight, 1.0)
+def label_weight_table(
+    scheme: TagScheme, class_weight: float, field_weights: dict[str, float] | None = None
+) -> torch.Tensor | None:
+    """Each label's weight in the loss: `class_weight` for a closed-list field's labels, a span
+    field's `field_weights` entry (1 when absent) for its B-/I- labels, 1 for the rest; None when
+    every weight is 1."""
+    table = torch.ones(len(scheme.labels))
+    table[scheme.first_type_label + len(scheme.types) :] = class_weight
+    for label in range(1, scheme.first_type_label):
+        table[label] = (field_weights or {}).get(scheme.span_label(label)[0], 1.0)
+    return None if bool((table == 1).all()) else table
 
 
-def tag_loss_for(scheme: TagScheme, class_weight: float):
-    """The `compute_loss_func` of the tag path: cross-entropy summed over labelled tokens (a closed-list
-    field's label weighing `class_weight`), divided by the labelled tokens of the whole accumulated batch.
+def weighted(losses: torch.Tensor, labels: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor:
+    """Per-position losses times their label's weight (an ignored position's loss is 0 already)."""
+    return losses if table is None else losses * table.to(losses.device)[labels.clamp(min=0)]
+
+
+def tag_loss_for(scheme: TagScheme, class_weight: float, field_weights: dict[str, float] | None = None):
+    """The `compute_loss_func` of the tag path: cross-entropy summed over labelled tokens (weighted by
+    `label_weight_table`), divided by the labelled tokens of the whole accumulated batch.
 
     transformers' own token-classification loss averages each micro-batch, which the Trainer would
     then add up across padding-free micro-batches. A document's closed-list fields are one label each
     among hundreds of its tokens' labels: unweighted, they barely move the model (on the catalogued
     sample every licence came out as the most frequent one).
     """
+    table = label_weight_table(scheme, class_weight, field_weights)
 
     def tag_loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"]
@@ -493,8 +503,7 @@ def tag_loss_for(scheme: TagScheme, class_weight: float):
         losses = torch.nn.functional.cross_entropy(
             logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
         )
-        if (weights := label_weights(labels.flatten(), scheme, class_weight)) is not None:
-            losses = losses * weights
+        losses = weighted(losses, labels.flatten(), table)
         count = num_items_in_batch if num_items_in_batch is not None else labels.ne(IGNORE_INDEX).sum()
         return losses.sum() / count
 

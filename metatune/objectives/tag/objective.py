@@ -25,10 +25,11 @@ from metatune.objectives.tag.labels import (
     TagScheme,
     class_prompts,
     encode_tagged,
-    label_weights,
+    label_weight_table,
     start_with_the_type_position,
     tag_loss_for,
     transition_counts,
+    weighted,
 )
 from metatune.peft_setup import load_trainable
 from metatune.text import collapse_whitespace
@@ -120,6 +121,16 @@ def date_hosts(records, aligned: list[dict], fields: tuple[str, ...]) -> tuple[t
     return tuple(pair for pair, n in sorted(held.items()) if n >= DATE_HOST_MIN * dates[pair[0]])
 
 
+def field_weights(coverage: dict[str, list[int]], fields: tuple[str, ...], balance: float) -> dict[str, float]:
+    """Each span field's weight in the loss (config `tag.field_balance`), from its aligned training
+    values; empty when `balance` is 0."""
+    aligned = {f: coverage[f][1] for f in fields if coverage.get(f, [0, 0])[1]}
+    if not balance or not aligned:
+        return {}
+    most = max(aligned.values())
+    return {f: round((most / n) ** balance, 3) for f, n in aligned.items()}
+
+
 def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagScheme, dict[str, str], dict]:
     """The labels of a run (every span field some type of the records is trained on, the types to tell
     apart, the closed lists), how each declared field is produced, and the training split's alignment."""
@@ -192,9 +203,10 @@ def count_targets(batch: dict) -> torch.Tensor:
     return batch["labels"].ne(IGNORE_INDEX).sum()
 
 
-def example_losses_for(scheme: TagScheme, class_weight: float):
+def example_losses_for(scheme: TagScheme, class_weight: float, field_weights: dict[str, float] | None = None):
     """The custom loop's losses: per document, the weighted cross-entropy summed over its labelled tokens
     (as `tag_loss_for`), and their number."""
+    table = label_weight_table(scheme, class_weight, field_weights)
 
     def example_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         labels = batch["labels"]
@@ -202,8 +214,7 @@ def example_losses_for(scheme: TagScheme, class_weight: float):
         ce = torch.nn.functional.cross_entropy(
             logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
         )
-        if (weights := label_weights(labels.flatten(), scheme, class_weight)) is not None:
-            ce = ce * weights
+        ce = weighted(ce, labels.flatten(), table)
         return ce.view(labels.shape).sum(1), labels.ne(IGNORE_INDEX).sum(1)
 
     return example_losses
@@ -225,6 +236,7 @@ class TagObjective(Objective):
         val_records = dataset.split("validation") if need_validation else []
         fmt = InputFormat.from_settings(d)
         scheme, produced, field_coverage = tag_scheme(train_records, registry, d.fallback_type, fmt)
+        weights = field_weights(field_coverage, scheme.fields, config.tag.field_balance)
         model, tokenizer, seq2seq = load_trainable(config.model, labels=scheme.labels)
         coverage: dict[str, list[int]] = {}
         args = (registry, d.fallback_type, fmt, scheme, tokenizer, d.max_input_tokens)
@@ -247,6 +259,7 @@ class TagObjective(Objective):
             "transitions": config.tag.transitions,
             "windows": config.tag.windows,
             "transition_counts": transition_counts(train, scheme),
+            "field_weights": weights,
             "produced": {
                 f: {"how": how} | ({"values": c[0], "in_text": c[1]} if (c := field_coverage.get(f)) else {})
                 for f, how in produced.items()
@@ -268,8 +281,8 @@ class TagObjective(Objective):
             train,
             validation,
             info,
-            TrainerParts(collate, tag_loss_for(scheme, config.tag.class_weight)),
-            LoopParts(collate, example_losses_for(scheme, config.tag.class_weight), count_targets),
+            TrainerParts(collate, tag_loss_for(scheme, config.tag.class_weight, weights)),
+            LoopParts(collate, example_losses_for(scheme, config.tag.class_weight, weights), count_targets),
             stats=stats,
             # Runtimes that load the run with transformers read it both ways too: its config says
             # `is_causal: false`, and eager attention, which (unlike SDPA, that asks the attention
