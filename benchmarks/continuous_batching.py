@@ -2,8 +2,8 @@
 document) against the Extractor's batches on one saved generate run: speed and whether the records
 are the same.
 
-    .venv/bin/python benchmarks/continuous_batching.py runs/catalogued --docs 16 --batch-size 8 \
-        --output benchmarks/results/continuous-batching.json
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/continuous_batching.py runs/catalogued \
+        --data data/sample-catalogued/sample.json --docs 8 --output benchmarks/results/continuous-batching-8.json
 
 Validation documents of the run's data (the grobid-headers set when present). The Extractor stops a
 row when its JSON object closes; `generate_batch` takes no stopping criteria, so its rows run to the
