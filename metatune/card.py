@@ -47,6 +47,7 @@ class CardParts:
     how: str = ""  # ends the card's first sentence: how the run writes the metadata
     use: list[str] = field(default_factory=list)  # lines of a "with transformers alone" section
     note: str = ""  # anything else a user of the run must know, shown under "Use"
+    sections: list[str] = field(default_factory=list)  # lines of the objective's own sections, before "Evaluation"
 
 
 Describe = Callable[[RunInfo, str], CardParts]  # (the run's description, its name) -> CardParts
@@ -144,18 +145,7 @@ def model_card(info: RunInfo, name: str, parts: CardParts, evaluation: dict | No
             lines.append(f"| {key} | {stats[key]} |")
     lines.append("")
 
-    prompts = info.input.prompts
-    if prompts:
-        lines += [
-            "## The prompt",
-            "",
-            f"Input style `{info.input.style}`. Each type's instruction comes before the "
-            "document's text (shown as `{document}`), and the model answers with one JSON object:",
-            "",
-        ]
-        for type_name, prompt in prompts.items():
-            lines += [f"**{type_name}**", "", "```text", prompt["prefix"] + "{document}" + prompt["suffix"], "```", ""]
-
+    lines += parts.sections
     lines += ["## Evaluation", ""]
     if evaluation:
         run = evaluation.get("run", {})

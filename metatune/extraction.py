@@ -13,7 +13,7 @@ class Extraction:
     data: dict | None  # the record, None when the model's output could not be read into one
     raw: str  # what the model wrote
     error: str | None = None  # why `data` is None
-    type_source: str | None = None  # how doc_type was decided: given, classifier, model (its "type" field), default
+    type_source: str | None = None  # how doc_type was decided ("given", "default", or the objective's own way)
     # what the run's objective says of this document, written beside its record (JSON values)
     notes: dict = field(default_factory=dict)
     # what the objective counts per document, summed by its extractor's `statistics`

@@ -76,7 +76,7 @@ def conform(data: dict, schema: dict) -> tuple[dict, dict[str, str]]:
 
 def document_record(name: str, extraction, extractor) -> dict:
     """The output object of one document: source, type, schema-valid metadata, what was fixed and
-    the objective's notes (a generate run's `repaired`)."""
+    the notes the run's extractor made of the document."""
     doc_type = extractor.registry.types[extraction.doc_type]
     record = {"source": name, "type": doc_type.name, "metadata": None}
     if extraction.data is None:

@@ -210,4 +210,22 @@ class GenerateObjective(Objective):
             "```",
             "",
         ]
-        return CardParts(pipeline_tag=PIPELINES.get(info.architecture, "text-generation"), use=use)
+        return CardParts(
+            pipeline_tag=PIPELINES.get(info.architecture, "text-generation"), use=use, sections=prompt_lines(info)
+        )
+
+
+def prompt_lines(info) -> list[str]:
+    """The card's "The prompt" section: each type's instruction around the document."""
+    if not info.input.prompts:
+        return []
+    lines = [
+        "## The prompt",
+        "",
+        f"Input style `{info.input.style}`. Each type's instruction comes before the "
+        "document's text (shown as `{document}`), and the model answers with one JSON object:",
+        "",
+    ]
+    for type_name, prompt in info.input.prompts.items():
+        lines += [f"**{type_name}**", "", "```text", prompt["prefix"] + "{document}" + prompt["suffix"], "```", ""]
+    return lines
