@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from metatune.bench import default_data, machine_info
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.data import load_dataset, record_type
 from metatune.objectives.generate.extractor import Extractor
 from metatune.objectives.generate.json_output import parse_output
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="write every figure here as JSON")
     args = parser.parse_args()
 
-    extractor = Extractor.from_run(args.run, GenerationSettings(dtype="float32", snap=False))
+    extractor = Extractor.from_run(args.run, ExtractionSettings(dtype="float32", snap=False))
     records = load_dataset(args.data or default_data()[0], extractor.registry, extractor.info.fallback_type)
     records = records.split("validation")[: args.docs]
     types = [

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from metatune.bench import default_data, machine_info
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.data import load_dataset, record_type
 from metatune.objectives.generate.extractor import Extractor
 
@@ -52,13 +52,13 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="write every figure here as JSON")
     args = parser.parse_args()
 
-    plain = Extractor.from_run(args.run, GenerationSettings(dtype=args.dtype, snap=False))
+    plain = Extractor.from_run(args.run, ExtractionSettings(dtype=args.dtype, snap=False))
     lookup = Extractor(
         args.run,
         plain.model,
         plain.tokenizer,
         plain.info,  # one copy of the weights
-        GenerationSettings(dtype=args.dtype, snap=False, prompt_lookup=args.lookup),
+        ExtractionSettings(dtype=args.dtype, snap=False, prompt_lookup=args.lookup),
     )
     records = load_dataset(args.data or default_data()[0], plain.registry, plain.info.fallback_type)
     records = records.split("validation")[: args.docs]

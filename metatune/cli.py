@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.errors import MetatuneError
 
 app = typer.Typer(
@@ -37,9 +37,9 @@ def _options(
     """Fine-tune language models to extract bibliographic metadata."""
 
 
-def generation_settings(options: dict) -> GenerationSettings:
-    """The GenerationSettings of a command's options (evaluate, extract and serve declare the same ones)."""
-    return GenerationSettings(**{f.name: options[f.name] for f in dataclasses.fields(GenerationSettings)})
+def extraction_settings(options: dict) -> ExtractionSettings:
+    """The ExtractionSettings of a command's options (evaluate, extract and serve declare the same ones)."""
+    return ExtractionSettings(**{f.name: options[f.name] for f in dataclasses.fields(ExtractionSettings)})
 
 
 def _print_json(value) -> None:
@@ -165,7 +165,7 @@ def data_split(
     typer.echo(f"{out}: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
 
 
-# The generation options of evaluate, extract and serve, declared once (config.GenerationSettings checks them).
+# The extraction options of evaluate, extract and serve, declared once (config.ExtractionSettings checks them).
 NumBeams = Annotated[int, typer.Option(help="Beam search width (1: greedy)")]
 MaxNewTokens = Annotated[
     int | None, typer.Option(help="Most tokens the model writes per document (default: the run's max_target_tokens)")
@@ -180,7 +180,7 @@ Snap = Annotated[
     bool | None,
     typer.Option(
         "--snap/--no-snap",
-        help="Replace values found (nearly) in the text by the text's own words (default: the run's generate.snap_to_source)",
+        help="Replace values found (nearly) in the text by the text's own words (default: the run's own setting)",
     ),
 ]
 PromptLookup = Annotated[
@@ -226,7 +226,7 @@ def evaluate(
 
     from metatune.evaluate import run_evaluate
 
-    settings = generation_settings(locals())
+    settings = extraction_settings(locals())
     with redirect_stdout(sys.stderr if json_ else sys.stdout):
         metrics = run_evaluate(
             run_dir,
@@ -302,7 +302,7 @@ def extract(
     """Extract metadata from documents with a saved run."""
     from metatune.extract import run_extract
 
-    settings = generation_settings(locals())
+    settings = extraction_settings(locals())
     code = run_extract(
         run_dir,
         inputs,
@@ -345,7 +345,7 @@ def serve(
     Set METATUNE_API_TOKEN to require `Authorization: Bearer <token>`."""
     from metatune.service import serve as run_server
 
-    settings = generation_settings(locals())
+    settings = extraction_settings(locals())
     run_server(
         run_dir,
         host=host,

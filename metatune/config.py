@@ -213,7 +213,7 @@ DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")  # auto: as the weights
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
+class ExtractionSettings:
     """How a saved run extracts: the options `evaluate`, `extract` and `serve` share, checked once."""
 
     num_beams: int = 1  # 1: greedy

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.data import load_dataset, record_type
 from metatune.errors import MetatuneError
 from metatune.extraction import Extraction
@@ -176,7 +176,7 @@ def run_evaluate(
     *,
     split: str = "test",
     report: Path | None = None,
-    settings: GenerationSettings = GenerationSettings(),
+    settings: ExtractionSettings = ExtractionSettings(),
     baseline: str | None = None,
     limit: int | None = None,
     micro_fields: list[str] | None = None,

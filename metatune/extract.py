@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.documents import list_inputs, read_inputs
 from metatune.errors import MetatuneError
 from metatune.faults import writing
@@ -29,7 +29,7 @@ def run_extract(
     *,
     doc_type: str | None = None,
     out: Path | None = None,
-    settings: GenerationSettings = GenerationSettings(),
+    settings: ExtractionSettings = ExtractionSettings(),
     fmt: str = "json",
     out_dir: Path | None = None,
     force: bool = False,

@@ -32,16 +32,17 @@ class InputFormat:
     prompt_example: bool = True  # the instruction shows one example JSON of the output
 
     @classmethod
-    def from_settings(cls, data, generate=None) -> InputFormat:
-        """From config.DataSettings and config.GenerateSettings (None: every value whole, no prompt)."""
+    def from_settings(cls, data, target=None) -> InputFormat:
+        """From config.DataSettings and the settings that shape a written target (anchor_min_words,
+        anchor_words, prompt_example; None: every value whole, the example shown)."""
         return cls(
             data.input_style,
             data.include_fields,
             tuple(data.exclude_fields),
             data.chat_template,
-            generate.anchor_min_words if generate else 0,
-            generate.anchor_words if generate else 5,
-            generate.prompt_example if generate else True,
+            target.anchor_min_words if target else 0,
+            target.anchor_words if target else 5,
+            target.prompt_example if target else True,
         )
 
     @property

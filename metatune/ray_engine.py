@@ -22,7 +22,7 @@ from pathlib import Path
 
 import typer
 
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.documents import Item, read_item
 from metatune.errors import MetatuneError
 from metatune.folder_run import DirectoryOut, JsonLinesOut, extract_batch, report_end
@@ -50,7 +50,7 @@ class ExtractActor:
         from metatune.objectives import open_run
 
         torch.set_num_threads(threads)
-        self.settings = GenerationSettings(**settings)
+        self.settings = ExtractionSettings(**settings)
         self.extractor = open_run(run_dir, self.settings)
         self.doc_type = doc_type
 
@@ -85,7 +85,7 @@ def run_on_ray(
     out_dir: Path | None,
     fmt: str,
     force: bool,
-    settings: GenerationSettings,
+    settings: ExtractionSettings,
     workers: int,
     cpus_per_worker: float,
     address: str | None,

@@ -27,7 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.errors import MetatuneError
 from metatune.formats import FORMATS
 
@@ -400,7 +400,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8002,
     max_bytes: int | None = None,
-    settings: GenerationSettings = GenerationSettings(),
+    settings: ExtractionSettings = ExtractionSettings(),
     batch_wait_ms: float = 10.0,
     max_queue: int = DEFAULT_MAX_QUEUE,
 ) -> None:

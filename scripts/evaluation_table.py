@@ -57,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-beams", type=int, default=1)
     args = parser.parse_args(argv)
 
-    from metatune.config import GenerationSettings
+    from metatune.config import ExtractionSettings
     from metatune.evaluate import comparison_table, run_evaluate, summary_line
     from metatune.report import markdown_table
 
     report = args.run_dir / f"eval-{args.split}"
     try:
-        settings = GenerationSettings(num_beams=args.num_beams, batch_size=args.batch_size)
+        settings = ExtractionSettings(num_beams=args.num_beams, batch_size=args.batch_size)
         metrics = run_evaluate(
             args.run_dir,
             args.data,

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteriaList
 
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.objectives.generate.extractor import Extractor, JsonObjectEnd, closes_object
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,7 +90,7 @@ def main() -> None:
 
     if args.run:
         for dtype in args.dtypes.split(","):
-            ex = Extractor.from_run(args.run, GenerationSettings(dtype=dtype))
+            ex = Extractor.from_run(args.run, ExtractionSettings(dtype=dtype))
             together = ex.extract(texts[:16], types[:16], batch_size=16)
             alone = [ex.extract([t], [ty], batch_size=1)[0] for t, ty in zip(texts[:16], types[:16])]
             results[f"run/{dtype}"] = {
@@ -104,7 +104,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = random_run(args.arch, Path(tmp), args.new_tokens)
         for n, dtype in enumerate(args.dtypes.split(",")):
-            ex = Extractor.from_run(run, GenerationSettings(dtype=dtype))
+            ex = Extractor.from_run(run, ExtractionSettings(dtype=dtype))
             encoded = [ex.input_ids(t, ty) for t, ty in zip(texts, types)]
             ex.generate(encoded, len(encoded))  # warm-up: one full batch
             outputs, row = {}, {"dtype": str(ex.model.dtype)}

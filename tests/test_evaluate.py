@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.doctypes import TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.evaluate import evaluate_outputs, load_items, run_evaluate, score_predictions, write_report
@@ -167,7 +167,7 @@ def test_evaluate_a_trained_run_end_to_end(run_copy, tmp_path, capsys):
         SAMPLE,
         split="test",
         report=report,
-        settings=GenerationSettings(batch_size=3),
+        settings=ExtractionSettings(batch_size=3),
         baseline="zero-shot",
         progress=False,
     )
@@ -261,7 +261,7 @@ def test_evaluate_on_the_grobid_headers(run_copy, tmp_path):
         GROBID,
         split="validation",
         report=tmp_path / "r",
-        settings=GenerationSettings(batch_size=6),
+        settings=ExtractionSettings(batch_size=6),
         limit=6,
         progress=False,
     )

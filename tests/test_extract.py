@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.doctypes import FieldSelection, TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.formats import conform
@@ -153,7 +153,7 @@ def test_batched_greedy_equals_one_at_a_time(tiny_run):
 
 def test_generation_stops_where_the_object_closes(tiny_run):
     """Against plain greedy generation kept from ending (no EOS): ours is its prefix up to the '}'."""
-    extractor = Extractor.from_run(tiny_run, GenerationSettings(max_new_tokens=40))
+    extractor = Extractor.from_run(tiny_run, ExtractionSettings(max_new_tokens=40))
     texts, types = sample_texts()
     ours = extractor.extract(texts, types, batch_size=4)
     closed = 0
@@ -177,13 +177,13 @@ def test_generation_stops_where_the_object_closes(tiny_run):
 
 def test_dtype_keeps_the_saved_precision_unless_asked(tiny_run):
     assert Extractor.from_run(tiny_run).model.dtype == torch.float32  # saved in float32
-    assert Extractor.from_run(tiny_run, GenerationSettings(dtype="bfloat16")).model.dtype == torch.bfloat16
+    assert Extractor.from_run(tiny_run, ExtractionSettings(dtype="bfloat16")).model.dtype == torch.bfloat16
     with pytest.raises(MetatuneError, match="unknown dtype 'fp8' \\(choose from auto, float32, bfloat16, float16\\)"):
-        Extractor.from_run(tiny_run, GenerationSettings(dtype="fp8"))
+        Extractor.from_run(tiny_run, ExtractionSettings(dtype="fp8"))
 
 
 def test_beam_search_stops_at_the_object_too(tiny_run):
-    extractor = Extractor.from_run(tiny_run, GenerationSettings(num_beams=3))
+    extractor = Extractor.from_run(tiny_run, ExtractionSettings(num_beams=3))
     texts, types = sample_texts()
     results = extractor.extract(texts[:4], types[:4], batch_size=4)
     assert any(closes_object(r.raw) for r in results)
@@ -352,7 +352,7 @@ def test_snapping_follows_the_option_and_keeps_the_raw_output(tiny_run):
 
     texts, types = sample_texts()
     assert Extractor.from_run(tiny_run).snap is True  # the run's generate.snap_to_source
-    off = Extractor.from_run(tiny_run, GenerationSettings(snap=False))
+    off = Extractor.from_run(tiny_run, ExtractionSettings(snap=False))
     assert off.snap is False
     for result, text in zip(Extractor.from_run(tiny_run).extract(texts, types), texts):
         parsed = parse_output(result.raw).data
@@ -438,8 +438,8 @@ def test_prompt_lookup_decoding_writes_what_plain_greedy_writes(tiny_run):
     records = json.loads(SAMPLE.read_text(encoding="utf-8"))["validation"]
     texts, types = [r["original_text"] for r in records], [r["type"] for r in records]
     plain, lookup = (
-        Extractor.from_run(tiny_run, GenerationSettings(max_new_tokens=48)),
-        Extractor.from_run(tiny_run, GenerationSettings(max_new_tokens=48, prompt_lookup=8)),
+        Extractor.from_run(tiny_run, ExtractionSettings(max_new_tokens=48)),
+        Extractor.from_run(tiny_run, ExtractionSettings(max_new_tokens=48, prompt_lookup=8)),
     )
     for extractor in (plain, lookup):
         extractor.model.to(torch.float64)
@@ -455,9 +455,9 @@ def test_prompt_lookup_decoding_writes_what_plain_greedy_writes(tiny_run):
 
 def test_prompt_lookup_needs_greedy_causal_decoding(tiny_run):
     with pytest.raises(MetatuneError, match="num_beams 1"):
-        Extractor.from_run(tiny_run, GenerationSettings(num_beams=2, prompt_lookup=4))
+        Extractor.from_run(tiny_run, ExtractionSettings(num_beams=2, prompt_lookup=4))
     with pytest.raises(MetatuneError, match="0 \\(off\\) or more"):
-        Extractor.from_run(tiny_run, GenerationSettings(prompt_lookup=-1))
+        Extractor.from_run(tiny_run, ExtractionSettings(prompt_lookup=-1))
 
 
 def test_standard_input_is_cleaned_like_files(monkeypatch):

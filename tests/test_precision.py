@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metatune import precision
-from metatune.config import GenerationSettings, load_config
+from metatune.config import ExtractionSettings, load_config
 from metatune.errors import MetatuneError
 
 from conftest import SAMPLE
@@ -65,7 +65,7 @@ def test_forced_bf16_trains_and_extracts_on_any_cpu(tmp_path, tiny_llama, mode):
         if "loss" in json.loads(line)
     ]
     assert len(losses) >= 5 and losses[-1] < losses[0], losses
-    extractor = Extractor.from_run(output, GenerationSettings(dtype="bfloat16", max_new_tokens=8))
+    extractor = Extractor.from_run(output, ExtractionSettings(dtype="bfloat16", max_new_tokens=8))
     assert extractor.model.dtype == torch.bfloat16
     result = extractor.extract(["Universidad Nacional de La Plata, 2020"], ["Tesis"], batch_size=1)[0]
     assert result.counts["tokens"] > 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from metatune.cli import main
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 
 from conftest import SAMPLE
 
@@ -105,5 +105,5 @@ def test_trust_remote_code_is_an_explicit_choice(tiny_run, tmp_path):
 
     run, marker = planted_run(tiny_run, tmp_path, adapter_only=True)
     with pytest.raises(AttributeError, match="PlantedConfig"):  # the planted file defines no model...
-        Extractor.from_run(run, GenerationSettings(trust_remote_code=True))
+        Extractor.from_run(run, ExtractionSettings(trust_remote_code=True))
     assert marker.read_text() == "ran"  # ...but it ran, because the caller asked for it

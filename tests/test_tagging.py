@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metatune.alignment import Span
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.objectives.tag.labels import (
     TagCollator,
     TagScheme,
@@ -332,7 +332,7 @@ def test_tag_run_extracts_the_right_spans_after_reload(tag_run):
 def test_in_bf16_a_documents_labels_do_not_depend_on_its_batch(tag_run):
     from metatune.objectives import open_run
 
-    tagger = open_run(tag_run, GenerationSettings(dtype="bfloat16"))  # forced, whatever this CPU would pick
+    tagger = open_run(tag_run, ExtractionSettings(dtype="bfloat16"))  # forced, whatever this CPU would pick
     assert next(tagger.model.parameters()).dtype == torch.bfloat16
     texts = [r["original_text"] for r in synthetic_records(8, 2)]
     together = tagger.extract(texts, batch_size=8)
@@ -492,7 +492,7 @@ def test_forced_bf16_tag_training_and_extraction_run_on_any_cpu(tmp_path, tiny_l
         if "loss" in json.loads(line)
     ]
     assert losses[-1] < losses[0], losses
-    tagger = open_run(run, GenerationSettings(dtype="bfloat16"))
+    tagger = open_run(run, ExtractionSettings(dtype="bfloat16"))
     assert tagger.model.dtype == torch.bfloat16
     result = tagger.extract([synthetic_records(1, 9)[0]["original_text"]])[0]
     assert result.data is not None and result.data["language"] == "es"
@@ -505,7 +505,7 @@ def test_a_transformers_pipeline_reads_a_bidirectional_tag_run_as_the_tagger_doe
     from metatune.objectives import open_run
     from metatune.objectives.tag.labels import first_token_id, token_offsets
 
-    tagger = open_run(tag_run, GenerationSettings(dtype="float32"))
+    tagger = open_run(tag_run, ExtractionSettings(dtype="float32"))
     config = json.loads((tag_run / "config.json").read_text(encoding="utf-8"))
     assert config["is_causal"] is False and config["id2label"]["1"] == "B-title"
     assert "pipeline_tag: token-classification" in (tag_run / "README.md").read_text()

@@ -97,12 +97,12 @@ def probe_extract(spec: dict) -> dict:
     call each), against its batched `extract`, interleaved chunk by chunk."""
     from transformers import set_seed
 
-    from metatune.config import GenerationSettings
+    from metatune.config import ExtractionSettings
     from metatune.objectives import open_run
     from metatune.objectives.generate.json_output import parse_output
 
     set_seed(0)
-    extractor = open_run(spec["run"], GenerationSettings(snap=False))  # the raw outputs are compared
+    extractor = open_run(spec["run"], ExtractionSettings(snap=False))  # the raw outputs are compared
     texts, types = spec["texts"], [extractor.resolve_type(t) for t in spec["types"]]
     size, max_new = spec["batch_size"], spec["max_new_tokens"]
     plain_seconds = batched_seconds = plain_cpu = batched_cpu = 0.0

@@ -8,7 +8,7 @@ with `register`.
 
 from __future__ import annotations
 
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.errors import MetatuneError
 from metatune.objectives.base import Extractor, Objective
 from metatune.objectives.generate import GenerateObjective
@@ -34,7 +34,7 @@ def of_run(info: RunInfo) -> Objective:
     return get(info.objective)
 
 
-def open_run(run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None) -> Extractor:
+def open_run(run_dir, settings: ExtractionSettings = ExtractionSettings(), device: str | None = None) -> Extractor:
     """The extractor a saved run needs, whatever its objective."""
     return of_run(RunInfo.read(run_dir)).extractor(run_dir, settings, device)
 

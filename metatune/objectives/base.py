@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from metatune import __version__
-from metatune.config import Config, GenerationSettings
+from metatune.config import Config, ExtractionSettings
 from metatune.errors import MetatuneError
 from metatune.formatting import InputFormat
 from metatune.run_info import InputSpec, RunInfo, TokenLimits
@@ -85,11 +85,11 @@ class Objective:
         the training engines use, and the run's description (metatune.json). Writes nothing."""
         raise NotImplementedError
 
-    def extractor(self, run_dir, settings: GenerationSettings, device: str | None = None) -> Extractor:
+    def extractor(self, run_dir, settings: ExtractionSettings, device: str | None = None) -> Extractor:
         """A saved run of this objective, ready to extract."""
         raise NotImplementedError
 
-    def zero_shot(self, run_dir, settings: GenerationSettings, device: str | None = None) -> Extractor:
+    def zero_shot(self, run_dir, settings: ExtractionSettings, device: str | None = None) -> Extractor:
         """The run's base model untrained, as a baseline, where the objective has one."""
         raise MetatuneError(f"a {self.name} run has no zero-shot baseline: its base model was not trained to do this")
 

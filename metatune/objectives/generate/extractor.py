@@ -15,7 +15,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from metatune.alignment import expand_record, snap_record
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.doctypes import TypeRegistry
 from metatune.encoding import PromptEncoder, global_attention_mask
 from metatune.errors import MetatuneError
@@ -146,7 +146,7 @@ class Extractor(RunTypes):
     """A saved run turned into metadata extraction: `extract` takes document texts.
 
     `Extractor.from_run` loads the fine-tuned run; `Extractor.zero_shot` loads the run's base model
-    untrained, with the same tokenizer and prompts (the baseline). `settings` (config.GenerationSettings):
+    untrained, with the same tokenizer and prompts (the baseline). `settings` (config.ExtractionSettings):
     * dtype "auto" keeps the precision the weights were saved in (float32 for a full fine-tune);
       bfloat16 halves the memory, but then a document's greedy output may change with the documents
       batched beside it (rounding differs with the padded shapes);
@@ -160,7 +160,7 @@ class Extractor(RunTypes):
       documents are decoded one by one whatever the batch size.
     """
 
-    def __init__(self, run_dir, model, tokenizer, info: RunInfo, settings: GenerationSettings):
+    def __init__(self, run_dir, model, tokenizer, info: RunInfo, settings: ExtractionSettings):
         self.run_dir, self.info, self.settings = Path(run_dir), info, settings
         self.model, self.tokenizer = model, tokenizer
         self.device = self.model.device
@@ -188,14 +188,14 @@ class Extractor(RunTypes):
 
     @classmethod
     def from_run(
-        cls, run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None
+        cls, run_dir, settings: ExtractionSettings = ExtractionSettings(), device: str | None = None
     ) -> Extractor:
         model, tokenizer, info = load_run(run_dir, device, settings.trust_remote_code)
         return cls(run_dir, model, tokenizer, info, settings)
 
     @classmethod
     def zero_shot(
-        cls, run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None
+        cls, run_dir, settings: ExtractionSettings = ExtractionSettings(), device: str | None = None
     ) -> Extractor:
         model, tokenizer, info = _load_base(run_dir, device, settings.trust_remote_code)
         return cls(run_dir, model, tokenizer, info, settings)

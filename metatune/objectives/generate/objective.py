@@ -10,7 +10,7 @@ import sys
 import torch
 
 from metatune.card import CardParts
-from metatune.config import Config, GenerationSettings
+from metatune.config import Config, ExtractionSettings
 from metatune.data import record_type
 from metatune.encoding import IGNORE_INDEX, PromptEncoder, collator
 from metatune.errors import MetatuneError
@@ -172,12 +172,12 @@ class GenerateObjective(Objective):
             files={TYPE_CLASSIFIER_FILE: classifier.save},
         )
 
-    def extractor(self, run_dir, settings: GenerationSettings, device: str | None = None):
+    def extractor(self, run_dir, settings: ExtractionSettings, device: str | None = None):
         from metatune.objectives.generate.extractor import Extractor
 
         return Extractor.from_run(run_dir, settings, device)
 
-    def zero_shot(self, run_dir, settings: GenerationSettings, device: str | None = None):
+    def zero_shot(self, run_dir, settings: ExtractionSettings, device: str | None = None):
         from metatune.objectives.generate.extractor import Extractor
 
         return Extractor.zero_shot(run_dir, settings, device)

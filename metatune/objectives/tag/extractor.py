@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from metatune.config import GenerationSettings
+from metatune.config import ExtractionSettings
 from metatune.errors import MetatuneError
 from metatune.export import load_run
 from metatune.extraction import Extraction
@@ -40,7 +40,7 @@ class Tagger(RunTypes):
     """A saved tag run turned into extraction; of the generation settings only dtype, batch_size and
     trust_remote_code apply (nothing is generated)."""
 
-    def __init__(self, run_dir, model, tokenizer, info, settings: GenerationSettings):
+    def __init__(self, run_dir, model, tokenizer, info, settings: ExtractionSettings):
         self.run_dir, self.info, self.settings = Path(run_dir), info, settings
         self.model, self.tokenizer = model, tokenizer
         self.device = self.model.device
@@ -65,7 +65,7 @@ class Tagger(RunTypes):
 
     @classmethod
     def from_run(
-        cls, run_dir, settings: GenerationSettings = GenerationSettings(), device: str | None = None
+        cls, run_dir, settings: ExtractionSettings = ExtractionSettings(), device: str | None = None
     ) -> Tagger:
         from transformers import AutoModelForTokenClassification
 

@@ -11,7 +11,7 @@ import torch
 
 from metatune.alignment import DATE_FIELDS, PERSON_FIELDS, Span, align_record, locate_date
 from metatune.card import CardParts
-from metatune.config import Config, GenerationSettings
+from metatune.config import Config, ExtractionSettings
 from metatune.data import record_type
 from metatune.encoding import IGNORE_INDEX
 from metatune.errors import MetatuneError
@@ -290,7 +290,7 @@ class TagObjective(Objective):
             config_keys={"attn_implementation": "eager"} if bidirectional else {},
         )
 
-    def extractor(self, run_dir, settings: GenerationSettings, device: str | None = None):
+    def extractor(self, run_dir, settings: ExtractionSettings, device: str | None = None):
         from metatune.objectives.tag.extractor import Tagger
 
         return Tagger.from_run(run_dir, settings, device)
