@@ -170,7 +170,13 @@ NumBeams = Annotated[int, typer.Option(help="Beam search width (1: greedy)")]
 MaxNewTokens = Annotated[
     int | None, typer.Option(help="Most tokens the model writes per document (default: the run's max_target_tokens)")
 ]
-Dtype = Annotated[str, typer.Option(help="Weights precision: auto (as saved), float32, bfloat16, float16")]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        help="Weights precision: auto (as saved, or bfloat16 where the run's extractor finds it fast and safe), "
+        "float32, bfloat16, float16"
+    ),
+]
 BatchSize = Annotated[int, typer.Option(help="Documents extracted together")]
 TrustRemoteCode = Annotated[
     bool,

@@ -1,4 +1,4 @@
-"""Which precision a run trains in: the one place that decides.
+"""Which precision a run trains and reads in: the one place that decides.
 
 `training.bf16: auto` uses bfloat16 where it is fast. On GPUs that is every card with bf16 support.
 On CPUs the flags in /proc/cpuinfo are not enough (an AVX2-only CPU runs bf16 matmuls ~100x slower
@@ -44,6 +44,13 @@ def bf16_fast() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+
+
+def inference_bf16(device_type: str) -> bool:
+    """Whether an extractor that reads each document in its own forward pass takes `dtype: auto` as
+    bf16: on a CPU where the probe says bf16 is fast. (On a GPU documents share padded batches, and
+    in bf16 padding can change a document's result: there `auto` keeps the saved dtype.)"""
+    return device_type == "cpu" and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
 
 
 def use_bf16(config) -> bool:

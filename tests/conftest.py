@@ -44,6 +44,14 @@ def corpus() -> list[str]:
     return texts
 
 
+@pytest.fixture(autouse=True)
+def float32_reading(monkeypatch):
+    """Extractors read in what was saved (float32 here): `dtype: auto` may pick bf16 where this CPU
+    is fast in it, and the tests compare outputs that agree only in float32. A test of that choice
+    (tests/test_tagging.py) undoes this."""
+    monkeypatch.setattr("metatune.precision.inference_bf16", lambda device_type: False)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return train_tokenizer(corpus())

@@ -20,6 +20,7 @@ from metatune.objectives.tag.labels import (
     to_record,
     viterbi,
 )
+from metatune.precision import inference_bf16 as REAL_INFERENCE_BF16  # imported before conftest patches it
 
 from conftest import SAMPLE
 
@@ -338,6 +339,19 @@ def test_in_bf16_a_documents_labels_do_not_depend_on_its_batch(tag_run):
     together = tagger.extract(texts, batch_size=8)
     assert [r.data for r in together] == [tagger.extract([t], batch_size=1)[0].data for t in texts]
     assert tagger.statistics(together)["batch_size"] == 1  # on a CPU every document is its own batch
+
+
+@pytest.mark.parametrize("speedup", [0.01, 7.0])  # an AVX2-only CPU, an AMX one
+def test_dtype_auto_reads_a_tag_run_in_bf16_only_where_the_probe_finds_bf16_fast(tag_run, monkeypatch, speedup):
+    from metatune import precision
+    from metatune.objectives import open_run
+
+    monkeypatch.setattr(precision, "inference_bf16", REAL_INFERENCE_BF16)  # undo conftest's float32_reading
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: speedup)
+    tagger = open_run(tag_run)  # dtype auto
+    assert next(tagger.model.parameters()).dtype == (torch.bfloat16 if speedup > 1 else torch.float32)
+    forced = open_run(tag_run, ExtractionSettings(dtype="float32"))
+    assert next(forced.model.parameters()).dtype == torch.float32  # asked for: kept on any CPU
 
 
 def test_a_run_saved_with_windows_reads_a_long_document_in_bounded_windows(tag_run):

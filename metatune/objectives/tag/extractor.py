@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from metatune import precision
 from metatune.config import ExtractionSettings
 from metatune.errors import MetatuneError
 from metatune.export import load_run
@@ -44,7 +45,10 @@ class Tagger(RunTypes):
         self.run_dir, self.info, self.settings = Path(run_dir), info, settings
         self.model, self.tokenizer = model, tokenizer
         self.device = self.model.device
-        cast(self.model, settings.dtype)
+        dtype = settings.dtype
+        if dtype == "auto" and precision.inference_bf16(self.device.type):
+            dtype = "bfloat16"  # each document is its own forward pass on a CPU (extract, below)
+        cast(self.model, dtype)
         self.registry = self.info.registry(source=f"{run_dir}/metatune.json")
         tagging = self.info.tagging
         self.scheme = TagScheme.from_dict(tagging["scheme"])
