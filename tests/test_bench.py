@@ -101,6 +101,22 @@ def test_padding_free_splits_batches_of_causal_models_into_single_examples():
     assert micro_batches(config, seq2seq=True) == (4, 2)  # seq2seq losses are per-batch means
     config.training.padding_free = False
     assert micro_batches(config, seq2seq=False) == (4, 2)
+    config.training.padding_free = "auto"
+    if not torch.cuda.is_available():
+        assert micro_batches(config, seq2seq=False) == (1, 8)  # a causal model's lone example skips a triangle
+        assert micro_batches(config, seq2seq=False, causal=False) == (4, 2)  # read both ways: nothing to skip
+
+
+def test_a_bidirectional_tag_run_says_it_does_not_attend_causally(tiny_llama):
+    from transformers import AutoModelForTokenClassification
+
+    from metatune.models import read_both_ways
+    from metatune.training.common import attends_causally
+
+    model = AutoModelForTokenClassification.from_pretrained(tiny_llama, num_labels=3)
+    assert attends_causally(model)
+    read_both_ways(model)
+    assert not attends_causally(model)
 
 
 @pytest.mark.parametrize("objective", ["generate", "tag"])  # tag: read both ways, padding masked

@@ -160,7 +160,7 @@ def timed_training(
 
     from metatune.encoding import collator
     from metatune.precision import use_bf16
-    from metatune.training.common import padding_free
+    from metatune.training.common import attends_causally, padding_free
     from metatune.training.hf_trainer import build_trainer, training_arguments
 
     base_args = training_arguments(prepared, work)
@@ -237,7 +237,7 @@ def timed_training(
     out["metatune"]["setup"] = {
         "examples_per_step": args.per_device_train_batch_size * accumulation,
         "micro_batch": args.per_device_train_batch_size,
-        "padding_free": padding_free(prepared.config, prepared.seq2seq),
+        "padding_free": padding_free(prepared.config, prepared.seq2seq, attends_causally(prepared.model)),
         "bf16": use_bf16(prepared.config),
         "group_by_length": prepared.config.training.group_by_length,
         "target_only_logits": getattr(metatune, "compute_loss_func", None) is not None,

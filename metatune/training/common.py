@@ -58,25 +58,34 @@ class Prepared:
     config_keys: dict = field(default_factory=dict)  # written into the run's config.json (export.save_run)
 
 
-def micro_batches(config: Config, seq2seq: bool) -> tuple[int, int]:
+def micro_batches(config: Config, seq2seq: bool, causal: bool = True) -> tuple[int, int]:
     """(examples per forward pass, gradient accumulation steps) for `training.padding_free`.
 
     Padding-free, each example is its own micro-batch: nothing padded, and no attention mask, so
     attention takes its causal fast path. The optimizer still steps once per
     per_device_train_batch_size x gradient_accumulation_steps examples, on the same loss (summed
     over the target tokens of them all, divided by their count). On CPUs this is faster than padded
-    batches; GPUs keep batches, which they run in parallel. Seq2seq losses are per-batch means, so
-    seq2seq models keep their batches too.
+    batches for a model that attends causally; GPUs keep batches, which they run in parallel.
+    Seq2seq losses are per-batch means, so seq2seq models keep their batches too.
     """
     t = config.training
-    if padding_free(config, seq2seq):
+    if padding_free(config, seq2seq, causal):
         return 1, t.per_device_train_batch_size * t.gradient_accumulation_steps
     return t.per_device_train_batch_size, t.gradient_accumulation_steps
 
 
-def padding_free(config: Config, seq2seq: bool) -> bool:
+def padding_free(config: Config, seq2seq: bool, causal: bool = True) -> bool:
+    """`training.padding_free`; `auto`: on CPUs, for a model that attends causally. A model that reads
+    both ways (`is_causal: false`, a bidirectional tag run) has no triangle for a lone example to
+    skip, and a padded batch's larger matrix products run faster (docs/performance.md)."""
     setting = config.training.padding_free
-    return not seq2seq and ((not torch.cuda.is_available()) if setting == "auto" else setting)
+    if seq2seq:
+        return False
+    return (not torch.cuda.is_available() and causal) if setting == "auto" else setting
+
+
+def attends_causally(model) -> bool:
+    return getattr(model.config, "is_causal", True) is not False
 
 
 def work_dir(output: Path) -> Path:

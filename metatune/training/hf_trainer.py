@@ -23,7 +23,7 @@ from metatune.console import main_print
 from metatune.errors import MetatuneError
 from metatune.faults import saving_checkpoints, stop_signal
 from metatune.precision import apply_precision
-from metatune.training.common import Prepared, micro_batches
+from metatune.training.common import Prepared, attends_causally, micro_batches
 from metatune.training.distributed import whole_model
 from metatune.training.metrics_log import append_metrics, drop_metrics_after
 
@@ -175,7 +175,7 @@ def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
     t = prepared.config.training
     evaluate = t.eval_each_epoch and bool(prepared.validation)
     cls = Seq2SeqTrainingArguments if prepared.seq2seq else TrainingArguments
-    batch, accumulation = micro_batches(prepared.config, prepared.seq2seq)
+    batch, accumulation = micro_batches(prepared.config, prepared.seq2seq, attends_causally(prepared.model))
     precision = apply_precision(prepared.config)
     return cls(
         output_dir=str(work / "checkpoints"),
