@@ -108,6 +108,7 @@ def forward_limit(extraction: dict, parameters: int, tokens: float, peaks: dict)
     limit = 2 * parameters * tokens / peak
     return {
         "forward_limit_seconds_per_document": limit,
-        "batched_x_limit": round(1 / extraction["batched_docs_per_second"] / limit, 2),
-        "one_at_a_time_x_limit": round(1 / extraction["plain_docs_per_second"] / limit, 2),
+        # three significant digits: a tiny model against a short peak probe can be far below 0.01
+        "batched_x_limit": float(f"{1 / extraction['batched_docs_per_second'] / limit:.3g}"),
+        "one_at_a_time_x_limit": float(f"{1 / extraction['plain_docs_per_second'] / limit:.3g}"),
     }

@@ -65,8 +65,8 @@ def objective_lines(name: str, section: dict) -> list[str]:
         "| extraction | seconds per document | x one forward pass |",
         "|---|---:|---:|",
         f"| one forward pass at the {e['dtype']} peak (the limit) | {e['forward_limit_seconds_per_document']:.3f} | 1 |",
-        f"| batched ({e['batch_size']} documents) | {1 / e['batched_docs_per_second']:.3f} | {e['batched_x_limit']:.1f} |",
-        f"| one at a time | {1 / e['plain_docs_per_second']:.3f} | {e['one_at_a_time_x_limit']:.1f} |",
+        f"| batched ({e['batch_size']} documents) | {1 / e['batched_docs_per_second']:.3f} | {e['batched_x_limit']:.3g} |",
+        f"| one at a time | {1 / e['plain_docs_per_second']:.3f} | {e['one_at_a_time_x_limit']:.3g} |",
         "",
         f"{e['documents']} documents in {e['dtype']}; the same records batched and one at a time: "
         f"{e['identical_predictions']}/{e['documents']}.",
