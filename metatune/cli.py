@@ -272,7 +272,7 @@ def extract(
         str | None,
         typer.Option(
             "--type",
-            help="Document type of every input (default: predicted from each text by the run's type classifier)",
+            help="Document type of every input (default: the one the run predicts from each text)",
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write JSON (one document) or JSON Lines here")] = None,

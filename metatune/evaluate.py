@@ -200,7 +200,7 @@ def run_evaluate(
     report = Path(report) if report else Path(run_dir) / f"eval-{split}"
     check_report_dir(report)
     # the field scores are extracted with the true types; this is the type extraction without one
-    # would have chosen for the same texts (None: the run has no type classifier)
+    # would have chosen for the same texts (None: the run predicts no type apart from extraction)
     types = objective.type_accuracy(Path(run_dir), info, [i.text for i in items], [i.doc_type for i in items])
 
     runs = {"fine-tuned": False} | ({"zero-shot": True} if baseline else {})

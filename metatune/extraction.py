@@ -1,4 +1,4 @@
-"""What extraction returns for one document, whatever the run's objective."""
+"""What extraction returns for one document, whatever the run."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ class Extraction:
     data: dict | None  # the record, None when the model's output could not be read into one
     raw: str  # what the model wrote
     error: str | None = None  # why `data` is None
-    type_source: str | None = None  # how doc_type was decided ("given", "default", or the objective's own way)
-    # what the run's objective says of this document, written beside its record (JSON values)
+    type_source: str | None = None  # how doc_type was decided ("given", "default", or how the run predicted it)
+    # what the run says of this document, written beside its record (JSON values)
     notes: dict = field(default_factory=dict)
-    # what the objective counts per document, summed by its extractor's `statistics`
+    # what the run counts per document, summed by its extractor's `statistics`
     counts: dict[str, int] = field(default_factory=dict)

@@ -47,9 +47,7 @@ Format = Literal[FORMATS]
 class ExtractRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(min_length=1, description="The document's text")
-    type: str | None = Field(
-        None, description="Document type (default: the one the run's type classifier predicts from the text)"
-    )
+    type: str | None = Field(None, description="Document type (default: the one the run predicts from the text)")
 
 
 class ConsumeRequest(BaseModel):
@@ -58,7 +56,7 @@ class ConsumeRequest(BaseModel):
 
 
 class ExtractResponse(BaseModel):
-    model_config = ConfigDict(extra="allow")  # and the objective's notes, as `metatune extract` writes them
+    model_config = ConfigDict(extra="allow")  # and the run's notes on the document, as `metatune extract` writes them
 
     type: str
     metadata: dict | None = Field(
