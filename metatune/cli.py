@@ -150,15 +150,24 @@ def data_split(
     overwrite: bool = False,
     types_file: Annotated[Path | None, typer.Option(help="YAML adding or replacing document types")] = None,
     fallback_type: Annotated[str | None, typer.Option(help="Type for records whose type is unknown")] = None,
+    screen: Annotated[
+        float | None,
+        typer.Option(
+            help="Instead: hold out this fraction of the training split as the validation split, to choose "
+            "levers without looking at the real validation split (its validation and test records are left out)"
+        ),
+    ] = None,
 ):
     """Write a seeded, type-stratified 80/10/10 split in the SEDICI layout."""
-    from metatune.data import SPLITS, load_dataset, split_records, write_split
+    from metatune.data import SPLITS, load_dataset, screening_split, split_records, write_split
     from metatune.doctypes import TypeRegistry
 
     dataset = load_dataset(path, TypeRegistry.load(types_file), fallback_type=fallback_type, seed=seed)
-    if not dataset.was_split:  # already in splits: re-split all records together
+    if screen is not None:
+        dataset.splits = screening_split(dataset.split("training"), screen, seed)
+    elif not dataset.was_split:  # already in splits: re-split all records together
         dataset.splits = split_records([r for s in SPLITS for r in dataset.splits.get(s, [])], seed)
-    out = out or path.with_name(path.stem + ".split.json")
+    out = out or path.with_name(path.stem + (".screen.json" if screen is not None else ".split.json"))
     if out.exists() and not overwrite:
         raise MetatuneError(f"{out}: already exists; pass --overwrite to replace it")
     write_split(dataset, out)

@@ -133,7 +133,8 @@ def check_record(record: object, where: str, registry: TypeRegistry, fallback_ty
 
 
 def split_records(records: list[dict], seed: int, ratios=SPLIT_RATIOS) -> dict[str, list[dict]]:
-    """Seeded split, stratified by document type: each type is divided 80/10/10 on its own."""
+    """Seeded split, stratified by document type: each type is divided by `ratios` (training,
+    validation, test; 80/10/10) on its own."""
     by_type: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_type[str(record_type(r))].append(r)
@@ -145,13 +146,23 @@ def split_records(records: list[dict], seed: int, ratios=SPLIT_RATIOS) -> dict[s
         n = len(group)
         n_val = round(n * ratios[1])
         n_test = round(n * ratios[2])
-        if n >= 3:  # every split gets at least one document of each type that can spare one
-            n_val, n_test = max(n_val, 1), max(n_test, 1)
+        if n >= 3:  # every split asked for gets at least one document of each type that can spare one
+            n_val = max(n_val, 1) if ratios[1] else 0
+            n_test = max(n_test, 1) if ratios[2] else 0
         n_train = n - n_val - n_test
         out["training"] += group[:n_train]
         out["validation"] += group[n_train : n_train + n_val]
         out["test"] += group[n_train + n_val :]
     return out
+
+
+def screening_split(training: list[dict], fraction: float, seed: int) -> dict[str, list[dict]]:
+    """A split for choosing between levers without looking at the real validation split: a seeded,
+    type-stratified `fraction` of the training records becomes the validation split, the rest stays
+    training, and the test split is empty (the file's validation and test records are left out)."""
+    if not 0 < fraction < 1:
+        raise MetatuneError(f"--screen must be a fraction between 0 and 1, got {fraction}")
+    return split_records(training, seed, (1 - fraction, fraction, 0.0))
 
 
 @dataclass

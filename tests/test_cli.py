@@ -336,6 +336,29 @@ def test_data_split(tmp_path):
     assert {k: len(v) for k, v in reseeded.items()} == {"training": 24, "validation": 4, "test": 4}
 
 
+def test_data_split_screen_holds_out_part_of_the_training_split(tmp_path):
+    path = write_json(tmp_path / "data.json", sample())
+    training_ids = {r["id"] for r in sample()["training"]}
+    result = run_cli("data", "split", path, "--screen", "0.2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "data.screen.json"
+    assert result.stdout.strip() == f"{out}: training 20, validation 4, test 0"
+    screen = json.loads(out.read_text(encoding="utf-8"))
+    # every record comes from the training split, each type gives one of its six, the real validation is left out
+    assert {r["id"] for s in screen.values() for r in s} == training_ids
+    assert Counter(r["type"] for r in screen["validation"]) == {t: 1 for t in TYPES}
+    other = run_cli("data", "split", path, "--screen", "0.2", "--seed", "7", "--out", tmp_path / "s7.json", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    reseeded = json.loads((tmp_path / "s7.json").read_text(encoding="utf-8"))
+    assert {r["id"] for r in reseeded["validation"]} != {r["id"] for r in screen["validation"]}
+    before = snapshot(tmp_path)
+    assert_one_line_error(
+        run_cli("data", "split", path, "--screen", "1.5", "--overwrite", cwd=tmp_path),
+        "--screen must be a fraction between 0 and 1, got 1.5",
+    )
+    assert snapshot(tmp_path) == before
+
+
 def test_data_split_bad_file_writes_nothing(tmp_path):
     data = json.loads(flat_file(tmp_path).read_text(encoding="utf-8"))
     data[5]["original_text"] = ""
