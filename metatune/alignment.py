@@ -156,8 +156,12 @@ def align_record(text: str, record: dict, fields: list[str], fuzzy: bool = True)
         if field in DATE_FIELDS:
             span = locate_date(text, value, taken)
         else:
-            for form in name_forms(value) if field in PERSON_FIELDS else [value]:
-                if (span := source.locate(form, taken, fuzzy)) is not None:
+            forms = name_forms(value) if field in PERSON_FIELDS else [value]
+            # every form verbatim before any near match: "de la Fuente, M. L." nearly matches "de la
+            # Fuente\nLa" before its page form "M. L. de la Fuente" is found as written
+            tries = [(form, False) for form in forms] + ([(form, True) for form in forms] if fuzzy else [])
+            for form, near in tries:
+                if (span := source.locate(form, taken, near)) is not None:
                     span = with_edges(text, span, form)
                     break
         spans[(field, i)] = span

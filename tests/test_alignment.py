@@ -113,6 +113,14 @@ def test_a_catalogued_name_is_found_where_the_page_prints_initials():
     }
 
 
+def test_a_name_found_as_written_in_any_form_wins_over_a_near_match_of_another():
+    # the catalogue's form "de la Fuente, M. L." nearly matches "de la Fuente\nLa" (the next line's word
+    # taken for an initial); the page prints it as "M. L. de la Fuente"
+    text = "Un estudio de las cosas\nM. L. de la Fuente\nLa Plata, 2021"
+    span = align_record(text, {"creator": ["de la Fuente, M. L."]}, ["creator"])[("creator", 0)]
+    assert (text[span.start : span.end], span.exact) == ("M. L. de la Fuente", True)
+
+
 def test_dates_are_found_by_their_normalised_form():
     assert [d for _, d in date_spans(TEXT)] == ["2020", "2011/03/31", "2012/09/05"]
     span = locate_date(TEXT, "2012/09/05")

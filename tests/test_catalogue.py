@@ -4,6 +4,7 @@ closed-list fields read after the document, and how each declared field is produ
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -72,6 +73,43 @@ def test_a_single_name_or_names_in_page_order_keep_the_pages_text(tiny_tokenizer
     assert round_trip(tiny_tokenizer, NAMES, record, text, ["title", "creator"])["creator"] == ["Madonna", "Juan Pérez"]
     assert not catalogued_names(["Juan Pérez", "Ana Ruiz", "Pérez, Juan"])  # page order: no surname labels
     assert catalogued_names(["Pérez, Juan", "Ruiz, Ana", "Madonna"])
+
+
+AUTHORITY = TagScheme(
+    ("creator",),
+    ("Tesis",),
+    surnames=("creator",),
+    names=("Echeverry, Julieta", "García Márquez, Diego", "García Márquez, Dora", "de la Fuente, María Laura"),
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "written"),
+    [
+        ("Echeverry, J.", "Echeverry, Julieta"),  # the one training name with that surname and initial
+        ("J. Echeverry", "Echeverry, Julieta"),  # the page's order, no surname labels
+        ("de la Fuente, M. L.", "de la Fuente, María Laura"),  # a particle, two initials
+        ("de la Fuente, M.", "de la Fuente, María Laura"),  # the first of her initials
+        ("García Márquez, D.", "García Márquez, D."),  # two training names fit: the page's initials stay
+        ("Echeverry, A.", "Echeverry, A."),  # no training name fits
+        ("Pérez, J.", "Pérez, J."),  # a surname the training split never catalogued
+        ("Echeverry, Juana", "Echeverry, Juana"),  # a given name spelled out is the page's
+        ("Echeverry", "Echeverry"),
+    ],
+)
+def test_a_name_printed_with_initials_is_written_as_the_training_name_it_abbreviates(name, written):
+    assert AUTHORITY.known_name(name) == written
+    assert NAMES.known_name(name) == name  # a run without catalogued names keeps the page's initials
+
+
+def test_the_training_names_travel_with_the_run_and_decoding_uses_them(tiny_tokenizer):
+    assert TagScheme.from_dict(AUTHORITY.to_dict()) == AUTHORITY
+    assert TagScheme.from_dict({k: v for k, v in AUTHORITY.to_dict().items() if k != "names"}).names == ()
+    scheme = TagScheme(NAMES.fields, NAMES.types, NAMES.lists, surnames=NAMES.surnames, names=AUTHORITY.names)
+    text = "Un estudio de las cosas\nM. L. de la Fuente\nLa Plata, 2021"
+    record = {"title": "Un estudio de las cosas", "creator": ["de la Fuente, M. L."]}
+    assert round_trip(tiny_tokenizer, scheme, record, text, ["title", "creator"])["creator"] == ["de la Fuente, María Laura"]
+    assert round_trip(tiny_tokenizer, NAMES, record, text, ["title", "creator"])["creator"] == ["de la Fuente, M. L."]
 
 
 @pytest.mark.parametrize(
@@ -268,6 +306,11 @@ def test_a_tag_run_on_the_catalogued_sample_produces_every_declared_field(tmp_pa
     assert produced["degree.name"] == "not produced"
     scheme = info["tagging"]["scheme"]
     assert set(scheme["surnames"]) == {"creator", "director", "codirector", "compiler"}
+    # the training split's person names with a given name spelled out, for names the page prints with initials
+    trained = json.loads(catalogued.read_text(encoding="utf-8"))["training"]
+    persons = {n for r in trained for f in scheme["surnames"] for n in r.get(f) or []}
+    assert scheme["names"] and set(scheme["names"]) <= persons
+    assert all(re.search(r", \w\w", n) for n in scheme["names"])
     assert scheme["date_form"] == ["-", ""]
     card = (run / "README.md").read_text(encoding="utf-8")
     assert "`rights`: classified" in card
@@ -316,6 +359,7 @@ def test_page_order_names_and_verbatim_fields_keep_the_grobid_headers_scheme_as_
     # the labels of runs trained before the catalogue record: every field a span, names as on the page
     assert set(produced.values()) == {"span"}
     assert (scheme.surnames, scheme.classes, scheme.date_form, scheme.date_hosts) == ((), (), ("/", ""), ())
+    assert scheme.names == ()
     assert scheme.labels[:3] == ["O", "B-title", "I-title"] and scheme.labels[-1] == "TYPE=Articulo"
     assert len(scheme.labels) == 16
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
-from metatune.alignment import DATE_FIELDS, PERSON_FIELDS, Source, Span, align_record, normalise_date
+from metatune.alignment import DATE_FIELDS, PERSON_FIELDS, Source, Span, align_record, fold, normalise_date
 from metatune.encoding import IGNORE_INDEX
 
 OUTSIDE = "O"
@@ -59,6 +60,10 @@ class TagScheme:
     date_form: tuple[str, str] = ("/", "")  # the training dates' separator, and their one precision or ""
     date_hosts: tuple[tuple[str, str], ...] = ()  # (date field, the field whose span holds it) pairs
     one_span: bool = False  # a one-value field's spans with only whitespace between are one (False: runs saved before)
+    # the training split's catalogued names with a given name spelled out ("Echeverry, Julieta"): a name the
+    # page prints with initials is written as the one of these it abbreviates, as a cataloguer's authority
+    # file would have it
+    names: tuple[str, ...] = ()
 
     @property
     def span_labels(self) -> list[str]:
@@ -107,6 +112,7 @@ class TagScheme:
             "date_form": list(self.date_form),
             "date_hosts": [list(pair) for pair in self.date_hosts],
             "one_span": self.one_span,
+            "names": list(self.names),
         }
 
     @classmethod
@@ -121,7 +127,42 @@ class TagScheme:
             tuple(raw.get("date_form", ("/", ""))),
             tuple(tuple(pair) for pair in raw.get("date_hosts", ())),
             raw.get("one_span", False),
+            tuple(raw.get("names", ())),
         )
+
+    @cached_property
+    def _names_by_surname(self) -> dict[str, list[tuple[str, str]]]:
+        index: dict[str, list[tuple[str, str]]] = {}
+        for name in self.names:
+            surname, given = name.split(", ", 1)
+            index.setdefault(fold(surname)[0], []).append((initials(given), name))
+        return index
+
+    def known_name(self, name: str) -> str:
+        """`name` ("Echeverry, J.", "J. Echeverry") written as the one training name it abbreviates
+        (same surname, given names that begin with those initials: "Echeverry, Julieta"); unchanged when its given
+        names are spelled out, or when no training name or more than one fits."""
+        words = re.findall(r"[^\W\d_]+", name.replace(", ", " "))
+        if not self.names or not words:
+            return name
+        given = [w for w in words if len(w) == 1]
+        surname = [w for w in words if len(w) > 1]
+        if not given or not surname:
+            return name
+        letters = fold("".join(given))[0]
+        fits = {n for i, n in self._names_by_surname.get(fold(" ".join(surname))[0], []) if i.startswith(letters)}
+        return fits.pop() if len(fits) == 1 else name
+
+
+def initials(given: str) -> str:
+    """The folded first letters of a given name's words ("María Laura" -> "ml")."""
+    return fold("".join(w[0] for w in re.findall(r"[^\W\d_]+", given)))[0]
+
+
+def spelled_out(name: str) -> bool:
+    """A catalogued name "Surname, Given" whose given names include a whole word, not only initials."""
+    surname, comma, given = name.partition(", ")
+    return bool(comma and surname.strip() and re.search(r"[^\W\d_]{2,}", given))
 
 
 def token_offsets(tokenizer, text: str, max_tokens: int) -> tuple[list[int], list[tuple[int, int]]]:
@@ -435,7 +476,7 @@ def decode(
         start, end = whole_words(text, start, end, field in PERSON_FIELDS)
         value = source.snippet(Span(start, end))
         if field in scheme.surnames:
-            value = catalogue_name(text, Span(start, end), surname)
+            value = scheme.known_name(catalogue_name(text, Span(start, end), surname))
         if field in PERSON_FIELDS:
             value = person_name(value)
         if field in DATE_FIELDS and (normalised := normalise_date(value)):

@@ -26,6 +26,7 @@ from metatune.objectives.tag.labels import (
     class_prompts,
     encode_tagged,
     label_weight_table,
+    spelled_out,
     start_with_the_type_position,
     tag_loss_for,
     transition_counts,
@@ -143,6 +144,7 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagS
     surnames = tuple(
         f for f in fields if f in PERSON_FIELDS and catalogued_names(v for r in records for v in as_items(r.get(f)))
     )
+    names = sorted({n for r in records for f in surnames for n in as_items(r.get(f)) if spelled_out(n)})
     classes = tuple(
         (f, tuple(v for v, _ in Counter(r[f] for r in records if r.get(f)).most_common()))
         for f, how in produced.items()
@@ -150,7 +152,16 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagS
     )
     hosts = date_hosts(records, aligned, fields)
     scheme = TagScheme(
-        fields, tuple(types), lists, repeats, surnames, classes, date_form(records), hosts, one_span=True
+        fields,
+        tuple(types),
+        lists,
+        repeats,
+        surnames,
+        classes,
+        date_form(records),
+        hosts,
+        one_span=True,
+        names=tuple(names),
     )
     return scheme, produced, coverage
 
