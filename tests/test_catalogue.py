@@ -108,7 +108,9 @@ def test_the_training_names_travel_with_the_run_and_decoding_uses_them(tiny_toke
     scheme = TagScheme(NAMES.fields, NAMES.types, NAMES.lists, surnames=NAMES.surnames, names=AUTHORITY.names)
     text = "Un estudio de las cosas\nM. L. de la Fuente\nLa Plata, 2021"
     record = {"title": "Un estudio de las cosas", "creator": ["de la Fuente, M. L."]}
-    assert round_trip(tiny_tokenizer, scheme, record, text, ["title", "creator"])["creator"] == ["de la Fuente, María Laura"]
+    assert round_trip(tiny_tokenizer, scheme, record, text, ["title", "creator"])["creator"] == [
+        "de la Fuente, María Laura"
+    ]
     assert round_trip(tiny_tokenizer, NAMES, record, text, ["title", "creator"])["creator"] == ["de la Fuente, M. L."]
 
 

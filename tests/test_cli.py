@@ -347,7 +347,9 @@ def test_data_split_screen_holds_out_part_of_the_training_split(tmp_path):
     # every record comes from the training split, each type gives one of its six, the real validation is left out
     assert {r["id"] for s in screen.values() for r in s} == training_ids
     assert Counter(r["type"] for r in screen["validation"]) == {t: 1 for t in TYPES}
-    other = run_cli("data", "split", path, "--screen", "0.2", "--seed", "7", "--out", tmp_path / "s7.json", cwd=tmp_path)
+    other = run_cli(
+        "data", "split", path, "--screen", "0.2", "--seed", "7", "--out", tmp_path / "s7.json", cwd=tmp_path
+    )
     assert other.returncode == 0, other.stderr
     reseeded = json.loads((tmp_path / "s7.json").read_text(encoding="utf-8"))
     assert {r["id"] for r in reseeded["validation"]} != {r["id"] for r in screen["validation"]}
