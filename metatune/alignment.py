@@ -104,9 +104,49 @@ class Source:
                 return span
         return None
 
+    def abbreviated(self, value: str, taken: list[Span] = ()) -> Span | None:
+        """The first run of words that writes `value` short or inflected, word for word ("Lic. en
+        Física", "Doctorado en Ingeniería" for "Licenciado en Física", "Doctor en Ingeniería"; see
+        `abbreviates`) and overlaps no span in `taken`."""
+        wanted = WORD.findall(value)
+        words = self.words
+        for i in range(len(words) - len(wanted) + 1):
+            run = words[i : i + len(wanted)]
+            if all(abbreviates(w, v) for (_, _, w), v in zip(run, wanted)):
+                span = Span(run[0][0], run[-1][1], exact=False)
+                if not any(span.overlaps(t) for t in taken):
+                    return span
+        return None
+
+    @property
+    def words(self) -> list[tuple[int, int, str]]:
+        """(start, end, word) of each word of the text, with the period that may follow it ("Lic.")."""
+        return [(m.start(), m.end(), m[0]) for m in re.finditer(r"[^\W_]+\.?", self.text)]
+
     def snippet(self, span: Span) -> str:
         """The span's text with its whitespace folded to single spaces (how metadata values are written)."""
         return " ".join(self.text[span.start : span.end].split())
+
+
+WORD = re.compile(r"[^\W_]+")
+ABBREVIATION_STEM = 6  # two words that begin with this many letters in common are one word inflected
+
+
+def abbreviates(page_word: str, word: str) -> bool:
+    """Whether `page_word` ("Lic.", "Dr.", "Doctorado", "Especialización") writes `word` ("Licenciado",
+    "Doctor", "Doctor", "Especialista"): the same word folded, its beginning cut at a period or of at
+    least 4 letters, a contraction ending in a period (its letters in order, the first one first:
+    "Dr."), or the same stem (at least ABBREVIATION_STEM letters in common at the start)."""
+    short, full = fold(page_word)[0], fold(word)[0]
+    if not short or not full or short == full:
+        return bool(short) and short == full
+    cut = page_word.endswith(".")
+    if full.startswith(short) and (len(short) >= 4 or cut and len(short) >= 2):
+        return True
+    if len(short) >= ABBREVIATION_STEM and short[:ABBREVIATION_STEM] == full[:ABBREVIATION_STEM]:
+        return True
+    letters = iter(full[1:])
+    return cut and len(short) >= 2 and short[0] == full[0] and all(c in letters for c in short[1:])
 
 
 def values_of(record: dict, fields: list[str]) -> list[tuple[str, int, str]]:
@@ -139,8 +179,11 @@ def name_forms(value: str) -> list[str]:
     return forms
 
 
-def align_record(text: str, record: dict, fields: list[str], fuzzy: bool = True) -> dict[tuple[str, int], Span | None]:
-    """Each value's span in `text`, or None where it does not align; no two spans overlap.
+def align_record(
+    text: str, record: dict, fields: list[str], fuzzy: bool = True, abbreviated: tuple[str, ...] = ()
+) -> dict[tuple[str, int], Span | None]:
+    """Each value's span in `text`, or None where it does not align; no two spans overlap. A value of a
+    field in `abbreviated` that is not there as written is searched written short (Source.abbreviated).
 
     Longer values claim their place first: an abstract or a title takes its words before a keyword
     that also occurs in them is searched, so the keyword lands in the keywords line. Dates are
@@ -164,6 +207,8 @@ def align_record(text: str, record: dict, fields: list[str], fuzzy: bool = True)
                 if (span := source.locate(form, taken, near)) is not None:
                     span = with_edges(text, span, form)
                     break
+            if span is None and field in abbreviated:
+                span = source.abbreviated(value, taken)
         spans[(field, i)] = span
         if span is not None:
             taken.append(span)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from metatune.alignment import Source, align_record, date_spans, locate_date, name_forms, normalise_date
+from metatune.alignment import Source, abbreviates, align_record, date_spans, locate_date, name_forms, normalise_date
 
 from conftest import GROBID, SAMPLE
 
@@ -119,6 +119,42 @@ def test_a_name_found_as_written_in_any_form_wins_over_a_near_match_of_another()
     text = "Un estudio de las cosas\nM. L. de la Fuente\nLa Plata, 2021"
     span = align_record(text, {"creator": ["de la Fuente, M. L."]}, ["creator"])[("creator", 0)]
     assert (text[span.start : span.end], span.exact) == ("M. L. de la Fuente", True)
+
+
+@pytest.mark.parametrize(
+    ("page", "word", "writes"),
+    [
+        ("Lic.", "Licenciado", True),  # cut at a period
+        ("Ing.", "Ingeniero", True),
+        ("Dr.", "Doctor", True),  # a contraction: first letter, then some of the others in order
+        ("Mg.", "Magister", True),
+        ("Doctorado", "Doctor", True),  # the same stem
+        ("Licenciatura", "Licenciado", True),
+        ("Especialización", "Especialista", True),
+        ("Física", "Fisica", True),  # folded
+        ("en", "en", True),
+        ("Lic", "Licenciado", False),  # three letters without a period are a word of their own
+        ("Dr.", "Director", True),
+        ("Rd.", "Doctor", False),  # a contraction keeps the first letter
+        ("Química", "Física", False),
+        ("Maestría", "Magister", False),  # another word, not a short form
+        ("de", "en", False),
+    ],
+)
+def test_a_word_written_short_or_inflected(page, word, writes):
+    assert abbreviates(page, word) is writes
+
+
+def test_a_value_is_found_where_the_page_writes_it_short():
+    text = "Tesista: Lic. Ana Ruiz\nTesis presentada para obtener el grado de Lic. en Física\nLa Plata"
+    span = Source(text).abbreviated("Licenciado en Física")
+    assert text[span.start : span.end] == "Lic. en Física" and not span.exact
+    assert Source(text).abbreviated("Licenciado en Química") is None
+    assert Source(text).abbreviated("Licenciado en Física", [span]) is None  # taken
+    # only fields asked for are searched that way, after the value as written and a near match
+    record = {"degree.name": "Licenciado en Física"}
+    assert align_record(text, record, ["degree.name"])[("degree.name", 0)] is None
+    assert align_record(text, record, ["degree.name"], abbreviated=("degree.name",))[("degree.name", 0)] == span
 
 
 def test_dates_are_found_by_their_normalised_form():

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -343,6 +344,53 @@ def test_the_catalogued_samples_conference_years_are_read_from_the_event_and_the
     assert "* `date`: span; with no span of its own, the first date inside `event`\n* `title`: span\n" in note
 
 
+DEGREES = TagScheme(
+    ("title", "degree.name"),
+    ("Tesis",),
+    mapped=(("degree.name", ("Licenciado en Química", "Licenciado en Física", "Doctor en Ingeniería")),),
+)
+
+
+@pytest.mark.parametrize(
+    ("page", "written"),
+    [
+        ("Lic. en Física", "Licenciado en Física"),
+        ("Licenciatura en Química", "Licenciado en Química"),
+        ("Doctorado en Ingeniería", "Doctor en Ingeniería"),
+        ("Maestría en Redes de Datos", "Maestría en Redes de Datos"),  # no training value: the page's phrase
+    ],
+)
+def test_a_degree_the_page_writes_short_is_tagged_there_and_written_as_catalogued(tiny_tokenizer, page, written):
+    text = f"Un estudio de las cosas\nTesis presentada para obtener el grado de {page}\nLa Plata, 2021"
+    record = {"title": "Un estudio de las cosas", "degree.name": written}
+    assert round_trip(tiny_tokenizer, DEGREES, record, text, ["title", "degree.name"])["degree.name"] == [written]
+    assert TagScheme.from_dict(DEGREES.to_dict()) == DEGREES
+
+
+def test_the_catalogued_samples_degree_names_are_mapped_and_the_card_says_so():
+    from metatune.config import load_config
+    from metatune.data import load_for_training
+    from metatune.formatting import InputFormat
+    from metatune.objectives.tag.objective import TagObjective, tag_scheme
+
+    config = load_config(sets=[f"data.path={REPO / 'data' / 'sample-catalogued' / 'sample.json'}"])
+    registry, dataset = load_for_training(config.data, False)
+    training = dataset.split("training")
+    scheme, produced, coverage = tag_scheme(
+        training, registry, config.data.fallback_type, InputFormat.from_settings(config.data)
+    )
+    degrees = [r["degree.name"] for r in training if r.get("degree.name")]
+    # 4 of the 75 degrees are on their page as catalogued; 66 written short or inflected ("Lic. en Química")
+    assert produced["degree.name"] == "mapped" and coverage["degree.name"] == [len(degrees), 66]
+    assert dict(scheme.mapped)["degree.name"][0] == Counter(degrees).most_common(1)[0][0]
+    assert "B-degree.name" in scheme.labels and "degree.name=" not in scheme.labels
+    # the licences stay classified: the page has a short label, a URL or nothing, never the words
+    assert produced["rights"] == "classified"
+    tagging = {"produced": {"degree.name": {"how": "mapped", "values": 75, "in_text": 66}}}
+    note = TagObjective().card(SimpleNamespace(tagging=tagging), "run").note
+    assert "* `degree.name`: mapped (in the text for 66 of 75 training values)" in note
+
+
 def test_page_order_names_and_verbatim_fields_keep_the_grobid_headers_scheme_as_it_was():
     from conftest import GROBID
 
@@ -361,7 +409,7 @@ def test_page_order_names_and_verbatim_fields_keep_the_grobid_headers_scheme_as_
     # the labels of runs trained before the catalogue record: every field a span, names as on the page
     assert set(produced.values()) == {"span"}
     assert (scheme.surnames, scheme.classes, scheme.date_form, scheme.date_hosts) == ((), (), ("/", ""), ())
-    assert scheme.names == ()
+    assert scheme.names == () and scheme.mapped == ()
     assert scheme.labels[:3] == ["O", "B-title", "I-title"] and scheme.labels[-1] == "TYPE=Articulo"
     assert len(scheme.labels) == 16
 

@@ -16,7 +16,17 @@ from functools import cached_property
 
 import torch
 
-from metatune.alignment import DATE_FIELDS, PERSON_FIELDS, Source, Span, align_record, fold, normalise_date
+from metatune.alignment import (
+    DATE_FIELDS,
+    PERSON_FIELDS,
+    WORD,
+    Source,
+    Span,
+    abbreviates,
+    align_record,
+    fold,
+    normalise_date,
+)
 from metatune.encoding import IGNORE_INDEX
 
 OUTSIDE = "O"
@@ -64,6 +74,9 @@ class TagScheme:
     # page prints with initials is written as the one of these it abbreviates, as a cataloguer's authority
     # file would have it
     names: tuple[str, ...] = ()
+    # span fields whose values the page writes short or inflected, and their training values (most
+    # frequent first): a tagged "Lic. en Física" is written "Licenciado en Física"
+    mapped: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def span_labels(self) -> list[str]:
@@ -113,6 +126,7 @@ class TagScheme:
             "date_hosts": [list(pair) for pair in self.date_hosts],
             "one_span": self.one_span,
             "names": list(self.names),
+            "mapped": {field: list(values) for field, values in self.mapped},
         }
 
     @classmethod
@@ -128,7 +142,19 @@ class TagScheme:
             tuple(tuple(pair) for pair in raw.get("date_hosts", ())),
             raw.get("one_span", False),
             tuple(raw.get("names", ())),
+            tuple((field, tuple(values)) for field, values in raw.get("mapped", {}).items()),
         )
+
+    def written_as(self, field: str, phrase: str) -> str:
+        """A mapped field's tagged phrase as the first (most frequent) training value it abbreviates
+        word for word; the phrase itself when none does (a value the training split never had)."""
+        values = dict(self.mapped).get(field, ())
+        words = [w for _, _, w in Source(phrase).words]
+        for value in values:
+            wanted = WORD.findall(value)
+            if len(wanted) == len(words) and all(abbreviates(w, v) for w, v in zip(words, wanted)):
+                return value
+        return phrase
 
     @cached_property
     def _names_by_surname(self) -> dict[str, list[tuple[str, str]]]:
@@ -278,7 +304,7 @@ def encode_tagged(
     """Training features for one record, and per field [values, aligned] counts."""
     ids, offsets = token_offsets(tokenizer, text, max_input_tokens - 1 - sum(map(len, prompts)))
     tagged = [f for f in fields if f in scheme.fields]
-    aligned = align_record(text, record, tagged)
+    aligned = align_record(text, record, tagged, abbreviated=tuple(f for f, _ in scheme.mapped))
     counts: dict[str, list[int]] = {}
     spans = []
     for (field, i), span in aligned.items():
@@ -471,6 +497,7 @@ def decode(
         if surname:
             spans[-1][3].append((start, end))
     source = Source(text)
+    mapped = dict(scheme.mapped)
     values: dict[str, list[str]] = {}
     for field, start, end, surname in spans:
         start, end = whole_words(text, start, end, field in PERSON_FIELDS)
@@ -479,6 +506,8 @@ def decode(
             value = scheme.known_name(catalogue_name(text, Span(start, end), surname))
         if field in PERSON_FIELDS:
             value = person_name(value)
+        if value and field in mapped:
+            value = scheme.written_as(field, value)
         if field in DATE_FIELDS and (normalised := normalise_date(value)):
             value = date_in_form(normalised, scheme.date_form)
         if value and (scheme.repeats or value not in values.get(field, [])):

@@ -56,9 +56,11 @@ def field_classes(
 ) -> tuple[dict[str, str], dict[str, list[int]]]:
     """How a run produces each field its training types declare, and per field [values, aligned].
 
-    `span`: mostly in the text, tagged. `classified`: a closed list (a licence, a degree name) mostly
-    not in the text, a value label read after the document. `detected`: the language. `not produced`:
-    neither, with its coverage saying why.
+    `span`: mostly in the text, tagged. `mapped`: a closed list (a degree name) whose values the text
+    mostly writes short or inflected ("Lic. en Física" for "Licenciado en Física"): that phrase is
+    tagged and written as the training value it abbreviates (its coverage counts those phrases).
+    `classified`: another closed list (a licence), mostly not in the text, a value label read after
+    the document. `detected`: the language. `not produced`: neither, with its coverage saying why.
     """
     coverage: dict[str, list[int]] = {}
     values: dict[str, list] = {}
@@ -83,9 +85,22 @@ def field_classes(
             produced[field] = "detected"
         elif total and aligned >= SPAN_MIN_ALIGNED * total or (aligned >= total / 2 and not closed):
             produced[field] = "span" if aligned else "not produced"
+        elif closed and (short := written_short(records, field)) >= total / 2:
+            produced[field] = "mapped"
+            coverage[field][1] = short
         else:
             produced[field] = "classified" if closed else "not produced"
     return produced, coverage
+
+
+def written_short(records, field: str) -> int:
+    """How many records' texts hold their value of `field` as written or written short (alignment's
+    `abbreviated`)."""
+    return sum(
+        align_record(r["original_text"], {field: r[field]}, [field], abbreviated=(field,))[(field, 0)] is not None
+        for r in records
+        if isinstance(r.get(field), str) and r[field]
+    )
 
 
 def date_form(records) -> tuple[str, str]:
@@ -138,18 +153,22 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagS
     types = sorted({(registry.find(record_type(r)) or registry.find(fallback_type)).name for r in records})
     aligned = alignments(records, registry, fallback_type, fmt)
     produced, coverage = field_classes(records, aligned, types, registry, fallback_type, fmt)
-    fields = tuple(f for f, how in produced.items() if how == "span")
+    fields = tuple(f for f, how in produced.items() if how in ("span", "mapped"))
     lists = tuple(f for f in fields if any(isinstance(r.get(f), list) for r in records))
     repeats = any(len(set(v)) < len(v) for r in records for f in lists if isinstance(v := r.get(f), list))
     surnames = tuple(
         f for f in fields if f in PERSON_FIELDS and catalogued_names(v for r in records for v in as_items(r.get(f)))
     )
     names = sorted({n for r in records for f in surnames for n in as_items(r.get(f)) if spelled_out(n)})
-    classes = tuple(
-        (f, tuple(v for v, _ in Counter(r[f] for r in records if r.get(f)).most_common()))
-        for f, how in produced.items()
-        if how == "classified"
-    )
+
+    def closed_list(how: str) -> tuple:
+        return tuple(
+            (f, tuple(v for v, _ in Counter(r[f] for r in records if r.get(f)).most_common()))
+            for f, h in produced.items()
+            if h == how
+        )
+
+    classes, mapped = closed_list("classified"), closed_list("mapped")
     hosts = date_hosts(records, aligned, fields)
     scheme = TagScheme(
         fields,
@@ -162,6 +181,7 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagS
         hosts,
         one_span=True,
         names=tuple(names),
+        mapped=mapped,
     )
     return scheme, produced, coverage
 
@@ -321,9 +341,10 @@ class TagObjective(Objective):
             how="by labelling the tokens of the text that hold each value",
             note=(
                 (
-                    "How each field is produced: `span` (tagged in the text), `classified` (a value of the "
-                    "training data's closed list, read at the end of the input), `detected` (the language), "
-                    "`not produced`.\n\n" + fields + "\n"
+                    "How each field is produced: `span` (tagged in the text), `mapped` (tagged where the text "
+                    "writes it short or inflected, written as the training value it abbreviates), `classified` "
+                    "(a value of the training data's closed list, read at the end of the input), `detected` "
+                    "(the language), `not produced`.\n\n" + fields + "\n"
                     if fields
                     else ""
                 )
