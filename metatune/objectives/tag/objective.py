@@ -85,7 +85,7 @@ def field_classes(
             produced[field] = "detected"
         elif total and aligned >= SPAN_MIN_ALIGNED * total or (aligned >= total / 2 and not closed):
             produced[field] = "span" if aligned else "not produced"
-        elif closed and (short := written_short(records, field)) >= total / 2:
+        elif closed and total and (short := written_short(records, field)) >= total / 2:
             produced[field] = "mapped"
             coverage[field][1] = short
         else:
