@@ -38,10 +38,13 @@ quality: install
 	$(BIN)/metatune evaluate runs/grobid-headers --data ../shared/data/grobid-headers/dataset.json --split validation --report runs/grobid-headers/eval
 	$(BIN)/python scripts/grobid_comparison.py runs/grobid-headers --out runs/grobid-headers/eval/grobid-comparison.md
 
-# the tag objective on the same data (configs/grobid-headers-tag.yaml); same evaluation and table
+# the tag objective on the same data (configs/grobid-headers-tag.yaml); same evaluation and table, the
+# micro over GROBID's five fields, and the same documents with their whitespace collapsed (as the
+# original SEDICI orchestrator sends them)
 quality-tag: install
 	$(BIN)/metatune train --config configs/grobid-headers-tag.yaml --output runs/grobid-headers-tag --overwrite
-	$(BIN)/metatune evaluate runs/grobid-headers-tag --data ../shared/data/grobid-headers/dataset.json --split validation --report runs/grobid-headers-tag/eval
+	$(BIN)/metatune evaluate runs/grobid-headers-tag --data ../shared/data/grobid-headers/dataset.json --split validation --micro-fields title,creator,first_author,keywords,abstract --report runs/grobid-headers-tag/eval
+	$(BIN)/metatune evaluate runs/grobid-headers-tag --data ../shared/data/grobid-headers/dataset.json --split validation --micro-fields title,creator,first_author,keywords,abstract --collapse-whitespace --report runs/grobid-headers-tag/eval-collapsed
 	$(BIN)/python scripts/grobid_comparison.py runs/grobid-headers-tag --out runs/grobid-headers-tag/eval/grobid-comparison.md
 
 # the catalogue record: generate and tag on the catalogued sample (configs/catalogued*.yaml), names and
