@@ -438,3 +438,22 @@ def test_a_name_span_loses_its_markers_and_a_lone_initial_is_no_name():
     assert person_name("42 T. Aushev") == "T. Aushev" and person_name("* Ana Ruiz") == "Ana Ruiz"
     assert person_name("A") == "" and person_name("J. K.") == ""
     assert person_name("Wu Li") == "Wu Li" and person_name("Ng, A.") == "Ng, A."
+
+
+def test_initials_labelled_apart_begin_the_name_that_follows_them(tiny_tokenizer):
+    scheme = TagScheme(("creator",), ("Articulo",), lists=("creator",))
+    text = "S. E. Lee, 35 H. Aihara, 42 A. M. Bakich, 37 a Ana Ruiz"
+    _, offsets = token_offsets(tiny_tokenizer, text, 100)
+    # as the model labelled them: each name's initials one span, its surname another ("H." + "Aihara");
+    # "a" is an affiliation mark, not an initial
+    spans = [(0, 9), (14, 16), (17, 23), (28, 33), (34, 40), (45, 46), (47, 55)]
+    logits = torch.full((1 + len(offsets), len(scheme.labels)), -5.0)
+    for i, (s, _) in enumerate(offsets, 1):
+        inside = [k for k, (a, b) in enumerate(spans) if a <= s < b]
+        if inside:
+            first = all(not (spans[inside[0]][0] <= s2 < s) for s2, _ in offsets[: i - 1])
+            logits[i, scheme.begin("creator") + (0 if first else 1)] = 5.0
+        else:
+            logits[i, 0] = 5.0
+    _, values = decode(logits, offsets, text, scheme, allowed_transitions(scheme))
+    assert values["creator"] == ["S. E. Lee", "H. Aihara", "A. M. Bakich", "Ana Ruiz"]

@@ -36,6 +36,7 @@ CHARS_PER_TOKEN_BOUND = 16  # no tokenizer spends fewer than 1 token per 16 char
 FOOTNOTE_MARKS = re.compile(r"(?<=[^\W\d_])[\d*∗†‡§¶#]+(?:[\s,]*[\d*∗†‡§¶#]+)*[\s,]*$")  # "Smith†", "Pérez1,2"
 LEADING_MARKS = re.compile(r"^[\d*∗†‡§¶#,\s]+(?=[^\W\d_])")  # "42 T. Aushev", "2 Ana Ruiz"
 NAME_WORD = re.compile(r"[^\W\d_]{2,}")
+INITIALS = re.compile(r"(?:[^\W\d_]\.[\s-]*)+")  # "H.", "A. M.", "I.-S."
 
 
 def person_name(value: str) -> str:
@@ -489,6 +490,10 @@ def decode(
         # a field with one value has one span: a B- right after its own span, only whitespace between
         # (a title broken across lines), continues it
         resumes = scheme.one_span and spans and spans[-1][0] == field and field not in scheme.lists
+        # initials alone ("H.") right before a name of their field begin that name ("H. Aihara"), even
+        # where the model began the name again at its surname
+        before = text[spans[-1][1] : spans[-1][2]].strip() if spans and spans[-1][0] == field else ""
+        resumes = resumes or bool(field in PERSON_FIELDS and INITIALS.fullmatch(before) and before[0].isupper())
         resumes = resumes and not text[spans[-1][2] : start].strip()
         if not (inside or resumes) or not spans:
             spans.append((field, start, end, []))
