@@ -29,7 +29,7 @@ import torch
 from metatune.bench import default_data, peak_rss_mb, reset_peak_rss
 from metatune.config import load_config
 from metatune.encoding import collator, target_positions
-from metatune.training.run import prepare
+from metatune.objectives import prepare
 
 
 def load(model: str, data: str | None):

@@ -25,9 +25,9 @@ from transformers import TrainerCallback
 from metatune.bench.machine import peak_rates
 from metatune.bench.objectives import StepTimes, TokenCount, step_figures
 from metatune.config import load_config
+from metatune.objectives import prepare
 from metatune.precision import apply_precision
 from metatune.training.hf_trainer import build_trainer, training_arguments
-from metatune.training.run import prepare
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -41,13 +41,15 @@ TRAINING_KEYS = (
 
 @dataclass(frozen=True)
 class CardParts:
-    """What the card says about how the run writes the metadata (metatune.objectives.base.Objective.card)."""
+    """What the card says about how the run writes the metadata (from metatune.objectives.card)."""
 
     pipeline_tag: str  # the Hub's task for the run
     how: str = ""  # ends the card's first sentence: how the run writes the metadata
     use: list[str] = field(default_factory=list)  # lines of a "with transformers alone" section
     note: str = ""  # anything else a user of the run must know, shown under "Use"
-    sections: list[str] = field(default_factory=list)  # lines of the objective's own sections, before "Evaluation"
+    sections: list[str] = field(
+        default_factory=list
+    )  # lines of sections only runs of its kind have, before "Evaluation"
 
 
 Describe = Callable[[RunInfo, str], CardParts]  # (the run's description, its name) -> CardParts

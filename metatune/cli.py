@@ -380,11 +380,10 @@ def push(
     message: Annotated[str | None, typer.Option(help="Commit message")] = None,
 ):
     """Upload a saved run (weights, tokenizer, model card) to the Hugging Face Hub. Token: HF_TOKEN."""
-    from metatune.objectives import of_run
+    from metatune.objectives import card
     from metatune.push import push as push_run
-    from metatune.run_info import RunInfo
 
-    url = push_run(run_dir, repo_id, private, message, card=of_run(RunInfo.read(run_dir)).card)
+    url = push_run(run_dir, repo_id, private, message, card=card)
     typer.echo(f"Pushed {run_dir} to {url}")
 
 

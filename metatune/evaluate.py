@@ -90,7 +90,7 @@ def evaluate_outputs(
 ) -> tuple[dict, list[dict]]:
     """Score what an extractor returned; returns (metrics, one row per document for predictions.jsonl).
 
-    The values scored are the extractor's final ones, as the run's objective makes them; each row
+    The values scored are the extractor's final ones, as the run makes them; each row
     also keeps what the model wrote (`raw`).
     """
     predictions = [r.data for r in results]
@@ -187,9 +187,8 @@ def run_evaluate(
     if baseline is not None and baseline not in BASELINES:
         raise MetatuneError(f"--baseline: unknown baseline {baseline!r} (choose from {', '.join(BASELINES)})")
     info = RunInfo.read(run_dir)
-    from metatune.objectives import of_run  # imports torch: seconds
+    from metatune.objectives import card, open_run, type_accuracy  # imports torch: seconds
 
-    objective = of_run(info)
     items = load_items(info, data, split, limit)
     if micro_fields:
         known = {f for item in items for f in item.fields} | {"first_author"}
@@ -201,13 +200,12 @@ def run_evaluate(
     check_report_dir(report)
     # the field scores are extracted with the true types; this is the type extraction without one
     # would have chosen for the same texts (None: the run predicts no type apart from extraction)
-    types = objective.type_accuracy(Path(run_dir), info, [i.text for i in items], [i.doc_type for i in items])
+    types = type_accuracy(Path(run_dir), info, [i.text for i in items], [i.doc_type for i in items])
 
     runs = {"fine-tuned": False} | ({"zero-shot": True} if baseline else {})
     results = {}
     for name, base in runs.items():
-        open_ = objective.zero_shot if base else objective.extractor
-        extractor = open_(run_dir, settings)
+        extractor = open_run(run_dir, settings, baseline=base)
         print(f"Evaluating {name} model on {len(items)} '{split}' documents of {data}")
         outputs, seconds = extract_outputs(extractor, items, settings.batch_size, progress)
         metrics, rows = evaluate_outputs(items, outputs, seconds, micro_fields)
@@ -260,7 +258,7 @@ def run_evaluate(
     from metatune.card import record_evaluation
 
     with warning_on_fault(run_dir, "the evaluation into the run's model card"):
-        record_evaluation(run_dir, results["fine-tuned"][0], objective.card)  # the card shows the last evaluation
+        record_evaluation(run_dir, results["fine-tuned"][0], card)  # the card shows the last evaluation
     return results["fine-tuned"][0]
 
 

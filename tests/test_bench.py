@@ -123,8 +123,8 @@ def test_a_bidirectional_tag_run_says_it_does_not_attend_causally(tiny_llama):
 def test_padding_free_training_takes_the_same_step_as_padded_batches(tiny_llama, tmp_path, objective):
     from transformers import TrainerCallback
 
+    from metatune.objectives import prepare
     from metatune.training.hf_trainer import build_trainer, training_arguments
-    from metatune.training.run import prepare
 
     grads, losses = {}, {}
     for free in (True, False):
@@ -228,7 +228,7 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
     assert original["epoch"]["positions"] == 2560 * examples["original_train"]  # every example padded to 2048 + 512
     assert original["steps"][0]["positions"] == 2 * 2560
     # the original writes every abstract whole; metatune's side, as `make quality` trains, anchors them
-    assert examples["anchor_min_words"] == 20 and examples["original_train"] == examples["train"] == 24
+    assert "generate.anchor_min_words=20" in examples["sets"] and examples["original_train"] == examples["train"] == 24
     assert examples["original_mean_target_tokens"] > examples["mean_target_tokens"]
     assert original["epoch"]["targets"] > metatune["epoch"]["targets"]
     assert metatune["epoch"]["positions"] < original["epoch"]["positions"]
@@ -275,7 +275,7 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
         "model: the base model, untrained.",
         "## The tag objective",
         "| one forward pass at the ",
-        "metatune (anchored targets (generate.anchor_min_words=20), no example JSON in the instruction)",
+        "metatune (`generate.anchor_min_words=20`, `generate.prompt_example=false`)",
     ):
         assert row in table
     assert sorted(p.name for p in settings.output.iterdir()) == sorted([json_path.name, md_path.name])

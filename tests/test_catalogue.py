@@ -244,7 +244,7 @@ def test_a_rare_span_field_weighs_more_with_field_balance():
 
 def test_field_balance_weighs_the_catalogued_samples_rare_fields(tiny_llama, catalogued, tmp_path):
     from metatune.config import load_config
-    from metatune.training.run import prepare
+    from metatune.objectives import prepare
 
     base = [f"model.name={tiny_llama}", f"data.path={catalogued}", "training.objective=tag"]
     prepared = prepare(load_config(sets=base + [f"training.output_dir={tmp_path}", "tag.field_balance=0.5"]))

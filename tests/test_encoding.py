@@ -209,7 +209,7 @@ def test_seq2seq_collator_pads_labels_separately(registry, records, tiny_tokeniz
 
 
 def test_prepare_reports_skipped_targets(tmp_path, tiny_llama, capsys):
-    from metatune.training.run import prepare
+    from metatune.objectives import prepare
 
     base = [
         f"model.name={tiny_llama}",

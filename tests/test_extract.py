@@ -394,7 +394,7 @@ def test_anchored_targets_in_training_and_their_expansion_at_extraction(tiny_run
     """A run trained with anchors writes "head [...] tail"; extraction gives back the document's span."""
     from metatune.alignment import ANCHOR_MARK, Source
     from metatune.config import load_config
-    from metatune.training.run import prepare
+    from metatune.objectives import prepare
 
     from conftest import SAMPLE
 

@@ -129,8 +129,8 @@ def test_loop_learns_evaluates_each_epoch_and_saves_a_run(tmp_path, tiny_llama):
 def test_early_stopping_stops_and_keeps_the_best_weights(tmp_path, tiny_llama, monkeypatch):
     """Validation loss (scripted here) improves, then not for 2 epochs: training stops, the best epoch's weights return."""
     import metatune.training.loop as loop
+    from metatune.objectives import prepare
     from metatune.training.common import work_dir
-    from metatune.training.run import prepare
 
     scripted = iter([5.0, 4.0, 4.5, 4.2, 3.0, 2.0])
     monkeypatch.setattr(loop, "evaluate", lambda *args: next(scripted))

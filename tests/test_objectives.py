@@ -83,6 +83,9 @@ class FirstLineExtractor(RunTypes):
     def one_at_a_time(self, text, doc_type, max_new_tokens=0):
         return self.extract([text])[0].raw
 
+    def read_raw(self, raw):
+        return json.loads(raw)
+
     def statistics(self, results):
         return {}
 

@@ -133,8 +133,8 @@ def test_round_trip_save_load_generate(trained):
 
 
 def test_inference_builds_the_inputs_training_saw(trained, tiny_llama, tmp_path):
+    from metatune.objectives import prepare
     from metatune.objectives.generate.extractor import Extractor
-    from metatune.training.run import prepare
 
     output, _ = trained
     info = json.loads((output / "metatune.json").read_text(encoding="utf-8"))

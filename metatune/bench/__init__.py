@@ -12,9 +12,9 @@ One command, one JSON file and one Markdown table:
 * MFU: model FLOPs per second of metatune's training step, 6 x parameters x non-padding tokens,
   over the best matrix-multiply rate measured in the same run (float32 or bfloat16, whichever is
   faster here), measured between the training steps.
-* extraction: documents per second of `Extractor.extract` (batched) against one plain
-  `model.generate` call per document, greedy, interleaved chunk by chunk, with a check that both
-  give the same predictions.
+* extraction: documents per second of `Extractor.extract` (batched) against the extractor's
+  plainest way, one document at a time (a model that writes: one plain greedy `model.generate`
+  call each), interleaved chunk by chunk, with a check that both give the same predictions.
 * memory: peak resident memory of training (full and LoRA, one step on the epoch's longest batch)
   and of extraction, each in a fresh subprocess.
 

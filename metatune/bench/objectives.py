@@ -68,10 +68,9 @@ def objective_training(config, steps: int, work: Path, peak: float, texts: list[
     """`steps` optimizer steps of `config`'s objective through the Trainer engine (`metatune train`'s), the
     trained model saved as a run for the extraction probe, and the mean tokens the model reads of `texts`."""
     from metatune.export import save_run
-    from metatune.objectives import of_run
+    from metatune.objectives import card, prepare
     from metatune.precision import use_bf16
     from metatune.training.hf_trainer import build_trainer, training_arguments
-    from metatune.training.run import prepare
 
     prepared = prepare(config, need_validation=False)
     args = quiet_arguments(training_arguments(prepared, work / f"{config.training.objective}-train"), max_steps=steps)
@@ -93,7 +92,7 @@ def objective_training(config, steps: int, work: Path, peak: float, texts: list[
         prepared.tokenizer,
         prepared.info,
         work / f"{config.training.objective}-run",
-        of_run(prepared.info).card,
+        card,
         config_keys=prepared.config_keys,
     )
     limit = config.data.max_input_tokens

@@ -34,13 +34,11 @@ def original_examples(data, tokenizer, seq2seq: bool) -> list[dict]:
     """The training examples the original module trained on, encoded by metatune: every value written
     whole, after the instruction with its example JSON (whatever metatune's side sets for anchors and
     the instruction), targets of at most ORIGINAL_TARGET tokens. `data`: config.DataSettings."""
-    from metatune.config import GenerateSettings
     from metatune.data import load_for_training
     from metatune.encoding import PromptEncoder
     from metatune.formatting import InputFormat
 
     data = data.model_copy(update={"max_target_tokens": ORIGINAL_TARGET})
-    whole = GenerateSettings(anchor_min_words=0, prompt_example=True)
     registry, dataset = load_for_training(data, need_validation=False)
-    encoder = PromptEncoder.for_training(data, InputFormat.from_settings(data, whole), registry, tokenizer, seq2seq)
+    encoder = PromptEncoder.for_training(data, InputFormat.from_settings(data), registry, tokenizer, seq2seq)
     return encoder.encode_records(dataset.split("training"))[0]

@@ -47,8 +47,8 @@ def run_probe(ctx, spec: dict, work: Path) -> dict:
 
 def probe_train(spec: dict) -> dict:
     """One optimizer step on the epoch's longest batch; the process's peak resident memory."""
+    from metatune.objectives import prepare
     from metatune.training.hf_trainer import build_trainer, training_arguments
-    from metatune.training.run import prepare
 
     config = load_config(sets=spec["sets"], model=spec["model"], data=spec["data"])
     if spec["side"] == "original":
@@ -93,13 +93,12 @@ def probe_train(spec: dict) -> dict:
 
 
 def probe_extract(spec: dict) -> dict:
-    """The extractor's plainest way, one document at a time (for a generate run: one plain `generate`
-    call each), against its batched `extract`, interleaved chunk by chunk."""
+    """The extractor's plainest way, one document at a time (`Extractor.one_at_a_time`), against its
+    batched `extract`, interleaved chunk by chunk."""
     from transformers import set_seed
 
     from metatune.config import ExtractionSettings
     from metatune.objectives import open_run
-    from metatune.objectives.generate.json_output import parse_output
 
     set_seed(0)
     extractor = open_run(spec["run"], ExtractionSettings(snap=False))  # the raw outputs are compared
@@ -137,11 +136,11 @@ def probe_extract(spec: dict) -> dict:
         plain_raw += p_out
         batched += b_out
     same_raw = sum(p == b.raw for p, b in zip(plain_raw, batched))
-    # what the model wrote, parsed, on both sides (the Extractor's final values are also expanded from anchors)
-    same_data = sum(parse_output(p).data == parse_output(b.raw).data for p, b in zip(plain_raw, batched))
+    # the record the model wrote, read the same way on both sides (before values are expanded or snapped)
+    same_data = sum(extractor.read_raw(p) == extractor.read_raw(b.raw) for p, b in zip(plain_raw, batched))
     n = len(texts)
     return {
-        **extractor.statistics(batched),  # the objective's own figures (a generate run: tokens written)
+        **extractor.statistics(batched),  # the extractor's own figures (tokens written, batch...)
         "documents": n,
         "batch_size": size,
         "max_new_tokens": max_new,

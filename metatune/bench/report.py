@@ -25,7 +25,8 @@ def _g(flops: float) -> str:
 
 
 def examples_line(x: dict) -> str:
-    """The training examples of each side (runs saved before anchored targets have one set for both)."""
+    """The training examples of each side (runs saved before the original's side was built have one set
+    for both)."""
     metatune = (
         f"{x['train']} training examples with targets of at most {ORIGINAL_TARGET} tokens "
         f"({x['skipped_target_over_512']} longer ones left out), mean {x['mean_tokens']} tokens of which "
@@ -33,12 +34,7 @@ def examples_line(x: dict) -> str:
     )
     if "original_train" not in x:
         return f"* Examples: {metatune}, the same on both sides"
-    how = (
-        f"anchored targets (generate.anchor_min_words={x['anchor_min_words']})"
-        if x["anchor_min_words"]
-        else "whole targets"
-    )
-    how += ", no example JSON in the instruction" if not x["prompt_example"] else ""
+    how = ", ".join(f"`{s}`" for s in x.get("sets", [])) or "the defaults"
     return (
         f"* Examples: metatune ({how}): {metatune}; original (every value whole, the instruction with its example): "
         f"{x['original_train']} examples, mean {x['original_mean_tokens']} tokens of which "
@@ -125,7 +121,7 @@ def markdown(r: dict) -> str:
             "",
             "## Extraction",
             "",
-            "| | plain generate, one document at a time | Extractor, batched | ratio |",
+            "| | one document at a time, the plainest way | Extractor, batched | ratio |",
             "|---|---:|---:|---:|",
             f"| documents / s | {e['plain_docs_per_second']:.3f} | {e['batched_docs_per_second']:.3f} | {e['speedup']:.2f}x |",
             f"| CPU seconds (all threads) | {e['plain_cpu_seconds']:.0f} | {e['batched_cpu_seconds']:.0f} | "

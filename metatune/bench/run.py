@@ -14,7 +14,7 @@ from metatune.bench.machine import machine_info
 from metatune.bench.objectives import forward_limit, objective_sets, objective_training
 from metatune.bench.original import original_examples
 from metatune.bench.probes import probe_context, run_probe
-from metatune.bench.settings import BenchSettings, bench_sets, default_data
+from metatune.bench.settings import BenchSettings, bench_sets, default_data, own_sets
 from metatune.bench.training_race import timed_training
 from metatune.config import load_config
 from metatune.errors import MetatuneError
@@ -25,12 +25,12 @@ from metatune.objectives import OBJECTIVES
 def extraction_run(prepared, model, tokenizer, directory: Path, max_new_tokens: int) -> Path:
     """A saved run of the (untrained) base model, for timing extraction: speed does not need a good model."""
     from metatune.export import save_run
-    from metatune.objectives import of_run
+    from metatune.objectives import card
 
     info = prepared.info.model_copy(deep=True, update={"type_classifier": None})  # extraction is told the types
     info.limits.max_target_tokens = max_new_tokens
     make_greedy(model.generation_config, max_new_tokens, tokenizer.pad_token_id)
-    return save_run(model, tokenizer, info, directory, of_run(info).card)
+    return save_run(model, tokenizer, info, directory, card)
 
 
 def documents(config, count: int) -> tuple[list[str], list[str]]:
@@ -63,7 +63,7 @@ def objective_section(
 
 def run_bench(settings: BenchSettings) -> dict:
     from metatune.models import load_pretrained
-    from metatune.training.run import prepare
+    from metatune.objectives import prepare
 
     if (
         settings.steps < 1
@@ -94,8 +94,7 @@ def run_bench(settings: BenchSettings) -> dict:
             "skipped_target_over_512": prepared.skipped,
             "mean_tokens": round(prepared.stats["train_tokens"] / len(prepared.train), 1),
             "mean_target_tokens": round(prepared.stats["train_target_tokens"] / len(prepared.train), 1),
-            "anchor_min_words": config.generate.anchor_min_words,
-            "prompt_example": config.generate.prompt_example,
+            "sets": own_sets(settings),
             "original_train": len(original_train),
             "original_mean_tokens": round(sum(len(x["input_ids"]) for x in original_train) / len(original_train), 1),
             "original_mean_target_tokens": round(

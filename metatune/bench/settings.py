@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metatune.bench.original import ORIGINAL_INPUT, ORIGINAL_TARGET
-from metatune.config import DEFAULT_MODEL
+from metatune.config import DEFAULT_MODEL, load_config
 from metatune.paths import REPO_DIR
 
 GROBID = REPO_DIR.parent / "shared" / "data" / "grobid-headers" / "dataset.json"
@@ -36,13 +36,20 @@ def default_data() -> tuple[str, str | None]:
     return str(SAMPLE), f"{GROBID} is absent: measured on the bundled synthetic sample {SAMPLE.name} instead"
 
 
+def own_sets(settings: BenchSettings) -> list[str]:
+    """The settings the race's objective (`training.objective`, the default unless --set names one) is
+    trained with, as its quality config does (metatune.objectives.bench_sets)."""
+    from metatune.objectives import bench_sets  # imports torch
+
+    return bench_sets(load_config(sets=settings.sets).training.objective)
+
+
 def bench_sets(settings: BenchSettings, output_dir: Path) -> list[str]:
-    """metatune's side: every target field, the original's token limits, anchored targets and the short
-    instruction as `make quality` trains, nothing written outside `output_dir`."""
+    """metatune's side: every target field, the original's token limits, the objective's own settings
+    as its quality config trains, nothing written outside `output_dir`."""
     return [
         "data.exclude_fields=[]",
-        "generate.anchor_min_words=20",
-        "generate.prompt_example=false",
+        *own_sets(settings),
         f"data.max_input_tokens={ORIGINAL_INPUT}",
         f"data.max_target_tokens={ORIGINAL_TARGET}",
         "training.eval_each_epoch=false",

@@ -1,5 +1,6 @@
-"""The objectives a run can be trained with, by the name `training.objective` gives, and
-`open_run`, which opens a saved run with its objective's extractor.
+"""The objectives a run can be trained with, by the name `training.objective` gives, and the
+functions the rest of metatune reaches them through: `prepare` (training), `open_run` (a saved run's
+extractor, or its untrained baseline), `card`, `type_accuracy` and `bench_sets`.
 
 Built in: `generate` (the model writes the JSON) and `tag` (it labels the tokens of the text that
 hold each value). Another objective subclasses `metatune.objectives.base.Objective` and is added
@@ -8,12 +9,18 @@ with `register`.
 
 from __future__ import annotations
 
-from metatune.config import ExtractionSettings
+from typing import TYPE_CHECKING
+
+from metatune.config import Config, ExtractionSettings
 from metatune.errors import MetatuneError
 from metatune.objectives.base import Extractor, Objective
 from metatune.objectives.generate import GenerateObjective
 from metatune.objectives.tag import TagObjective
 from metatune.run_info import RunInfo
+
+if TYPE_CHECKING:
+    from metatune.card import CardParts
+    from metatune.training.common import Prepared
 
 OBJECTIVES: dict[str, Objective] = {}
 
@@ -30,13 +37,55 @@ def get(name: str) -> Objective:
     return OBJECTIVES[name]
 
 
+def of_config(config: Config) -> Objective:
+    return get(config.training.objective)
+
+
 def of_run(info: RunInfo) -> Objective:
     return get(info.objective)
 
 
-def open_run(run_dir, settings: ExtractionSettings = ExtractionSettings(), device: str | None = None) -> Extractor:
-    """The extractor a saved run needs, whatever its objective."""
-    return of_run(RunInfo.read(run_dir)).extractor(run_dir, settings, device)
+def prepare(config: Config, need_validation: bool = True) -> Prepared:
+    """The dataset read and checked, then prepared by the config's objective (model, features,
+    collators, losses, the run's description). Writes nothing."""
+    from metatune.data import load_for_training
+
+    objective = of_config(config)
+    registry, dataset = load_for_training(config.data, need_validation)
+    prepared = objective.prepare(config, registry, dataset, need_validation)
+    if config.training.mode == "loop" and prepared.loop is None:
+        raise MetatuneError(
+            f"training.objective={objective.name} trains with training.mode=trainer (it has no custom loop)"
+        )
+    return prepared
+
+
+def open_run(
+    run_dir,
+    settings: ExtractionSettings = ExtractionSettings(),
+    device: str | None = None,
+    baseline: bool = False,
+) -> Extractor:
+    """The extractor a saved run needs, whatever its objective; `baseline`: the run's base model
+    untrained (the zero-shot baseline), where its objective has one."""
+    objective = of_run(RunInfo.read(run_dir))
+    return (objective.zero_shot if baseline else objective.extractor)(run_dir, settings, device)
+
+
+def card(info: RunInfo, name: str) -> CardParts:
+    """What the model card of the run `info` (named `name`) says about how it writes the metadata."""
+    return of_run(info).card(info, name)
+
+
+def type_accuracy(run_dir, info: RunInfo, texts: list[str], types: list[str]) -> dict | None:
+    """How often the run's own document-type classifier names each text's true type; None where the
+    run predicts no type apart from extraction."""
+    return of_run(info).type_accuracy(run_dir, info, texts, types)
+
+
+def bench_sets(name: str) -> list[str]:
+    """The settings `metatune bench` trains the objective `name` with (as its quality config does)."""
+    return list(get(name).bench_sets)
 
 
 register(GenerateObjective())

@@ -60,6 +60,11 @@ class Extractor(Protocol):
         """What `evaluate` records about how the outputs were made (settings, tokens generated...)."""
         ...
 
+    def read_raw(self, raw: str) -> dict | None:
+        """The record a raw output holds as the model wrote it (before any value is expanded or
+        snapped); None when it cannot be read into one."""
+        ...
+
 
 class RunTypes:
     """The run's document types and the fields it writes for each; a base of the extractors
@@ -79,6 +84,7 @@ class Objective:
     """One objective: subclasses set `name` and implement `prepare`, `extractor` and `card`."""
 
     name: str = ""
+    bench_sets: tuple[str, ...] = ()  # `--set` overrides `metatune bench` trains it with, as its quality config does
 
     def prepare(self, config: Config, registry: TypeRegistry, dataset, need_validation: bool) -> Prepared:
         """The model with the head this objective needs, the encoded splits, the collators and losses

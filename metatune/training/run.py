@@ -1,4 +1,4 @@
-"""`metatune train`: prepare, train with the configured mode, save the run.
+"""`metatune train`: prepare (metatune.objectives.prepare), train with the configured mode, save the run.
 
 Works the same in one process and under `accelerate launch` / `torchrun`: every process trains,
 only the main one creates the work directory, writes the saved run and removes the checkpoints;
@@ -13,40 +13,25 @@ from pathlib import Path
 from metatune import objectives
 from metatune.config import Config
 from metatune.console import main_print
-from metatune.data import load_for_training
-from metatune.errors import MetatuneError
 from metatune.export import save_run
 from metatune.faults import WriteFault, quiet_tied_weights, stop_on_signals, stop_signal, stopped, training_writes
 from metatune.precision import apply_precision
-from metatune.training.common import Prepared, start_output, work_dir
+from metatune.training.common import start_output, work_dir
 from metatune.training.distributed import check_launch, on_main, process_state
-
-
-def prepare(config: Config, need_validation: bool = True) -> Prepared:
-    """The dataset read and checked, then prepared by the config's objective (model, features,
-    collators, losses, the run's description). Writes nothing."""
-    objective = objectives.get(config.training.objective)
-    registry, dataset = load_for_training(config.data, need_validation)
-    prepared = objective.prepare(config, registry, dataset, need_validation)
-    if config.training.mode == "loop" and prepared.loop is None:
-        raise MetatuneError(
-            f"training.objective={objective.name} trains with training.mode=trainer (it has no custom loop)"
-        )
-    return prepared
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path:
     # Both modes (and DeepSpeed) take the precision from here, not from an accelerate config file;
     # a conflicting fp16/bf16 setting fails before anything is written.
     apply_precision(config)
-    objective = objectives.get(config.training.objective)  # an unknown name fails before anything is written
+    objectives.of_config(config)  # an unknown `training.objective` fails before anything is written
     state = process_state()
     check_launch(config, state)
     output = Path(config.training.output_dir)
     work = work_dir(output)
     on_main(state, lambda: start_output(config, resume, overwrite))
     with state.main_process_first():  # the main process fills caches (converted GGUF, dataset) first
-        prepared = prepare(config, need_validation=config.training.eval_each_epoch)
+        prepared = objectives.prepare(config, need_validation=config.training.eval_each_epoch)
     # Only now, with every input checked, does anything appear on disk: a mistake leaves nothing behind.
     on_main(state, lambda: work.mkdir(parents=True, exist_ok=True))
     main_print(
@@ -83,7 +68,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         with training_writes(output, "the run"):
             for write in prepared.files.values():
                 write(work)
-            save_run(model, prepared.tokenizer, info, output, objective.card, extra, prepared.config_keys)
+            save_run(model, prepared.tokenizer, info, output, objectives.card, extra, prepared.config_keys)
         shutil.rmtree(work, ignore_errors=True)
 
     on_main(state, finish)

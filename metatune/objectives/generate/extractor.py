@@ -305,6 +305,9 @@ class Extractor(RunTypes):
         new = out[0] if self.seq2seq else out[0, input_ids.shape[1] :]
         return self.tokenizer.decode(new, skip_special_tokens=True)
 
+    def read_raw(self, raw: str) -> dict | None:
+        return parse_output(raw).data
+
     def statistics(self, results: list[Extraction]) -> dict:
         return {
             "num_beams": self.num_beams,

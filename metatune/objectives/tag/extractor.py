@@ -135,6 +135,9 @@ class Tagger(RunTypes):
         """One document alone (nothing padded beside it); `max_new_tokens` does not apply."""
         return self.extract([text], [doc_type], batch_size=1)[0].raw
 
+    def read_raw(self, raw: str) -> dict | None:
+        return json.loads(raw)  # the extractor's own JSON of the record
+
     def statistics(self, results: list[Extraction]) -> dict:
         batch = self.settings.batch_size if self.device.type != "cpu" else 1
         return {"batch_size": batch, "bidirectional": self.info.tagging["bidirectional"]}
