@@ -45,6 +45,7 @@ class CardParts:
 
     pipeline_tag: str  # the Hub's task for the run
     how: str = ""  # ends the card's first sentence: how the run writes the metadata
+    limits: str = ""  # the Data section's line on what the run reads and writes at most (default: the input limit)
     use: list[str] = field(default_factory=list)  # lines of a "with transformers alone" section
     note: str = ""  # anything else a user of the run must know, shown under "Use"
     sections: list[str] = field(
@@ -128,12 +129,7 @@ def model_card(info: RunInfo, name: str, parts: CardParts, evaluation: dict | No
         )
     for type_name, spec in info.types.items():
         lines.append(f"* `{type_name}`: {', '.join(spec.get('fields', {}))}")
-    limits = info.limits
-    lines += [
-        f"* input limit {limits.max_input_tokens} tokens (the document is truncated, never the "
-        f"instruction), output limit {limits.max_target_tokens} tokens",
-        "",
-    ]
+    lines += [f"* {parts.limits or f'input limit {info.limits.max_input_tokens} tokens'}", ""]
 
     lines += ["## Training", "", "| setting | value |", "|---|---|"]
     lines += [f"| `training.{k}` | {training[k]} |" for k in TRAINING_KEYS if k in training]

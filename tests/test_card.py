@@ -70,6 +70,7 @@ def test_the_card_names_base_model_data_settings_prompt_and_how_to_load():
     assert "| `training.learning_rate` | 0.0002 |" in card and "| `model.lora` | r=16, alpha=32, merged=True |" in card
     assert "Extraé los metadatos de la tesis.\n\nDocumento:\n{document}\n\nJSON:\n" in card
     assert "Not evaluated yet" in card
+    assert "* input limit 1024 tokens (the document is truncated, never the instruction), output limit 256" in card
     assert 'model = AutoModelForCausalLM.from_pretrained("demo")' in card and "metatune extract demo" in card
     card = card_of(INFO, "demo", METRICS)
     assert (
@@ -77,6 +78,16 @@ def test_the_card_names_base_model_data_settings_prompt_and_how_to_load():
         and "| title | 75.0 | 100.0 |" in card
         and "| **micro** | 50.0 | 62.5 |" in card
     )
+
+
+def test_a_tag_runs_card_names_only_the_limit_it_reads_with():
+    # a tag run writes no tokens: no output limit, no instruction; windows where it reads several
+    tag = INFO | {"objective": "tag", "input": {"style": "prompt"}, "tagging": {"windows": 1}}
+    card = card_of(tag, "demo")
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: token-classification\n")
+    assert "* input limit 1024 tokens (the document is cut there)\n" in card and "output limit" not in card
+    card = card_of(tag | {"tagging": {"windows": 3}}, "demo")
+    assert "* input limit 1024 tokens per window, up to 3 overlapping windows\n" in card
 
 
 def test_the_saved_tokenizer_names_a_class_other_tools_know(tmp_path, tiny_tokenizer):

@@ -212,8 +212,15 @@ class GenerateObjective(Objective):
             "```",
             "",
         ]
+        limits = (
+            f"input limit {info.limits.max_input_tokens} tokens (the document is truncated, never the "
+            f"instruction), output limit {info.limits.max_target_tokens} tokens"
+        )
         return CardParts(
-            pipeline_tag=PIPELINES.get(info.architecture, "text-generation"), use=use, sections=prompt_lines(info)
+            pipeline_tag=PIPELINES.get(info.architecture, "text-generation"),
+            limits=limits,
+            use=use,
+            sections=prompt_lines(info),
         )
 
 

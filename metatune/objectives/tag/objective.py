@@ -336,9 +336,14 @@ class TagObjective(Objective):
             + "\n"
             for f, p in produced.items()
         )
+        limit, windows = info.limits.max_input_tokens, (info.tagging or {}).get("windows", 1)
+        limits = f"input limit {limit} tokens" + (
+            f" per window, up to {windows} overlapping windows" if windows > 1 else " (the document is cut there)"
+        )
         return CardParts(
             pipeline_tag="token-classification",
             how="by labelling the tokens of the text that hold each value",
+            limits=limits,
             note=(
                 (
                     "How each field is produced: `span` (tagged in the text), `mapped` (tagged where the text "
