@@ -616,3 +616,46 @@ def test_seen_transitions_forbid_the_unseen_without_scoring_the_rest():
     seen = learned_transitions(counts, allowed_transitions(SCHEME), scores=False)
     assert seen[O, B_TITLE] == 0 and seen[O, O] == 0  # no frequency penalty on a rare pair
     assert seen[O, B_CREATOR] == float("-inf") and seen[B_TITLE, I_TITLE] == float("-inf")
+
+
+def test_a_field_whose_training_spans_fill_whole_lines_takes_the_rest_of_its_lines():
+    from metatune.objectives.tag.labels import whole_lines
+
+    text = "Banner of the journal\nNIAID-Sponsored 2010 Guidelines for Managing\nFood Allergy 2\nAna Ruiz"
+    offsets = [(0, 6), (7, 9), (10, 13), (14, 21), (22, 37), (38, 42), (43, 53), (54, 57), (58, 66)]
+    offsets += [(67, 71), (72, 79), (80, 81), (82, 85), (86, 90)]
+    # the model began the title two words late and ended it before a footnote mark "2" it left unlabelled
+    path = [O, O, O, O, O, O, B_TITLE, I_TITLE, I_TITLE, I_TITLE, I_TITLE, O, B_CREATOR, I_CREATOR]
+    logits = torch.full((1 + len(offsets), len(SCHEME.labels)), -5.0)
+    for i, label in enumerate(path, 1):
+        logits[i, label] = 5
+    lines = TagScheme(SCHEME.fields, SCHEME.types, whole_lines=(("title", 60),))
+    assert TagScheme.from_dict(lines.to_dict()) == lines
+    _, values = decode(logits, offsets, text, lines, allowed_transitions(lines))
+    assert values["title"] == ["NIAID-Sponsored 2010 Guidelines for Managing Food Allergy 2"]
+    assert values["creator"] == ["Ana Ruiz"]  # a field that does not fill lines is left as the model labelled it
+    _, values = decode(logits, offsets, text, SCHEME, allowed_transitions(SCHEME))
+    assert values["title"] == ["Guidelines for Managing Food Allergy"]  # runs saved before: as labelled
+    # lines longer than any the training spans covered (text without line breaks): left as labelled
+    assert whole_lines(text.replace("\n", " "), 53, 79, 60, []) == (53, 79)
+    # words of another span on the line stay that span's
+    assert whole_lines("2019 Deep nets\n", 5, 14, 60, [(0, 4)]) == (5, 14)
+    assert whole_lines("  Deep nets for all \n", 2, 11, 60, []) == (2, 19)  # whitespace is not taken
+
+
+def test_the_fields_that_fill_whole_lines_are_learned_from_the_training_spans():
+    from metatune.objectives.tag.objective import WHOLE_LINES_SPANS, whole_line_fields
+
+    records, aligned = [], []
+    for i in range(WHOLE_LINES_SPANS):
+        text = f"Title number {i}\nby Ana Ruiz, 2019"
+        records.append({"original_text": text})
+        aligned.append(
+            {("title", 0): Span(0, text.index("\n")), ("creator", 0): Span(text.index("Ana"), text.index(","))}
+        )
+    fields = ("title", "creator")
+    assert whole_line_fields(records, aligned, fields) == (("title", len("Title number 10")),)
+    # a text without line breaks (a collapsed copy) teaches nothing; too few spans teach nothing
+    collapsed = [{"original_text": r["original_text"].replace("\n", " ")} for r in records]
+    assert whole_line_fields(records + collapsed, aligned + aligned, fields) == (("title", len("Title number 10")),)
+    assert whole_line_fields(records[1:], aligned[1:], fields) == ()

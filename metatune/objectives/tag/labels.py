@@ -78,6 +78,10 @@ class TagScheme:
     # span fields whose values the page writes short or inflected, and their training values (most
     # frequent first): a tagged "Lic. en Física" is written "Licenciado en Física"
     mapped: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # span fields whose training spans, where the text has line breaks, fill whole lines (a title), each
+    # with the longest line such a span covered: a predicted span is widened to its lines' ends
+    # over words the model left unlabelled (`whole_lines`)
+    whole_lines: tuple[tuple[str, int], ...] = ()
 
     @property
     def span_labels(self) -> list[str]:
@@ -128,6 +132,7 @@ class TagScheme:
             "one_span": self.one_span,
             "names": list(self.names),
             "mapped": {field: list(values) for field, values in self.mapped},
+            "whole_lines": dict(self.whole_lines),
         }
 
     @classmethod
@@ -144,6 +149,7 @@ class TagScheme:
             raw.get("one_span", False),
             tuple(raw.get("names", ())),
             tuple((field, tuple(values)) for field, values in raw.get("mapped", {}).items()),
+            tuple(raw.get("whole_lines", {}).items()),
         )
 
     def written_as(self, field: str, phrase: str) -> str:
@@ -459,6 +465,34 @@ def whole_words(text: str, start: int, end: int, name: bool = False) -> tuple[in
     return start, end
 
 
+def line_bounds(text: str, start: int, end: int) -> tuple[int, int]:
+    """The start of the line where `start` is and the end of the line where `end` is."""
+    line_end = text.find("\n", end)
+    return text.rfind("\n", 0, start) + 1, len(text) if line_end < 0 else line_end
+
+
+def on_whole_lines(text: str, start: int, end: int) -> bool:
+    """Whether the span begins its line and ends its line (whitespace aside)."""
+    first, last = line_bounds(text, start, end)
+    return not text[first:start].strip() and not text[end:last].strip()
+
+
+def whole_lines(text: str, start: int, end: int, longest: int, others: list[tuple[int, int]]) -> tuple[int, int]:
+    """The span widened to the start of its first line and the end of its last, when the words added
+    carry no other span and its first and last lines are no longer than `longest` (text without line
+    breaks is one long line: left as it is)."""
+    first, last = line_bounds(text, start, end)
+    head_line = text[first : text.find("\n", first) if "\n" in text[first:end] else last]
+    tail_line = text[max(text.rfind("\n", first, end) + 1, first) : last]
+    if max(len(head_line), len(tail_line)) > longest:
+        return start, end
+    if any(s < start and e > first or s < last and e > end for s, e in others):
+        return start, end
+    first += len(text[first:start]) - len(text[first:start].lstrip())
+    last -= len(text[end:last]) - len(text[end:last].rstrip())
+    return min(first, start), max(last, end)
+
+
 def decode(
     logits: torch.Tensor,
     offsets: list[tuple[int, int]],
@@ -474,7 +508,8 @@ def decode(
     span of it that begins right after its own, only whitespace between, continues it. A value
     found again is listed again only when the training lists did so (`scheme.repeats`); a one-word
     value that begins another value of the field (a name cut short) is dropped. A date field with
-    no span takes the first date written in its host's span (`scheme.date_hosts`).
+    no span takes the first date written in its host's span (`scheme.date_hosts`). A span of a field
+    whose training spans fill whole lines takes the rest of its lines (`scheme.whole_lines`).
     """
     logits = logits.float()
     types = logits[0, scheme.first_type_label : scheme.first_type_label + len(scheme.types)]
@@ -502,10 +537,14 @@ def decode(
         if surname:
             spans[-1][3].append((start, end))
     source = Source(text)
-    mapped = dict(scheme.mapped)
+    mapped, lines = dict(scheme.mapped), dict(scheme.whole_lines)
     values: dict[str, list[str]] = {}
-    for field, start, end, surname in spans:
+    for k, (field, start, end, surname) in enumerate(spans):
         start, end = whole_words(text, start, end, field in PERSON_FIELDS)
+        if field in lines:
+            start, end = whole_lines(
+                text, start, end, lines[field], [(s, e) for j, (_, s, e, _) in enumerate(spans) if j != k]
+            )
         value = source.snippet(Span(start, end))
         if field in scheme.surnames:
             value = scheme.known_name(catalogue_name(text, Span(start, end), surname))

@@ -26,6 +26,8 @@ from metatune.objectives.tag.labels import (
     class_prompts,
     encode_tagged,
     label_weight_table,
+    line_bounds,
+    on_whole_lines,
     spelled_out,
     start_with_the_type_position,
     tag_loss_for,
@@ -39,6 +41,8 @@ from metatune.training.common import LoopParts, Prepared, TrainerParts
 SPAN_MIN_ALIGNED = 0.9  # a field whose values are this often in the text is tagged even when they repeat
 CLASSIFIED_MAX_VALUES = 64  # a closed list: at most this many distinct values, each seen twice on average
 DATE_HOST_MIN = 0.05  # the share of a date field's values that must sit inside a field's span to read it there
+WHOLE_LINES_MIN = 0.95  # the share of a field's aligned spans that must fill whole lines to decode it that way
+WHOLE_LINES_SPANS = 20  # the fewest aligned spans (in texts with line breaks) that can teach it
 
 
 def alignments(records, registry, fallback_type, fmt: InputFormat) -> list[dict[tuple[str, int], Span | None]]:
@@ -137,6 +141,32 @@ def date_hosts(records, aligned: list[dict], fields: tuple[str, ...]) -> tuple[t
     return tuple(pair for pair, n in sorted(held.items()) if n >= DATE_HOST_MIN * dates[pair[0]])
 
 
+def whole_line_fields(records, aligned: list[dict], fields: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """(field, longest line) pairs: the tagged fields whose aligned spans, in the training texts that
+    have line breaks (a collapsed copy has none), begin their line and end their line at least
+    WHOLE_LINES_MIN of the time (a title, in paper headers), with the longest line such a span covers."""
+    spans_of: Counter = Counter()
+    whole: Counter = Counter()
+    longest: dict[str, int] = {}
+    for record, spans in zip(records, aligned):
+        text = record["original_text"]
+        if "\n" not in text:
+            continue
+        for (field, _), span in spans.items():
+            if field not in fields or span is None:
+                continue
+            spans_of[field] += 1
+            if on_whole_lines(text, span.start, span.end):
+                whole[field] += 1
+                first, last = line_bounds(text, span.start, span.end)
+                longest[field] = max(longest.get(field, 0), *map(len, text[first:last].split("\n")))
+    return tuple(
+        (f, longest[f])
+        for f in fields
+        if spans_of[f] >= WHOLE_LINES_SPANS and whole[f] >= WHOLE_LINES_MIN * spans_of[f]
+    )
+
+
 def field_weights(coverage: dict[str, list[int]], fields: tuple[str, ...], balance: float) -> dict[str, float]:
     """Each span field's weight in the loss (config `tag.field_balance`), from its aligned training
     values; empty when `balance` is 0."""
@@ -182,6 +212,7 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagS
         one_span=True,
         names=tuple(names),
         mapped=mapped,
+        whole_lines=whole_line_fields(records, aligned, fields),
     )
     return scheme, produced, coverage
 
