@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from metatune.config import Config, ExtractionSettings
+from metatune.data import load_for_training
 from metatune.errors import MetatuneError
 from metatune.objectives.base import Extractor, Objective
 from metatune.objectives.generate import GenerateObjective
@@ -48,8 +49,6 @@ def of_run(info: RunInfo) -> Objective:
 def prepare(config: Config, need_validation: bool = True) -> Prepared:
     """The dataset read and checked, then prepared by the config's objective (model, features,
     collators, losses, the run's description). Writes nothing."""
-    from metatune.data import load_for_training
-
     objective = of_config(config)
     registry, dataset = load_for_training(config.data, need_validation)
     prepared = objective.prepare(config, registry, dataset, need_validation)
