@@ -118,6 +118,7 @@ def main() -> None:
         # of that CPU time, the kernel's (page faults, mmap/munmap of tensors' memory), and the page faults
         "system_seconds": None if args.profile else round(after_usage.ru_stime - usage.ru_stime, 1),
         "minor_page_faults": None if args.profile else after_usage.ru_minflt - usage.ru_minflt,
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     print(json.dumps(figures, indent=2))
     if args.out:
