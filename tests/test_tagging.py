@@ -307,6 +307,7 @@ def test_a_tiny_tagger_learns_and_its_run_says_how_it_was_trained(tag_run):
         "one_span": True,  # a new run's titles and abstracts are one span each
         "names": [],  # no catalogued names to write initials out from
         "mapped": {},
+        "whole_lines": {},  # these titles follow a `Título:` marker on their line
     }
     assert info["tagging"]["alignment"]["title"] == {"values": 48, "aligned": 48}
     assert info["tagging"]["produced"]["title"] == {"how": "span", "values": 48, "in_text": 48}
