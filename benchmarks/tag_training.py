@@ -23,7 +23,7 @@ import torch
 from transformers import TrainerCallback
 
 from metatune.bench.machine import peak_rates
-from metatune.bench.objectives import StepTimes, TokenCount, step_figures
+from metatune.bench.other_runs import StepTimes, TokenCount, step_figures
 from metatune.config import load_config
 from metatune.objectives import prepare
 from metatune.precision import apply_precision

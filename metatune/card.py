@@ -24,7 +24,6 @@ GENERIC_TOKENIZER_CLASSES = {"TokenizersBackend", "", None}
 PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # known to transformers 4.x and 5.x and to llama.cpp's converter
 
 TRAINING_KEYS = (
-    "objective",
     "mode",
     "num_train_epochs",
     "max_steps",
@@ -41,11 +40,12 @@ TRAINING_KEYS = (
 
 @dataclass(frozen=True)
 class CardParts:
-    """What the card says about how the run writes the metadata (from metatune.objectives.card)."""
+    """What the card says about how the run writes the metadata (filled in by metatune.objectives.card)."""
 
     pipeline_tag: str  # the Hub's task for the run
     how: str = ""  # ends the card's first sentence: how the run writes the metadata
     limits: str = ""  # the Data section's line on what the run reads and writes at most (default: the input limit)
+    settings: list[tuple[str, str]] = field(default_factory=list)  # (key, value): the Training table's first rows
     use: list[str] = field(default_factory=list)  # lines of a "with transformers alone" section
     note: str = ""  # anything else a user of the run must know, shown under "Use"
     sections: list[str] = field(
@@ -132,6 +132,7 @@ def model_card(info: RunInfo, name: str, parts: CardParts, evaluation: dict | No
     lines += [f"* {parts.limits or f'input limit {info.limits.max_input_tokens} tokens'}", ""]
 
     lines += ["## Training", "", "| setting | value |", "|---|---|"]
+    lines += [f"| `{k}` | {v} |" for k, v in parts.settings]
     lines += [f"| `training.{k}` | {training[k]} |" for k in TRAINING_KEYS if k in training]
     lora = model.get("lora") or {}
     if lora.get("enabled"):

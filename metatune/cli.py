@@ -399,10 +399,10 @@ def bench(
     extract_batch_size: Annotated[int, typer.Option(help="Batch size of the Extractor")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Generation limit in the extraction timing")] = 128,
     memory: Annotated[bool, typer.Option(help="Measure peak memory of training (full, LoRA) in subprocesses")] = True,
-    objectives: Annotated[
+    other_runs: Annotated[
         bool,
         typer.Option(
-            help="Also time every other objective than the race's: training MFU, extraction vs one forward pass"
+            help="Also time every other training.objective than the race's: training MFU, extraction vs one forward pass"
         ),
     ] = True,
     extract_run: Annotated[
@@ -426,7 +426,7 @@ def bench(
         memory,
         sets=set_,
         extract_run=extract_run,
-        objectives=objectives,
+        other_runs=other_runs,
     )
     json_path, md_path = write_results(run_bench(settings), output)
     typer.echo(md_path.read_text(encoding="utf-8"))

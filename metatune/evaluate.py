@@ -213,7 +213,6 @@ def run_evaluate(
             "run_dir": str(run_dir),
             "model": info.base_model if base else str(run_dir),
             "baseline": name if base else None,
-            "objective": info.objective,
             "data": str(data),
             "split": split,
             "collapsed_whitespace": collapse,

@@ -245,8 +245,8 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
     assert 0 <= extraction["identical_predictions"] <= 3 and extraction["peak_rss_mb"] > 0
     assert extraction["generated_tokens"] > 0  # the generate extractor's own statistics
 
-    assert set(result["objectives"]) == {"tag"}  # every objective but the race's (generate)
-    tag = result["objectives"]["tag"]
+    assert set(result["other_runs"]) == {"tag"}  # every objective but the race's (generate)
+    tag = result["other_runs"]["tag"]
     assert tag["training"]["steps_timed"] == 2 and 0 < tag["training"]["mfu"]
     assert tag["training"]["tokens_per_step_mean"] > 0
     tag_extraction = tag["extraction"]
@@ -273,7 +273,7 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
         "metatune LoRA",
         "extraction, batched",
         "model: the base model, untrained.",
-        "## The tag objective",
+        "## The tag run",
         "| one forward pass at the ",
         "metatune (`generate.anchor_min_words=20`, `generate.prompt_example=false`)",
     ):

@@ -133,9 +133,11 @@ def test_only_the_objectives_know_an_objectives_own_modules():
 
 
 def test_only_the_objectives_name_an_objective_or_its_settings():
-    # outside metatune/objectives/ no module branches on one objective or sets its own settings
-    # (`generate.anchor_min_words`, `config.tag...`): what differs per objective is reached through the
-    # registry's functions. The config declares the sections; a run saved before the seam is a generate run.
+    # outside metatune/objectives/ no module branches on one objective, sets its own settings
+    # (`generate.anchor_min_words`, `config.tag...`), reads which objective a config or a run has
+    # (`config.training.objective`, `info.objective`) or walks the registry (`OBJECTIVES`): what differs per
+    # objective is reached through the registry's functions. The config declares the sections; a run
+    # saved before the seam is a generate run.
     from metatune.objectives import OBJECTIVES
 
     allowed = {"config", "run_info"}
@@ -151,6 +153,10 @@ def test_only_the_objectives_name_an_objective_or_its_settings():
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in OBJECTIVES and id(node) not in called:
                 found.append(f"metatune.{module}:{node.lineno} reads .{node.attr}")
+            elif isinstance(node, ast.Attribute) and node.attr == "objective":
+                found.append(f"metatune.{module}:{node.lineno} reads which objective (.objective)")
+            elif isinstance(node, ast.alias) and node.name == "OBJECTIVES":
+                found.append(f"metatune.{module} imports the registry's OBJECTIVES")
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and setting.search(node.value):
                 found.append(f"metatune.{module}:{node.lineno} names {setting.search(node.value).group()!r}")
     assert not found, "\n".join(found)

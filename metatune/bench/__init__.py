@@ -20,7 +20,8 @@ One command, one JSON file and one Markdown table:
 
 Modules: `settings` (BenchSettings, the default data), `machine` (machine, peak matmul rate,
 resident memory), `original` (the original module's inputs), `training_race` (the timed training
-race), `probes` (the memory and extraction subprocesses), `run` (`run_bench`, all of it in order),
+race), `other_runs` (the steps and extraction of every other way to train a run), `probes` (the
+memory and extraction subprocesses), `run` (`run_bench`, all of it in order),
 `report` (the JSON and Markdown files).
 """
 

@@ -154,7 +154,6 @@ def probe_extract(spec: dict) -> dict:
         "identical_predictions": same_data,
         "identical_raw_outputs": same_raw,
         "parsed_outputs": sum(b.data is not None for b in batched),
-        "objective": extractor.info.objective,
         "dtype": str(next(extractor.model.parameters()).dtype).removeprefix("torch."),
         "rss_after_load_mb": round(loaded, 1),
         "peak_rss_mb": round(max(peaks) if can_reset else peak_rss_mb(), 1),

@@ -42,11 +42,11 @@ def examples_line(x: dict) -> str:
     )
 
 
-def objective_lines(name: str, section: dict) -> list[str]:
+def other_run_lines(name: str, section: dict) -> list[str]:
     t, e = section["training"], section["extraction"]
     lines = [
         "",
-        f"## The {name} objective",
+        f"## The {name} run",
         "",
         f"Training ({'bf16' if t['bf16'] else 'float32'}, {t['documents_per_step']} documents per step, "
         f"{t['steps_timed']} steps timed): median {t['seconds_per_step_median']:.2f} s per step, "
@@ -133,8 +133,8 @@ def markdown(r: dict) -> str:
             f"{e['parsed_outputs']}/{e['documents']} outputs are JSON; model: "
             + (f"the run `{r['extraction_run']}`." if "extraction_run" in r else "the base model, untrained."),
         ]
-    for name, section in r.get("objectives", {}).items():
-        lines += objective_lines(name, section)
+    for name, section in r.get("other_runs", {}).items():
+        lines += other_run_lines(name, section)
     mem = r.get("memory")
     if mem or e:
         lines += [

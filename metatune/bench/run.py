@@ -11,15 +11,14 @@ import time
 from pathlib import Path
 
 from metatune.bench.machine import machine_info
-from metatune.bench.objectives import forward_limit, objective_sets, objective_training
 from metatune.bench.original import original_examples
+from metatune.bench.other_runs import forward_limit, run_sets, timed_steps
 from metatune.bench.probes import probe_context, run_probe
 from metatune.bench.settings import BenchSettings, bench_sets, default_data, own_sets
 from metatune.bench.training_race import timed_training
 from metatune.config import load_config
 from metatune.errors import MetatuneError
 from metatune.models import default_device, make_greedy
-from metatune.objectives import OBJECTIVES
 
 
 def extraction_run(prepared, model, tokenizer, directory: Path, max_new_tokens: int) -> Path:
@@ -43,14 +42,14 @@ def documents(config, count: int) -> tuple[list[str], list[str]]:
     return [r["original_text"] for r in records], [str(record_type(r)) for r in records]
 
 
-def objective_section(
-    name: str, settings: BenchSettings, data: str, texts, types, training: dict, work: Path, ctx
+def other_run_section(
+    name: str, sets: list[str], settings: BenchSettings, data: str, texts, types, training: dict, work: Path, ctx
 ) -> dict:
-    """The objective `name`'s steps and extraction, against the peaks the training race measured."""
+    """The other run `name`'s steps and extraction, against the peaks the training race measured."""
     peaks = training["peak_flops_per_second"]
-    config = load_config(sets=objective_sets(name, work / f"{name}-out"), model=settings.model, data=data)
-    print(f"Timing {settings.steps} training steps of the {name} objective")
-    figures, run_dir, tokens = objective_training(config, settings.steps, work, peaks["used"], texts)
+    config = load_config(sets=run_sets(sets, work / f"{name}-out"), model=settings.model, data=data)
+    print(f"Timing {settings.steps} training steps of the {name} run")
+    figures, run_dir, tokens = timed_steps(config, settings.steps, work, peaks["used"], texts, name)
     print(f"Timing {name} extraction of {len(texts)} documents (in a subprocess)")
     spec = {"kind": "extract", "run": str(run_dir), "texts": texts, "types": types}
     extraction = run_probe(
@@ -141,11 +140,12 @@ def run_bench(settings: BenchSettings) -> dict:
                 ctx, {**base, "side": "lora", "sets": overrides + ["model.lora.enabled=true"]}, work
             )
             result["memory"] = memory
-        if settings.objectives:  # the race trains the config's objective; time each other one too
-            others = [name for name in OBJECTIVES if name != config.training.objective]
-            result["objectives"] = {
-                name: objective_section(name, settings, data, texts, types, result["training"], work, ctx)
-                for name in others
+        if settings.other_runs:  # the race trains one way; time each other way a run can be trained too
+            from metatune.objectives import other_runs  # imports torch
+
+            result["other_runs"] = {
+                name: other_run_section(name, sets, settings, data, texts, types, result["training"], work, ctx)
+                for name, sets in other_runs(config).items()
             }
     result["machine"]["load_average_end"] = list(os.getloadavg())
     # other programs kept more than half the CPUs busy when the run started

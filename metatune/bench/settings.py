@@ -26,7 +26,7 @@ class BenchSettings:
     matmul_size: int | None = None  # n of the n x n peak-rate products (default: 2048 on CPUs, 8192 on GPUs)
     sets: list[str] = field(default_factory=list)  # --set overrides for metatune's side
     extract_run: Path | None = None  # a saved run to time extraction with (default: the base model saved as a run)
-    objectives: bool = True  # also time every objective other than the race's: training steps and extraction
+    other_runs: bool = True  # also time every other way to train a run (metatune.objectives.other_runs)
 
 
 def default_data() -> tuple[str, str | None]:
@@ -37,16 +37,16 @@ def default_data() -> tuple[str, str | None]:
 
 
 def own_sets(settings: BenchSettings) -> list[str]:
-    """The settings the race's objective (`training.objective`, the default unless --set names one) is
-    trained with, as its quality config does (metatune.objectives.bench_sets)."""
+    """The settings metatune's side of the race is trained with (the default config with --set), as its
+    quality config trains (metatune.objectives.bench_sets)."""
     from metatune.objectives import bench_sets  # imports torch
 
-    return bench_sets(load_config(sets=settings.sets).training.objective)
+    return bench_sets(load_config(sets=settings.sets))
 
 
 def bench_sets(settings: BenchSettings, output_dir: Path) -> list[str]:
-    """metatune's side: every target field, the original's token limits, the objective's own settings
-    as its quality config trains, nothing written outside `output_dir`."""
+    """metatune's side: every target field, the original's token limits, the settings its quality
+    config trains with, nothing written outside `output_dir`."""
     return [
         "data.exclude_fields=[]",
         *own_sets(settings),

@@ -1,6 +1,8 @@
 """The objectives a run can be trained with, by the name `training.objective` gives, and the
-functions the rest of metatune reaches them through: `prepare` (training), `open_run` (a saved run's
-extractor, or its untrained baseline), `card`, `type_accuracy` and `bench_sets`.
+functions the rest of metatune reaches them through: `check` and `prepare` (training), `open_run` (a
+saved run's extractor, or its untrained baseline), `card`, `type_accuracy`, `bench_sets` and
+`other_runs` (`metatune bench`). Nothing outside this package reads `training.objective` or a run's
+objective: it asks these functions.
 
 Built in: `generate` (the model writes the JSON) and `tag` (it labels the tokens of the text that
 hold each value). Another objective subclasses `metatune.objectives.base.Objective` and is added
@@ -9,6 +11,7 @@ with `register`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from metatune.config import Config, ExtractionSettings
@@ -46,6 +49,11 @@ def of_run(info: RunInfo) -> Objective:
     return get(info.objective)
 
 
+def check(config: Config) -> None:
+    """An unknown `training.objective` is a one-line error (before training writes anything)."""
+    of_config(config)
+
+
 def prepare(config: Config, need_validation: bool = True) -> Prepared:
     """The dataset read and checked, then prepared by the config's objective (model, features,
     collators, losses, the run's description). Writes nothing."""
@@ -72,8 +80,10 @@ def open_run(
 
 
 def card(info: RunInfo, name: str) -> CardParts:
-    """What the model card of the run `info` (named `name`) says about how it writes the metadata."""
-    return of_run(info).card(info, name)
+    """What the model card of the run `info` (named `name`) says about how it writes the metadata,
+    beginning with the objective it was trained with."""
+    parts = of_run(info).card(info, name)
+    return replace(parts, settings=[("training.objective", info.objective), *parts.settings])
 
 
 def type_accuracy(run_dir, info: RunInfo, texts: list[str], types: list[str]) -> dict | None:
@@ -82,9 +92,15 @@ def type_accuracy(run_dir, info: RunInfo, texts: list[str], types: list[str]) ->
     return of_run(info).type_accuracy(run_dir, info, texts, types)
 
 
-def bench_sets(name: str) -> list[str]:
-    """The settings `metatune bench` trains the objective `name` with (as its quality config does)."""
-    return list(get(name).bench_sets)
+def bench_sets(config: Config) -> list[str]:
+    """The settings `metatune bench` trains `config`'s objective with (as its quality config does)."""
+    return list(of_config(config).bench_sets)
+
+
+def other_runs(config: Config) -> dict[str, list[str]]:
+    """`metatune bench`'s other runs: for every objective but `config`'s, its name and the settings
+    that train it instead."""
+    return {name: [f"training.objective={name}"] for name in OBJECTIVES if name != config.training.objective}
 
 
 register(GenerateObjective())

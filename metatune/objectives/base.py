@@ -57,7 +57,8 @@ class Extractor(Protocol):
         ...
 
     def statistics(self, results: list[Extraction]) -> dict:
-        """What `evaluate` records about how the outputs were made (settings, tokens generated...)."""
+        """What `evaluate` records about how the outputs were made (the run's objective, settings,
+        tokens generated...)."""
         ...
 
     def read_raw(self, raw: str) -> dict | None:

@@ -1,4 +1,4 @@
-"""`metatune train`: prepare (metatune.objectives.prepare), train with the configured mode, save the run.
+"""`metatune train`: check and prepare (metatune.objectives), train with the configured mode, save the run.
 
 Works the same in one process and under `accelerate launch` / `torchrun`: every process trains,
 only the main one creates the work directory, writes the saved run and removes the checkpoints;
@@ -10,11 +10,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from metatune import objectives
 from metatune.config import Config
 from metatune.console import main_print
 from metatune.export import save_run
 from metatune.faults import WriteFault, quiet_tied_weights, stop_on_signals, stop_signal, stopped, training_writes
+from metatune.objectives import card, check, prepare
 from metatune.precision import apply_precision
 from metatune.training.common import start_output, work_dir
 from metatune.training.distributed import check_launch, on_main, process_state
@@ -24,14 +24,14 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     # Both modes (and DeepSpeed) take the precision from here, not from an accelerate config file;
     # a conflicting fp16/bf16 setting fails before anything is written.
     apply_precision(config)
-    objectives.of_config(config)  # an unknown `training.objective` fails before anything is written
+    check(config)  # a config that names no known way to train fails before anything is written
     state = process_state()
     check_launch(config, state)
     output = Path(config.training.output_dir)
     work = work_dir(output)
     on_main(state, lambda: start_output(config, resume, overwrite))
     with state.main_process_first():  # the main process fills caches (converted GGUF, dataset) first
-        prepared = objectives.prepare(config, need_validation=config.training.eval_each_epoch)
+        prepared = prepare(config, need_validation=config.training.eval_each_epoch)
     # Only now, with every input checked, does anything appear on disk: a mistake leaves nothing behind.
     on_main(state, lambda: work.mkdir(parents=True, exist_ok=True))
     main_print(
@@ -68,7 +68,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         with training_writes(output, "the run"):
             for write in prepared.files.values():
                 write(work)
-            save_run(model, prepared.tokenizer, info, output, objectives.card, extra, prepared.config_keys)
+            save_run(model, prepared.tokenizer, info, output, card, extra, prepared.config_keys)
         shutil.rmtree(work, ignore_errors=True)
 
     on_main(state, finish)

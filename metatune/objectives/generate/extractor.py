@@ -310,6 +310,7 @@ class Extractor(RunTypes):
 
     def statistics(self, results: list[Extraction]) -> dict:
         return {
+            "objective": self.info.objective,
             "num_beams": self.num_beams,
             "batch_size": self.settings.batch_size,
             "prompt_lookup": self.prompt_lookup,

@@ -140,7 +140,11 @@ class Tagger(RunTypes):
 
     def statistics(self, results: list[Extraction]) -> dict:
         batch = self.settings.batch_size if self.device.type != "cpu" else 1
-        return {"batch_size": batch, "bidirectional": self.info.tagging["bidirectional"]}
+        return {
+            "objective": self.info.objective,
+            "batch_size": batch,
+            "bidirectional": self.info.tagging["bidirectional"],
+        }
 
     def _extraction(self, text: str, doc_type: str, values: dict[str, list[str]]) -> Extraction:
         fields = self.fields(doc_type)

@@ -1,6 +1,6 @@
-"""The objectives other than the race's in `metatune bench`: each one's training steps' MFU, and its
-extraction against the forward-pass limit, both over the matrix-multiply peak the training race measured
-in the same run."""
+"""`metatune bench`'s other runs (metatune.objectives.other_runs: the ways to train a run other than the
+race's): each one's training steps' MFU, and its extraction against the forward-pass limit, both over the
+matrix-multiply peak the training race measured in the same run."""
 
 from __future__ import annotations
 
@@ -54,26 +54,27 @@ def step_figures(times: list[float], tokens: list[int], parameters: int, peak: f
     }
 
 
-def objective_sets(name: str, output_dir: Path) -> list[str]:
-    """The objective `name` with the data's defaults, on every field of the data."""
+def run_sets(sets: list[str], output_dir: Path) -> list[str]:
+    """The other run's `sets` with the data's defaults, on every field of the data."""
     return [
-        f"training.objective={name}",
+        *sets,
         "data.exclude_fields=[]",
         "training.eval_each_epoch=false",
         f"training.output_dir={output_dir}",
     ]
 
 
-def objective_training(config, steps: int, work: Path, peak: float, texts: list[str]) -> tuple[dict, Path, float]:
-    """`steps` optimizer steps of `config`'s objective through the Trainer engine (`metatune train`'s), the
-    trained model saved as a run for the extraction probe, and the mean tokens the model reads of `texts`."""
+def timed_steps(config, steps: int, work: Path, peak: float, texts: list[str], name: str) -> tuple[dict, Path, float]:
+    """`steps` optimizer steps of `config` through the Trainer engine (`metatune train`'s), the trained
+    model saved as the run `work/name-run` for the extraction probe, and the mean tokens the model reads
+    of `texts`."""
     from metatune.export import save_run
     from metatune.objectives import card, prepare
     from metatune.precision import use_bf16
     from metatune.training.hf_trainer import build_trainer, training_arguments
 
     prepared = prepare(config, need_validation=False)
-    args = quiet_arguments(training_arguments(prepared, work / f"{config.training.objective}-train"), max_steps=steps)
+    args = quiet_arguments(training_arguments(prepared, work / f"{name}-train"), max_steps=steps)
     timer = StepTimes()
     trainer = build_trainer(prepared, args, [timer])
     counter = TokenCount(trainer.data_collator)
@@ -91,7 +92,7 @@ def objective_training(config, steps: int, work: Path, peak: float, texts: list[
         prepared.model,
         prepared.tokenizer,
         prepared.info,
-        work / f"{config.training.objective}-run",
+        work / f"{name}-run",
         card,
         config_keys=prepared.config_keys,
     )
