@@ -289,3 +289,42 @@ def test_bench_refuses_a_step_count_below_one(tmp_path):
     with pytest.raises(MetatuneError, match="--extract-run .*no metatune.json"):
         run_bench(BenchSettings(output=tmp_path / "out", extract_run=tmp_path))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_read_both_ways_trains_one_example_at_a_time_where_padded_batches_would_not_fit(
+    tiny_llama, tmp_path, monkeypatch, capsys
+):
+    from metatune.objectives import prepare
+    from metatune.training import common
+    from metatune.training.hf_trainer import training_arguments
+
+    config = load_config(
+        sets=[
+            f"model.name={tiny_llama}",
+            f"data.path={SAMPLE}",
+            f"training.output_dir={tmp_path / 'run'}",
+            "training.objective=tag",
+            "training.per_device_train_batch_size=4",
+            "training.eval_each_epoch=false",
+        ]
+    )
+    prepared = prepare(config, need_validation=False)
+    lengths = [len(x["input_ids"]) for x in prepared.train]
+    needed = common.padded_training_bytes(prepared.model, lengths, 4)
+    state = 18 * sum(p.numel() for p in prepared.model.parameters())
+    assert needed > state  # the longest batch's activations come on top of the training state
+    # a batch twice as long needs more memory
+    assert common.padded_training_bytes(prepared.model, [2 * n for n in lengths], 4) > needed
+    if torch.cuda.is_available():
+        pytest.skip("GPUs keep padded batches")
+    monkeypatch.setattr(common, "available_memory", lambda: 100 * needed)
+    args = training_arguments(prepared, tmp_path / "plenty")
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 1)
+    assert "one example per micro-batch" not in capsys.readouterr().out
+    monkeypatch.setattr(common, "available_memory", lambda: needed // 2)
+    args = training_arguments(prepared, tmp_path / "scarce")
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (1, 4)
+    assert "Training one example per micro-batch: padded batches would need" in capsys.readouterr().out
+    config.training.padding_free = False  # the user's choice wins
+    args = training_arguments(prepared, tmp_path / "forced")
+    assert args.per_device_train_batch_size == 4

@@ -58,7 +58,7 @@ class Prepared:
     config_keys: dict = field(default_factory=dict)  # written into the run's config.json (export.save_run)
 
 
-def micro_batches(config: Config, seq2seq: bool, causal: bool = True) -> tuple[int, int]:
+def micro_batches(config: Config, seq2seq: bool, causal: bool = True, padded_bytes: int = 0) -> tuple[int, int]:
     """(examples per forward pass, gradient accumulation steps) for `training.padding_free`.
 
     Padding-free, each example is its own micro-batch: nothing padded, and no attention mask, so
@@ -67,21 +67,59 @@ def micro_batches(config: Config, seq2seq: bool, causal: bool = True) -> tuple[i
     over the target tokens of them all, divided by their count). On CPUs this is faster than padded
     batches for a model that attends causally; GPUs keep batches, which they run in parallel.
     Seq2seq losses are per-batch means, so seq2seq models keep their batches too.
+    `padded_bytes`: what training with padded batches would need in memory (`padded_training_bytes`).
     """
     t = config.training
-    if padding_free(config, seq2seq, causal):
+    if padding_free(config, seq2seq, causal, padded_bytes):
         return 1, t.per_device_train_batch_size * t.gradient_accumulation_steps
     return t.per_device_train_batch_size, t.gradient_accumulation_steps
 
 
-def padding_free(config: Config, seq2seq: bool, causal: bool = True) -> bool:
+def padding_free(config: Config, seq2seq: bool, causal: bool = True, padded_bytes: int = 0) -> bool:
     """`training.padding_free`; `auto`: on CPUs, for a model that attends causally. A model that reads
     both ways (`is_causal: false`, a bidirectional tag run) has no triangle for a lone example to
-    skip, and a padded batch's larger matrix products run faster (docs/performance.md)."""
+    skip, and a padded batch's larger matrix products run faster (docs/performance.md), unless
+    training with padded batches (`padded_bytes`) would not fit in the memory available: one example
+    per micro-batch keeps the activations of one example instead of a whole batch's."""
     setting = config.training.padding_free
     if seq2seq:
         return False
-    return (not torch.cuda.is_available() and causal) if setting == "auto" else setting
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return False
+    return causal or padded_bytes > MEMORY_SHARE * (available_memory() or float("inf"))
+
+
+# Activations a layer keeps per token for the backward pass, in float32 units: 16 x the hidden size
+# plus 6 x the MLP's inner size. Fitted to a measured run: SmolLM2-135M, bf16 autocast, batches of 4
+# documents of up to 1,536 tokens, 16-19 GB resident (docs/benchmarks.md, "Titles to the ends of their lines").
+ACTIVATION_FLOATS = (16, 6)
+STATE_BYTES_PER_PARAMETER = 18  # float32 weights and gradients, AdamW's two moments, a bf16 copy
+MEMORY_SHARE = 0.9  # of the memory available when training starts
+
+
+def padded_training_bytes(model, lengths: list[int], batch_size: int) -> int:
+    """Estimated peak memory of training `model` on padded, length-grouped batches of `batch_size`
+    examples of these token `lengths`: the longest batch's activations and the training state."""
+    c = model.config.get_text_config()
+    hidden, layers = c.hidden_size, c.num_hidden_layers
+    inner = getattr(c, "intermediate_size", None) or 4 * hidden
+    longest = sorted(lengths, reverse=True)[:batch_size]
+    tokens = len(longest) * max(longest, default=0)
+    per_token = 4 * layers * (ACTIVATION_FLOATS[0] * hidden + ACTIVATION_FLOATS[1] * inner)
+    return tokens * per_token + STATE_BYTES_PER_PARAMETER * sum(p.numel() for p in model.parameters())
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def attends_causally(model) -> bool:

@@ -23,7 +23,7 @@ from metatune.console import main_print
 from metatune.errors import MetatuneError
 from metatune.faults import saving_checkpoints, stop_signal
 from metatune.precision import apply_precision
-from metatune.training.common import Prepared, attends_causally, micro_batches
+from metatune.training.common import Prepared, attends_causally, micro_batches, padded_training_bytes
 from metatune.training.distributed import whole_model
 from metatune.training.metrics_log import append_metrics, drop_metrics_after
 
@@ -175,7 +175,15 @@ def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
     t = prepared.config.training
     evaluate = t.eval_each_epoch and bool(prepared.validation)
     cls = Seq2SeqTrainingArguments if prepared.seq2seq else TrainingArguments
-    batch, accumulation = micro_batches(prepared.config, prepared.seq2seq, attends_causally(prepared.model))
+    causal = attends_causally(prepared.model)
+    lengths = [len(x["input_ids"]) for x in prepared.train]
+    padded = 0 if causal else padded_training_bytes(prepared.model, lengths, t.per_device_train_batch_size)
+    batch, accumulation = micro_batches(prepared.config, prepared.seq2seq, causal, padded)
+    if not causal and batch == 1 and t.padding_free == "auto":
+        main_print(
+            f"Training one example per micro-batch: padded batches would need ~{padded / 2**30:.1f} GiB, "
+            f"more than this machine has available (set training.padding_free=false to pad anyway)"
+        )
     precision = apply_precision(prepared.config)
     return cls(
         output_dir=str(work / "checkpoints"),
