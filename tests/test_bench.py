@@ -325,6 +325,10 @@ def test_a_model_read_both_ways_trains_one_example_at_a_time_where_padded_batche
     args = training_arguments(prepared, tmp_path / "scarce")
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (1, 4)
     assert "Training one example per micro-batch: padded batches would need" in capsys.readouterr().out
+    config.training.per_device_train_batch_size = 1  # one example per batch anyway: nothing to say
+    training_arguments(prepared, tmp_path / "single")
+    assert "one example per micro-batch" not in capsys.readouterr().out
+    config.training.per_device_train_batch_size = 4
     config.training.padding_free = False  # the user's choice wins
     args = training_arguments(prepared, tmp_path / "forced")
     assert args.per_device_train_batch_size == 4

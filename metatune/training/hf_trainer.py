@@ -176,10 +176,12 @@ def training_arguments(prepared: Prepared, work: Path) -> TrainingArguments:
     evaluate = t.eval_each_epoch and bool(prepared.validation)
     cls = Seq2SeqTrainingArguments if prepared.seq2seq else TrainingArguments
     causal = attends_causally(prepared.model)
-    lengths = [len(x["input_ids"]) for x in prepared.train]
-    padded = 0 if causal else padded_training_bytes(prepared.model, lengths, t.per_device_train_batch_size)
+    padded = 0  # what padded batches would need in memory: only weighed for a model read both ways
+    if not causal:
+        lengths = [len(x["input_ids"]) for x in prepared.train]
+        padded = padded_training_bytes(prepared.model, lengths, t.per_device_train_batch_size)
     batch, accumulation = micro_batches(prepared.config, prepared.seq2seq, causal, padded)
-    if not causal and batch == 1 and t.padding_free == "auto":
+    if not causal and t.padding_free == "auto" and batch < t.per_device_train_batch_size:  # memory decided it
         main_print(
             f"Training one example per micro-batch: padded batches would need ~{padded / 2**30:.1f} GiB, "
             f"more than this machine has available (set training.padding_free=false to pad anyway)"
