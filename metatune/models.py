@@ -247,6 +247,26 @@ def read_both_ways(model) -> None:
             module.is_causal = False
 
 
+def keep_first_layers(model, layers: int) -> None:
+    """Keeps the first `layers` transformer layers of a decoder and drops the rest (0: keep them all).
+
+    A token's label needs less than the next word's prediction: the upper layers of a pretrained
+    decoder specialise in the latter, and each dropped layer takes its share of the time of every
+    training step and forward pass. The config says the new depth, so a saved run loads as it trained.
+    """
+    if not layers:
+        return
+    stack = getattr(model.base_model, "layers", None)
+    if not isinstance(stack, torch.nn.ModuleList):
+        raise MetatuneError(f"keeping the first {layers} layers needs a decoder model, not {type(model).__name__}")
+    if layers > len(stack):
+        raise MetatuneError(f"the model has {len(stack)} layers: it cannot keep the first {layers}")
+    del stack[layers:]
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:layers]
+
+
 def unwritable_characters(tokenizer) -> list[str]:
     """The JSON characters this tokenizer cannot write: encoding one gives a token that decodes to something else."""
     return [
