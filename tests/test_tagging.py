@@ -385,6 +385,42 @@ def test_tag_objective_refuses_lora(tmp_path, tiny_llama):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_tagger_kept_to_its_first_layers_learns_saves_that_depth_and_extracts_after_reload(
+    tmp_path, tiny_llama, synthetic
+):
+    from safetensors import safe_open
+
+    from metatune.objectives import open_run
+    from metatune.training.run import train
+
+    run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", "tag.layers=1"))
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert losses[-1] < 0.3 * losses[0], losses
+    assert json.loads((run / "config.json").read_text())["num_hidden_layers"] == 1
+    with safe_open(run / "model.safetensors", "pt") as weights:
+        layers = {k.split("layers.")[1].split(".")[0] for k in weights.keys() if "layers." in k}
+    assert layers == {"0"}  # the second layer is gone from the saved weights, not only from the config
+    assert "| `tag.layers` | 1 (the first layers of the base model's) |" in (run / "README.md").read_text()
+    tagger = open_run(run)
+    assert len(tagger.model.base_model.layers) == 1
+    records = synthetic_records(8, 2)
+    results = tagger.extract([r["original_text"] for r in records])
+    assert sum(r.data.get("title") == rec["title"] for r, rec in zip(results, records)) >= 6
+
+
+def test_a_tagger_keeps_its_first_layers_only_of_a_decoder_that_has_them(tmp_path, tiny_llama, tiny_t5):
+    from metatune.errors import MetatuneError
+    from metatune.training.run import train
+
+    with pytest.raises(MetatuneError, match="the model has 2 layers: it cannot keep the first 3"):
+        train(tag_config(tiny_llama, SAMPLE, tmp_path / "a", "tag.layers=3"))
+    with pytest.raises(
+        MetatuneError, match="keeping the first 1 layers needs a decoder model, not T5ForTokenClassification"
+    ):
+        train(tag_config(tiny_t5, SAMPLE, tmp_path / "b", "tag.layers=1"))
+    assert not list(tmp_path.iterdir())
+
+
 def test_the_custom_loop_trains_a_tagger_too(tmp_path, tiny_llama, synthetic):
     """The loop gets the tag objective's collator and losses like the Trainer does: it learns the spans."""
     from metatune.objectives import open_run

@@ -16,7 +16,7 @@ from metatune.data import record_type
 from metatune.encoding import IGNORE_INDEX
 from metatune.errors import MetatuneError
 from metatune.formatting import InputFormat
-from metatune.models import keep_first_layers, read_both_ways
+from metatune.models import read_both_ways
 from metatune.objectives.base import Objective, describe
 from metatune.objectives.tag.labels import (
     NOT_TAGGED,
@@ -299,8 +299,7 @@ class TagObjective(Objective):
         fmt = InputFormat.from_settings(d)
         scheme, produced, field_coverage = tag_scheme(train_records, registry, d.fallback_type, fmt)
         weights = field_weights(field_coverage, scheme.fields, config.tag.field_balance)
-        model, tokenizer, seq2seq = load_trainable(config.model, labels=scheme.labels)
-        keep_first_layers(model, config.tag.layers)
+        model, tokenizer, seq2seq = load_trainable(config.model, labels=scheme.labels, layers=config.tag.layers)
         coverage: dict[str, list[int]] = {}
         args = (registry, d.fallback_type, fmt, scheme, tokenizer, d.max_input_tokens)
         train = encode_split(train_records, *args, coverage)
