@@ -34,7 +34,12 @@ from metatune.objectives.tag.objective import (
 
 from conftest import REPO
 
-LIMITS = SimpleNamespace(max_input_tokens=1536)  # what a run's card reads besides its tagging section
+LIMITS = SimpleNamespace(max_input_tokens=1536)
+
+
+def card_info(tagging):
+    """What a run's card reads: its tagging section, its limits and its training settings (none set here)."""
+    return SimpleNamespace(tagging=tagging, limits=LIMITS, setting=lambda section, key, default=None: default)
 
 NAMES = TagScheme(("title", "creator"), ("Tesis",), lists=("creator",), surnames=("creator",))
 
@@ -342,7 +347,7 @@ def test_the_catalogued_samples_conference_years_are_read_from_the_event_and_the
     )
     assert scheme.date_hosts == (("date", "event"),) and produced["date"] == "span"
     tagging = {"scheme": scheme.to_dict(), "produced": {"date": {"how": "span"}, "title": {"how": "span"}}}
-    note = TagObjective().card(SimpleNamespace(tagging=tagging, limits=LIMITS), "run").note
+    note = TagObjective().card(card_info(tagging), "run").note
     assert "* `date`: span; with no span of its own, the first date inside `event`\n* `title`: span\n" in note
 
 
@@ -389,7 +394,7 @@ def test_the_catalogued_samples_degree_names_are_mapped_and_the_card_says_so():
     # the licences stay classified: the page has a short label, a URL or nothing, never the words
     assert produced["rights"] == "classified"
     tagging = {"produced": {"degree.name": {"how": "mapped", "values": 75, "in_text": 66}}}
-    note = TagObjective().card(SimpleNamespace(tagging=tagging, limits=LIMITS), "run").note
+    note = TagObjective().card(card_info(tagging), "run").note
     assert "* `degree.name`: mapped (in the text for 66 of 75 training values)" in note
 
 
