@@ -16,6 +16,7 @@ from pathlib import Path
 
 from metatune.data import read_text
 from metatune.errors import MetatuneError
+from metatune.pdf import MAX_CHARS
 from metatune.text import clean_text
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
@@ -56,12 +57,13 @@ def list_inputs(inputs: list[str]) -> tuple[list[Item], list[str]]:
     return items, problems
 
 
-def read_document(path: Path) -> str:
-    """The cleaned text of one file: a PDF through pdfplumber, anything else as text. Raises when there is none."""
+def read_document(path: Path, max_chars: int = MAX_CHARS) -> str:
+    """The cleaned text of one file: a PDF through pdfplumber (its pages up to `max_chars` characters,
+    metatune/pdf.py), anything else as text. Raises when there is none."""
     from metatune.pdf import pdf_text
 
     if path.suffix.lower() == PDF_SUFFIX:
-        return pdf_text(path)  # cleaned already
+        return pdf_text(path, max_chars=max_chars)  # cleaned already
     try:
         text = read_text(path)
     except OSError as e:
@@ -71,16 +73,18 @@ def read_document(path: Path) -> str:
     return clean_text(text)
 
 
-def read_item(item: Item) -> str:
+def read_item(item: Item, max_chars: int = MAX_CHARS) -> str:
     if item.path is None:
         text = sys.stdin.read()
         if not text.strip():
             raise MetatuneError("-: no text on standard input")
         return clean_text(text)
-    return read_document(item.path)
+    return read_document(item.path, max_chars)
 
 
-def read_ahead(items: Iterable[Item], workers: int, window: int) -> Iterator[tuple[Item, str | MetatuneError]]:
+def read_ahead(
+    items: Iterable[Item], workers: int, window: int, max_chars: int = MAX_CHARS
+) -> Iterator[tuple[Item, str | MetatuneError]]:
     """(item, its text or the error that stopped reading it), in input order, while up to `window`
     items further on are read by `workers` threads: PDFs parse (each in its own limited child
     process, metatune/pdf.py) while the caller runs the model on what came before. At most `window`
@@ -89,7 +93,7 @@ def read_ahead(items: Iterable[Item], workers: int, window: int) -> Iterator[tup
 
     def attempt(item: Item) -> str | MetatuneError:
         try:
-            return read_item(item)
+            return read_item(item, max_chars)
         except MetatuneError as e:
             return e
 
@@ -106,13 +110,13 @@ def read_ahead(items: Iterable[Item], workers: int, window: int) -> Iterator[tup
                 future.cancel()
 
 
-def read_inputs(inputs: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+def read_inputs(inputs: list[str], max_chars: int = MAX_CHARS) -> tuple[list[tuple[str, str]], list[str]]:
     """(name, text) of every readable document, and a one-line message for every unreadable one."""
     items, problems = list_inputs(inputs)
     docs = []
     for item in items:
         try:
-            docs.append((item.name, read_item(item)))
+            docs.append((item.name, read_item(item, max_chars)))
         except MetatuneError as e:
             problems.append(str(e))
     return docs, problems

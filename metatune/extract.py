@@ -43,7 +43,8 @@ def run_extract(
     (metatune/ray_engine.py; `ray_options`: workers, cpus_per_worker, address)."""
     from metatune.export import read_run_info
     from metatune.folder_run import check_outputs, run_many
-    from metatune.objectives import open_run
+    from metatune.objectives import input_tokens, open_run
+    from metatune.pdf import chars_for
 
     if fmt not in FORMATS:
         raise MetatuneError(f"--format: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
@@ -63,6 +64,7 @@ def run_extract(
     if out is not None and not out.parent.is_dir():
         raise MetatuneError(f"{out}: cannot write there (no such directory)")
     check_outputs(out, out_dir)
+    max_chars = chars_for(input_tokens(info))  # a PDF's pages after the text the model reads are not parsed
     single = len(inputs) == 1 and (inputs[0] == "-" or not Path(inputs[0]).is_dir())
     if engine == "ray" or out_dir is not None or (not single and out is not None and fmt == "json"):
         items, problems = list_inputs(inputs)
@@ -83,6 +85,7 @@ def run_extract(
                     fmt=fmt,
                     force=force,
                     settings=settings,
+                    max_chars=max_chars,
                     **(ray_options or {}),
                 )
             return run_many(
@@ -96,8 +99,9 @@ def run_extract(
                 force,
                 settings.batch_size,
                 lambda: open_run(run_dir, settings),
+                max_chars,
             )
-    docs, problems = read_inputs(inputs)
+    docs, problems = read_inputs(inputs, max_chars)
     if not docs:
         more = f" (and {len(problems) - 1} more unreadable inputs)" if len(problems) > 1 else ""
         raise MetatuneError((problems[0] if problems else "no input documents") + more)

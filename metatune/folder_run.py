@@ -20,6 +20,7 @@ from metatune.documents import Item, read_ahead
 from metatune.errors import MetatuneError
 from metatune.files import write_atomic
 from metatune.formats import SUFFIXES, document_record, render
+from metatune.pdf import MAX_CHARS
 
 
 class JsonLinesOut:
@@ -120,6 +121,7 @@ def run_many(
     force: bool,
     batch_size: int,
     open_extractor,
+    max_chars: int = MAX_CHARS,
 ) -> int:
     """Extract `items` a batch at a time, writing each result when done. Returns the exit status."""
     from tqdm.auto import tqdm
@@ -135,7 +137,8 @@ def run_many(
     written = unparsed = 0
     extractor = None
     bar = tqdm(total=len(pending), unit="doc", disable=len(pending) < 2, file=sys.stderr)
-    texts_ahead = read_ahead(pending, READ_WORKERS, 2 * batch_size)  # the next batch parses while this one runs
+    # the next batch parses while this one runs
+    texts_ahead = read_ahead(pending, READ_WORKERS, 2 * batch_size, max_chars)
     try:
         while chunk := list(islice(texts_ahead, batch_size)):
             batch, texts = [], []

@@ -25,6 +25,10 @@ from metatune.errors import MetatuneError
 # MAX_PAGES pages, are not read. Each page costs pdfminer 0.1-0.5 s.
 MAX_CHARS = 16_000
 MAX_PAGES = 10
+# For a model that reads N tokens, a PDF is read to N x CHARS_PER_TOKEN characters (the page that
+# reaches them included): real papers measure 2.0-4.7 characters per token with SmolLM2's tokenizer
+# (docs/pdf.md), so the model sees the same text and the pages after it are not parsed.
+CHARS_PER_TOKEN = 6
 # Content-stream bytes parsed per PDF: a page of text takes 2-50 KB; pages that would go over are skipped.
 MAX_CONTENT_BYTES = 2_000_000
 TIMEOUT_S = 20.0
@@ -34,6 +38,11 @@ MEMORY_BYTES = 1 << 30
 # on PDFs that write their spaces (Word) both give the same text.
 X_TOLERANCE_RATIO = 0.15
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def chars_for(tokens: int) -> int:
+    """How much of a PDF's text to read for a model that reads `tokens` tokens of it (at most MAX_CHARS)."""
+    return min(MAX_CHARS, tokens * CHARS_PER_TOKEN)
 
 
 def pdf_text(

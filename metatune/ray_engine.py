@@ -27,6 +27,7 @@ from metatune.documents import Item, read_item
 from metatune.errors import MetatuneError
 from metatune.folder_run import DirectoryOut, JsonLinesOut, extract_batch, report_end
 from metatune.formats import document_record
+from metatune.pdf import MAX_CHARS
 
 RESTARTS = 3  # times Ray restarts a dead actor (its batches are redone)
 READ_CPUS = 0.25
@@ -36,7 +37,7 @@ def read_row(row: dict) -> dict:
     """One document's text, or the one-line error that stopped reading it (a Ray Data map task)."""
     item = Item(row["name"], Path(row["path"]), Path(row["relative"]))
     try:
-        return {**row, "text": read_item(item), "error": ""}
+        return {**row, "text": read_item(item, row["max_chars"]), "error": ""}
     except MetatuneError as e:
         return {**row, "text": "", "error": str(e)}
 
@@ -89,6 +90,7 @@ def run_on_ray(
     workers: int,
     cpus_per_worker: float,
     address: str | None,
+    max_chars: int = MAX_CHARS,
 ) -> int:
     """Extract `items` on Ray, writing each result as it arrives. Returns the exit status."""
     from tqdm.auto import tqdm
@@ -118,7 +120,8 @@ def run_on_ray(
             ray.init(**kwargs, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
             rows = [
-                {"name": i.name, "path": str(i.path.resolve()), "relative": str(i.relative)} for i in pending.values()
+                {"name": i.name, "path": str(i.path.resolve()), "relative": str(i.relative), "max_chars": max_chars}
+                for i in pending.values()
             ]
             dataset = (
                 ray.data.from_items(rows)

@@ -244,7 +244,8 @@ def create_app(
     `max_queue`: requests waiting beyond it are answered 503 with Retry-After."""
     from metatune.compat import split_instruction
     from metatune.formats import MEDIA_TYPES, document_record, render
-    from metatune.pdf import pdf_text
+    from metatune.objectives import input_tokens
+    from metatune.pdf import chars_for, pdf_text
     from metatune.text import clean_text
 
     check_settings(max_bytes, batch_size)
@@ -349,7 +350,8 @@ def create_app(
         """Metadata of an uploaded PDF (its text read with pdfplumber)."""
         data = await file.read()
         try:
-            text = await asyncio.to_thread(pdf_text, data, file.filename or "upload")
+            max_chars = chars_for(input_tokens(extractor.info))  # the pages after what the model reads are not parsed
+            text = await asyncio.to_thread(pdf_text, data, file.filename or "upload", max_chars)
         except MetatuneError as e:
             raise HTTPException(422, str(e)) from None
         return response(file.filename or "upload", await run(text, type), format)

@@ -11,7 +11,7 @@ from metatune.doctypes import FieldSelection, TypeRegistry
 from metatune.errors import MetatuneError
 from metatune.formats import conform
 from metatune.objectives.generate.extractor import Extractor, JsonObjectEnd, closes_object, output_type
-from metatune.pdf import pdf_text
+from metatune.pdf import MAX_CHARS, chars_for, pdf_text
 
 
 def make_pdf(path, text: str | None = None):
@@ -278,6 +278,45 @@ def test_pdf_without_text_is_an_error_naming_the_file(tmp_path):
     (tmp_path / "fake.pdf").write_bytes(b"not a pdf at all")
     with pytest.raises(MetatuneError, match=r"fake\.pdf: cannot read the PDF"):
         pdf_text(tmp_path / "fake.pdf")
+
+
+def pages_pdf(path, pages: int):
+    """A PDF of `pages` pages of 1,499 characters each: page N writes only the word "pageN"."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=8)
+    for n in range(1, pages + 1):
+        pdf.add_page()
+        pdf.multi_cell(0, 4, " ".join([f"page{n}"] * 250))
+    pdf.output(str(path))
+    return path
+
+
+def test_a_pdf_is_parsed_only_as_far_as_the_run_reads(tiny_run, tmp_path, monkeypatch, capsys):
+    """A run reading 256 tokens needs at most 1,536 characters: two pages of six are parsed."""
+    from types import SimpleNamespace
+
+    import metatune.pdf
+    from metatune.objectives.tag import TagObjective
+    from metatune.run_info import TokenLimits
+
+    path = pages_pdf(tmp_path / "long.pdf", 6)
+    assert all(f"page{n}" in pdf_text(path) for n in range(1, 7))
+    part = pdf_text(path, max_chars=chars_for(256))
+    assert "page2" in part and "page3" not in part
+    assert chars_for(100_000) == MAX_CHARS  # never more than a PDF was read to before
+
+    seen, real = [], metatune.pdf.pdf_text
+    monkeypatch.setattr(
+        metatune.pdf, "pdf_text", lambda source, *a, **k: seen.append(k.get("max_chars")) or real(source, *a, **k)
+    )
+    status, out, _ = cli(monkeypatch, capsys, "extract", tiny_run, path)
+    assert status == 0 and json.loads(out)["source"] == str(path)
+    assert seen == [chars_for(256)]  # the tiny run's data.max_input_tokens
+
+    windows = SimpleNamespace(limits=TokenLimits(max_input_tokens=512, max_target_tokens=0), tagging={"windows": 3})
+    assert TagObjective().input_tokens(windows) == 1536  # a tagger reads every window
 
 
 # --- the command --------------------------------------------------------------------------------

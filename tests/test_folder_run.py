@@ -257,10 +257,10 @@ def test_reading_ahead_keeps_input_order_holds_a_bounded_window_and_the_pdf_limi
     started, lock = [], threading.Lock()
     real = documents.read_item
 
-    def counted(item):
+    def counted(item, *args):
         with lock:
             started.append(item.name)
-        return real(item)
+        return real(item, *args)
 
     monkeypatch.setattr(documents, "read_item", counted)
     many = [Item(f"{i}.txt", tmp_path / "a.txt", Path(f"{i}.txt")) for i in range(20)]

@@ -1,6 +1,6 @@
 """The objectives a run can be trained with, by the name `training.objective` gives, and the
 functions the rest of metatune reaches them through: `check` and `prepare` (training), `open_run` (a
-saved run's extractor, or its untrained baseline), `card`, `type_accuracy`, `bench_sets` and
+saved run's extractor, or its untrained baseline), `card`, `input_tokens`, `type_accuracy`, `bench_sets` and
 `other_runs` (`metatune bench`). Nothing outside this package reads `training.objective` or a run's
 objective: it asks these functions.
 
@@ -84,6 +84,12 @@ def card(info: RunInfo, name: str) -> CardParts:
     beginning with the objective it was trained with."""
     parts = of_run(info).card(info, name)
     return replace(parts, settings=[("training.objective", info.objective), *parts.settings])
+
+
+def input_tokens(info: RunInfo) -> int:
+    """The most tokens of a document's text the run `info` reads: the text after them is not needed
+    (a PDF is not parsed beyond it)."""
+    return of_run(info).input_tokens(info)
 
 
 def type_accuracy(run_dir, info: RunInfo, texts: list[str], types: list[str]) -> dict | None:

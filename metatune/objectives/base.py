@@ -104,6 +104,10 @@ class Objective:
         """What the model card of a run of this objective (named `name`) says about it."""
         raise NotImplementedError
 
+    def input_tokens(self, info: RunInfo) -> int:
+        """The most tokens of a document's text a run of this objective reads (its input limit)."""
+        return info.limits.max_input_tokens
+
     def type_accuracy(self, run_dir, info: RunInfo, texts: list[str], types: list[str]) -> dict | None:
         """How often the run's own document-type classifier names each text's true type; None where the
         run has none."""

@@ -357,6 +357,9 @@ class TagObjective(Objective):
 
         return Tagger.from_run(run_dir, settings, device)
 
+    def input_tokens(self, info) -> int:
+        return info.limits.max_input_tokens * (info.tagging or {}).get("windows", 1)
+
     def card(self, info, name: str) -> CardParts:
         produced = (info.tagging or {}).get("produced", {})
         hosts = dict((info.tagging or {}).get("scheme", {}).get("date_hosts", ()))
