@@ -111,6 +111,38 @@ def test_a_name_printed_with_initials_is_written_as_the_training_name_it_abbrevi
     assert NAMES.known_name(name) == name  # a run without catalogued names keeps the page's initials
 
 
+SURNAMES = ["Acosta", "Benavídez", "Cabral", "Ferrandi", "Iturbe", "Mansilla", "Pereyra", "Quiroga", "Sosa", "Zanetti"]
+POOL = TagScheme(
+    ("creator",),
+    ("Tesis",),
+    surnames=("creator",),
+    names=(
+        *(f"{s}, Tomás" for s in SURNAMES),  # ten people with the initial T., all Tomás
+        *(f"{s}, Martín" for s in SURNAMES[:5]),  # M. is Martín or Micaela
+        *(f"{s}, Micaela" for s in SURNAMES[5:]),
+        *(f"{s}, Valeria" for s in SURNAMES[:9]),  # nine people with V.: too few to say
+        "Echeverry, Julieta",
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "written"),
+    [
+        ("Olmedo, T.", "Olmedo, Tomás"),  # no Olmedo in training; every one of ten T. is a Tomás
+        ("T. Olmedo", "Olmedo, Tomás"),  # the page's order
+        ("de la Fuente, T.", "de la Fuente, Tomás"),  # the surname as written, particles kept
+        ("Olmedo, M.", "Olmedo, M."),  # M. is spelled two ways
+        ("Olmedo, V.", "Olmedo, V."),  # nine people are too few
+        ("Olmedo, T. A.", "Olmedo, T. A."),  # no training name has exactly those initials
+        ("Echeverry, J.", "Echeverry, Julieta"),  # a known person still comes first
+        ("Olmedo, Teresa", "Olmedo, Teresa"),  # a given name spelled out is the page's
+    ],
+)
+def test_initials_are_spelled_out_only_where_every_training_person_with_them_spells_them_one_way(name, written):
+    assert POOL.known_name(name) == written
+
+
 def test_the_training_names_travel_with_the_run_and_decoding_uses_them(tiny_tokenizer):
     assert TagScheme.from_dict(AUTHORITY.to_dict()) == AUTHORITY
     assert TagScheme.from_dict({k: v for k, v in AUTHORITY.to_dict().items() if k != "names"}).names == ()

@@ -11,6 +11,7 @@ causal model that sees only the left context cannot tell that the line starting 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -37,6 +38,10 @@ FOOTNOTE_MARKS = re.compile(r"(?<=[^\W\d_])[\d*∗†‡§¶#]+(?:[\s,]*[\d*∗�
 LEADING_MARKS = re.compile(r"^[\d*∗†‡§¶#,\s]+(?=[^\W\d_])")  # "42 T. Aushev", "2 Ana Ruiz"
 NAME_WORD = re.compile(r"[^\W\d_]{2,}")
 INITIALS = re.compile(r"(?:[^\W\d_]\.[\s-]*)+")  # "H.", "A. M.", "I.-S."
+INITIAL = re.compile(r"[^\W\d_]\.?-?")  # one word of a name that is only an initial: "T.", "T"
+# initials are spelled out from the training names alone (no one with that surname) only when at least
+# this many training people have exactly those initials and all spell them one way
+GIVEN_NAME_MIN_PEOPLE = 10
 
 
 def person_name(value: str) -> str:
@@ -173,8 +178,10 @@ class TagScheme:
 
     def known_name(self, name: str) -> str:
         """`name` ("Echeverry, J.", "J. Echeverry") written as the one training name it abbreviates
-        (same surname, given names that begin with those initials: "Echeverry, Julieta"); unchanged when its given
-        names are spelled out, or when no training name or more than one fits."""
+        (same surname, given names that begin with those initials: "Echeverry, Julieta"). When no training
+        name has its surname and initials, its initials are spelled out only where the training split spells
+        them one way for every one of at least GIVEN_NAME_MIN_PEOPLE people ("Olmedo, T." -> "Olmedo, Tomás").
+        Unchanged when its given names are spelled out, or when no training name or more than one fits."""
         words = re.findall(r"[^\W\d_]+", name.replace(", ", " "))
         if not self.names or not words:
             return name
@@ -184,7 +191,26 @@ class TagScheme:
             return name
         letters = fold("".join(given))[0]
         fits = {n for i, n in self._names_by_surname.get(fold(" ".join(surname))[0], []) if i.startswith(letters)}
-        return fits.pop() if len(fits) == 1 else name
+        if len(fits) == 1:
+            return fits.pop()
+        if not fits and (spelled := self._one_spelling.get(letters)):
+            written = name.split(", ", 1)[0] if ", " in name else " ".join(t for t in name.split() if not INITIAL.fullmatch(t))
+            return f"{written}, {spelled}"
+        return name
+
+    @cached_property
+    def _one_spelling(self) -> dict[str, str]:
+        """Initials ("t") that every training name with exactly those initials spells one way ("Tomás"),
+        over at least GIVEN_NAME_MIN_PEOPLE distinct names."""
+        spellings: dict[str, Counter] = {}
+        for name in self.names:
+            given = name.split(", ", 1)[1]
+            spellings.setdefault(initials(given), Counter())[given] += 1
+        return {
+            letters: next(iter(seen))
+            for letters, seen in spellings.items()
+            if len(seen) == 1 and sum(seen.values()) >= GIVEN_NAME_MIN_PEOPLE
+        }
 
 
 def initials(given: str) -> str:
