@@ -194,7 +194,11 @@ class TagScheme:
         if len(fits) == 1:
             return fits.pop()
         if not fits and (spelled := self._one_spelling.get(letters)):
-            written = name.split(", ", 1)[0] if ", " in name else " ".join(t for t in name.split() if not INITIAL.fullmatch(t))
+            written = (
+                name.split(", ", 1)[0]
+                if ", " in name
+                else " ".join(t for t in name.split() if not INITIAL.fullmatch(t))
+            )
             return f"{written}, {spelled}"
         return name
 
