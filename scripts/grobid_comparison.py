@@ -5,7 +5,7 @@
 Reads RUN_DIR/metatune.json (what was trained, for how long) and the report `metatune evaluate`
 wrote (default RUN_DIR/eval), and writes a Markdown table: metatune's soft F1 for title, authors
 (`creator`), first author, keywords, abstract and the micro average, GROBID's figures for the same
-fields, and the training time and machine. `make quality` runs it after training and evaluating.
+fields, and the training time and machine. `make quality` and `make quality-generate` run it after training and evaluating.
 """
 
 from __future__ import annotations

@@ -227,7 +227,7 @@ def test_bench_produces_every_figure(tiny_llama, tmp_path):
     examples = result["examples"]
     assert original["epoch"]["positions"] == 2560 * examples["original_train"]  # every example padded to 2048 + 512
     assert original["steps"][0]["positions"] == 2 * 2560
-    # the original writes every abstract whole; metatune's side, as `make quality` trains, anchors them
+    # the original writes every abstract whole; metatune's side, as `make quality-generate` trains, anchors them
     assert "generate.anchor_min_words=20" in examples["sets"] and examples["original_train"] == examples["train"] == 24
     assert examples["original_mean_target_tokens"] > examples["mean_target_tokens"]
     assert original["epoch"]["targets"] > metatune["epoch"]["targets"]

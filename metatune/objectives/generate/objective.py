@@ -117,7 +117,7 @@ def load_generator(settings):
 
 class GenerateObjective(Objective):
     name = "generate"
-    # anchored targets and the short instruction, as `make quality` trains (docs/tagging.md)
+    # anchored targets and the short instruction, as `make quality-generate` trains (docs/tagging.md)
     bench_sets = ("generate.anchor_min_words=20", "generate.prompt_example=false")
 
     def prepare(self, config: Config, registry, dataset, need_validation: bool) -> Prepared:
