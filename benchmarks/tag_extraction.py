@@ -1,0 +1,111 @@
+"""Tag extraction against its forward-pass limit, eager and under torch.compile, on one saved tag run.
+
+    .venv/bin/python benchmarks/tag_extraction.py runs/grobid-headers-tag --docs 20 --dtype bfloat16 \
+        --compile --output benchmarks/results/tag-extraction.json
+
+Validation documents of the run's data (the grobid-headers set when present), each read alone, as
+`metatune extract` reads them on a CPU. Per document: wall seconds of `Tagger.extract`, and the
+limit, 2 x parameters x the tokens it reads at the matmul peak of that dtype measured in the same run
+(`metatune.bench.machine.peak_rates`). With `--compile` the model's forward is then wrapped in
+`torch.compile` (inductor, dynamic shapes), the compile time is reported on its own, the same
+documents are read again, and the records are compared with the eager ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from metatune.bench import default_data, machine_info
+from metatune.bench.machine import peak_rates
+from metatune.config import ExtractionSettings
+from metatune.data import load_dataset
+from metatune.objectives.tag.extractor import Tagger
+from metatune.objectives.tag.labels import token_offsets
+
+
+def read_each(tagger: Tagger, texts: list[str]) -> tuple[list[str], list[float]]:
+    raws, seconds = [], []
+    for text in texts:
+        start = time.perf_counter()
+        raws.append(tagger.extract([text])[0].raw)
+        seconds.append(time.perf_counter() - start)
+    return raws, seconds
+
+
+def summary(seconds: list[float], limits: list[float]) -> dict:
+    return {
+        "median_s": statistics.median(seconds),
+        "mean_s": statistics.mean(seconds),
+        "to_limit": sum(seconds) / sum(limits),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--data", default=None, help="dataset (default: the grobid-headers set, else the sample)")
+    parser.add_argument("--docs", type=int, default=20)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    parser.add_argument("--compile", action="store_true", help="also read them with the forward compiled")
+    parser.add_argument("--output", type=Path, default=None, help="write every figure here as JSON")
+    args = parser.parse_args()
+
+    tagger = Tagger.from_run(args.run, ExtractionSettings(dtype=args.dtype))
+    records = load_dataset(args.data or default_data()[0], tagger.registry, tagger.info.fallback_type)
+    texts = [r["original_text"] for r in records.split("validation")[: args.docs]]
+    parameters = sum(p.numel() for p in tagger.model.parameters())
+    peak = peak_rates("cpu", 2048)[args.dtype]["wall"]
+    # the tokens of each document's one forward pass, as Tagger.extract builds it (one window)
+    prompts = sum(map(len, tagger.prompts))
+    size = tagger.max_input_tokens - 1 - prompts
+    tokens = [1 + len(token_offsets(tagger.tokenizer, t, size)[0]) + prompts for t in texts]
+    limits = [2 * parameters * n / peak for n in tokens]
+
+    tagger.extract(texts[:1])  # first-call allocations out of the timing
+    eager, seconds = read_each(tagger, texts)
+    result = {
+        "run": str(args.run),
+        "documents": len(texts),
+        "dtype": args.dtype,
+        "machine": machine_info(),
+        "peak_gflops": peak / 1e9,
+        "mean_tokens": statistics.mean(tokens),
+        "limit_mean_s": statistics.mean(limits),
+        "eager": summary(seconds, limits),
+    }
+    if args.compile:
+        start = time.perf_counter()
+        tagger.model.forward = torch.compile(tagger.model.forward, dynamic=True)
+        tagger.extract(texts[:2])
+        result["compile_s"] = time.perf_counter() - start
+        compiled, seconds = read_each(tagger, texts)
+        result["compiled"] = summary(seconds, limits)
+        result["compiled_identical_records"] = sum(a == b for a, b in zip(eager, compiled))
+
+    print(
+        f"{len(texts)} documents in {args.dtype}, {result['mean_tokens']:.0f} tokens on average; "
+        f"peak {result['peak_gflops']:.0f} GFLOP/s, limit {result['limit_mean_s']:.3f} s per document"
+    )
+    for way in ("eager", "compiled"):
+        if way in result:
+            r = result[way]
+            print(
+                f"{way:8} median {r['median_s']:.3f} s, mean {r['mean_s']:.3f} s per document, {r['to_limit']:.2f}x the limit"
+            )
+    if args.compile:
+        print(
+            f"compile {result['compile_s']:.0f} s; records identical {result['compiled_identical_records']}/{len(texts)}"
+        )
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
