@@ -6,9 +6,10 @@
 Validation documents of the run's data (the grobid-headers set when present), each read alone, as
 `metatune extract` reads them on a CPU. Per document: wall seconds of `Tagger.extract`, and the
 limit, 2 x parameters x the tokens it reads at the matmul peak of that dtype measured in the same run
-(`metatune.bench.machine.peak_rates`). With `--compile` the model's forward is then wrapped in
-`torch.compile` (inductor, dynamic shapes), the compile time is reported on its own, the same
-documents are read again, and the records are compared with the eager ones.
+(`metatune.bench.machine.peak_rates`, the best of three before the model is loaded). With
+`--compile` the model's forward is then wrapped in `torch.compile` (inductor, dynamic shapes), the
+compile time is reported on its own, the same documents are read again, and the records are
+compared with the eager ones.
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="write every figure here as JSON")
     args = parser.parse_args()
 
+    # the best of three, before the model is loaded: one short bf16 product alone can read far low
+    peak = max(peak_rates("cpu", 2048)[args.dtype]["wall"] for _ in range(3))
     tagger = Tagger.from_run(args.run, ExtractionSettings(dtype=args.dtype))
     records = load_dataset(args.data or default_data()[0], tagger.registry, tagger.info.fallback_type)
     texts = [r["original_text"] for r in records.split("validation")[: args.docs]]
     parameters = sum(p.numel() for p in tagger.model.parameters())
-    peak = peak_rates("cpu", 2048)[args.dtype]["wall"]
     # the tokens of each document's one forward pass, as Tagger.extract builds it (one window)
     prompts = sum(map(len, tagger.prompts))
     size = tagger.max_input_tokens - 1 - prompts
