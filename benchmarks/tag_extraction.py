@@ -7,7 +7,8 @@ Validation documents of the run's data (the grobid-headers set when present), ea
 `metatune extract` reads them on a CPU. Per document: wall seconds of `Tagger.extract`, and the
 limit, 2 x parameters x the tokens it reads at the matmul peak of that dtype measured in the same run
 (`metatune.bench.machine.peak_rates`, the best of three before the model is loaded). With
-`--compile` the model's forward is then wrapped in `torch.compile` (inductor, dynamic shapes), the
+`--compile` the model's forward is then wrapped in `torch.compile` (inductor, dynamic shapes; with
+`--freeze` inductor's freezing, which folds the weights in as constants and prepacks them), the
 compile time is reported on its own, the same documents are read again, and the records are
 compared with the eager ones.
 """
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=20)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     parser.add_argument("--compile", action="store_true", help="also read them with the forward compiled")
+    parser.add_argument(
+        "--freeze", action="store_true", help="with --compile: inductor freezing (weights as constants, prepacked)"
+    )
     parser.add_argument("--output", type=Path, default=None, help="write every figure here as JSON")
     args = parser.parse_args()
 
@@ -82,6 +86,7 @@ def main() -> None:
         "eager": summary(seconds, limits),
     }
     if args.compile:
+        torch._inductor.config.freezing = args.freeze
         start = time.perf_counter()
         tagger.model.forward = torch.compile(tagger.model.forward, dynamic=True)
         tagger.extract(texts[:2])
@@ -89,6 +94,7 @@ def main() -> None:
         compiled, seconds = read_each(tagger, texts)
         result["compiled"] = summary(seconds, limits)
         result["compiled_identical_records"] = sum(a == b for a, b in zip(eager, compiled))
+        result["frozen"] = args.freeze
 
     print(
         f"{len(texts)} documents in {args.dtype}, {result['mean_tokens']:.0f} tokens on average; "

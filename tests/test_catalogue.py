@@ -497,3 +497,90 @@ def test_initials_labelled_apart_begin_the_name_that_follows_them(tiny_tokenizer
             logits[i, 0] = 5.0
     _, values = decode(logits, offsets, text, scheme, allowed_transitions(scheme))
     assert values["creator"] == ["S. E. Lee", "H. Aihara", "A. M. Bakich", "Ana Ruiz"]
+
+
+PARTICLES = TagScheme(
+    ("title", "creator", "compiler"),
+    ("Libro",),
+    lists=("creator", "compiler"),
+    surnames=("creator", "compiler"),
+    names=(
+        "de la Fuente, Ana",
+        "de la Torre, Luis",
+        "de San Martín, Silvina",
+        "de Olmos, Diego",
+        "del Valle, Ana",
+        "del Río, Luis",
+        "van Basten, Marco",  # one name alone teaches no particle
+    ),
+)
+
+
+def decode_spans(tokenizer, scheme: TagScheme, text: str, spans: list[tuple[str, str, set[str]]]) -> dict:
+    """What a tagger writes whose labels are exactly `spans`, each (words as written, field, its words
+    labelled surname), found in text order: B- on a span's first token, I- on the others."""
+    _, offsets = token_offsets(tokenizer, text, 511)
+    logits = torch.full((1 + len(offsets), len(scheme.labels)), -5.0)
+    logits[1:, 0] = 5.0
+    cursor = 0
+    for phrase, field, surname in spans:
+        begin = text.index(phrase, cursor)
+        cursor = begin + len(phrase)
+        inside = [i for i, (s, _) in enumerate(offsets) if begin <= s < cursor]
+        for i in inside:
+            word_start = max(text.rfind(" ", 0, offsets[i][0] + 1), text.rfind("\n", 0, offsets[i][0] + 1)) + 1
+            word = re.match(r"[^\s,;]+", text[word_start:])[0]
+            label = scheme.begin(field, word in surname) + (i != inside[0])
+            logits[1 + i, 0] = -5.0
+            logits[1 + i, label] = 5.0
+    return decode(logits, offsets, text, scheme, allowed_transitions(scheme), [])[1]
+
+
+def test_the_particles_are_the_lower_case_words_that_begin_two_training_surnames():
+    assert PARTICLES.particles == (("de", "la"), ("de",), ("del",))
+    assert NAMES.particles == ()
+
+
+def test_a_surname_first_name_takes_the_particle_the_model_left_before_it(tiny_tokenizer):
+    text = "Un libro de cosas\nAutor/a: de la Fuente, Julieta\nTesis de Martín Pérez\n"
+    spans = [("la Fuente, Julieta", "creator", {"la", "Fuente"}), ("Martín Pérez", "creator", {"Pérez"})]
+    # "de" before a name that begins with its given name is not a particle of it
+    assert decode_spans(tiny_tokenizer, PARTICLES, text, spans)["creator"] == ["de la Fuente, Julieta", "Pérez, Martín"]
+    assert decode_spans(tiny_tokenizer, NAMES, text, spans)["creator"] == ["la Fuente, Julieta", "Pérez, Martín"]
+
+
+def test_a_particle_labelled_as_a_given_name_goes_with_the_surname(tiny_tokenizer):
+    text = "Un libro de cosas\nJulieta de la Fuente y Ana del Valle\n"
+    spans = [("Julieta de la Fuente", "creator", {"Fuente"}), ("Ana del Valle", "creator", {"Valle"})]
+    assert decode_spans(tiny_tokenizer, PARTICLES, text, spans)["creator"] == [
+        "de la Fuente, Julieta",
+        "del Valle, Ana",
+    ]
+
+
+def test_a_name_the_page_writes_surname_first_is_read_by_its_comma_even_when_split_there(tiny_tokenizer):
+    text = "Un libro de cosas\nCompilación: Pérez Esquivel, Julieta; de la Fuente, Nicolás\n"
+    spans = [
+        ("Pérez Esquivel", "compiler", {"Esquivel"}),  # "Pérez" left a given name
+        ("Julieta", "compiler", set()),  # the given names begun as a name of their own
+        ("de la Fuente", "compiler", {"de", "la", "Fuente"}),
+        ("Nicolás", "compiler", set()),
+    ]
+    assert decode_spans(tiny_tokenizer, PARTICLES, text, spans)["compiler"] == [
+        "Pérez Esquivel, Julieta",
+        "de la Fuente, Nicolás",
+    ]
+
+
+def test_names_listed_with_commas_in_the_pages_order_stay_apart(tiny_tokenizer):
+    text = "Un libro de cosas\nMaría Laura Villagra, Nicolás Iturbe y Paula Castellucci\n"
+    spans = [
+        ("María Laura Villagra", "creator", {"Villagra"}),
+        ("Nicolás Iturbe", "creator", {"Iturbe"}),
+        ("Paula Castellucci", "creator", {"Castellucci"}),
+    ]
+    assert decode_spans(tiny_tokenizer, PARTICLES, text, spans)["creator"] == [
+        "Villagra, María Laura",
+        "Iturbe, Nicolás",
+        "Castellucci, Paula",
+    ]

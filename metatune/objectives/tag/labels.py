@@ -10,6 +10,7 @@ causal model that sees only the left context cannot tell that the line starting 
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -201,6 +202,18 @@ class TagScheme:
             )
             return f"{written}, {spelled}"
         return name
+
+    @cached_property
+    def particles(self) -> tuple[tuple[str, ...], ...]:
+        """The lower-case words that begin at least two training surnames (("de", "la"), ("del",)), longest
+        first: the words a surname can begin with that the model may leave outside a name's span."""
+        seen: Counter = Counter()
+        for name in self.names:
+            words = name.split(", ", 1)[0].split()
+            lead = tuple(itertools.takewhile(str.islower, words))
+            if lead and len(lead) < len(words):
+                seen[lead] += 1
+        return tuple(sorted((p for p, n in seen.items() if n >= 2), key=len, reverse=True))
 
     @cached_property
     def _one_spelling(self) -> dict[str, str]:
@@ -455,19 +468,69 @@ def date_in_form(normalised: str, form: tuple[str, str]) -> str:
     return separator.join(parts)
 
 
-def catalogue_name(text: str, span: Span, surname: list[tuple[int, int]]) -> str:
-    """A name span written "Surname, Given": its words whose first letter lies in a token labelled
-    surname, then the others; the page's text when none or all of its words are."""
-    words = [
-        (m.start() + next((k for k, c in enumerate(m[0]) if c.isalnum()), 0), m[0].strip(",;"))
+def name_words(text: str, span: Span) -> list[tuple[int, str]]:
+    """The words of a name span as written, each with the offset of its first letter within the span."""
+    return [
+        (m.start() + next((k for k, c in enumerate(m[0]) if c.isalnum()), 0), m[0])
         for m in re.finditer(r"\S+", text[span.start : span.end])
     ]
-    is_surname = [any(s <= span.start + at < e for s, e in surname) for at, _ in words]
-    family = [w for (_, w), sur in zip(words, is_surname) if sur and w]
-    given = [w for (_, w), sur in zip(words, is_surname) if not sur and w]
+
+
+def catalogue_name(text: str, span: Span, surname: list[tuple[int, int]], particles=()) -> str:
+    """A name span written "Surname, Given". A page that writes it that way already ("Pérez Esquivel,
+    Julieta": one comma, words on both sides) is read by its comma; otherwise the words whose first
+    letter lies in a token labelled surname, with the training surnames' particles written right before
+    them ("de la"), then the others; the page's text when none or all of its words are surname words."""
+    words = name_words(text, span)
+    commas = [k for k, (_, w) in enumerate(words) if w.endswith(",")]
+    if len(commas) == 1 and 0 <= commas[0] < len(words) - 1:
+        is_surname = [k <= commas[0] for k in range(len(words))]
+    else:
+        is_surname = [any(s <= span.start + at < e for s, e in surname) for at, _ in words]
+        first = is_surname.index(True) if True in is_surname else 0
+        for particle in particles:
+            if first >= len(particle) and tuple(w for _, w in words[first - len(particle) : first]) == particle:
+                is_surname[first - len(particle) : first] = [True] * len(particle)
+                break
+    family = [w.strip(",;") for (_, w), sur in zip(words, is_surname) if sur and w.strip(",;")]
+    given = [w.strip(",;") for (_, w), sur in zip(words, is_surname) if not sur and w.strip(",;")]
     if not family or not given:
         return " ".join(text[span.start : span.end].split())
     return f"{' '.join(family)}, {' '.join(given)}"
+
+
+def with_particle(text: str, start: int, particles) -> int:
+    """The start of a name span that begins at its surname, moved back over a surname particle written
+    right before it on its line ("Autor: de la| Fuente, Julieta")."""
+    first = len(text) - len(text[start:].lstrip(" \t")) if text[start:].strip() else start
+    for particle in particles:
+        pattern = r"(?<![^\W\d_])" + r"[ \t]+".join(map(re.escape, particle)) + r"[ \t]+\Z"
+        if match := re.compile(pattern).search(text, max(0, first - 40), first):
+            return match.start()
+    return start
+
+
+def joined_at_commas(spans: list[tuple], text: str, fields: tuple[str, ...]) -> list[tuple]:
+    """A name the page writes "Surname, Given" that the model split at its comma ("Pérez Esquivel" |
+    "Julieta"): a span of a catalogued person field with no surname word of its own (no word whose first
+    letter lies in a surname token), right after a span of the same field with only a comma between on
+    one line, continues that span."""
+    joined: list[tuple] = []
+    for span in spans:
+        field, start, end, surname = span
+        before = joined[-1] if joined else None
+        if (
+            before
+            and field in fields
+            and not any(s <= start + at < e for at, _ in name_words(text, Span(start, end)) for s, e in surname)
+            and before[0] == field
+            and "," not in text[before[1] : before[2]]
+            and re.fullmatch(r"[ \t]*,[ \t]*", text[before[2] : start])
+        ):
+            joined[-1] = (field, before[1], span[2], before[3])
+        else:
+            joined.append(span)
+    return joined
 
 
 _HYPHEN_BEFORE = re.compile(r"(?<![^\W\d_])[^\W\d_A-Z]+-[ \t]*\n[ \t]*$")  # a whole lower-case piece
@@ -566,6 +629,7 @@ def decode(
             spans[-1] = (field, spans[-1][1], max(end, spans[-1][2]), spans[-1][3])
         if surname:
             spans[-1][3].append((start, end))
+    spans = joined_at_commas(spans, text, scheme.surnames)
     source = Source(text)
     mapped, lines = dict(scheme.mapped), dict(scheme.whole_lines)
     values: dict[str, list[str]] = {}
@@ -577,7 +641,10 @@ def decode(
             )
         value = source.snippet(Span(start, end))
         if field in scheme.surnames:
-            value = scheme.known_name(catalogue_name(text, Span(start, end), surname))
+            if any(s <= start < e for s, e in surname):  # written surname first: "de la| Fuente, Julieta"
+                begins = with_particle(text, start, scheme.particles)
+                surname, start = [*surname, (begins, start)], begins
+            value = scheme.known_name(catalogue_name(text, Span(start, end), surname, scheme.particles))
         if field in PERSON_FIELDS:
             value = person_name(value)
         if value and field in mapped:
