@@ -88,15 +88,22 @@ AUTHORITY = TagScheme(
     ("creator",),
     ("Tesis",),
     surnames=("creator",),
-    names=("Echeverry, Julieta", "García Márquez, Diego", "García Márquez, Dora", "de la Fuente, María Laura"),
+    names=(
+        "Echeverry, Julieta",
+        "Echeverry, Juan Pablo",
+        "García Márquez, Diego",
+        "García Márquez, Dora",
+        "de la Fuente, María Laura",
+    ),
 )
 
 
 @pytest.mark.parametrize(
     ("name", "written"),
     [
-        ("Echeverry, J.", "Echeverry, Julieta"),  # the one training name with that surname and initial
         ("J. Echeverry", "Echeverry, Julieta"),  # the page's order, no surname labels
+        ("Echeverry, J. P.", "Echeverry, Juan Pablo"),
+        ("Echeverry, J.", "Echeverry, Julieta"),  # Juan Pablo begins with J. too, but is printed "J. P."
         ("de la Fuente, M. L.", "de la Fuente, María Laura"),  # a particle, two initials
         ("de la Fuente, M.", "de la Fuente, María Laura"),  # the first of her initials
         ("García Márquez, D.", "García Márquez, D."),  # two training names fit: the page's initials stay

@@ -179,7 +179,8 @@ class TagScheme:
 
     def known_name(self, name: str) -> str:
         """`name` ("Echeverry, J.", "J. Echeverry") written as the one training name it abbreviates
-        (same surname, given names that begin with those initials: "Echeverry, Julieta"). When no training
+        (same surname, given names that begin with those initials: "Echeverry, Julieta"; of several, the one
+        with exactly those initials, as a page that prints initials prints one per given name). When no training
         name has its surname and initials, its initials are spelled out only where the training split spells
         them one way for every one of at least GIVEN_NAME_MIN_PEOPLE people ("Olmedo, T." -> "Olmedo, Tomás").
         Unchanged when its given names are spelled out, or when no training name or more than one fits."""
@@ -191,9 +192,11 @@ class TagScheme:
         if not given or not surname:
             return name
         letters = fold("".join(given))[0]
-        fits = {n for i, n in self._names_by_surname.get(fold(" ".join(surname))[0], []) if i.startswith(letters)}
-        if len(fits) == 1:
-            return fits.pop()
+        known = self._names_by_surname.get(fold(" ".join(surname))[0], [])
+        fits = {n for i, n in known if i.startswith(letters)}
+        exact = {n for i, n in known if i == letters}  # "J." is Julieta before Juan Pablo ("J. P.")
+        if len(fits) == 1 or len(exact) == 1:
+            return (fits if len(fits) == 1 else exact).pop()
         if not fits and (spelled := self._one_spelling.get(letters)):
             written = (
                 name.split(", ", 1)[0]
