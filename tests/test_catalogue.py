@@ -21,6 +21,7 @@ from metatune.objectives.tag.labels import (
     date_in_form,
     decode,
     encode_tagged,
+    spelled_out,
     tag_loss_for,
     token_offsets,
 )
@@ -148,6 +149,17 @@ POOL = TagScheme(
 )
 def test_initials_are_spelled_out_only_where_every_training_person_with_them_spells_them_one_way(name, written):
     assert POOL.known_name(name) == written
+
+
+def test_of_people_the_initials_fit_equally_the_one_the_training_split_names_most_often_is_chosen():
+    often = TagScheme(
+        ("creator",),
+        ("Tesis",),
+        surnames=("creator",),
+        names=("Acosta, Federico", "Acosta, Florencia", "Acosta, Florencia", "Ruiz, Diego", "Ruiz, Dora"),
+    )
+    assert often.known_name("Acosta, F.") == "Acosta, Florencia"
+    assert often.known_name("Ruiz, D.") == "Ruiz, D."  # named as often: the page's initials stay
 
 
 def test_the_training_names_travel_with_the_run_and_decoding_uses_them(tiny_tokenizer):
@@ -386,6 +398,12 @@ def test_the_catalogued_samples_conference_years_are_read_from_the_event_and_the
         dataset.split("training"), registry, config.data.fallback_type, InputFormat.from_settings(config.data)
     )
     assert scheme.date_hosts == (("date", "event"),) and produced["date"] == "span"
+    # the names a page's initials are written as: every mention, so the often named come first
+    mentions = Counter(
+        n for r in dataset.split("training") for f in scheme.surnames for n in r.get(f) or [] if ", " in n
+    )
+    assert Counter(scheme.names) == Counter({n: k for n, k in mentions.items() if spelled_out(n)})
+    assert max(Counter(scheme.names).values()) > 1
     tagging = {"scheme": scheme.to_dict(), "produced": {"date": {"how": "span"}, "title": {"how": "span"}}}
     note = TagObjective().card(card_info(tagging), "run").note
     assert "* `date`: span; with no span of its own, the first date inside `event`\n* `title`: span\n" in note

@@ -77,9 +77,9 @@ class TagScheme:
     date_form: tuple[str, str] = ("/", "")  # the training dates' separator, and their one precision or ""
     date_hosts: tuple[tuple[str, str], ...] = ()  # (date field, the field whose span holds it) pairs
     one_span: bool = False  # a one-value field's spans with only whitespace between are one (False: runs saved before)
-    # the training split's catalogued names with a given name spelled out ("Echeverry, Julieta"): a name the
-    # page prints with initials is written as the one of these it abbreviates, as a cataloguer's authority
-    # file would have it
+    # the training split's catalogued names with a given name spelled out ("Echeverry, Julieta"), once for each
+    # time the split names them: a name the page prints with initials is written as the one of these it
+    # abbreviates, as a cataloguer's authority file would have it (runs saved before list each name once)
     names: tuple[str, ...] = ()
     # span fields whose values the page writes short or inflected, and their training values (most
     # frequent first): a tagged "Lic. en Física" is written "Licenciado en Física"
@@ -179,11 +179,12 @@ class TagScheme:
 
     def known_name(self, name: str) -> str:
         """`name` ("Echeverry, J.", "J. Echeverry") written as the one training name it abbreviates
-        (same surname, given names that begin with those initials: "Echeverry, Julieta"; of several, the one
-        with exactly those initials, as a page that prints initials prints one per given name). When no training
+        (same surname, given names that begin with those initials: "Echeverry, Julieta"); of several, those
+        with exactly those initials (a page that prints initials prints one per given name), and of those the
+        one the training split names most often, when no other is named as often. When no training
         name has its surname and initials, its initials are spelled out only where the training split spells
         them one way for every one of at least GIVEN_NAME_MIN_PEOPLE people ("Olmedo, T." -> "Olmedo, Tomás").
-        Unchanged when its given names are spelled out, or when no training name or more than one fits."""
+        Unchanged when its given names are spelled out, or when no training name fits or several fit equally."""
         words = re.findall(r"[^\W\d_]+", name.replace(", ", " "))
         if not self.names or not words:
             return name
@@ -193,10 +194,11 @@ class TagScheme:
             return name
         letters = fold("".join(given))[0]
         known = self._names_by_surname.get(fold(" ".join(surname))[0], [])
-        fits = {n for i, n in known if i.startswith(letters)}
-        exact = {n for i, n in known if i == letters}  # "J." is Julieta before Juan Pablo ("J. P.")
-        if len(fits) == 1 or len(exact) == 1:
-            return (fits if len(fits) == 1 else exact).pop()
+        fits = Counter(n for i, n in known if i.startswith(letters))
+        exact = Counter(n for i, n in known if i == letters)  # "J." is Julieta before Juan Pablo ("J. P.")
+        ranked = (exact or fits).most_common(2)
+        if len(ranked) == 1 or (ranked and ranked[0][1] > ranked[1][1]):
+            return ranked[0][0]
         if not fits and (spelled := self._one_spelling.get(letters)):
             written = (
                 name.split(", ", 1)[0]
@@ -211,7 +213,7 @@ class TagScheme:
         """The lower-case words that begin at least two training surnames (("de", "la"), ("del",)), longest
         first: the words a surname can begin with that the model may leave outside a name's span."""
         seen: Counter = Counter()
-        for name in self.names:
+        for name in set(self.names):
             words = name.split(", ", 1)[0].split()
             lead = tuple(itertools.takewhile(str.islower, words))
             if lead and len(lead) < len(words):
@@ -223,7 +225,7 @@ class TagScheme:
         """Initials ("t") that every training name with exactly those initials spells one way ("Tomás"),
         over at least GIVEN_NAME_MIN_PEOPLE distinct names."""
         spellings: dict[str, Counter] = {}
-        for name in self.names:
+        for name in set(self.names):
             given = name.split(", ", 1)[1]
             spellings.setdefault(initials(given), Counter())[given] += 1
         return {

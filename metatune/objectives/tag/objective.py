@@ -189,7 +189,7 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagS
     surnames = tuple(
         f for f in fields if f in PERSON_FIELDS and catalogued_names(v for r in records for v in as_items(r.get(f)))
     )
-    names = sorted({n for r in records for f in surnames for n in as_items(r.get(f)) if spelled_out(n)})
+    names = sorted(n for r in records for f in surnames for n in as_items(r.get(f)) if spelled_out(n))
 
     def closed_list(how: str) -> tuple:
         return tuple(
