@@ -488,7 +488,7 @@ def catalogue_name(text: str, span: Span, surname: list[tuple[int, int]], partic
     them ("de la"), then the others; the page's text when none or all of its words are surname words."""
     words = name_words(text, span)
     commas = [k for k, (_, w) in enumerate(words) if w.endswith(",")]
-    if len(commas) == 1 and 0 <= commas[0] < len(words) - 1:
+    if len(commas) == 1 and commas[0] < len(words) - 1:
         is_surname = [k <= commas[0] for k in range(len(words))]
     else:
         is_surname = [any(s <= span.start + at < e for s, e in surname) for at, _ in words]
