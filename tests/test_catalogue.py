@@ -432,6 +432,13 @@ def test_a_degree_the_page_writes_short_is_tagged_there_and_written_as_catalogue
     assert TagScheme.from_dict(DEGREES.to_dict()) == DEGREES
 
 
+def test_a_degree_span_run_on_into_a_lower_case_word_is_written_as_the_degree_it_holds():
+    assert DEGREES.written_as("degree.name", "Doctorado en Ingeniería de") == "Doctor en Ingeniería"
+    assert DEGREES.written_as("degree.name", "Maestría en Redes de") == "Maestría en Redes"
+    # a lower-case word that ends a training value stays: "Química" ends one, "en" ends none, "química" does
+    assert DEGREES.written_as("degree.name", "Lic. en química") == "Licenciado en Química"
+
+
 def test_the_catalogued_samples_degree_names_are_mapped_and_the_card_says_so():
     from metatune.config import load_config
     from metatune.data import load_for_training
@@ -562,7 +569,7 @@ def decode_spans(tokenizer, scheme: TagScheme, text: str, spans: list[tuple[str,
 
 
 def test_the_particles_are_the_lower_case_words_that_begin_two_training_surnames():
-    assert PARTICLES.particles == (("de", "la"), ("de",), ("del",))
+    assert PARTICLES.particles == (("de", "la"), ("de",), ("del",))  # longest first
     assert NAMES.particles == ()
 
 

@@ -160,9 +160,16 @@ class TagScheme:
 
     def written_as(self, field: str, phrase: str) -> str:
         """A mapped field's tagged phrase as the first (most frequent) training value it abbreviates
-        word for word; the phrase itself when none does (a value the training split never had)."""
+        word for word; the phrase itself when none does (a value the training split never had). Lower-case
+        words that end the phrase and end no training value ("Doctorado en Ingeniería de", the span run
+        on into "de la Facultad") are left out first."""
         values = dict(self.mapped).get(field, ())
-        words = [w for _, _, w in Source(phrase).words]
+        found = Source(phrase).words
+        endings = {fold(WORD.findall(v)[-1])[0] for v in values if WORD.findall(v)}
+        while len(found) > 1 and found[-1][2].islower() and fold(found[-1][2])[0] not in endings:
+            found.pop()
+            phrase = phrase[: found[-1][1]]
+        words = [w for _, _, w in found]
         for value in values:
             wanted = WORD.findall(value)
             if len(wanted) == len(words) and all(abbreviates(w, v) for w, v in zip(words, wanted)):
@@ -218,7 +225,7 @@ class TagScheme:
             lead = tuple(itertools.takewhile(str.islower, words))
             if lead and len(lead) < len(words):
                 seen[lead] += 1
-        return tuple(sorted((p for p, n in seen.items() if n >= 2), key=len, reverse=True))
+        return tuple(sorted((p for p, n in seen.items() if n >= 2), key=lambda p: (-len(p), p)))
 
     @cached_property
     def _one_spelling(self) -> dict[str, str]:
