@@ -60,6 +60,8 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=None, help="write every figure here as JSON")
     args = parser.parse_args()
+    if args.freeze and not args.compile:
+        parser.error("--freeze freezes a compiled forward: add --compile")
 
     # the best of three, before the model is loaded: one short bf16 product alone can read far low
     peak = max(peak_rates("cpu", 2048)[args.dtype]["wall"] for _ in range(3))

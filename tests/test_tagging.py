@@ -551,6 +551,31 @@ def test_forced_bf16_tag_training_and_extraction_run_on_any_cpu(tmp_path, tiny_l
     assert result.data is not None and result.data["language"] == "es"
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16 forced: it runs, slowly, on AVX2-only CPUs too
+def test_the_tag_extraction_benchmark_times_each_document_against_its_forward_pass_limit(
+    tag_run, synthetic, tmp_path, dtype
+):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = [sys.executable, str(REPO / "benchmarks" / "tag_extraction.py"), str(tag_run), "--data", str(synthetic)]
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [*script, "--docs", "3", "--dtype", dtype, "--output", str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text(encoding="utf-8"))
+    assert figures["documents"] == 3 and figures["dtype"] == dtype and "compiled" not in figures
+    assert figures["peak_gflops"] > 0 and figures["limit_mean_s"] > 0
+    eager = figures["eager"]
+    assert 0 < eager["median_s"] and eager["to_limit"] == pytest.approx(eager["mean_s"] / figures["limit_mean_s"])
+    if dtype == "float32":
+        refused = subprocess.run([*script, "--freeze"], capture_output=True, text=True)
+        assert refused.returncode == 2 and "--freeze freezes a compiled forward: add --compile" in refused.stderr
+
+
 def test_a_transformers_pipeline_reads_a_bidirectional_tag_run_as_the_tagger_does(tag_run):
     """pipeline("token-classification") on one unpadded document: the labels of the Tagger's logits."""
     from transformers import pipeline
