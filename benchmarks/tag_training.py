@@ -44,8 +44,8 @@ def main() -> None:
     parser.add_argument(
         "--bf16-weights",
         action="store_true",
-        help="the same as --set training.bf16=weights: the model in bf16, a float32 master copy in the optimizer "
-        "(until 2026-12-03 this flag kept the optimizer state in bf16 too, with no master copy)",
+        help="keep the weights, gradients and optimizer state in bf16 (no autocast, no float32 master copy): "
+        "changes the numerics, a speed screen only",
     )
     args = parser.parse_args()
 
@@ -53,7 +53,7 @@ def main() -> None:
         sets = [*args.sets, f"training.max_steps={args.steps}", "training.report_to=none"]
         sets += [f"training.output_dir={tmp}/run", "training.save_total_limit=0", "training.logging_steps=1000"]
         if args.bf16_weights:
-            sets.append("training.bf16=weights")
+            sets.append("training.bf16=false")  # no autocast: the weights themselves are bf16
         config = load_config(args.config, sets=sets)
         precision = apply_precision(config)
         before = peak_rates("cpu", 2048)
@@ -63,8 +63,9 @@ def main() -> None:
         targs = training_arguments(prepared, work)
         targs.save_strategy = "no"
         prepared.model.set_attn_implementation(args.attention)
-        if config.training.bf16 == "weights":
-            precision = "bf16"  # the matrix products run in bf16 (without autocast)
+        if args.bf16_weights:
+            prepared.model.to(torch.bfloat16)
+            precision = "bf16"
         if args.compile:
             prepared.model = torch.compile(prepared.model, dynamic=True)
         timer = StepTimes()
@@ -104,7 +105,7 @@ def main() -> None:
         "sets": args.sets,
         "compiled": args.compile,
         "attention": args.attention,
-        "bf16_weights": config.training.bf16 == "weights",
+        "bf16_weights": args.bf16_weights,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "steps_timed": steps["steps_timed"],
         "median_step_seconds": steps["seconds_per_step_median"],

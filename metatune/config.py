@@ -151,9 +151,7 @@ class TrainingSettings(Section):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     lr_scheduler_type: SchedulerName = "linear"
-    # auto: bf16 autocast where the hardware has fast bf16 matrix products; weights: the model itself in
-    # bf16, a float32 master copy in the optimizer (faster steps on CPUs, docs/performance.md)
-    bf16: Literal["auto", "weights"] | bool = "auto"
+    bf16: Literal["auto"] | bool = "auto"  # auto: where the hardware has bf16 matrix units
     fp16: bool = False  # float16 autocast with loss scaling, for GPUs without bfloat16 (V100, T4)
     group_by_length: bool = True  # batches of similar length: less padding
     # Causal models: every example its own micro-batch, gradients accumulated over the batch (same

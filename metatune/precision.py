@@ -54,32 +54,19 @@ def inference_bf16(device_type: str) -> bool:
 
 
 def use_bf16(config) -> bool:
-    """Whether the run trains in bf16, by autocast or with bf16 weights."""
     setting = config.training.bf16
-    return bf16_fast() if setting == "auto" else bool(setting)
-
-
-def bf16_weights(config) -> bool:
-    """Whether the model itself is cast to bf16 for training (metatune.training.master_weights)."""
-    return config.training.bf16 == "weights"
+    return bf16_fast() if setting == "auto" else setting
 
 
 def mixed_precision(config) -> str:
     """accelerate's `mixed_precision` for this run: "bf16", "fp16" or "no"."""
     t = config.training
     if t.fp16:
-        if t.bf16 is True or t.bf16 == "weights":
-            raise MetatuneError(f"training.fp16 is true and training.bf16 is {t.bf16}; choose one")
+        if t.bf16 is True:
+            raise MetatuneError("training.fp16 and training.bf16 are both true; choose one")
         if not torch.cuda.is_available():
             raise MetatuneError("training.fp16 needs a CUDA GPU; on a CPU use training.bf16 (or neither)")
         return "fp16"
-    if bf16_weights(config):
-        if config.model.quantization != "none":
-            raise MetatuneError(
-                "training.bf16: weights casts the whole model to bf16, which a 4-bit model cannot be; "
-                "use training.bf16: true"
-            )
-        return "no"  # no autocast: the weights themselves are bf16
     return "bf16" if use_bf16(config) else "no"
 
 

@@ -545,6 +545,7 @@ def test_forced_bf16_tag_training_and_extraction_run_on_any_cpu(tmp_path, tiny_l
         if "loss" in json.loads(line)
     ]
     assert losses[-1] < losses[0], losses
+    assert json.loads((run / "metatune.json").read_text())["training"]["precision"] == "bf16"  # as trained
     tagger = open_run(run, ExtractionSettings(dtype="bfloat16"))
     assert tagger.model.dtype == torch.bfloat16
     result = tagger.extract([synthetic_records(1, 9)[0]["original_text"]])[0]

@@ -22,10 +22,9 @@ from transformers.trainer_callback import ExportableState
 from metatune.console import main_print
 from metatune.errors import MetatuneError
 from metatune.faults import saving_checkpoints, stop_signal
-from metatune.precision import apply_precision, bf16_weights
+from metatune.precision import apply_precision
 from metatune.training.common import Prepared, attends_causally, micro_batches, padded_training_bytes
 from metatune.training.distributed import whole_model
-from metatune.training.master_weights import Float32MasterAdamW, master_optimizer
 from metatune.training.metrics_log import append_metrics, drop_metrics_after
 
 TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last into a checkpoint
@@ -225,10 +224,6 @@ def build_trainer(prepared: Prepared, args: TrainingArguments, callbacks: list) 
     """The Trainer `run_trainer` uses (also timed by metatune.bench), with the collator and loss it was given."""
     parts = prepared.trainer
     cls = Seq2SeqTrainer if prepared.seq2seq else Trainer
-    master = None
-    if bf16_weights(prepared.config):
-        prepared.model.to(torch.bfloat16)
-        master = (Float32MasterAdamW, Trainer.get_optimizer_cls_and_kwargs(args, prepared.model)[1])
     trainer = cls(
         model=prepared.model,
         args=args,
@@ -238,7 +233,6 @@ def build_trainer(prepared: Prepared, args: TrainingArguments, callbacks: list) 
         processing_class=prepared.tokenizer,
         callbacks=callbacks,
         compute_loss_func=parts.loss,
-        optimizer_cls_and_kwargs=master,
     )
     if parts.mean_loss:
         # A loss that ignores `num_items_in_batch`: left to think the model uses it, the Trainer would
@@ -285,7 +279,4 @@ def run_trainer(prepared: Prepared, work: Path, resume: bool) -> tuple[object, d
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     if evals:
         summary["eval_loss"] = evals[-1]
-    model = whole_model(trainer.accelerator, trainer.model_wrapped)
-    if master := master_optimizer(trainer.optimizer):
-        model = master.into_float32(model)
-    return model, summary
+    return whole_model(trainer.accelerator, trainer.model_wrapped), summary

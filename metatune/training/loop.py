@@ -41,10 +41,9 @@ from transformers.trainer_utils import get_last_checkpoint
 from metatune.config import TrainingSettings
 from metatune.console import main_print
 from metatune.faults import stop_signal, stopped, training_writes
-from metatune.precision import bf16_weights, mixed_precision
+from metatune.precision import mixed_precision
 from metatune.training.common import LoopParts, Prepared
 from metatune.training.distributed import whole_model
-from metatune.training.master_weights import Float32MasterAdamW, master_optimizer
 from metatune.training.metrics_log import append_metrics, drop_metrics_after
 
 STATE_FILE = "loop_state.json"  # the LoopState, which accelerate's save_state does not keep
@@ -91,7 +90,7 @@ def train_sampler(prepared: Prepared):
     return RandomSampler(prepared.train)  # accelerate makes it a SeedableRandomSampler(data_seed + epoch)
 
 
-def adamw(model, t, cls=torch.optim.AdamW) -> torch.optim.AdamW:
+def adamw(model, t) -> torch.optim.AdamW:
     """AdamW as the Trainer builds it: no weight decay on biases and norm weights, fused kernel."""
     no_decay = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
     decay = set(get_parameter_names(model, [torch.nn.LayerNorm], no_decay))
@@ -100,15 +99,7 @@ def adamw(model, t, cls=torch.optim.AdamW) -> torch.optim.AdamW:
         {"params": [p for n, p in named if n in decay], "weight_decay": t.weight_decay},
         {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
     ]
-    return cls(groups, lr=t.learning_rate, fused=True)
-
-
-def optimizer_for(model, config) -> torch.optim.AdamW:
-    """`adamw`, over a float32 master copy of the weights when they train in bf16 (training.bf16: weights)."""
-    if not bf16_weights(config):
-        return adamw(model, config.training)
-    model.to(torch.bfloat16)
-    return adamw(model, config.training, Float32MasterAdamW)
+    return torch.optim.AdamW(groups, lr=t.learning_rate, fused=True)
 
 
 def evaluate(accelerator: Accelerator, model, loader, parts: LoopParts) -> float:
@@ -233,7 +224,7 @@ def setup(prepared: Prepared, work: Path) -> Loop:
     batches_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
     steps_per_epoch = math.ceil(batches_per_epoch / accum)
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
-    optimizer = optimizer_for(prepared.model, prepared.config)
+    optimizer = adamw(prepared.model, t)
     scheduler = get_scheduler(
         t.lr_scheduler_type,
         optimizer,
@@ -432,7 +423,5 @@ def run_loop(prepared: Prepared, work: Path, resume: bool) -> tuple[object, dict
     load_best(loop, state)
     summary = summarize(loop, state, resumed_from, time.perf_counter() - start)
     model = whole_model(loop.accelerator, loop.model)
-    if master := master_optimizer(loop.optimizer):
-        model = master.into_float32(model)
     loop.accelerator.free_memory()
     return model, summary

@@ -15,7 +15,7 @@ from metatune.console import main_print
 from metatune.export import save_run
 from metatune.faults import WriteFault, quiet_tied_weights, stop_on_signals, stop_signal, stopped, training_writes
 from metatune.objectives import card, check, prepare
-from metatune.precision import apply_precision, bf16_weights
+from metatune.precision import apply_precision
 from metatune.training.common import start_output, work_dir
 from metatune.training.distributed import check_launch, on_main, process_state
 
@@ -23,8 +23,7 @@ from metatune.training.distributed import check_launch, on_main, process_state
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path:
     # Both modes (and DeepSpeed) take the precision from here, not from an accelerate config file;
     # a conflicting fp16/bf16 setting fails before anything is written.
-    mode = apply_precision(config)
-    precision = "bf16-weights" if bf16_weights(config) else mode
+    precision = apply_precision(config)
     check(config)  # a config that names no known way to train fails before anything is written
     state = process_state()
     check_launch(config, state)
