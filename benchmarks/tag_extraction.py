@@ -10,7 +10,8 @@ limit, 2 x parameters x the tokens it reads at the matmul peak of that dtype mea
 `--compile` the model's forward is then wrapped in `torch.compile` (inductor, dynamic shapes; with
 `--freeze` inductor's freezing, which folds the weights in as constants and prepacks them), the
 compile time is reported on its own, the same documents are read again, and the records are
-compared with the eager ones.
+compared with the eager ones. Each document's forward pass is also timed alone (`forward`): the
+ratio of extraction to it is what tokenizing, decoding and writing the record add.
 """
 
 from __future__ import annotations
@@ -28,7 +29,21 @@ from metatune.bench.machine import peak_rates
 from metatune.config import ExtractionSettings
 from metatune.data import load_dataset
 from metatune.objectives.tag.extractor import Tagger
-from metatune.objectives.tag.labels import token_offsets
+from metatune.objectives.tag.labels import first_token_id, token_offsets
+
+
+@torch.inference_mode()
+def forward_each(tagger: Tagger, texts: list[str], size: int) -> list[float]:
+    """Wall seconds of each document's forward pass alone, on the input Tagger.extract builds (one window)."""
+    start_id, after = first_token_id(tagger.tokenizer), [t for prompt in tagger.prompts for t in prompt]
+    seconds = []
+    for text in texts:
+        ids = token_offsets(tagger.tokenizer, text, size)[0]
+        batch = tagger.collate([{"input_ids": [start_id, *ids, *after]}])
+        start = time.perf_counter()
+        tagger.model(**{k: v.to(tagger.device) for k, v in batch.items()})
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def read_each(tagger: Tagger, texts: list[str]) -> tuple[list[str], list[float]]:
@@ -77,6 +92,7 @@ def main() -> None:
 
     tagger.extract(texts[:1])  # first-call allocations out of the timing
     eager, seconds = read_each(tagger, texts)
+    forward = forward_each(tagger, texts, size)
     result = {
         "run": str(args.run),
         "documents": len(texts),
@@ -86,6 +102,9 @@ def main() -> None:
         "mean_tokens": statistics.mean(tokens),
         "limit_mean_s": statistics.mean(limits),
         "eager": summary(seconds, limits),
+        # the model's forward pass alone: what extraction adds around it (tokenizing, decoding, the record)
+        "forward": summary(forward, limits),
+        "extraction_to_forward": sum(seconds) / sum(forward),
     }
     if args.compile:
         torch._inductor.config.freezing = args.freeze
@@ -102,12 +121,13 @@ def main() -> None:
         f"{len(texts)} documents in {args.dtype}, {result['mean_tokens']:.0f} tokens on average; "
         f"peak {result['peak_gflops']:.0f} GFLOP/s, limit {result['limit_mean_s']:.3f} s per document"
     )
-    for way in ("eager", "compiled"):
+    for way in ("eager", "forward", "compiled"):
         if way in result:
             r = result[way]
             print(
                 f"{way:8} median {r['median_s']:.3f} s, mean {r['mean_s']:.3f} s per document, {r['to_limit']:.2f}x the limit"
             )
+    print(f"extraction takes {result['extraction_to_forward']:.2f}x its forward passes")
     if args.compile:
         print(
             f"compile {result['compile_s']:.0f} s; records identical {result['compiled_identical_records']}/{len(texts)}"

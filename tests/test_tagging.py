@@ -572,6 +572,8 @@ def test_the_tag_extraction_benchmark_times_each_document_against_its_forward_pa
     assert figures["peak_gflops"] > 0 and figures["limit_mean_s"] > 0
     eager = figures["eager"]
     assert 0 < eager["median_s"] and eager["to_limit"] == pytest.approx(eager["mean_s"] / figures["limit_mean_s"])
+    forward = figures["forward"]  # the forward passes alone are part of extraction
+    assert 0 < forward["mean_s"] and figures["extraction_to_forward"] == pytest.approx(eager["mean_s"] / forward["mean_s"])
     if dtype == "float32":
         refused = subprocess.run([*script, "--freeze"], capture_output=True, text=True)
         assert refused.returncode == 2 and "--freeze freezes a compiled forward: add --compile" in refused.stderr
