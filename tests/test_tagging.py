@@ -308,6 +308,7 @@ def test_a_tiny_tagger_learns_and_its_run_says_how_it_was_trained(tag_run):
         "names": [],  # no catalogued names to write initials out from
         "mapped": {},
         "whole_lines": {},  # these titles follow a `Título:` marker on their line
+        "sentences": [],  # titles and names do not end sentences
     }
     assert info["tagging"]["alignment"]["title"] == {"values": 48, "aligned": 48}
     assert info["tagging"]["produced"]["title"] == {"how": "span", "values": 48, "in_text": 48}
@@ -573,7 +574,9 @@ def test_the_tag_extraction_benchmark_times_each_document_against_its_forward_pa
     eager = figures["eager"]
     assert 0 < eager["median_s"] and eager["to_limit"] == pytest.approx(eager["mean_s"] / figures["limit_mean_s"])
     forward = figures["forward"]  # the forward passes alone are part of extraction
-    assert 0 < forward["mean_s"] and figures["extraction_to_forward"] == pytest.approx(eager["mean_s"] / forward["mean_s"])
+    assert 0 < forward["mean_s"] and figures["extraction_to_forward"] == pytest.approx(
+        eager["mean_s"] / forward["mean_s"]
+    )
     if dtype == "float32":
         refused = subprocess.run([*script, "--freeze"], capture_output=True, text=True)
         assert refused.returncode == 2 and "--freeze freezes a compiled forward: add --compile" in refused.stderr
@@ -706,6 +709,38 @@ def test_a_field_whose_training_spans_fill_whole_lines_takes_the_rest_of_its_lin
     # words of another span on the line stay that span's
     assert whole_lines("2019 Deep nets\n", 5, 14, 60, [(0, 4)]) == (5, 14)
     assert whole_lines("  Deep nets for all \n", 2, 11, 60, []) == (2, 19)  # whitespace is not taken
+
+
+def test_a_span_of_a_sentence_field_is_continued_to_its_sentence_end():
+    from metatune.objectives.tag.labels import SENTENCE_MAX_CHARS, to_sentence_end
+
+    text = "Abstract We built a tool. Updates can be requested via email. Keywords: tools 1 Introduction"
+    cut = text.index(" via")
+    assert to_sentence_end(text, 9, cut, []) == (9, text.index("email.") + len("email."))
+    ended = text.index("email.") + len("email.")
+    assert to_sentence_end(text, 9, ended, []) == (9, ended)  # a span that ends a sentence stays
+    assert to_sentence_end(text, 9, cut, [(text.index("email"), ended)]) == (9, cut)  # another span's words
+    broken = text.replace(" via", "\nvia")
+    assert to_sentence_end(broken, 9, cut, []) == (9, cut)  # not across a line break
+    far = text.replace(" via email", " via" + " email" * (SENTENCE_MAX_CHARS // 6))
+    assert to_sentence_end(far, 9, cut, []) == (9, cut)
+    assert to_sentence_end("no end here", 0, 2, []) == (0, 2)
+
+
+def test_the_fields_that_end_a_sentence_are_learned_from_the_training_spans():
+    from metatune.objectives.tag.objective import WHOLE_LINES_SPANS, sentence_fields
+
+    records, aligned = [], []
+    for i in range(WHOLE_LINES_SPANS):
+        text = f"Title {i} We measured {i} things. Keywords: x"
+        records.append({"original_text": text})
+        end = text.index(" Keywords")
+        aligned.append({("title", 0): Span(0, len(f"Title {i}")), ("abstract", 0): Span(text.index("We"), end)})
+    fields = ("title", "abstract")
+    assert sentence_fields(records, aligned, fields) == ("abstract",)
+    assert sentence_fields(records[1:], aligned[1:], fields) == ()  # too few spans teach nothing
+    scheme = TagScheme(fields, ("Articulo",), sentences=("abstract",))
+    assert TagScheme.from_dict(scheme.to_dict()) == scheme
 
 
 def test_the_fields_that_fill_whole_lines_are_learned_from_the_training_spans():

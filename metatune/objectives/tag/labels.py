@@ -88,6 +88,9 @@ class TagScheme:
     # with the longest line such a span covered: a predicted span is widened to its lines' ends
     # over words the model left unlabelled (`whole_lines`)
     whole_lines: tuple[tuple[str, int], ...] = ()
+    # span fields whose training spans end a sentence (an abstract): a predicted span that does not is
+    # continued to its sentence's end over words the model left unlabelled (`to_sentence_end`)
+    sentences: tuple[str, ...] = ()
 
     @property
     def span_labels(self) -> list[str]:
@@ -139,6 +142,7 @@ class TagScheme:
             "names": list(self.names),
             "mapped": {field: list(values) for field, values in self.mapped},
             "whole_lines": dict(self.whole_lines),
+            "sentences": list(self.sentences),
         }
 
     @classmethod
@@ -156,6 +160,7 @@ class TagScheme:
             tuple(raw.get("names", ())),
             tuple((field, tuple(values)) for field, values in raw.get("mapped", {}).items()),
             tuple(raw.get("whole_lines", {}).items()),
+            tuple(raw.get("sentences", ())),
         )
 
     def written_as(self, field: str, phrase: str) -> str:
@@ -598,6 +603,27 @@ def whole_lines(text: str, start: int, end: int, longest: int, others: list[tupl
     return min(first, start), max(last, end)
 
 
+SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+SENTENCE_MAX_CHARS = 400  # the farthest a span is continued to reach its sentence's end
+
+
+def ends_a_sentence(value: str) -> bool:
+    return value.rstrip()[-1:] in (".", "!", "?")
+
+
+def to_sentence_end(text: str, start: int, end: int, others: list[tuple[int, int]]) -> tuple[int, int]:
+    """The span continued to the end of its sentence on its line, when it does not end one and the
+    words added carry no other span (within SENTENCE_MAX_CHARS). In text with line breaks a
+    whole-lines field has already taken the rest of its line, so this continues spans in text without
+    them (`... can be requested` + ` via email.`)."""
+    if ends_a_sentence(text[start:end]) or not (found := SENTENCE_END.search(text, end)):
+        return start, end
+    stop = found.end()
+    if "\n" in text[end:stop] or stop - end > SENTENCE_MAX_CHARS or any(s < stop and e > end for s, e in others):
+        return start, end
+    return start, stop
+
+
 def decode(
     logits: torch.Tensor,
     offsets: list[tuple[int, int]],
@@ -614,7 +640,8 @@ def decode(
     found again is listed again only when the training lists did so (`scheme.repeats`); a one-word
     value that begins another value of the field (a name cut short) is dropped. A date field with
     no span takes the first date written in its host's span (`scheme.date_hosts`). A span of a field
-    whose training spans fill whole lines takes the rest of its lines (`scheme.whole_lines`).
+    whose training spans fill whole lines takes the rest of its lines (`scheme.whole_lines`), and one
+    of a field whose training spans end a sentence the rest of its sentence (`scheme.sentences`).
     """
     logits = logits.float()
     types = logits[0, scheme.first_type_label : scheme.first_type_label + len(scheme.types)]
@@ -647,10 +674,11 @@ def decode(
     values: dict[str, list[str]] = {}
     for k, (field, start, end, surname) in enumerate(spans):
         start, end = whole_words(text, start, end, field in PERSON_FIELDS)
+        others = [(s, e) for j, (_, s, e, _) in enumerate(spans) if j != k]
         if field in lines:
-            start, end = whole_lines(
-                text, start, end, lines[field], [(s, e) for j, (_, s, e, _) in enumerate(spans) if j != k]
-            )
+            start, end = whole_lines(text, start, end, lines[field], others)
+        if field in scheme.sentences:
+            start, end = to_sentence_end(text, start, end, others)
         value = source.snippet(Span(start, end))
         if field in scheme.surnames:
             if any(s <= start < e for s, e in surname):  # written surname first: "de la| Fuente, Julieta"

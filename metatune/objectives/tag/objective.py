@@ -25,6 +25,7 @@ from metatune.objectives.tag.labels import (
     TagScheme,
     class_prompts,
     encode_tagged,
+    ends_a_sentence,
     label_weight_table,
     line_bounds,
     on_whole_lines,
@@ -41,8 +42,13 @@ from metatune.training.common import LoopParts, Prepared, TrainerParts
 SPAN_MIN_ALIGNED = 0.9  # a field whose values are this often in the text is tagged even when they repeat
 CLASSIFIED_MAX_VALUES = 64  # a closed list: at most this many distinct values, each seen twice on average
 DATE_HOST_MIN = 0.05  # the share of a date field's values that must sit inside a field's span to read it there
-WHOLE_LINES_MIN = 0.95  # the share of a field's aligned spans that must fill whole lines to decode it that way
+WHOLE_LINES_MIN = (
+    0.95  # the share of a field's aligned spans that must fill whole lines (or end a sentence) to decode it that way
+)
 WHOLE_LINES_SPANS = 20  # the fewest aligned spans (in texts with line breaks) that can teach it
+# the share of a field's aligned spans that must end a sentence to be continued to one (paper headers:
+# abstracts 95%, the rest of a footnote mark or an alignment a character short; titles 4%)
+SENTENCES_MIN = 0.9
 
 
 def alignments(records, registry, fallback_type, fmt: InputFormat) -> list[dict[tuple[str, int], Span | None]]:
@@ -167,6 +173,19 @@ def whole_line_fields(records, aligned: list[dict], fields: tuple[str, ...]) -> 
     )
 
 
+def sentence_fields(records, aligned: list[dict], fields: tuple[str, ...]) -> tuple[str, ...]:
+    """The tagged fields whose aligned spans end a sentence (., ! or ?) at least SENTENCES_MIN of the
+    time, of at least WHOLE_LINES_SPANS spans (an abstract, in paper headers)."""
+    spans_of: Counter = Counter()
+    ending: Counter = Counter()
+    for record, spans in zip(records, aligned):
+        for (field, _), span in spans.items():
+            if field in fields and span is not None:
+                spans_of[field] += 1
+                ending[field] += ends_a_sentence(record["original_text"][span.start : span.end])
+    return tuple(f for f in fields if spans_of[f] >= WHOLE_LINES_SPANS and ending[f] >= SENTENCES_MIN * spans_of[f])
+
+
 def field_weights(coverage: dict[str, list[int]], fields: tuple[str, ...], balance: float) -> dict[str, float]:
     """Each span field's weight in the loss (config `tag.field_balance`), from its aligned training
     values; empty when `balance` is 0."""
@@ -213,6 +232,7 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagS
         names=tuple(names),
         mapped=mapped,
         whole_lines=whole_line_fields(records, aligned, fields),
+        sentences=sentence_fields(records, aligned, fields),
     )
     return scheme, produced, coverage
 
