@@ -612,6 +612,11 @@ def test_a_span_at_a_line_end_hyphen_takes_the_whole_word():
     assert whole_words(text, 13, 28) == (7, 28)  # began after the hyphen: the word's first half is taken
     assert whole_words(text, 32, 38) == (32, 45)  # ended before the hyphen: its second half too
     assert whole_words(text, 32, 39) == (32, 45)
+    flat = "by Alberto Carrasco- Casado and Ana Di - Pace"  # the same breaks in text without line breaks
+    assert whole_words(flat, 3, flat.index(" Casado")) == (3, flat.index(" and"))
+    assert whole_words(flat, 3, flat.index("Carrasco") + 8) == (3, flat.index("Carrasco") + 8)  # no hyphen taken
+    assert whole_words(flat, 32, flat.index(" Pace")) == (32, flat.index(" Pace"))  # a spaced dash is no break
+    assert whole_words("D. Fon-Der-Flaass\n", 0, 7, name=True) == (0, 17)  # ended at a hyphen inside the word
     # a label and its value are not a broken word, whatever their case
     for label in ("Abstract-\nWe show", "Keywords-\nrobots, cells", "KeyWords-\nrobots"):
         start = label.index("\n") + 1

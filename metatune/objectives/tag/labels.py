@@ -552,12 +552,17 @@ def joined_at_commas(spans: list[tuple], text: str, fields: tuple[str, ...]) -> 
 
 _HYPHEN_BEFORE = re.compile(r"(?<![^\W\d_])[^\W\d_A-Z]+-[ \t]*\n[ \t]*$")  # a whole lower-case piece
 _HYPHEN_AFTER = re.compile(r"-?[ \t]*\n[ \t]*[^\W\d_]+")
+# the rest of a hyphenated word after a span that ends at one of its hyphens ("Fon-" + "Der-Flaass"), or
+# the word after a line-end hyphen in text without line breaks ("Carrasco-" + " Casado")
+_WORD_AFTER = re.compile(r"[ \t]*[^\W\d_]+(?:-[^\W\d_]+)*")
 
 
 def whole_words(text: str, start: int, end: int, name: bool = False) -> tuple[int, int]:
     """The span widened to whole words, as the aligned labels were: a span that begins or ends inside a
     word (a sub-word token left out) takes the whole word, and a word broken by a line-end hyphen
-    ("regu-\\nlation", lower case on both sides when the span starts after the break) is one word.
+    ("regu-\\nlation", lower case on both sides when the span starts after the break) is one word;
+    a span that ends at a hyphen glued to its word takes the rest of the word, or the next word where
+    the line break became a space.
     In a name, digits glued to it ("Pérez1") are a footnote marker."""
     while 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum():
         start -= 1
@@ -571,6 +576,8 @@ def whole_words(text: str, start: int, end: int, name: bool = False) -> tuple[in
         end += 1
     ends_a_word = end > 1 and (text[end - 1].isalpha() or (text[end - 1] == "-" and text[end - 2].isalpha()))
     if ends_a_word and (m := _HYPHEN_AFTER.match(text, end)) and (text[end - 1] == "-" or m[0].startswith("-")):
+        end = m.end()
+    elif ends_a_word and text[end - 1] == "-" and (m := _WORD_AFTER.match(text, end)):
         end = m.end()
     return start, end
 
