@@ -42,9 +42,7 @@ from metatune.training.common import LoopParts, Prepared, TrainerParts
 SPAN_MIN_ALIGNED = 0.9  # a field whose values are this often in the text is tagged even when they repeat
 CLASSIFIED_MAX_VALUES = 64  # a closed list: at most this many distinct values, each seen twice on average
 DATE_HOST_MIN = 0.05  # the share of a date field's values that must sit inside a field's span to read it there
-WHOLE_LINES_MIN = (
-    0.95  # the share of a field's aligned spans that must fill whole lines (or end a sentence) to decode it that way
-)
+WHOLE_LINES_MIN = 0.95  # the share of a field's aligned spans that must fill whole lines to decode it that way
 WHOLE_LINES_SPANS = 20  # the fewest aligned spans (in texts with line breaks) that can teach it
 # the share of a field's aligned spans that must end a sentence to be continued to one (paper headers:
 # abstracts 95%, the rest of a footnote mark or an alignment a character short; titles 4%)
