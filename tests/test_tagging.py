@@ -295,6 +295,7 @@ def test_a_tiny_tagger_learns_and_its_run_says_how_it_was_trained(tag_run):
     assert losses[-1] < 0.3 * losses[0], losses
     info = json.loads((tag_run / "metatune.json").read_text(encoding="utf-8"))
     assert info["objective"] == "tag"
+    assert info["training"]["precision"] == "no"  # trained in float32 (training.bf16=false), and says so
     assert info["tagging"]["scheme"] == {
         "fields": ["title", "creator"],
         "types": ["Articulo"],

@@ -623,7 +623,8 @@ def to_sentence_end(text: str, start: int, end: int, others: list[tuple[int, int
     words added carry no other span (within SENTENCE_MAX_CHARS). In text with line breaks a
     whole-lines field has already taken the rest of its line, so this continues spans in text without
     them (`... can be requested` + ` via email.`)."""
-    if ends_a_sentence(text[start:end]) or not (found := SENTENCE_END.search(text, end)):
+    found = SENTENCE_END.search(text, end, end + SENTENCE_MAX_CHARS + 1)  # the scan goes no farther
+    if ends_a_sentence(text[start:end]) or not found:
         return start, end
     stop = found.end()
     if "\n" in text[end:stop] or stop - end > SENTENCE_MAX_CHARS or any(s < stop and e > end for s, e in others):
@@ -681,11 +682,12 @@ def decode(
     values: dict[str, list[str]] = {}
     for k, (field, start, end, surname) in enumerate(spans):
         start, end = whole_words(text, start, end, field in PERSON_FIELDS)
-        others = [(s, e) for j, (_, s, e, _) in enumerate(spans) if j != k]
-        if field in lines:
-            start, end = whole_lines(text, start, end, lines[field], others)
-        if field in scheme.sentences:
-            start, end = to_sentence_end(text, start, end, others)
+        if field in lines or field in scheme.sentences:
+            others = [(s, e) for j, (_, s, e, _) in enumerate(spans) if j != k]
+            if field in lines:
+                start, end = whole_lines(text, start, end, lines[field], others)
+            if field in scheme.sentences:
+                start, end = to_sentence_end(text, start, end, others)
         value = source.snippet(Span(start, end))
         if field in scheme.surnames:
             if any(s <= start < e for s, e in surname):  # written surname first: "de la| Fuente, Julieta"
