@@ -120,6 +120,10 @@ class TagSettings(Section):
     # keep only the first this many transformer layers of a decoder (0: all): fewer layers, less time per
     # training step and per document; the saved run has that depth
     layers: NonNegativeInt = 0
+    # train neither the token embeddings nor the first this many transformer layers of a decoder (0:
+    # train all): the backward pass stops above them, so each frozen layer saves most of its share of
+    # a training step; extraction is unchanged
+    frozen_layers: NonNegativeInt = 0
     # how decoding chains labels: "seen" (only the label pairs the training split shows), "learned"
     # (those, scored by their frequency) or "allowed" (any label but I-x after something other than x)
     transitions: Literal["allowed", "seen", "learned"] = "seen"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from metatune.config import LoraSettings, ModelSettings
 from metatune.console import main_print
 from metatune.errors import MetatuneError
-from metatune.models import is_peft, keep_first_layers, load_base
+from metatune.models import freeze_first_layers, is_peft, keep_first_layers, load_base
 
 
 def lora_config(settings: LoraSettings, seq2seq: bool):
@@ -52,12 +52,14 @@ def prepare_for_training(model, settings: ModelSettings, seq2seq: bool):
     return model
 
 
-def load_trainable(settings: ModelSettings, labels: list[str] | None = None, layers: int = 0):
+def load_trainable(settings: ModelSettings, labels: list[str] | None = None, layers: int = 0, frozen: int = 0):
     """(model, tokenizer, seq2seq): the base model loaded and prepared as `settings` describe.
 
     `labels`: a token-classification head with these labels instead of the language-model head;
-    `layers`: keep only the first this many transformer layers (0: all).
+    `layers`: keep only the first this many transformer layers (0: all); `frozen`: train neither the
+    embeddings nor the first this many layers.
     """
     model, tokenizer, seq2seq = load_base(settings, labels)
     keep_first_layers(model, layers)
+    freeze_first_layers(model, frozen)
     return prepare_for_training(model, settings, seq2seq), tokenizer, seq2seq

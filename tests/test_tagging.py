@@ -410,6 +410,23 @@ def test_a_tagger_kept_to_its_first_layers_learns_saves_that_depth_and_extracts_
     assert sum(r.data.get("title") == rec["title"] for r, rec in zip(results, records)) >= 6
 
 
+def test_a_tagger_with_frozen_first_layers_trains_only_the_layers_above_them(tmp_path, tiny_llama, synthetic):
+    from safetensors.torch import load_file
+
+    from metatune.training.run import train
+
+    run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", "tag.frozen_layers=1"))
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert losses[-1] < 0.3 * losses[0], losses
+    base, trained = load_file(tiny_llama / "model.safetensors"), load_file(run / "model.safetensors")
+    shared = sorted(set(base) & set(trained))
+    assert "model.embed_tokens.weight" in shared and any(".layers.1." in k for k in shared)
+    for key in shared:
+        if key == "model.embed_tokens.weight" or ".layers.0." in key:
+            assert torch.equal(base[key], trained[key]), key  # frozen: exactly the pretrained weights
+    assert any(not torch.equal(base[k], trained[k]) for k in shared if ".layers.1." in k)
+
+
 def test_a_tagger_keeps_its_first_layers_only_of_a_decoder_that_has_them(tmp_path, tiny_llama, tiny_t5):
     from metatune.errors import MetatuneError
     from metatune.training.run import train
@@ -420,6 +437,10 @@ def test_a_tagger_keeps_its_first_layers_only_of_a_decoder_that_has_them(tmp_pat
         MetatuneError, match="keeping the first 1 layers needs a decoder model, not T5ForTokenClassification"
     ):
         train(tag_config(tiny_t5, SAMPLE, tmp_path / "b", "tag.layers=1"))
+    with pytest.raises(MetatuneError, match="the model has 2 layers: freezing the first 2 would leave none to train"):
+        train(tag_config(tiny_llama, SAMPLE, tmp_path / "c", "tag.frozen_layers=2"))
+    with pytest.raises(MetatuneError, match="freezing the first 1 layers needs a decoder model"):
+        train(tag_config(tiny_t5, SAMPLE, tmp_path / "d", "tag.frozen_layers=1"))
     assert not list(tmp_path.iterdir())
 
 

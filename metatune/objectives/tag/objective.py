@@ -317,7 +317,9 @@ class TagObjective(Objective):
         fmt = InputFormat.from_settings(d)
         scheme, produced, field_coverage = tag_scheme(train_records, registry, d.fallback_type, fmt)
         weights = field_weights(field_coverage, scheme.fields, config.tag.field_balance)
-        model, tokenizer, seq2seq = load_trainable(config.model, labels=scheme.labels, layers=config.tag.layers)
+        model, tokenizer, seq2seq = load_trainable(
+            config.model, labels=scheme.labels, layers=config.tag.layers, frozen=config.tag.frozen_layers
+        )
         coverage: dict[str, list[int]] = {}
         args = (registry, d.fallback_type, fmt, scheme, tokenizer, d.max_input_tokens)
         train = encode_split(train_records, *args, coverage)
