@@ -5,7 +5,8 @@ the same run, and (--profile) a torch.profiler summary of a few steps.
 
 Trains configs/grobid-headers-tag.yaml (or --config) for --steps optimizer steps on the real header
 corpus with the Trainer engine, exactly as `metatune train` would, into a temporary directory. MFU
-counts 6 x parameters x document tokens per second over the steps after the first (warm-up).
+counts 6 x parameters x document tokens per second over the steps after the first (warm-up); with
+frozen layers (`tag.frozen_layers`), 2 x parameters + 4 x trainable parameters per token.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def main() -> None:
     dtype = "bfloat16" if precision == "bf16" else "float32"
     peak = max(before[dtype]["wall"], after[dtype]["wall"])
     params = sum(p.numel() for p in prepared.model.parameters())
-    steps = step_figures(timer.times, counter.tokens, params, peak)
+    trainable = sum(p.numel() for p in prepared.model.parameters() if p.requires_grad)
+    steps = step_figures(timer.times, counter.tokens, params, peak, trainable)
     figures = {
         "cpu_flags": sorted(
             set(Path("/proc/cpuinfo").read_text().split()) & {"avx2", "avx512_bf16", "amx_bf16", "amx_tile"}

@@ -332,3 +332,14 @@ def test_a_model_read_both_ways_trains_one_example_at_a_time_where_padded_batche
     config.training.padding_free = False  # the user's choice wins
     args = training_arguments(prepared, tmp_path / "forced")
     assert args.per_device_train_batch_size == 4
+
+
+def test_step_figures_count_the_backward_pass_of_trained_parameters_only():
+    from metatune.bench.other_runs import step_figures
+
+    times, tokens = [9.0, 2.0, 2.0], [100, 100, 100]  # the first step is warm-up and left out
+    full = step_figures(times, tokens, parameters=1000, peak=1e6)
+    assert full["steps_timed"] == 2 and full["model_flops_per_second"] == 6 * 1000 * 200 / 4.0
+    half = step_figures(times, tokens, parameters=1000, peak=1e6, trainable=500)
+    assert half["model_flops_per_second"] == (2 * 1000 + 4 * 500) * 200 / 4.0
+    assert half["mfu"] == round(half["model_flops_per_second"] / 1e6, 4)

@@ -37,14 +37,19 @@ class TokenCount:
         return self.collate(features)
 
 
-def step_figures(times: list[float], tokens: list[int], parameters: int, peak: float) -> dict:
+def step_figures(times: list[float], tokens: list[int], parameters: int, peak: float, trainable: int | None = None) -> dict:
     """Seconds per step and MFU (6 x parameters x document tokens per second over `peak`) of the steps
-    after the first (warm-up: allocators, oneDNN kernels), or of all of them when there are fewer than 3."""
+    after the first (warm-up: allocators, oneDNN kernels), or of all of them when there are fewer than 3.
+
+    With `trainable` parameters fewer than all (frozen layers), a token costs 2 x parameters in the
+    forward pass and 4 x trainable ones in the backward pass.
+    """
     per_step = len(tokens) // max(len(times), 1)  # micro-batches per optimizer step
     step_tokens = [sum(tokens[i * per_step : (i + 1) * per_step]) for i in range(len(times))]
     keep = slice(1, None) if len(times) >= 3 else slice(None)
     times, step_tokens = times[keep], step_tokens[keep]
-    rate = 6 * parameters * sum(step_tokens) / sum(times)
+    flops_per_token = 2 * parameters + 4 * (parameters if trainable is None else trainable)
+    rate = flops_per_token * sum(step_tokens) / sum(times)
     return {
         "steps_timed": len(times),
         "seconds_per_step_median": round(statistics.median(times), 3),
