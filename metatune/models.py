@@ -247,6 +247,36 @@ def read_both_ways(model) -> None:
             module.is_causal = False
 
 
+def read_first_layers_forward(model, layers: int) -> None:
+    """Keeps the first `layers` transformer layers of a model that reads both ways (read_both_ways)
+    causal, as pretrained (0: none); the layers above them read both ways.
+
+    Without padding there is no mask and `is_causal` (which transformers passes every layer from the
+    config) picks SDPA's causal kernel; with padding, the padding mask also hides every later
+    position. metatune trains and tags with SDPA, whose `is_causal` eager attention would not read.
+    """
+    if not layers:
+        return
+    for layer in decoder_layers(model, f"reading the first {layers} layers forward")[:layers]:
+        for module in layer.modules():
+            if hasattr(module, "is_causal"):
+                module.is_causal = True
+        layer.register_forward_pre_hook(_hide_later_positions, with_kwargs=True)
+
+
+def _hide_later_positions(module, args, kwargs):
+    kwargs["is_causal"] = True
+    mask = kwargs.get("attention_mask")
+    if mask is not None:
+        queries, keys = mask.shape[-2:]
+        earlier = torch.ones(queries, keys, dtype=torch.bool, device=mask.device).tril(keys - queries)
+        if mask.dtype == torch.bool:
+            kwargs["attention_mask"] = mask & earlier
+        else:  # an additive mask
+            kwargs["attention_mask"] = mask.masked_fill(~earlier, torch.finfo(mask.dtype).min)
+    return args, kwargs
+
+
 def decoder_layers(model, what: str) -> torch.nn.ModuleList:
     """The transformer layers of a decoder; `what` names the request in the error for any other model."""
     stack = getattr(model.base_model, "layers", None)

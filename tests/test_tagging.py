@@ -206,6 +206,38 @@ def test_reading_both_ways_without_a_mask_is_the_all_visible_4d_mask(tiny_llama)
     assert not torch.allclose(causal(**alone).logits, model(**alone).logits, atol=1e-3)  # it does read both ways
 
 
+def test_the_first_layers_read_forward_alone_and_in_a_padded_batch(tiny_llama):
+    """models.read_first_layers_forward over every layer of a model read both ways gives the causal
+    model back, alone (no mask: SDPA's causal kernel) and in a padded batch; over the first layer only,
+    a document's logits are the same alone and padded, and those of neither way of reading (float32)."""
+    from transformers import AutoModelForTokenClassification
+
+    from metatune.models import read_both_ways, read_first_layers_forward
+
+    torch.manual_seed(0)
+    docs = [[1, *range(10, 40)], [1, *range(50, 70)]]
+
+    def model(forward_layers=None):
+        m = AutoModelForTokenClassification.from_pretrained(tiny_llama, num_labels=4, dtype=torch.float32).eval()
+        if forward_layers is not None:
+            read_both_ways(m)
+            read_first_layers_forward(m, forward_layers)
+        return m
+
+    causal, both_ways, all_forward, first_forward = model(), model(0), model(2), model(1)
+    for m in (both_ways, all_forward, first_forward):
+        m.load_state_dict(causal.state_dict())
+    alone, padded = TagCollator(0)([{"input_ids": docs[1]}]), TagCollator(0)([{"input_ids": d} for d in docs])
+    real = padded["attention_mask"].bool()
+    with torch.no_grad():
+        assert torch.allclose(all_forward(**alone).logits, causal(**alone).logits, atol=1e-5)
+        assert torch.allclose(all_forward(**padded).logits[real], causal(**padded).logits[real], atol=1e-5)
+        mixed = first_forward(**alone).logits
+        assert torch.allclose(first_forward(**padded).logits[1, : len(docs[1])], mixed[0], atol=1e-5)
+        assert not torch.allclose(mixed, causal(**alone).logits, atol=1e-3)
+        assert not torch.allclose(mixed, both_ways(**alone).logits, atol=1e-3)
+
+
 WORDS = (
     "estudio síntesis formación docente escuelas simulación térmica puentes hormigón noticia organizaciones "
     "financiamiento empresas economía informalidad laboral municipios química suelos agua"
@@ -413,6 +445,7 @@ def test_a_tagger_kept_to_its_first_layers_learns_saves_that_depth_and_extracts_
 def test_a_tagger_with_frozen_first_layers_trains_only_the_layers_above_them(tmp_path, tiny_llama, synthetic):
     from safetensors.torch import load_file
 
+    from metatune.objectives import open_run
     from metatune.training.run import train
 
     run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", "tag.frozen_layers=1"))
@@ -425,6 +458,12 @@ def test_a_tagger_with_frozen_first_layers_trains_only_the_layers_above_them(tmp
         if key == "model.embed_tokens.weight" or ".layers.0." in key:
             assert torch.equal(base[key], trained[key]), key  # frozen: exactly the pretrained weights
     assert any(not torch.equal(base[k], trained[k]) for k in shared if ".layers.1." in k)
+    assert (
+        json.loads((run / "metatune.json").read_text())["tagging"]["causal_layers"] == 1
+    )  # read forward, as pretrained
+    tagger = open_run(run, ExtractionSettings(dtype="float32"))
+    layers = tagger.model.base_model.layers
+    assert layers[0].self_attn.is_causal and not layers[1].self_attn.is_causal
 
 
 def test_a_tagger_keeps_its_first_layers_only_of_a_decoder_that_has_them(tmp_path, tiny_llama, tiny_t5):

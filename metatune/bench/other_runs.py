@@ -37,7 +37,9 @@ class TokenCount:
         return self.collate(features)
 
 
-def step_figures(times: list[float], tokens: list[int], parameters: int, peak: float, trainable: int | None = None) -> dict:
+def step_figures(
+    times: list[float], tokens: list[int], parameters: int, peak: float, trainable: int | None = None
+) -> dict:
     """Seconds per step and MFU (6 x parameters x document tokens per second over `peak`) of the steps
     after the first (warm-up: allocators, oneDNN kernels), or of all of them when there are fewer than 3.
 

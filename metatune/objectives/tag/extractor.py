@@ -19,7 +19,7 @@ from metatune.errors import MetatuneError
 from metatune.export import load_run
 from metatune.extraction import Extraction
 from metatune.language import detect_language
-from metatune.models import cast, read_both_ways
+from metatune.models import cast, read_both_ways, read_first_layers_forward
 from metatune.objectives.base import RunTypes
 from metatune.objectives.tag.labels import (
     TagCollator,
@@ -54,6 +54,7 @@ class Tagger(RunTypes):
         self.scheme = TagScheme.from_dict(tagging["scheme"])
         if tagging["bidirectional"]:  # runs saved before `is_causal: false` was in their config too
             read_both_ways(self.model)
+            read_first_layers_forward(self.model, tagging.get("causal_layers", 0))
         self.collate = TagCollator(self.tokenizer.pad_token_id)
         self.transitions = allowed_transitions(self.scheme)
         if tagging.get("transitions") in ("learned", "seen"):

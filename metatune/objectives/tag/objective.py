@@ -16,7 +16,7 @@ from metatune.data import record_type
 from metatune.encoding import IGNORE_INDEX
 from metatune.errors import MetatuneError
 from metatune.formatting import InputFormat
-from metatune.models import read_both_ways
+from metatune.models import read_both_ways, read_first_layers_forward
 from metatune.objectives.base import Objective, describe
 from metatune.objectives.tag.labels import (
     NOT_TAGGED,
@@ -330,12 +330,17 @@ class TagObjective(Objective):
             + " (values not found in the text are left unlabelled)"
         )
         bidirectional = not seq2seq and config.tag.attention == "bidirectional"
+        # frozen layers keep reading forward, as pretrained (read both ways untrained, 15 of 30 cost
+        # GROBID's five 7 points: docs/benchmarks.md)
+        causal_layers = config.tag.frozen_layers if bidirectional else 0
         if bidirectional:
             read_both_ways(model)
+            read_first_layers_forward(model, causal_layers)
         start_with_the_type_position(tokenizer)  # the saved tokenizer; training encodes without special tokens
         tagging = {
             "scheme": scheme.to_dict(),
             "bidirectional": bidirectional,
+            "causal_layers": causal_layers,
             "alignment": {f: {"values": t, "aligned": a} for f, (t, a) in coverage.items()},
             "not_tagged": {"language": "detected from the text (py3langid)"},
             "transitions": config.tag.transitions,
