@@ -253,10 +253,15 @@ def read_first_layers_forward(model, layers: int) -> None:
 
     Without padding there is no mask and `is_causal` (which transformers passes every layer from the
     config) picks SDPA's causal kernel; with padding, the padding mask also hides every later
-    position. metatune trains and tags with SDPA, whose `is_causal` eager attention would not read.
+    position (a boolean mask: SDPA's). Other attention kernels are refused: eager attention reads no
+    `is_causal` and would read these layers both ways unnoticed.
     """
     if not layers:
         return
+    if model.config._attn_implementation != "sdpa":
+        raise MetatuneError(
+            f"reading the first {layers} layers forward needs SDPA attention, not {model.config._attn_implementation}"
+        )
     for layer in decoder_layers(model, f"reading the first {layers} layers forward")[:layers]:
         for module in layer.modules():
             if hasattr(module, "is_causal"):
@@ -270,10 +275,7 @@ def _hide_later_positions(module, args, kwargs):
     if mask is not None:
         queries, keys = mask.shape[-2:]
         earlier = torch.ones(queries, keys, dtype=torch.bool, device=mask.device).tril(keys - queries)
-        if mask.dtype == torch.bool:
-            kwargs["attention_mask"] = mask & earlier
-        else:  # an additive mask
-            kwargs["attention_mask"] = mask.masked_fill(~earlier, torch.finfo(mask.dtype).min)
+        kwargs["attention_mask"] = mask & earlier
     return args, kwargs
 
 

@@ -209,9 +209,11 @@ def test_reading_both_ways_without_a_mask_is_the_all_visible_4d_mask(tiny_llama)
 def test_the_first_layers_read_forward_alone_and_in_a_padded_batch(tiny_llama):
     """models.read_first_layers_forward over every layer of a model read both ways gives the causal
     model back, alone (no mask: SDPA's causal kernel) and in a padded batch; over the first layer only,
-    a document's logits are the same alone and padded, and those of neither way of reading (float32)."""
+    a document's logits are the same alone and padded, and those of neither way of reading (float32).
+    Attention other than SDPA is refused."""
     from transformers import AutoModelForTokenClassification
 
+    from metatune.errors import MetatuneError
     from metatune.models import read_both_ways, read_first_layers_forward
 
     torch.manual_seed(0)
@@ -236,6 +238,10 @@ def test_the_first_layers_read_forward_alone_and_in_a_padded_batch(tiny_llama):
         assert torch.allclose(first_forward(**padded).logits[1, : len(docs[1])], mixed[0], atol=1e-5)
         assert not torch.allclose(mixed, causal(**alone).logits, atol=1e-3)
         assert not torch.allclose(mixed, both_ways(**alone).logits, atol=1e-3)
+    eager = AutoModelForTokenClassification.from_pretrained(tiny_llama, num_labels=4, attn_implementation="eager")
+    read_both_ways(eager)
+    with pytest.raises(MetatuneError, match="reading the first 1 layers forward needs SDPA attention, not eager"):
+        read_first_layers_forward(eager, 1)
 
 
 WORDS = (
@@ -464,6 +470,13 @@ def test_a_tagger_with_frozen_first_layers_trains_only_the_layers_above_them(tmp
     tagger = open_run(run, ExtractionSettings(dtype="float32"))
     layers = tagger.model.base_model.layers
     assert layers[0].self_attn.is_causal and not layers[1].self_attn.is_causal
+    # bf16 (forced whatever this CPU would pick) reads the frozen layer forward too: the same spans
+    texts = [r["original_text"] for r in synthetic_records(6, 3)]
+    in_bf16 = open_run(run, ExtractionSettings(dtype="bfloat16"))
+    assert in_bf16.model.dtype == torch.bfloat16 and in_bf16.model.base_model.layers[0].self_attn.is_causal
+    spans = [r.data for r in tagger.extract(texts)]
+    assert sum(bool(d.get("title")) for d in spans) >= 3, spans
+    assert [r.data for r in in_bf16.extract(texts)] == spans
 
 
 def test_a_tagger_keeps_its_first_layers_only_of_a_decoder_that_has_them(tmp_path, tiny_llama, tiny_t5):
