@@ -105,3 +105,47 @@ def test_make_sample_catalogued_is_seeded_and_differs_from_the_page_as_a_catalog
     for field in ("rights", "rightsurl"):
         assert sum(r[field] not in r["original_text"] for r in records) >= len(records) / 2
     assert all(r["degree.name"] not in r["original_text"] for r in records if r["type"] == "Tesis")
+
+
+def seed_report(path, run_dir, title, keywords, collapsed=False):
+    """A metrics.json as `metatune evaluate --report` writes it, with two fields and the chosen micro."""
+    path.parent.mkdir(parents=True)
+    report = {
+        "fields": {"title": scores(title, 10), "keywords": scores(keywords, 10)},
+        "micro": scores((title + keywords) / 2, 20),
+        "micro_chosen": {"fields": ["title"], **scores(title, 10)},
+        "run": {"run_dir": str(run_dir), "data": "d.json", "split": "validation", "collapsed_whitespace": collapsed},
+    }
+    path.write_text(json.dumps(report))
+    return path
+
+
+def seed_table(*args):
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "seed_table.py"), *map(str, args)], capture_output=True, text=True
+    )
+
+
+def test_seed_table_gives_each_seed_and_the_mean_with_half_the_range(tmp_path):
+    a = seed_report(tmp_path / "s42" / "eval" / "metrics.json", tmp_path / "s42", 0.90, 0.70)
+    b = seed_report(tmp_path / "s7" / "eval" / "metrics.json", tmp_path / "s7", 0.94, 0.80)
+    result = seed_table(a, b)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "| soft F1 (%) | s42 | s7 | **2 runs** |"
+    assert "| title | 90.0 | 94.0 | **92.0 ± 2.0** |" in lines
+    assert "| keywords | 70.0 | 80.0 | **75.0 ± 5.0** |" in lines
+    assert "| micro over title | 90.0 | 94.0 | **92.0 ± 2.0** |" in lines
+    assert "| micro, all fields | 80.0 | 87.0 | **83.5 ± 3.5** |" in lines
+
+
+def test_seed_table_refuses_to_average_text_as_it_is_with_collapsed_text(tmp_path):
+    a = seed_report(tmp_path / "s42" / "eval" / "metrics.json", tmp_path / "s42", 0.90, 0.70)
+    b = seed_report(tmp_path / "s7" / "eval" / "metrics.json", tmp_path / "s7", 0.84, 0.72, collapsed=True)
+    result = seed_table(a, b)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: {b} differs from {a} in collapsed_whitespace: one evaluation per table"
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    result = seed_table(broken)
+    assert result.returncode == 1 and result.stderr.startswith(f"error: {broken}: not a readable metrics.json")
