@@ -5,9 +5,10 @@
         [--metric soft|strict|levenshtein|ratcliff]
 
 Reads the `metrics.json` that `metatune evaluate --report` writes, one per seed of the same config
-(same data, split and whitespace: reports that differ in these are refused). Rows: every field any of them scored, then the micro over the fields chosen
-with `--micro-fields` (when they chose it) and the micro over all fields; a field a run did not score
-shows `–` and is left out of that row's mean. Columns are named by each report's run directory.
+(reports of different data, split, whitespace or `--micro-fields` are refused). Rows: every field
+any of them scored, then the micro over the fields chosen with `--micro-fields` (when they chose
+them) and the micro over all fields; a field a run did not score shows `–` and is left out of that
+row's mean. Columns are named by each report's run directory.
 The spread is half the range, as docs/benchmarks.md reports it.
 """
 
@@ -36,11 +37,20 @@ def column_name(path: Path, report: dict) -> str:
 
 
 def same_evaluation(paths: list[Path], reports: list[dict]) -> None:
-    """Refuses reports of different data, split or whitespace: their mean would mean nothing."""
-    keys = ("data", "split", "collapsed_whitespace")
-    first = {k: (reports[0].get("run") or {}).get(k) for k in keys}
+    """Refuses reports of different data, split, whitespace or chosen micro fields: their mean would mean nothing."""
+
+    def settings(report: dict) -> dict:
+        run = report.get("run") or {}
+        return {
+            "data": run.get("data"),
+            "split": run.get("split"),
+            "whitespace": run.get("collapsed_whitespace"),
+            "micro fields": (report.get("micro_chosen") or {}).get("fields"),
+        }
+
+    first = settings(reports[0])
     for path, report in zip(paths[1:], reports[1:]):
-        differ = [k for k in keys if (report.get("run") or {}).get(k) != first[k]]
+        differ = [k for k, v in settings(report).items() if v != first[k]]
         if differ:
             raise SystemExit(f"error: {path} differs from {paths[0]} in {', '.join(differ)}: one evaluation per table")
 

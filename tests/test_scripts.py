@@ -144,7 +144,7 @@ def test_seed_table_refuses_to_average_text_as_it_is_with_collapsed_text(tmp_pat
     b = seed_report(tmp_path / "s7" / "eval" / "metrics.json", tmp_path / "s7", 0.84, 0.72, collapsed=True)
     result = seed_table(a, b)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == f"error: {b} differs from {a} in collapsed_whitespace: one evaluation per table"
+    assert result.stderr.strip() == f"error: {b} differs from {a} in whitespace: one evaluation per table"
     broken = tmp_path / "broken.json"
     broken.write_text("{")
     result = seed_table(broken)
