@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from metatune import attention
 from metatune.bench.machine import peak_rates
 from metatune.bench.other_runs import StepTimes, TokenCount, step_figures
 from metatune.config import load_config
@@ -41,7 +42,11 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--out", help="write the figures here as JSON")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (inductor, dynamic shapes)")
-    parser.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa", help="the attention kernels")
+    parser.add_argument(
+        "--attention",
+        choices=["sdpa", "eager", attention.NAME],
+        help="the attention kernels (default: what `metatune train` picks, metatune/attention.py)",
+    )
     parser.add_argument(
         "--bf16-weights",
         action="store_true",
@@ -63,7 +68,9 @@ def main() -> None:
         work.mkdir()
         targs = training_arguments(prepared, work)
         targs.save_strategy = "no"
-        prepared.model.set_attn_implementation(args.attention)
+        if args.attention:
+            prepared.model.set_attn_implementation(args.attention)
+        picked = prepared.model.config._attn_implementation
         if args.bf16_weights:
             prepared.model.to(torch.bfloat16)
             precision = "bf16"
@@ -106,7 +113,7 @@ def main() -> None:
         "precision": precision,
         "sets": args.sets,
         "compiled": args.compile,
-        "attention": args.attention,
+        "attention": picked,
         "bf16_weights": args.bf16_weights,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "steps_timed": steps["steps_timed"],

@@ -19,6 +19,7 @@ from transformers import (
     AutoTokenizer,
 )
 
+from metatune import attention
 from metatune.config import ModelSettings, preset_file, preset_names, read_yaml
 from metatune.errors import MetatuneError
 from metatune.files import temp_dir_beside, usual_modes
@@ -253,12 +254,13 @@ def read_first_layers_forward(model, layers: int) -> None:
 
     Without padding there is no mask and `is_causal` (which transformers passes every layer from the
     config) picks SDPA's causal kernel; with padding, the padding mask also hides every later
-    position (a boolean mask: SDPA's). Other attention kernels are refused: eager attention reads no
-    `is_causal` and would read these layers both ways unnoticed.
+    position (a boolean mask: SDPA's). SDPA and metatune's matmul attention (metatune.attention) read
+    both; other kernels are refused: eager attention reads no `is_causal` and would read these layers
+    both ways unnoticed.
     """
     if not layers:
         return
-    if model.config._attn_implementation != "sdpa":
+    if model.config._attn_implementation not in ("sdpa", attention.NAME):
         raise MetatuneError(
             f"reading the first {layers} layers forward needs SDPA attention, not {model.config._attn_implementation}"
         )

@@ -9,6 +9,7 @@ from collections import Counter
 
 import torch
 
+from metatune import attention
 from metatune.alignment import DATE_FIELDS, PERSON_FIELDS, Span, align_record, locate_date
 from metatune.card import CardParts
 from metatune.config import Config, ExtractionSettings
@@ -36,6 +37,7 @@ from metatune.objectives.tag.labels import (
     weighted,
 )
 from metatune.peft_setup import load_trainable
+from metatune.precision import use_bf16
 from metatune.text import collapse_whitespace
 from metatune.training.common import LoopParts, Prepared, TrainerParts
 
@@ -336,6 +338,8 @@ class TagObjective(Objective):
         if bidirectional:
             read_both_ways(model)
             read_first_layers_forward(model, causal_layers)
+            # SDPA's CPU kernel is slow backwards in bf16 (metatune/attention.py)
+            attention.use_for_training(model, use_bf16(config))
         start_with_the_type_position(tokenizer)  # the saved tokenizer; training encodes without special tokens
         tagging = {
             "scheme": scheme.to_dict(),
@@ -358,6 +362,7 @@ class TagObjective(Objective):
             "validation_examples": len(validation),
             "train_tokens": sum(len(x["input_ids"]) for x in train),
             "train_labelled_tokens": sum(sum(1 for t in x["labels"] if t > 0) for x in train),
+            "attention": model.config._attn_implementation,
         }
         collate = TagCollator(tokenizer.pad_token_id)
         return Prepared(

@@ -1,0 +1,70 @@
+"""metatune.attention: matmul attention is SDPA's math, and is picked only where it is faster."""
+
+import pytest
+import torch
+
+from metatune import attention
+from metatune.models import read_both_ways, read_first_layers_forward
+from metatune.objectives.tag.labels import TagCollator, TagScheme, tag_loss_for
+
+DOCS = [[1, *range(10, 40)], [1, *range(50, 70)]]
+LABELS = [[3, *([1, 2, 0] * 10)], [3, *([0, 1, 2, 2] * 5)]]
+
+
+def tiny(path, implementation, dtype=torch.float32, reading=None):
+    from transformers import AutoModelForTokenClassification
+
+    torch.manual_seed(0)  # the same head on every copy
+    model = AutoModelForTokenClassification.from_pretrained(
+        path, num_labels=4, dtype=dtype, attn_implementation=implementation
+    )
+    if reading is not None:  # read both ways, the first `reading` layers forward
+        read_both_ways(model)
+        read_first_layers_forward(model, reading)
+    return model
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad()
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    loss = tag_loss_for(TagScheme(("title",), ("article",)), 32.0)({"logits": logits}, batch["labels"])
+    loss.backward()
+    return logits.detach(), loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("reading", [None, 0, 1], ids=["causal", "both-ways", "first-layer-forward"])
+def test_matmul_attention_gives_sdpas_logits_loss_and_gradients(tiny_llama, reading):
+    """float32, key/value heads shared (4 query heads, 2 key/value heads), alone (no mask) and in a
+    padded batch (a boolean padding mask), causal, both ways and mixed."""
+    sdpa = tiny(tiny_llama, "sdpa", reading=reading)
+    matmul = tiny(tiny_llama, attention.NAME, reading=reading)
+    matmul.load_state_dict(sdpa.state_dict())
+    for rows in ([1], [0, 1]):
+        batch = TagCollator(0)([{"input_ids": DOCS[r], "labels": LABELS[r]} for r in rows])
+        (ls, ss, gs), (lm, sm, gm) = loss_and_grads(sdpa, batch), loss_and_grads(matmul, batch)
+        real = batch["labels"] != -100
+        assert torch.allclose(ls[real], lm[real], atol=1e-5) and torch.allclose(ss, sm, atol=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(gs, gm))
+
+
+def test_matmul_attention_in_bf16_stays_close_to_sdpa(tiny_llama):
+    """bf16 forced, whatever this CPU picks: the same loss to bf16's precision, gradients in bf16."""
+    sdpa = tiny(tiny_llama, "sdpa", torch.bfloat16, reading=0)
+    matmul = tiny(tiny_llama, attention.NAME, torch.bfloat16, reading=0)
+    matmul.load_state_dict(sdpa.state_dict())
+    batch = TagCollator(0)([{"input_ids": DOCS[0], "labels": LABELS[0]}])
+    (ls, ss, _), (lm, sm, gm) = loss_and_grads(sdpa, batch), loss_and_grads(matmul, batch)
+    assert lm.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in gm)
+    assert torch.allclose(ss.float(), sm.float(), rtol=2e-2)
+    assert (ls.argmax(-1) == lm.argmax(-1)).float().mean() > 0.9
+
+
+def test_matmul_attention_is_used_only_for_bf16_training_on_a_cpu(tiny_llama):
+    model = tiny(tiny_llama, "sdpa")
+    assert not attention.use_for_training(model, bf16=False)
+    assert model.config._attn_implementation == "sdpa"
+    picked = attention.use_for_training(model, bf16=True)
+    assert picked == (not torch.cuda.is_available())
+    assert model.config._attn_implementation == (attention.NAME if picked else "sdpa")
+    eager = tiny(tiny_llama, "eager")
+    assert not attention.use_for_training(eager, bf16=True) and eager.config._attn_implementation == "eager"
