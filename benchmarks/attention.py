@@ -35,6 +35,13 @@ def median_ms(call, repeats: int) -> float:
     return sorted(times)[len(times) // 2] * 1e3
 
 
+def timings(kernel, q, k, v, grad, repeats: int) -> tuple[float, float]:
+    """Median milliseconds of the forward pass alone, and of forward and backward."""
+    with torch.no_grad():
+        forward = median_ms(lambda: kernel(q, k, v), repeats)
+    return forward, median_ms(lambda: kernel(q, k, v).backward(grad), repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="256,530,1062,1536")
@@ -60,9 +67,7 @@ def main() -> None:
             row = {"dtype": str(dtype).removeprefix("torch."), "length": length, "max_abs_difference": diff}
             for _ in range(2):
                 for name, kernel in kernels.items():
-                    with torch.no_grad():
-                        forward = median_ms(lambda: kernel(q, k, v), args.repeats)
-                    both = median_ms(lambda: kernel(q, k, v).backward(grad), args.repeats)
+                    forward, both = timings(kernel, q, k, v, grad, args.repeats)
                     row[f"{name}_forward_ms"] = min(row.get(f"{name}_forward_ms", forward), forward)
                     row[f"{name}_forward_backward_ms"] = min(row.get(f"{name}_forward_backward_ms", both), both)
             for part in ("forward", "forward_backward"):

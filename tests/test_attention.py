@@ -68,3 +68,28 @@ def test_matmul_attention_is_used_only_for_bf16_training_on_a_cpu(tiny_llama):
     assert model.config._attn_implementation == (attention.NAME if picked else "sdpa")
     eager = tiny(tiny_llama, "eager")
     assert not attention.use_for_training(eager, bf16=True) and eager.config._attn_implementation == "eager"
+
+
+def test_the_attention_benchmark_times_both_kernels_per_length_and_precision(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "attention.json"
+    script = [sys.executable, str(REPO / "benchmarks" / "attention.py"), "--lengths", "8,24", "--repeats", "1"]
+    done = subprocess.run([*script, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
+    assert [(r["dtype"], r["length"]) for r in rows] == [
+        ("bfloat16", 8),
+        ("bfloat16", 24),
+        ("float32", 8),
+        ("float32", 24),
+    ]
+    for r in rows:
+        assert r["forward_backward_ratio"] == pytest.approx(
+            r["sdpa_forward_backward_ms"] / r["matmul_forward_backward_ms"]
+        )
+        assert r["max_abs_difference"] < (1e-5 if r["dtype"] == "float32" else 0.05)  # the same attention
