@@ -1,11 +1,12 @@
-"""Attention as two matrix products and a softmax, for training in bf16 on a CPU.
+"""Attention as two matrix products and a softmax, for models that read both ways in bf16 on a CPU.
 
 PyTorch's CPU flash-attention kernel (what SDPA runs there) is slow backwards in bf16: one layer of
 SmolLM2-135M over a 530-token document, forward and backward, takes 1.8x as long as the same math
-written as `softmax(q k^T) v` with the score matrix in memory (benchmarks/attention.py; 1.2-1.8x
-from 256 to 1,536 tokens on AVX-512-BF16). In float32 and for inference the flash kernel is as fast
-or faster, and on GPUs it is the one to use, so this is chosen only for bf16 training on a CPU
-(`use_for_training`). The math is transformers' eager attention with the key/value heads shared
+written as `softmax(q k^T) v` with the score matrix in memory (benchmarks/attention.py; 1.2-2.5x
+from 256 to 1,536 tokens on AVX-512-BF16), and reading the GROBID validation headers one at a time
+in bf16 was 10% slower with it (docs/performance.md). In float32, for causal attention and on GPUs
+the flash kernel is as fast or faster, so this is chosen only for bf16 on a CPU reading both ways
+(`use_where_faster`). The math is transformers' eager attention with the key/value heads shared
 without copies; unlike eager, the scores stay in bf16 under autocast (the softmax still sums in
 float32 inside the kernel) and no float32 copy of them is written.
 """
@@ -45,9 +46,10 @@ AttentionInterface.register(NAME, matmul_attention)
 AttentionMaskInterface.register(NAME, sdpa_mask)  # the same boolean masks SDPA gets (None without padding)
 
 
-def use_for_training(model, bf16: bool) -> bool:
-    """Switches a model that uses SDPA to matmul attention when it trains in bf16 on a CPU; says whether it did."""
-    if not bf16 or torch.cuda.is_available() or model.config._attn_implementation != "sdpa":
+def use_where_faster(model, bf16: bool, device_type: str) -> bool:
+    """Switches a model that reads both ways with SDPA to matmul attention when it runs in bf16 on a
+    CPU (training, or reading documents one at a time); says whether it did."""
+    if not bf16 or device_type != "cpu" or model.config._attn_implementation != "sdpa":
         return False
     model.set_attn_implementation(NAME)
     return True

@@ -59,15 +59,16 @@ def test_matmul_attention_in_bf16_stays_close_to_sdpa(tiny_llama):
     assert (ls.argmax(-1) == lm.argmax(-1)).float().mean() > 0.9
 
 
-def test_matmul_attention_is_used_only_for_bf16_training_on_a_cpu(tiny_llama):
+def test_matmul_attention_is_picked_only_for_bf16_on_a_cpu(tiny_llama):
     model = tiny(tiny_llama, "sdpa")
-    assert not attention.use_for_training(model, bf16=False)
+    assert not attention.use_where_faster(model, bf16=False, device_type="cpu")
+    assert not attention.use_where_faster(model, bf16=True, device_type="cuda")
     assert model.config._attn_implementation == "sdpa"
-    picked = attention.use_for_training(model, bf16=True)
-    assert picked == (not torch.cuda.is_available())
-    assert model.config._attn_implementation == (attention.NAME if picked else "sdpa")
+    assert attention.use_where_faster(model, bf16=True, device_type="cpu")
+    assert model.config._attn_implementation == attention.NAME
     eager = tiny(tiny_llama, "eager")
-    assert not attention.use_for_training(eager, bf16=True) and eager.config._attn_implementation == "eager"
+    assert not attention.use_where_faster(eager, bf16=True, device_type="cpu")
+    assert eager.config._attn_implementation == "eager"
 
 
 def test_the_attention_benchmark_times_both_kernels_per_length_and_precision(tmp_path):

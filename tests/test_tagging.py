@@ -627,6 +627,7 @@ def test_forced_bf16_tag_training_and_extraction_run_on_any_cpu(tmp_path, tiny_l
     assert "metatune_matmul" not in (run / "config.json").read_text()  # other runtimes load the run
     tagger = open_run(run, ExtractionSettings(dtype="bfloat16"))
     assert tagger.model.dtype == torch.bfloat16
+    assert tagger.model.config._attn_implementation == "metatune_matmul"  # on a CPU, as trained
     result = tagger.extract([synthetic_records(1, 9)[0]["original_text"]])[0]
     assert result.data is not None and result.data["language"] == "es"
 

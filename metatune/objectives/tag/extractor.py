@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from metatune import precision
+from metatune import attention, precision
 from metatune.config import ExtractionSettings
 from metatune.errors import MetatuneError
 from metatune.export import load_run
@@ -55,6 +55,7 @@ class Tagger(RunTypes):
         if tagging["bidirectional"]:  # runs saved before `is_causal: false` was in their config too
             read_both_ways(self.model)
             read_first_layers_forward(self.model, tagging.get("causal_layers", 0))
+            attention.use_where_faster(self.model, self.model.dtype == torch.bfloat16, self.device.type)
         self.collate = TagCollator(self.tokenizer.pad_token_id)
         self.transitions = allowed_transitions(self.scheme)
         if tagging.get("transitions") in ("learned", "seen"):

@@ -339,7 +339,7 @@ class TagObjective(Objective):
             read_both_ways(model)
             read_first_layers_forward(model, causal_layers)
             # SDPA's CPU kernel is slow backwards in bf16 (metatune/attention.py)
-            attention.use_for_training(model, use_bf16(config))
+            attention.use_where_faster(model, use_bf16(config), "cuda" if torch.cuda.is_available() else "cpu")
         start_with_the_type_position(tokenizer)  # the saved tokenizer; training encodes without special tokens
         tagging = {
             "scheme": scheme.to_dict(),
