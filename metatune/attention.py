@@ -1,16 +1,15 @@
-"""Attention as two matrix products and a softmax, for models that read both ways in bf16 on a CPU.
+"""Attention as two matrix products and a softmax, for reading documents both ways in bf16 on a CPU.
 
-PyTorch's CPU flash-attention kernel (what SDPA runs there) is slow backwards in bf16: one layer of
-SmolLM2-135M over a 530-token document, forward and backward, takes 1.8x as long as the same math
-written as `softmax(q k^T) v` with the score matrix in memory (benchmarks/attention.py; 1.2-2.5x
-from 256 to 1,536 tokens on AVX-512-BF16), and reading the GROBID validation headers one at a time
-in bf16 was 10% slower with it (docs/performance.md). In float32, for causal attention and on GPUs
-the flash kernel is as fast or faster, so this is chosen only for bf16 on a CPU reading both ways
-(`use_where_faster`). The math is transformers' eager attention with the key/value heads shared
-without copies; unlike eager, the scores stay in bf16 under autocast (the softmax still sums in
-float32 inside the kernel) and no float32 copy of them is written.
+PyTorch's CPU flash-attention kernel (what SDPA runs there) is slower than the same math written
+as `softmax(q k^T) v` with the score matrix in memory when the Tagger reads real documents one at a
+time in bf16: the 104 GROBID validation headers 10% faster with this, at the same quality over four
+seeds (docs/performance.md). In float32, for causal attention and on GPUs the flash kernel is as
+fast or faster. In training, one layer's bf16 backward pass is 1.2-2.5x faster with it in isolation
+(benchmarks/attention.py) and 8-step benchmarks were 1.5x faster, but two whole runs were not
+(2,409-2,462 s against 2,161-2,167 s with SDPA), so training keeps SDPA. The math is transformers'
+eager attention with the key/value heads shared without copies; unlike eager, the scores stay in
+bf16 (the softmax still sums in float32 inside the kernel) and no float32 copy of them is written.
 """
-
 from __future__ import annotations
 
 import torch
@@ -48,7 +47,7 @@ AttentionMaskInterface.register(NAME, sdpa_mask)  # the same boolean masks SDPA 
 
 def use_where_faster(model, bf16: bool, device_type: str) -> bool:
     """Switches a model that reads both ways with SDPA to matmul attention when it runs in bf16 on a
-    CPU (training, or reading documents one at a time); says whether it did."""
+    CPU (the Tagger, reading documents one at a time); says whether it did."""
     if not bf16 or device_type != "cpu" or model.config._attn_implementation != "sdpa":
         return False
     model.set_attn_implementation(NAME)

@@ -9,7 +9,6 @@ from collections import Counter
 
 import torch
 
-from metatune import attention
 from metatune.alignment import DATE_FIELDS, PERSON_FIELDS, Span, align_record, locate_date
 from metatune.card import CardParts
 from metatune.config import Config, ExtractionSettings
@@ -37,7 +36,6 @@ from metatune.objectives.tag.labels import (
     weighted,
 )
 from metatune.peft_setup import load_trainable
-from metatune.precision import use_bf16
 from metatune.text import collapse_whitespace
 from metatune.training.common import LoopParts, Prepared, TrainerParts
 
@@ -338,8 +336,6 @@ class TagObjective(Objective):
         if bidirectional:
             read_both_ways(model)
             read_first_layers_forward(model, causal_layers)
-            # SDPA's CPU kernel is slow backwards in bf16 (metatune/attention.py)
-            attention.use_where_faster(model, use_bf16(config), "cuda" if torch.cuda.is_available() else "cpu")
         start_with_the_type_position(tokenizer)  # the saved tokenizer; training encodes without special tokens
         tagging = {
             "scheme": scheme.to_dict(),
