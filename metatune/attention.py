@@ -10,6 +10,7 @@ fast or faster. In training, one layer's bf16 backward pass is 1.2-2.5x faster w
 eager attention with the key/value heads shared without copies; unlike eager, the scores stay in
 bf16 (the softmax still sums in float32 inside the kernel) and no float32 copy of them is written.
 """
+
 from __future__ import annotations
 
 import torch
