@@ -44,7 +44,7 @@ LAYERS = [
         "run_info",
     ],
     # base models, and their preparation for training
-    ["models", "peft_setup"],
+    ["attention", "models", "peft_setup"],
     # saved runs
     ["card", "export", "push"],
     # what uses a run or makes one
