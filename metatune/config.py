@@ -137,6 +137,11 @@ class TagSettings(Section):
     # this power: a rare field (a codirector among directors) is not drowned by its frequent
     # neighbour; 0: every span label weighs 1, 0.5: a field with a quarter as many values weighs 2
     field_balance: float = Field(default=0.0, ge=0.0, le=1.0)
+    # before tagging, this many epochs of masked next-token prediction over the training texts read both
+    # ways (LLM2Vec's adaptation of a decoder to bidirectional attention; 0: none): a decoder with tied
+    # input and output embeddings, tag.attention=bidirectional
+    adaptation_epochs: float = Field(default=0.0, ge=0.0, le=10.0)
+    adaptation_learning_rate: PositiveFloat = 1e-4
 
 
 class TrainingSettings(Section):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from metatune.alignment import Span
 from metatune.config import ExtractionSettings
@@ -842,3 +843,74 @@ def test_the_fields_that_fill_whole_lines_are_learned_from_the_training_spans():
     collapsed = [{"original_text": r["original_text"].replace("\n", " ")} for r in records]
     assert whole_line_fields(records + collapsed, aligned + aligned, fields) == (("title", len("Title number 10")),)
     assert whole_line_fields(records[1:], aligned[1:], fields) == ()
+
+
+def test_masked_examples_hide_a_fifth_of_the_tokens_and_ask_the_position_before_each():
+    import random
+
+    from metatune.encoding import IGNORE_INDEX
+    from metatune.objectives.tag.adaptation import masked_example
+
+    ids = list(range(100, 151))
+    inputs, targets = (t[0].tolist() for t in masked_example(ids, 7, random.Random(0)))
+    hidden = [p for p, token in enumerate(inputs) if token == 7]
+    assert len(hidden) == 10 and 0 not in hidden  # 20% of the 50 positions after the first
+    assert [p for p, t in enumerate(targets) if t != IGNORE_INDEX] == [p - 1 for p in hidden]
+    assert all(targets[p - 1] == ids[p] for p in hidden)
+    assert all(inputs[p] == ids[p] for p in range(len(ids)) if p not in hidden)
+
+
+def test_the_adaptation_stage_lowers_its_own_loss_and_trains_only_the_backbone(tiny_llama, synthetic):
+    from metatune.models import read_both_ways
+    from metatune.objectives.tag.adaptation import adapt
+
+    model = AutoModelForTokenClassification.from_pretrained(tiny_llama, num_labels=3, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    read_both_ways(model)
+    head = model.score.weight.detach().clone()
+    embeddings = model.get_input_embeddings().weight.detach().clone()
+    texts = [tokenizer(r["original_text"])["input_ids"] for r in synthetic_records(16, 0)]
+    losses = adapt(model, tokenizer, texts, epochs=10, learning_rate=3e-3, batch_size=4, bf16=False, seed=0)
+    assert len(losses) == 40
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5]), losses
+    assert torch.equal(model.score.weight, head)  # the tagging head is trained afterwards, from scratch
+    assert not torch.equal(model.get_input_embeddings().weight, embeddings)
+
+
+def test_a_tagger_adapted_first_records_the_stage_and_learns(tmp_path, tiny_llama, synthetic):
+    from metatune.objectives import open_run
+    from metatune.training.run import train
+
+    run = train(
+        tag_config(
+            tiny_llama, synthetic, tmp_path / "run", "tag.adaptation_epochs=2", "tag.adaptation_learning_rate=3e-3"
+        )
+    )
+    info = json.loads((run / "metatune.json").read_text())
+    stage = info["tagging"]["adaptation"]
+    assert stage["epochs"] == 2 and stage["steps"] == 12  # 48 documents twice, 8 per step
+    assert stage["loss_last_tenth"] < stage["loss_first_tenth"]
+    records = synthetic_records(8, 2)
+    results = open_run(run).extract([r["original_text"] for r in records])
+    assert sum(r.data.get("title") == rec["title"] for r, rec in zip(results, records)) >= 6
+
+
+def test_the_adaptation_stage_refuses_a_model_it_cannot_adapt(tmp_path, tiny_llama, tiny_t5):
+    import shutil
+
+    from metatune.errors import MetatuneError
+    from metatune.training.run import train
+
+    with pytest.raises(
+        MetatuneError, match="tag.adaptation_epochs adapts a decoder that reads both ways: .* is not one"
+    ):
+        train(tag_config(tiny_llama, SAMPLE, tmp_path / "a", "tag.adaptation_epochs=1", "tag.attention=causal"))
+    with pytest.raises(MetatuneError, match="is not one"):
+        train(tag_config(tiny_t5, SAMPLE, tmp_path / "b", "tag.adaptation_epochs=1"))
+    untied = tmp_path.parent / f"{tmp_path.name}-untied"
+    shutil.copytree(tiny_llama, untied)
+    config = json.loads((untied / "config.json").read_text())
+    (untied / "config.json").write_text(json.dumps(config | {"tie_word_embeddings": False}))
+    with pytest.raises(MetatuneError, match="needs a model whose output layer is its input embeddings"):
+        train(tag_config(untied, SAMPLE, tmp_path / "c", "tag.adaptation_epochs=1"))
+    assert not list(tmp_path.iterdir())

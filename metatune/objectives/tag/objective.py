@@ -8,6 +8,7 @@ import re
 from collections import Counter
 
 import torch
+from accelerate import PartialState
 
 from metatune.alignment import DATE_FIELDS, PERSON_FIELDS, Span, align_record, locate_date
 from metatune.card import CardParts
@@ -18,6 +19,7 @@ from metatune.errors import MetatuneError
 from metatune.formatting import InputFormat
 from metatune.models import read_both_ways, read_first_layers_forward
 from metatune.objectives.base import Objective, describe
+from metatune.objectives.tag.adaptation import adapt, check_adaptable
 from metatune.objectives.tag.labels import (
     NOT_TAGGED,
     PRECISIONS,
@@ -36,6 +38,7 @@ from metatune.objectives.tag.labels import (
     weighted,
 )
 from metatune.peft_setup import load_trainable
+from metatune.precision import use_bf16
 from metatune.text import collapse_whitespace
 from metatune.training.common import LoopParts, Prepared, TrainerParts
 
@@ -279,6 +282,40 @@ def collapsed_copies(records: list[dict], fraction: float, seed: int) -> list[di
     return [dict(r, original_text=collapse_whitespace(r["original_text"])) for r in picked]
 
 
+def adapt_backbone(config: Config, model, tokenizer, train: list[dict], bidirectional: bool) -> dict:
+    """Runs the MNTP stage (`tag.adaptation_epochs`, metatune.objectives.tag.adaptation) on the
+    encoded training texts; returns what metatune.json records of it (empty when off)."""
+    epochs = config.tag.adaptation_epochs
+    if not epochs:
+        return {}
+    if not bidirectional:
+        raise MetatuneError(
+            f"tag.adaptation_epochs adapts a decoder that reads both ways: '{config.model.name}' with "
+            f"tag.attention={config.tag.attention} is not one"
+        )
+    check_adaptable(model, config.model.name)
+    losses = adapt(
+        model,
+        tokenizer,
+        [x["input_ids"] for x in train],
+        epochs,
+        config.tag.adaptation_learning_rate,
+        config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps,
+        use_bf16(config),
+        config.training.seed,
+        PartialState().device,
+    )
+    tenth = max(1, len(losses) // 10)
+    first, last = sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth
+    print(f"Adapted to read both ways: {len(losses)} steps, MNTP loss {first:.3f} -> {last:.3f} (first and last tenth)")
+    return {
+        "epochs": epochs,
+        "steps": len(losses),
+        "loss_first_tenth": round(first, 4),
+        "loss_last_tenth": round(last, 4),
+    }
+
+
 def count_targets(batch: dict) -> torch.Tensor:
     return batch["labels"].ne(IGNORE_INDEX).sum()
 
@@ -336,6 +373,7 @@ class TagObjective(Objective):
         if bidirectional:
             read_both_ways(model)
             read_first_layers_forward(model, causal_layers)
+        adaptation = adapt_backbone(config, model, tokenizer, train, bidirectional)
         start_with_the_type_position(tokenizer)  # the saved tokenizer; training encodes without special tokens
         tagging = {
             "scheme": scheme.to_dict(),
@@ -346,6 +384,7 @@ class TagObjective(Objective):
             "transitions": config.tag.transitions,
             "windows": config.tag.windows,
             "transition_counts": transition_counts(train, scheme),
+            **({"adaptation": adaptation} if adaptation else {}),
             "field_weights": weights,
             "produced": {
                 f: {"how": how} | ({"values": c[0], "in_text": c[1]} if (c := field_coverage.get(f)) else {})
