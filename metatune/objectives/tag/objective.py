@@ -440,9 +440,19 @@ class TagObjective(Objective):
             f" per window, up to {windows} overlapping windows" if windows > 1 else " (the document is cut there)"
         )
         layers = info.setting("tag", "layers", 0)
+        stage = (info.tagging or {}).get("adaptation")
+        settings = [("tag.layers", f"{layers} (the first layers of the base model's)")] if layers else []
+        if stage:
+            settings.append(
+                (
+                    "tag.adaptation_epochs",
+                    f"{stage['epochs']} (masked next-token prediction read both ways before tagging: {stage['steps']} "
+                    f"steps, loss {stage['loss_first_tenth']} -> {stage['loss_last_tenth']})",
+                )
+            )
         return CardParts(
             pipeline_tag="token-classification",
-            settings=[("tag.layers", f"{layers} (the first layers of the base model's)")] if layers else [],
+            settings=settings,
             how="by labelling the tokens of the text that hold each value",
             limits=limits,
             note=(
