@@ -227,6 +227,14 @@ def evaluate(
         bool,
         typer.Option("--collapse-whitespace", help="Evaluate on the texts with every run of whitespace made one space"),
     ] = False,
+    pdf_noise: Annotated[
+        bool,
+        typer.Option(
+            "--pdf-noise",
+            help="Evaluate on the texts as PDF tools without line structure give them: whitespace collapsed, "
+            "a margin stamp or running head, some line ends glued (seeded)",
+        ),
+    ] = False,
     dtype: Dtype = "auto",
     trust_remote_code: TrustRemoteCode = False,
     snap: Snap = None,
@@ -253,6 +261,7 @@ def evaluate(
             limit=limit,
             micro_fields=[f.strip() for f in micro_fields.split(",") if f.strip()] if micro_fields else None,
             collapse=collapse_whitespace,
+            noise=pdf_noise,
         )
     if json_:
         _print_json(

@@ -117,6 +117,9 @@ class TagSettings(Section):
     # this fraction of the training documents is also trained on with every run of whitespace made one
     # space (line breaks gone, as the original SEDICI orchestrator and some PDF tools send text); seeded
     augment_collapsed: float = Field(default=0.0, ge=0.0, le=1.0)
+    # this seeded share of those copies also gets what other PDF tools add: a margin stamp or running head
+    # (arXiv's, a journal's, a page number) and line ends glued without a space (metatune.noise)
+    augment_noise: float = Field(default=0.0, ge=0.0, le=1.0)
     # keep only the first this many transformer layers of a decoder (0: all): fewer layers, less time per
     # training step and per document; the saved run has that depth
     layers: NonNegativeInt = 0

@@ -8,6 +8,7 @@ under the run's include/exclude settings (metatune.json), via formatting.target_
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ from metatune.faults import warning_on_fault, writing
 from metatune.files import temp_dir_beside
 from metatune.formatting import target_json
 from metatune.metrics import MATCHINGS, score_documents
+from metatune.noise import noisy_text
 from metatune.report import bar_chart, catalogue_form_lines, markdown_table
 from metatune.run_info import RunInfo
 from metatune.text import collapse_whitespace
@@ -181,6 +183,7 @@ def run_evaluate(
     limit: int | None = None,
     micro_fields: list[str] | None = None,
     collapse: bool = False,
+    noise: bool = False,
     progress: bool = True,
 ) -> dict:
     """Evaluate a run (and optionally the zero-shot base model), write the report, print the table."""
@@ -194,7 +197,12 @@ def run_evaluate(
         known = {f for item in items for f in item.fields} | {"first_author"}
         if unknown := [f for f in micro_fields if f not in known]:
             raise MetatuneError(f"--micro-fields: {unknown[0]!r} is not a field this run writes")
-    if collapse:  # the same documents with every run of whitespace made one space
+    if noise:  # as tools without line structure give them: margin stamps, glued line ends, seeded per document
+        items = [
+            replace(item, text=noisy_text(dict(item.reference, original_text=item.text), random.Random(item.index)))
+            for item in items
+        ]
+    elif collapse:  # the same documents with every run of whitespace made one space
         items = [replace(item, text=collapse_whitespace(item.text)) for item in items]
     report = Path(report) if report else Path(run_dir) / f"eval-{split}"
     check_report_dir(report)
@@ -215,7 +223,8 @@ def run_evaluate(
             "baseline": name if base else None,
             "data": str(data),
             "split": split,
-            "collapsed_whitespace": collapse,
+            "collapsed_whitespace": collapse or noise,
+            "pdf_noise": noise,
             **extractor.statistics(outputs),
             "device": str(extractor.device),
             "dtype": str(extractor.model.dtype).removeprefix("torch."),

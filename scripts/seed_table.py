@@ -37,7 +37,7 @@ def column_name(path: Path, report: dict) -> str:
 
 
 def same_evaluation(paths: list[Path], reports: list[dict]) -> None:
-    """Refuses reports of different data, split, whitespace or chosen micro fields: their mean would mean nothing."""
+    """Refuses reports of different data, split, whitespace, PDF noise or chosen micro fields: their mean would mean nothing."""
 
     def settings(report: dict) -> dict:
         run = report.get("run") or {}
@@ -45,6 +45,7 @@ def same_evaluation(paths: list[Path], reports: list[dict]) -> None:
             "data": run.get("data"),
             "split": run.get("split"),
             "whitespace": run.get("collapsed_whitespace"),
+            "PDF noise": run.get("pdf_noise", False),
             "micro fields": (report.get("micro_chosen") or {}).get("fields"),
         }
 

@@ -28,6 +28,7 @@ LAYERS = [
         "extraction",
         "language",
         "alignment",
+        "noise",
     ],
     # documents: types, records, examples, tokens; input and output formats
     [

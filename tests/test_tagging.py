@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -545,6 +546,13 @@ def test_cli_extract_and_evaluate_work_unchanged_on_a_tag_run(tag_run, synthetic
         "first_author",
     ]
     assert "| **micro (title, creator, first_author)** |" in (tmp_path / "flat" / "metrics.md").read_text()
+    result = run_cli(
+        "evaluate", tag_run, "--data", synthetic, "--split", "test", "--report", tmp_path / "noisy", "--pdf-noise",
+        "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    noisy = json.loads(result.stdout)
+    assert noisy["run"]["pdf_noise"] is True and noisy["run"]["collapsed_whitespace"] is True
     result = run_cli("evaluate", tag_run, "--data", synthetic, "--micro-fields", "isbn", cwd=tmp_path)
     assert result.returncode == 2 and "--micro-fields: 'isbn' is not a field this run writes" in result.stderr
 
@@ -561,6 +569,39 @@ def test_collapsed_copies_are_seeded_and_their_values_still_align(tiny_tokenizer
     assert collapsed_copies(records, 0.0, seed=3) == [] and len(collapsed_copies(records, 1.0, seed=3)) == 40
     for copy in copies:
         assert "\n" not in copy["original_text"] and "  " not in copy["original_text"]
+        _, counts = encode_tagged(
+            copy, copy["original_text"], "Articulo", ["title", "creator"], SCHEME_TC, tiny_tokenizer, 256
+        )
+        assert all(aligned == total for total, aligned in counts.values()), counts
+
+
+def test_pdf_noise_adds_a_margin_text_and_glues_line_ends_but_keeps_values_whole():
+    import random
+
+    from metatune.noise import pdf_noise
+
+    text = "\n".join(f"line{i} word{i}" for i in range(200))
+    value = "line50 word50\nline51 word51"
+    start = text.index(value)
+    noisy = pdf_noise(text, random.Random(4), [(start, start + len(value))])
+    assert noisy == pdf_noise(text, random.Random(4), [(start, start + len(value))]) and "\n" not in noisy
+    assert " line50 word50 line51 word51 " in noisy  # inside and at its edges: not glued, nothing put in
+    glued = sum(f"word{i}line{i + 1}" in noisy for i in range(199))
+    assert 10 < glued < 50, glued  # about 15% of the 199 line ends
+    original = [bool(re.fullmatch(r"(line\d+|word\d+)+", w)) for w in noisy.split()]
+    margins = sum(1 for i, kept in enumerate(original) if not kept and (i == 0 or original[i - 1]))
+    assert margins in (1, 2), noisy  # one or two margin texts, each a run of words not of the page
+
+
+def test_noisy_copies_are_the_same_records_and_their_values_still_align(tiny_tokenizer):
+    from metatune.objectives.tag.objective import collapsed_copies
+
+    records = synthetic_records(40, 7)
+    plain, noisy = collapsed_copies(records, 0.5, seed=3), collapsed_copies(records, 0.5, seed=3, noisy=1.0)
+    assert [c["id"] for c in noisy] == [c["id"] for c in plain] and noisy == collapsed_copies(records, 0.5, 3, 1.0)
+    assert all(n["original_text"] != p["original_text"] for n, p in zip(noisy, plain))
+    for copy in noisy:
+        assert "\n" not in copy["original_text"]
         _, counts = encode_tagged(
             copy, copy["original_text"], "Articulo", ["title", "creator"], SCHEME_TC, tiny_tokenizer, 256
         )

@@ -18,6 +18,7 @@ from metatune.encoding import IGNORE_INDEX
 from metatune.errors import MetatuneError
 from metatune.formatting import InputFormat
 from metatune.models import read_both_ways, read_first_layers_forward
+from metatune.noise import noisy_text
 from metatune.objectives.base import Objective, describe
 from metatune.objectives.tag.adaptation import adapt, check_adaptable
 from metatune.objectives.tag.labels import (
@@ -274,12 +275,16 @@ def encode_split(records, registry, fallback_type, fmt, scheme, tokenizer, max_i
     return encoded
 
 
-def collapsed_copies(records: list[dict], fraction: float, seed: int) -> list[dict]:
+def collapsed_copies(records: list[dict], fraction: float, seed: int, noisy: float = 0.0) -> list[dict]:
     """Copies of a seeded `fraction` of the records whose text has every run of whitespace made one
-    space; their values align to that text as to the original (alignment folds whitespace)."""
-    rng = random.Random(seed)
-    picked = [r for r in records if rng.random() < fraction]
-    return [dict(r, original_text=collapse_whitespace(r["original_text"])) for r in picked]
+    space; their values align to that text as to the original (alignment folds whitespace). A seeded
+    `noisy` share of the copies also gets margin stamps and glued line ends (metatune.noise)."""
+    rng, noise = random.Random(seed), random.Random(seed + 1)  # the same copies with and without noise
+    copies = []
+    for record in [r for r in records if rng.random() < fraction]:
+        text = noisy_text(record, noise) if noise.random() < noisy else collapse_whitespace(record["original_text"])
+        copies.append(dict(record, original_text=text))
+    return copies
 
 
 def adapt_backbone(config: Config, model, tokenizer, train: list[dict], bidirectional: bool) -> dict:
@@ -348,7 +353,7 @@ class TagObjective(Objective):
             )
         train_records = dataset.split("training")
         train_records = train_records + collapsed_copies(
-            train_records, config.tag.augment_collapsed, config.training.seed
+            train_records, config.tag.augment_collapsed, config.training.seed, config.tag.augment_noise
         )
         val_records = dataset.split("validation") if need_validation else []
         fmt = InputFormat.from_settings(d)
