@@ -7,7 +7,8 @@ and pdftotext-style extractors join a line to the next without a space where the
 margins where it falls: arXiv's vertical stamp (`arXiv:2104.08663v3 [cs.CL] 17 Jun 2021`), a
 preprint server's notice, a journal's running head, a page number. `pdf_noise` makes a text look
 like that, seeded, without touching the values a record holds (`keep`): nothing is put inside a
-value, and no line end at a value's first or last word is glued to its neighbour.
+value, and no line end at a value's first or last word is glued to its neighbour. The margin texts
+carry no DOI and no year but the arXiv stamp's date (a stamp's DOI would be the paper's own).
 """
 
 from __future__ import annotations
@@ -31,18 +32,9 @@ def _arxiv(rng: random.Random) -> str:
     )
 
 
-def _biorxiv(rng: random.Random) -> str:
-    year = rng.randint(2015, 2025)
-    return (
-        f"bioRxiv preprint doi: https://doi.org/10.1101/{year}.{rng.randint(1, 12):02d}.{rng.randint(1, 28):02d}."
-        f"{rng.randint(100000, 999999)}; this version posted {MONTHS[rng.randint(0, 11)]} {rng.randint(1, 28)}, "
-        f"{year}. The copyright holder for this preprint is the author/funder."
-    )
-
-
 def _journal(rng: random.Random) -> str:
     first = rng.randint(1, 2000)
-    return f"Vol. {rng.randint(1, 90)}, No. {rng.randint(1, 12)}, {rng.randint(1990, 2025)}, pp. {first}-{first + rng.randint(5, 30)}"
+    return f"Vol. {rng.randint(1, 90)}, No. {rng.randint(1, 12)}, pp. {first}-{first + rng.randint(5, 30)}"
 
 
 def _page(rng: random.Random) -> str:
@@ -51,7 +43,10 @@ def _page(rng: random.Random) -> str:
 
 MARGINS = [
     _arxiv,
-    _biorxiv,
+    lambda rng: (
+        "bioRxiv preprint. The copyright holder for this preprint is the author/funder, who has granted "
+        "bioRxiv a license to display the preprint in perpetuity."
+    ),
     _journal,
     _page,
     lambda rng: "Preprint. Under review.",
