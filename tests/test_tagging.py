@@ -918,6 +918,26 @@ def test_the_adaptation_stage_lowers_its_own_loss_and_trains_only_the_backbone(t
     assert not torch.equal(model.get_input_embeddings().weight, embeddings)
 
 
+def test_the_adaptation_stage_in_padded_batches_takes_the_steps_of_one_text_at_a_time(tiny_llama, synthetic):
+    from metatune.models import read_both_ways
+    from metatune.objectives.tag.adaptation import adapt
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    texts = [tokenizer(r["original_text"])["input_ids"] for r in synthetic_records(8, 0)]
+    texts = [t[: 20 + 7 * i] for i, t in enumerate(texts)]  # lengths differ: the batches are padded
+    runs = []
+    for per_forward in (1, 4):
+        torch.manual_seed(0)
+        model = AutoModelForTokenClassification.from_pretrained(tiny_llama, num_labels=3, dtype=torch.float32)
+        read_both_ways(model)
+        losses = adapt(model, tokenizer, texts, 2, 3e-3, 4, False, 0, per_forward=per_forward, group_by_length=False)
+        runs.append((losses, model.get_input_embeddings().weight.detach()))
+    (single, weights_single), (batched, weights_batched) = runs
+    assert len(single) == len(batched) == 4
+    assert single == pytest.approx(batched, rel=1e-4)  # the same texts and masks per step, the same math
+    assert torch.allclose(weights_single, weights_batched, atol=1e-5)
+
+
 def test_a_tagger_adapted_first_records_the_stage_and_learns(tmp_path, tiny_llama, synthetic):
     from metatune.objectives import open_run
     from metatune.training.run import train

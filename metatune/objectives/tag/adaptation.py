@@ -24,6 +24,7 @@ from metatune.errors import MetatuneError
 MASKED_SHARE = 0.2  # LLM2Vec's share for Llama-style models
 WARMUP_SHARE = 0.05
 MAX_GRAD_NORM = 1.0
+GROUP = 50  # micro-batches sorted by length together (transformers' LengthGroupedSampler's mega-batch)
 
 
 def check_adaptable(model, name: str) -> None:
@@ -55,9 +56,25 @@ def masked_example(ids: list[int], mask_id: int, rng: random.Random) -> tuple[to
     return torch.tensor([inputs]), torch.tensor([targets])
 
 
-def mntp_loss(model, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+def padded(
+    examples: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One micro-batch of masked examples, padded on the right as the tagger's batches are (the
+    targets of padding ignored): (inputs, targets, attention mask or None when nothing is padded)."""
+    width = max(i.shape[1] for i, _ in examples)
+    inputs = torch.full((len(examples), width), pad_id)
+    targets = torch.full((len(examples), width), IGNORE_INDEX)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (i, t) in enumerate(examples):
+        inputs[row, : i.shape[1]], targets[row, : t.shape[1]], mask[row, : i.shape[1]] = i[0], t[0], 1
+    return inputs, targets, None if bool(mask.all()) else mask
+
+
+def mntp_loss(
+    model, inputs: torch.Tensor, targets: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
     """The summed cross-entropy of the masked tokens and their number."""
-    hidden = model.base_model(input_ids=inputs).last_hidden_state
+    hidden = model.base_model(input_ids=inputs, attention_mask=attention_mask).last_hidden_state
     picked = targets.ne(IGNORE_INDEX)
     logits = hidden[picked] @ model.get_input_embeddings().weight.T
     return torch.nn.functional.cross_entropy(logits.float(), targets[picked], reduction="sum"), int(picked.sum())
@@ -71,6 +88,13 @@ def epoch_order(count: int, epochs: float, rng: random.Random) -> list[int]:
     return order[: round(epochs * count)]
 
 
+def grouped_by_length(order: list[int], lengths: list[int], per_forward: int) -> list[int]:
+    """`order` with each run of GROUP micro-batches sorted longest first, as the Trainer's
+    length-grouped sampler does for the tagger: padded micro-batches of similar lengths."""
+    group = GROUP * per_forward
+    return [i for s in range(0, len(order), group) for i in sorted(order[s : s + group], key=lambda i: -lengths[i])]
+
+
 def adapt(
     model,
     tokenizer,
@@ -81,13 +105,19 @@ def adapt(
     bf16: bool,
     seed: int,
     device: torch.device | str = "cpu",
+    per_forward: int = 1,
+    group_by_length: bool = True,
 ) -> list[float]:
     """Trains `model`'s backbone with MNTP over `texts` (token ids, as the tagger reads them) for
-    `epochs`, `batch_size` texts per optimizer step, each text its own forward pass (no padding);
-    returns each step's mean loss per masked token."""
+    `epochs`, `batch_size` texts per optimizer step in forward passes of `per_forward` texts (padded
+    and, with `group_by_length`, grouped by length when more than one, as the tagger trains); returns each step's mean loss
+    per masked token."""
     rng = random.Random(seed)
     mask_id = mask_token(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else mask_id
     order = epoch_order(len(texts), epochs, rng)
+    if per_forward > 1 and group_by_length:
+        order = grouped_by_length(order, [len(t) for t in texts], per_forward)
     steps = math.ceil(len(order) / batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
@@ -99,9 +129,12 @@ def adapt(
         examples = [masked_example(texts[i], mask_id, rng) for i in order[step * batch_size : (step + 1) * batch_size]]
         total = sum(int(t.ne(IGNORE_INDEX).sum()) for _, t in examples)
         summed = 0.0
-        for inputs, targets in examples:
+        for start in range(0, len(examples), per_forward):
+            inputs, targets, mask = padded(examples[start : start + per_forward], pad_id)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-                loss, _ = mntp_loss(model, inputs.to(device), targets.to(device))
+                loss, _ = mntp_loss(
+                    model, inputs.to(device), targets.to(device), mask if mask is None else mask.to(device)
+                )
             (loss / total).backward()
             summed += loss.item()
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)

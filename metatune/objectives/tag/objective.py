@@ -41,7 +41,7 @@ from metatune.objectives.tag.labels import (
 from metatune.peft_setup import load_trainable
 from metatune.precision import use_bf16
 from metatune.text import collapse_whitespace
-from metatune.training.common import LoopParts, Prepared, TrainerParts
+from metatune.training.common import LoopParts, Prepared, TrainerParts, micro_batches, padded_training_bytes
 
 SPAN_MIN_ALIGNED = 0.9  # a field whose values are this often in the text is tagged even when they repeat
 CLASSIFIED_MAX_VALUES = 64  # a closed list: at most this many distinct values, each seen twice on average
@@ -299,16 +299,24 @@ def adapt_backbone(config: Config, model, tokenizer, train: list[dict], bidirect
             f"tag.attention={config.tag.attention} is not one"
         )
     check_adaptable(model, config.model.name)
+    texts = [x["input_ids"] for x in train]
+    t = config.training
+    # forward passes of as many texts as the tagger's (padded batches, unless memory says one at a time)
+    per_forward, accumulation = micro_batches(
+        config, False, False, padded_training_bytes(model, [len(x) for x in texts], t.per_device_train_batch_size)
+    )
     losses = adapt(
         model,
         tokenizer,
-        [x["input_ids"] for x in train],
+        texts,
         epochs,
         config.tag.adaptation_learning_rate,
-        config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps,
+        per_forward * accumulation,
         use_bf16(config),
-        config.training.seed,
+        t.seed,
         PartialState().device,
+        per_forward,
+        t.group_by_length,
     )
     tenth = max(1, len(losses) // 10)
     first, last = sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth
