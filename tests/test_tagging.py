@@ -950,6 +950,7 @@ def test_a_tagger_adapted_first_records_the_stage_and_learns(tmp_path, tiny_llam
     info = json.loads((run / "metatune.json").read_text())
     stage = info["tagging"]["adaptation"]
     assert stage["epochs"] == 2 and stage["steps"] == 12  # 48 documents twice, 8 per step
+    assert stage["seconds"] > 0
     assert stage["loss_last_tenth"] < stage["loss_first_tenth"]
     assert "tag.adaptation_epochs" in (run / "README.md").read_text()
     records = synthetic_records(8, 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections import Counter
 
 import torch
@@ -305,6 +306,7 @@ def adapt_backbone(config: Config, model, tokenizer, train: list[dict], bidirect
     per_forward, accumulation = micro_batches(
         config, False, False, padded_training_bytes(model, [len(x) for x in texts], t.per_device_train_batch_size)
     )
+    start = time.perf_counter()
     losses = adapt(
         model,
         tokenizer,
@@ -320,10 +322,15 @@ def adapt_backbone(config: Config, model, tokenizer, train: list[dict], bidirect
     )
     tenth = max(1, len(losses) // 10)
     first, last = sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth
-    print(f"Adapted to read both ways: {len(losses)} steps, MNTP loss {first:.3f} -> {last:.3f} (first and last tenth)")
+    seconds = round(time.perf_counter() - start, 1)
+    print(
+        f"Adapted to read both ways: {len(losses)} steps in {seconds:.0f} s, "
+        f"MNTP loss {first:.3f} -> {last:.3f} (first and last tenth)"
+    )
     return {
         "epochs": epochs,
         "steps": len(losses),
+        "seconds": seconds,
         "loss_first_tenth": round(first, 4),
         "loss_last_tenth": round(last, 4),
     }
@@ -456,11 +463,12 @@ class TagObjective(Objective):
         stage = (info.tagging or {}).get("adaptation")
         settings = [("tag.layers", f"{layers} (the first layers of the base model's)")] if layers else []
         if stage:
+            took = f", {stage['seconds']:.0f} s" if "seconds" in stage else ""  # runs before 2026-12-04 lack it
             settings.append(
                 (
                     "tag.adaptation_epochs",
                     f"{stage['epochs']} (masked next-token prediction read both ways before tagging: {stage['steps']} "
-                    f"steps, loss {stage['loss_first_tenth']} -> {stage['loss_last_tenth']})",
+                    f"steps{took}, loss {stage['loss_first_tenth']} -> {stage['loss_last_tenth']})",
                 )
             )
         return CardParts(
