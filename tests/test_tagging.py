@@ -901,7 +901,10 @@ def test_masked_examples_hide_a_fifth_of_the_tokens_and_ask_the_position_before_
     assert all(inputs[p] == ids[p] for p in range(len(ids)) if p not in hidden)
 
 
-def test_the_adaptation_stage_lowers_its_own_loss_and_trains_only_the_backbone(tiny_llama, synthetic):
+@pytest.mark.parametrize("bf16, per_forward", [(False, 1), (True, 4)])  # bf16 forced: any CPU runs it
+def test_the_adaptation_stage_lowers_its_own_loss_and_trains_only_the_backbone(
+    tiny_llama, synthetic, bf16, per_forward
+):
     from metatune.models import read_both_ways
     from metatune.objectives.tag.adaptation import adapt
 
@@ -911,7 +914,9 @@ def test_the_adaptation_stage_lowers_its_own_loss_and_trains_only_the_backbone(t
     head = model.score.weight.detach().clone()
     embeddings = model.get_input_embeddings().weight.detach().clone()
     texts = [tokenizer(r["original_text"])["input_ids"] for r in synthetic_records(16, 0)]
-    losses = adapt(model, tokenizer, texts, epochs=10, learning_rate=3e-3, batch_size=4, bf16=False, seed=0)
+    losses = adapt(
+        model, tokenizer, texts, epochs=10, learning_rate=3e-3, batch_size=4, bf16=bf16, seed=0, per_forward=per_forward
+    )
     assert len(losses) == 40
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5]), losses
     assert torch.equal(model.score.weight, head)  # the tagging head is trained afterwards, from scratch
