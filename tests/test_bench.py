@@ -343,3 +343,31 @@ def test_step_figures_count_the_backward_pass_of_trained_parameters_only():
     half = step_figures(times, tokens, parameters=1000, peak=1e6, trainable=500)
     assert half["model_flops_per_second"] == (2 * 1000 + 4 * 500) * 200 / 4.0
     assert half["mfu"] == round(half["model_flops_per_second"] / 1e6, 4)
+
+
+def test_the_layer_shapes_benchmark_times_the_seven_linear_layers_against_the_peak(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "shapes.json"
+    script = [
+        sys.executable,
+        str(REPO / "benchmarks" / "layer_shapes.py"),
+        "--tokens",
+        "32",
+        "--read-tokens",
+        "16",
+        "--reps",
+        "1",
+    ]
+    done = subprocess.run([*script, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text(encoding="utf-8"))
+    layers = figures["gflops_per_second_per_layer"]
+    assert list(layers) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert all(rate[how] > 0 for rate in layers.values() for how in ("autocast", "bf16", "forward"))
+    for how, share in figures["share_of_peak"].items():
+        assert share == pytest.approx(figures["all_seven"][how] / figures["bf16_peak_gflops_per_second"], abs=1e-3)
