@@ -118,6 +118,7 @@ def main() -> None:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "steps_timed": steps["steps_timed"],
         "median_step_seconds": steps["seconds_per_step_median"],
+        "step_seconds": [round(t, 2) for t in timer.times],  # all of them, the warm-up step first
         "mean_tokens_per_step": steps["tokens_per_step_mean"],
         "gflops_per_second": round(steps["model_flops_per_second"] / 1e9, 1),
         "peak_gflops_per_second": {k: round(max(before[k]["wall"], after[k]["wall"]) / 1e9, 1) for k in before},

@@ -114,6 +114,9 @@ class TagSettings(Section):
     # with a decoder: let every token see the whole document (bidirectional) or only what precedes it
     # (causal, as the model was pretrained)
     attention: Literal["bidirectional", "causal"] = "bidirectional"
+    # with causal attention: each token's label is read this many tokens later (that many filler tokens
+    # follow the text), so the model sees that far past the token it labels (0: at the token itself)
+    label_delay: int = Field(default=0, ge=0, le=64)
     # this fraction of the training documents is also trained on with every run of whitespace made one
     # space (line breaks gone, as the original SEDICI orchestrator and some PDF tools send text); seeded
     augment_collapsed: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -145,6 +148,12 @@ class TagSettings(Section):
     # input and output embeddings, tag.attention=bidirectional
     adaptation_epochs: float = Field(default=0.0, ge=0.0, le=10.0)
     adaptation_learning_rate: PositiveFloat = 1e-4
+
+    @model_validator(mode="after")
+    def _delay_only_reading_forward(self):
+        if self.label_delay and self.attention != "causal":
+            raise ValueError("tag.label_delay gives a model that reads forward a look ahead: set tag.attention=causal")
+        return self
 
 
 class TrainingSettings(Section):

@@ -982,3 +982,61 @@ def test_the_adaptation_stage_refuses_a_model_it_cannot_adapt(tmp_path, tiny_lla
     with pytest.raises(MetatuneError, match="needs a model whose output layer is its input embeddings"):
         train(tag_config(untied, SAMPLE, tmp_path / "c", "tag.adaptation_epochs=1"))
     assert not list(tmp_path.iterdir())
+
+
+def test_delayed_labels_sit_k_positions_later_after_k_fillers(tiny_tokenizer):
+    from metatune.encoding import IGNORE_INDEX
+    from metatune.objectives.tag.labels import filler_id
+
+    text = "A study of things\nAna Ruiz, Juan Pérez\nKeywords: things; stuff"
+    record = {"title": "A study of things", "creator": ["Ana Ruiz", "Juan Pérez"], "keywords": ["things", "stuff"]}
+    fields = ["title", "creator", "keywords"]
+    plain, _ = encode_tagged(record, text, "Tesis", fields, SCHEME, tiny_tokenizer, 256)
+    late, _ = encode_tagged(record, text, "Tesis", fields, SCHEME, tiny_tokenizer, 256, delay=3)
+    assert late["input_ids"] == plain["input_ids"] + [filler_id(tiny_tokenizer)] * 3
+    assert late["labels"] == plain["labels"][:1] + [IGNORE_INDEX] * 3 + plain["labels"][1:]
+    cut, _ = encode_tagged(record, text, "Tesis", fields, SCHEME, tiny_tokenizer, 12, delay=3)
+    assert len(cut["input_ids"]) == len(cut["labels"]) == 12  # the fillers count against the input limit
+    assert cut["input_ids"][:9] == plain["input_ids"][:9]
+
+
+def test_a_tagger_with_delayed_labels_learns_and_reads_each_label_k_tokens_late(tmp_path, tiny_llama, synthetic):
+    from metatune.objectives import open_run
+    from metatune.objectives.tag import extractor
+    from metatune.objectives.tag.labels import filler_id, first_token_id, token_offsets
+    from metatune.training.run import train
+
+    run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", "tag.attention=causal", "tag.label_delay=3"))
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert losses[-1] < 0.3 * losses[0], losses
+    info = json.loads((run / "metatune.json").read_text(encoding="utf-8"))
+    assert info["tagging"]["label_delay"] == 3 and not info["tagging"]["bidirectional"]
+    assert "tag.label_delay" in (run / "README.md").read_text()
+    tagger = open_run(run, ExtractionSettings(dtype="float32"))
+    records = synthetic_records(8, 2)
+    results = tagger.extract([r["original_text"] for r in records])
+    assert sum(r.data.get("title") == rec["title"] for r, rec in zip(results, records)) >= 6
+    seen = []
+    real_decode = extractor.decode
+    extractor.decode = lambda logits, *rest: seen.append(logits) or real_decode(logits, *rest)
+    try:
+        tagger.extract([records[0]["original_text"]])
+    finally:
+        extractor.decode = real_decode
+    ids, _ = token_offsets(tagger.tokenizer, records[0]["original_text"], 128)
+    inputs = [first_token_id(tagger.tokenizer), *ids, *[filler_id(tagger.tokenizer)] * 3]
+    with torch.inference_mode():
+        logits = tagger.model(input_ids=torch.tensor([inputs])).logits[0]
+    # the type position, then token i's label read at position 1 + 3 + i, as training placed it
+    assert torch.allclose(seen[0], torch.cat([logits[:1], logits[4:]]), atol=1e-5)
+
+
+def test_delayed_labels_need_a_model_that_reads_forward(tmp_path, tiny_t5):
+    from metatune.errors import MetatuneError
+    from metatune.training.run import train
+
+    with pytest.raises(MetatuneError, match="tag.label_delay gives a model that reads forward a look ahead: set tag"):
+        tag_config(tiny_t5, SAMPLE, tmp_path / "a", "tag.label_delay=2")
+    with pytest.raises(MetatuneError, match="is an encoder-decoder whose encoder reads both ways"):
+        train(tag_config(tiny_t5, SAMPLE, tmp_path / "b", "tag.attention=causal", "tag.label_delay=2"))
+    assert not list(tmp_path.iterdir())

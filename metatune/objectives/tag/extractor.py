@@ -27,6 +27,7 @@ from metatune.objectives.tag.labels import (
     allowed_transitions,
     class_prompts,
     decode,
+    filler_id,
     first_token_id,
     learned_transitions,
     stitch_windows,
@@ -64,6 +65,7 @@ class Tagger(RunTypes):
         self.prompts = class_prompts(self.tokenizer, self.scheme)
         self.max_input_tokens = self.info.limits.max_input_tokens
         self.windows = tagging.get("windows", 1)  # windows of max_input_tokens read per document
+        self.delay = tagging.get("label_delay", 0)  # each text token's label read this many positions later
         self.default_type = self.info.fallback_type or (
             self.scheme.types[0] if len(self.scheme.types) == 1 else "general"
         )
@@ -94,10 +96,11 @@ class Tagger(RunTypes):
         if len(requested) != len(texts):
             raise MetatuneError(f"{len(texts)} texts but {len(requested)} types")
         asked = [self.resolve_type(t) if t is not None else None for t in requested]
-        size = self.max_input_tokens - 1 - sum(map(len, self.prompts))  # text tokens per window
+        size = self.max_input_tokens - 1 - self.delay - sum(map(len, self.prompts))  # text tokens per window
         stride = window_stride(size)
         encoded = [token_offsets(self.tokenizer, text, size + (self.windows - 1) * stride) for text in texts]
-        after = [t for prompt in self.prompts for t in prompt]  # each closed-list field's prompt
+        # the fillers of delayed labels, then each closed-list field's prompt
+        after = [filler_id(self.tokenizer)] * self.delay + [t for prompt in self.prompts for t in prompt]
         start_id = first_token_id(self.tokenizer)
         rows = [(i, s) for i, (ids, _) in enumerate(encoded) for s in window_starts(len(ids), size, stride)]
         rows.sort(key=lambda row: min(len(encoded[row[0]][0]) - row[1], size), reverse=True)
@@ -114,7 +117,8 @@ class Tagger(RunTypes):
             logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.cpu()
             for r, (i, s) in enumerate(chunk):
                 width = 1 + len(encoded[i][0][s : s + size]) + len(after)
-                windows.setdefault(i, {})[s] = logits[r, :width]
+                # without the delay's rows: the type position, then each text token's own label
+                windows.setdefault(i, {})[s] = torch.cat([logits[r, :1], logits[r, 1 + self.delay : width]])
                 left[i] -= 1
                 if left[i]:
                     continue

@@ -358,6 +358,11 @@ def class_prompts(tokenizer, scheme: TagScheme) -> list[list[int]]:
     return [tokenizer(f"\n{field}:", add_special_tokens=False)["input_ids"] for field, _ in scheme.classes]
 
 
+def filler_id(tokenizer) -> int:
+    """The token read after the text by a run with delayed labels (`tag.label_delay`)."""
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+
+
 def encode_tagged(
     record: dict,
     text: str,
@@ -367,9 +372,12 @@ def encode_tagged(
     tokenizer,
     max_input_tokens: int,
     prompts: list[list[int]] = (),
+    delay: int = 0,
 ) -> tuple[dict, dict[str, list[int]]]:
-    """Training features for one record, and per field [values, aligned] counts."""
-    ids, offsets = token_offsets(tokenizer, text, max_input_tokens - 1 - sum(map(len, prompts)))
+    """Training features for one record, and per field [values, aligned] counts. With a `delay` of k,
+    each text token's label sits k positions later (k filler tokens follow the text): a model that
+    reads forward sees k tokens past the token it labels."""
+    ids, offsets = token_offsets(tokenizer, text, max_input_tokens - 1 - delay - sum(map(len, prompts)))
     tagged = [f for f in fields if f in scheme.fields]
     aligned = align_record(text, record, tagged, abbreviated=tuple(f for f, _ in scheme.mapped))
     counts: dict[str, list[int]] = {}
@@ -381,8 +389,9 @@ def encode_tagged(
             c[1] += 1
             value = record[field][i] if isinstance(record[field], list) else record[field]
             spans.append((span, field, surname_within(text, span, value) if field in scheme.surnames else None))
-    labels = [scheme.first_type_label + scheme.types.index(doc_type)] + bio_labels(offsets, spans, scheme)
-    ids = [first_token_id(tokenizer), *ids]
+    type_label = scheme.first_type_label + scheme.types.index(doc_type)
+    labels = [type_label] + [IGNORE_INDEX] * delay + bio_labels(offsets, spans, scheme)
+    ids = [first_token_id(tokenizer), *ids, *[filler_id(tokenizer)] * delay]
     for (field, values), prompt in zip(scheme.classes, prompts):
         value = record.get(field)
         known = field in fields and (value in values or not value)  # a value only validation has: no label

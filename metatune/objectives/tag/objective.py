@@ -250,8 +250,9 @@ def catalogued_names(names) -> bool:
     return bool(names) and sum(", " in n for n in names) > len(names) / 2
 
 
-def encode_split(records, registry, fallback_type, fmt, scheme, tokenizer, max_input_tokens, coverage):
-    """Token-label features per record; `coverage` (field -> [values, aligned]) is updated."""
+def encode_split(records, registry, fallback_type, fmt, scheme, tokenizer, max_input_tokens, coverage, delay=0):
+    """Token-label features per record (labels `delay` tokens late); `coverage` (field -> [values,
+    aligned]) is updated."""
     encoded = []
     prompts = class_prompts(tokenizer, scheme)
     for record in records:
@@ -267,6 +268,7 @@ def encode_split(records, registry, fallback_type, fmt, scheme, tokenizer, max_i
             tokenizer,
             max_input_tokens,
             prompts,
+            delay,
         )
         encoded.append(features)
         for name, (total, aligned) in counts.items():
@@ -377,10 +379,15 @@ class TagObjective(Objective):
         model, tokenizer, seq2seq = load_trainable(
             config.model, labels=scheme.labels, layers=config.tag.layers, frozen=config.tag.frozen_layers
         )
+        if seq2seq and config.tag.label_delay:
+            raise MetatuneError(
+                f"tag.label_delay gives a model that reads forward a look ahead; '{config.model.name}' is an "
+                "encoder-decoder whose encoder reads both ways: set tag.label_delay=0"
+            )
         coverage: dict[str, list[int]] = {}
         args = (registry, d.fallback_type, fmt, scheme, tokenizer, d.max_input_tokens)
-        train = encode_split(train_records, *args, coverage)
-        validation = encode_split(val_records, *args, {})
+        train = encode_split(train_records, *args, coverage, config.tag.label_delay)
+        validation = encode_split(val_records, *args, {}, config.tag.label_delay)
         print(
             "Aligned values (training split): "
             + ", ".join(f"{f} {a}/{t}" for f, (t, a) in coverage.items())
@@ -399,6 +406,7 @@ class TagObjective(Objective):
             "scheme": scheme.to_dict(),
             "bidirectional": bidirectional,
             "causal_layers": causal_layers,
+            "label_delay": config.tag.label_delay,
             "alignment": {f: {"values": t, "aligned": a} for f, (t, a) in coverage.items()},
             "not_tagged": {"language": "detected from the text (py3langid)"},
             "transitions": config.tag.transitions,
@@ -462,6 +470,14 @@ class TagObjective(Objective):
         layers = info.setting("tag", "layers", 0)
         stage = (info.tagging or {}).get("adaptation")
         settings = [("tag.layers", f"{layers} (the first layers of the base model's)")] if layers else []
+        if delay := (info.tagging or {}).get("label_delay", 0):
+            settings.append(
+                (
+                    "tag.label_delay",
+                    f"{delay} (read forward, each token's label comes {delay} tokens later, after {delay} filler "
+                    f"tokens that follow the text: a pipeline's label of a token is the token's {delay} before it)",
+                )
+            )
         if stage:
             took = f", {stage['seconds']:.0f} s" if "seconds" in stage else ""  # runs before 2026-12-04 lack it
             settings.append(
