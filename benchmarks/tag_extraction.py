@@ -29,17 +29,16 @@ from metatune.bench.machine import peak_rates
 from metatune.config import ExtractionSettings
 from metatune.data import load_dataset
 from metatune.objectives.tag.extractor import Tagger
-from metatune.objectives.tag.labels import first_token_id, token_offsets
+from metatune.objectives.tag.labels import token_offsets
 
 
 @torch.inference_mode()
 def forward_each(tagger: Tagger, texts: list[str], size: int) -> list[float]:
     """Wall seconds of each document's forward pass alone, on the input Tagger.extract builds (one window)."""
-    start_id, after = first_token_id(tagger.tokenizer), [t for prompt in tagger.prompts for t in prompt]
     seconds = []
     for text in texts:
         ids = token_offsets(tagger.tokenizer, text, size)[0]
-        batch = tagger.collate([{"input_ids": [start_id, *ids, *after]}])
+        batch = tagger.collate([{"input_ids": tagger.window_input(ids)}])
         start = time.perf_counter()
         tagger.model(**{k: v.to(tagger.device) for k, v in batch.items()})
         seconds.append(time.perf_counter() - start)
@@ -85,9 +84,8 @@ def main() -> None:
     texts = [r["original_text"] for r in records.split("validation")[: args.docs]]
     parameters = sum(p.numel() for p in tagger.model.parameters())
     # the tokens of each document's one forward pass, as Tagger.extract builds it (one window)
-    prompts = sum(map(len, tagger.prompts))
-    size = tagger.max_input_tokens - 1 - prompts
-    tokens = [1 + len(token_offsets(tagger.tokenizer, t, size)[0]) + prompts for t in texts]
+    size = tagger.window_size
+    tokens = [len(tagger.window_input(token_offsets(tagger.tokenizer, t, size)[0])) for t in texts]
     limits = [2 * parameters * n / peak for n in tokens]
 
     tagger.extract(texts[:1])  # first-call allocations out of the timing

@@ -96,12 +96,9 @@ class Tagger(RunTypes):
         if len(requested) != len(texts):
             raise MetatuneError(f"{len(texts)} texts but {len(requested)} types")
         asked = [self.resolve_type(t) if t is not None else None for t in requested]
-        size = self.max_input_tokens - 1 - self.delay - sum(map(len, self.prompts))  # text tokens per window
+        size = self.window_size
         stride = window_stride(size)
         encoded = [token_offsets(self.tokenizer, text, size + (self.windows - 1) * stride) for text in texts]
-        # the fillers of delayed labels, then each closed-list field's prompt
-        after = [filler_id(self.tokenizer)] * self.delay + [t for prompt in self.prompts for t in prompt]
-        start_id = first_token_id(self.tokenizer)
         rows = [(i, s) for i, (ids, _) in enumerate(encoded) for s in window_starts(len(ids), size, stride)]
         rows.sort(key=lambda row: min(len(encoded[row[0]][0]) - row[1], size), reverse=True)
         windows: dict[int, dict[int, torch.Tensor]] = {}
@@ -113,10 +110,10 @@ class Tagger(RunTypes):
         per_call = batch_size if self.device.type != "cpu" else 1
         for begin in range(0, len(rows), per_call):
             chunk = rows[begin : begin + per_call]
-            batch = self.collate([{"input_ids": [start_id, *encoded[i][0][s : s + size], *after]} for i, s in chunk])
+            batch = self.collate([{"input_ids": self.window_input(encoded[i][0][s : s + size])} for i, s in chunk])
             logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.cpu()
             for r, (i, s) in enumerate(chunk):
-                width = 1 + len(encoded[i][0][s : s + size]) + len(after)
+                width = len(self.window_input(encoded[i][0][s : s + size]))
                 # without the delay's rows: the type position, then each text token's own label
                 windows.setdefault(i, {})[s] = torch.cat([logits[r, :1], logits[r, 1 + self.delay : width]])
                 left[i] -= 1
@@ -136,6 +133,17 @@ class Tagger(RunTypes):
                 bar.update(1)
         bar.close()
         return results
+
+    @property
+    def window_size(self) -> int:
+        """Text tokens per window (per document when `windows` is 1)."""
+        return self.max_input_tokens - 1 - self.delay - sum(map(len, self.prompts))
+
+    def window_input(self, ids: list[int]) -> list[int]:
+        """The model's input for one window's text tokens: the type position, the text, the fillers of
+        delayed labels, each closed-list field's prompt."""
+        fillers = [filler_id(self.tokenizer)] * self.delay
+        return [first_token_id(self.tokenizer), *ids, *fillers, *(t for prompt in self.prompts for t in prompt)]
 
     def one_at_a_time(self, text: str, doc_type: str, max_new_tokens: int = 0) -> str:
         """One document alone (nothing padded beside it); `max_new_tokens` does not apply."""
