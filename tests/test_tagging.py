@@ -742,6 +742,12 @@ def test_a_span_at_a_line_end_hyphen_takes_the_whole_word():
         start = label.index("\n") + 1
         assert whole_words(label, start, len(label)) == (start, len(label))
     assert whole_words("Ana Pérez1, Juan", 0, 9, name=True) == (0, 9)  # a glued footnote marker stays out
+    # a page number run into the title's first word stays out; a code that begins with digits does not
+    glued = "Letters 1373High-Bandwidth Address\n190A Net"
+    assert whole_words(glued, glued.index("High"), glued.index(" Address")) == (glued.index("High"), 26)
+    assert whole_words(glued, glued.index("A Net"), len(glued)) == (glued.index("A Net"), len(glued))
+    assert whole_words("MSC 05B20, 47A15", 6, 9) == (4, 9)  # a capital inside a code is not its start
+    assert whole_words("Letters 1373high", 12, 16) == (8, 16)  # nor is a lower-case letter
     offsets = [(0, 2), (3, 6), (7, 11), (11, 12), (13, 19), (20, 22), (23, 28)]
     logits = torch.full((1 + len(offsets), len(SCHEME.labels)), -5.0)
     for i, label in enumerate([B_TITLE, I_TITLE, O, O, B_TITLE, I_TITLE, I_TITLE], 1):
