@@ -116,6 +116,7 @@ def main() -> None:
         "attention": picked,
         "bf16_weights": args.bf16_weights,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},  # glibc's allocator
         "steps_timed": steps["steps_timed"],
         "median_step_seconds": steps["seconds_per_step_median"],
         "step_seconds": [round(t, 2) for t in timer.times],  # all of them, the warm-up step first
