@@ -566,6 +566,9 @@ _HYPHEN_AFTER = re.compile(r"-?[ \t]*\n[ \t]*[^\W\d_]+")
 _WORD_AFTER = re.compile(r"[ \t]*[^\W\d_]+(?:-[^\W\d_]+)*")
 
 
+_LETTERS = re.compile(r"[^\W\d_]*")
+
+
 def whole_words(text: str, start: int, end: int, name: bool = False) -> tuple[int, int]:
     """The span widened to whole words, as the aligned labels were: a span that begins or ends inside a
     word (a sub-word token left out) takes the whole word, and a word broken by a line-end hyphen
@@ -579,7 +582,7 @@ def whole_words(text: str, start: int, end: int, name: bool = False) -> tuple[in
     number = start
     while 0 < number and text[number - 1].isdigit():
         number -= 1
-    rest = re.match(r"[^\W\d_]*", text[start:])[0]  # the letters from the span's start on
+    rest = _LETTERS.match(text, start)[0]  # the letters from the span's start on
     glued_number = (
         number < start < len(text)
         and text[start].isupper()
