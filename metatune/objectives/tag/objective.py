@@ -474,8 +474,9 @@ class TagObjective(Objective):
             settings.append(
                 (
                     "tag.label_delay",
-                    f"{delay} (read forward, each token's label comes {delay} tokens later, after {delay} filler "
-                    f"tokens that follow the text: a pipeline's label of a token is the token's {delay} before it)",
+                    f"{delay} (read forward, each token's label comes {delay} positions later, after {delay} filler "
+                    f"tokens that follow the text: the label a pipeline gives a token belongs to the token {delay} "
+                    "before it)",
                 )
             )
         if stage:
