@@ -27,10 +27,9 @@ from metatune.objectives.tag.labels import (
     allowed_transitions,
     class_prompts,
     decode,
-    filler_id,
-    first_token_id,
     learned_transitions,
     stitch_windows,
+    tagger_input,
     to_record,
     token_offsets,
     window_starts,
@@ -110,12 +109,12 @@ class Tagger(RunTypes):
         per_call = batch_size if self.device.type != "cpu" else 1
         for begin in range(0, len(rows), per_call):
             chunk = rows[begin : begin + per_call]
-            batch = self.collate([{"input_ids": self.window_input(encoded[i][0][s : s + size])} for i, s in chunk])
+            inputs = [self.window_input(encoded[i][0][s : s + size]) for i, s in chunk]
+            batch = self.collate([{"input_ids": x} for x in inputs])
             logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.cpu()
             for r, (i, s) in enumerate(chunk):
-                width = len(self.window_input(encoded[i][0][s : s + size]))
                 # without the delay's rows: the type position, then each text token's own label
-                windows.setdefault(i, {})[s] = torch.cat([logits[r, :1], logits[r, 1 + self.delay : width]])
+                windows.setdefault(i, {})[s] = torch.cat([logits[r, :1], logits[r, 1 + self.delay : len(inputs[r])]])
                 left[i] -= 1
                 if left[i]:
                     continue
@@ -142,8 +141,7 @@ class Tagger(RunTypes):
     def window_input(self, ids: list[int]) -> list[int]:
         """The model's input for one window's text tokens: the type position, the text, the fillers of
         delayed labels, each closed-list field's prompt."""
-        fillers = [filler_id(self.tokenizer)] * self.delay
-        return [first_token_id(self.tokenizer), *ids, *fillers, *(t for prompt in self.prompts for t in prompt)]
+        return tagger_input(self.tokenizer, ids, self.prompts, self.delay)
 
     def one_at_a_time(self, text: str, doc_type: str, max_new_tokens: int = 0) -> str:
         """One document alone (nothing padded beside it); `max_new_tokens` does not apply."""

@@ -363,6 +363,13 @@ def filler_id(tokenizer) -> int:
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
 
 
+def tagger_input(tokenizer, ids: list[int], prompts: list[list[int]] = (), delay: int = 0) -> list[int]:
+    """The model's input for a text's tokens, in training as at extraction: the type position, the
+    text, `delay` fillers (`tag.label_delay`), each closed-list field's prompt."""
+    after = [t for prompt in prompts for t in prompt]
+    return [first_token_id(tokenizer), *ids, *[filler_id(tokenizer)] * delay, *after]
+
+
 def encode_tagged(
     record: dict,
     text: str,
@@ -391,14 +398,12 @@ def encode_tagged(
             spans.append((span, field, surname_within(text, span, value) if field in scheme.surnames else None))
     type_label = scheme.first_type_label + scheme.types.index(doc_type)
     labels = [type_label] + [IGNORE_INDEX] * delay + bio_labels(offsets, spans, scheme)
-    ids = [first_token_id(tokenizer), *ids, *[filler_id(tokenizer)] * delay]
     for (field, values), prompt in zip(scheme.classes, prompts):
         value = record.get(field)
         known = field in fields and (value in values or not value)  # a value only validation has: no label
         label = scheme.first_class_label(field) + (values.index(value) + 1 if value else 0) if known else IGNORE_INDEX
-        ids += prompt
         labels += [IGNORE_INDEX] * (len(prompt) - 1) + [label]
-    return {"input_ids": ids, "labels": labels}, counts
+    return {"input_ids": tagger_input(tokenizer, ids, prompts, delay), "labels": labels}, counts
 
 
 class TagCollator:
