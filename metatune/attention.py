@@ -6,12 +6,18 @@ time in bf16: the 104 GROBID validation headers 10% faster with this, at the sam
 seeds (docs/performance.md). In float32, for causal attention and on GPUs the flash kernel is as
 fast or faster. In training, one layer's bf16 backward pass is 1.2-2.5x faster with it in isolation
 (benchmarks/attention.py) and 8-step benchmarks were 1.5x faster, but two whole runs were not
-(2,409-2,462 s against 2,161-2,167 s with SDPA), so training keeps SDPA. The math is transformers'
+(2,409-2,462 s against 2,161-2,167 s with SDPA): page faults of the score matrices that glibc maps
+afresh in every layer (keep_freed_memory). Training keeps SDPA unless `tag.attention_kernel=matmul`
+asks for this kernel, with glibc's allocator set to keep freed memory. The math is transformers'
 eager attention with the key/value heads shared without copies; unlike eager, the scores stay in
 bf16 (the softmax still sums in float32 inside the kernel) and no float32 copy of them is written.
 """
 
 from __future__ import annotations
+
+import ctypes
+import platform
+from contextlib import contextmanager
 
 import torch
 from transformers import AttentionInterface
@@ -53,3 +59,33 @@ def use_where_faster(model, bf16: bool, device_type: str) -> bool:
         return False
     model.set_attn_implementation(NAME)
     return True
+
+
+# glibc's mallopt parameters, and their defaults
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+
+
+@contextmanager
+def keep_freed_memory(active: bool = True):
+    """While active, glibc's allocator serves every allocation from its heap and keeps what is freed
+    there (no `mmap` per allocation, no trimming), as `MALLOC_MMAP_MAX_=0` and a large
+    `MALLOC_TRIM_THRESHOLD_` would from the start; after, the defaults are restored and the memory kept
+    goes back to the system.
+
+    A training step with matmul attention allocates and frees score matrices larger than glibc's mmap
+    threshold in every layer; mapped afresh each time, their pages are faulted in again: 20.9M page
+    faults in 16 steps, 3.8-4.1M without mmap, and 1.14-1.28x SDPA's speed instead of 1.0x, at
+    +50-60% peak memory (docs/performance.md). A no-op elsewhere than on glibc."""
+    libc = ctypes.CDLL("libc.so.6") if active and platform.libc_ver()[0] == "glibc" else None
+    if libc is None:
+        yield
+        return
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # an int: 2 GiB of free heap top kept
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)  # what was kept goes back to the system

@@ -94,3 +94,24 @@ def test_the_attention_benchmark_times_both_kernels_per_length_and_precision(tmp
             r["sdpa_forward_backward_ms"] / r["matmul_forward_backward_ms"]
         )
         assert r["max_abs_difference"] < (1e-5 if r["dtype"] == "float32" else 0.05)  # the same attention
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator")
+def test_keeping_freed_memory_spares_the_page_faults_of_large_allocations():
+    """Score-matrix-sized blocks allocated and freed again: glibc maps each afresh (and its pages are
+    faulted in again) unless keep_freed_memory is active."""
+    import resource
+
+    def faults_reallocating() -> int:
+        counts = []
+        for _ in range(4):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            x, y = torch.ones(40_000_000), torch.ones(10_000_000)  # 160 and 40 MB
+            del x, y
+            counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return sum(counts[1:])  # after the first round
+
+    outside = faults_reallocating()
+    with attention.keep_freed_memory():
+        inside = faults_reallocating()
+    assert outside > 100_000 and inside < 0.1 * outside, (outside, inside)

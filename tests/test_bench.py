@@ -12,7 +12,7 @@ import threading
 import pytest
 import torch
 
-from metatune import bench
+from metatune import attention, bench
 from metatune.bench import BenchSettings, Turns, original_features, run_bench, write_results
 from metatune.config import load_config
 from metatune.encoding import collator, target_positions
@@ -315,6 +315,12 @@ def test_a_model_read_both_ways_trains_one_example_at_a_time_where_padded_batche
     assert needed > state  # the longest batch's activations come on top of the training state
     # a batch twice as long needs more memory
     assert common.padded_training_bytes(prepared.model, [2 * n for n in lengths], 4) > needed
+    # matmul attention keeps each layer's bf16 attention probabilities too: heads x tokens x longest
+    prepared.model.set_attn_implementation(attention.NAME)
+    c, longest = prepared.model.config, sorted(lengths)[-4:]
+    scores = 2 * c.num_hidden_layers * c.num_attention_heads * 4 * longest[-1] ** 2
+    assert common.padded_training_bytes(prepared.model, lengths, 4) == needed + scores
+    prepared.model.set_attn_implementation("sdpa")
     if torch.cuda.is_available():
         pytest.skip("GPUs keep padded batches")
     monkeypatch.setattr(common, "available_memory", lambda: 100 * needed)

@@ -1046,3 +1046,50 @@ def test_delayed_labels_need_a_model_that_reads_forward(tmp_path, tiny_t5):
     with pytest.raises(MetatuneError, match="is an encoder-decoder whose encoder reads both ways"):
         train(tag_config(tiny_t5, SAMPLE, tmp_path / "b", "tag.attention=causal", "tag.label_delay=2"))
     assert not list(tmp_path.iterdir())
+
+
+def test_matmul_attention_trains_a_tagger_with_sdpas_losses(tmp_path, tiny_llama, synthetic, monkeypatch):
+    """tag.attention_kernel=matmul: the same per-step losses as SDPA in float32, glibc set to keep freed
+    memory while it trains, and a saved run that other runtimes load as before."""
+    from metatune import attention
+    from metatune.training.run import train
+
+    kept = []
+    real = attention.keep_freed_memory
+    monkeypatch.setattr(attention, "keep_freed_memory", lambda active=True: kept.append(active) or real(active))
+    steps = ("training.max_steps=6", "training.logging_steps=1")
+    runs = {
+        kernel: train(tag_config(tiny_llama, synthetic, tmp_path / kernel, f"tag.attention_kernel={kernel}", *steps))
+        for kernel in ("sdpa", "matmul")
+    }
+    assert kept == [False, True]
+    losses = {
+        k: [json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+        for k, r in runs.items()
+    }
+    assert len(losses["sdpa"]) == 6 and losses["matmul"] == pytest.approx(losses["sdpa"], rel=1e-4)
+    info = json.loads((runs["matmul"] / "metatune.json").read_text(encoding="utf-8"))
+    assert info["training"]["attention"] == attention.NAME
+    assert attention.NAME not in (runs["matmul"] / "config.json").read_text()
+
+
+def test_matmul_attention_needs_a_decoder(tmp_path, tiny_t5):
+    from metatune.errors import MetatuneError
+    from metatune.training.run import train
+
+    with pytest.raises(MetatuneError, match="tag.attention_kernel=matmul needs a decoder .* set tag.attention_kernel=sdpa"):
+        train(tag_config(tiny_t5, SAMPLE, tmp_path / "run", "tag.attention_kernel=matmul"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_runs_seed_sets_the_new_heads_weights(tmp_path, tiny_llama, synthetic):
+    """Whatever ran before in the process: the tagging head starts from training.seed."""
+    from metatune.objectives import prepare
+
+    def head(seed):
+        torch.rand(7)  # the generator's state before does not matter
+        config = tag_config(tiny_llama, synthetic, tmp_path / "run", f"training.seed={seed}")
+        return prepare(config, need_validation=False).model.score.weight.detach()
+
+    first = head(1)
+    assert torch.equal(first, head(1)) and not torch.equal(first, head(2))

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from accelerate.utils import set_seed
+
 from metatune.config import Config, ExtractionSettings
 from metatune.data import load_for_training
 from metatune.errors import MetatuneError
@@ -59,6 +61,7 @@ def prepare(config: Config, need_validation: bool = True) -> Prepared:
     collators, losses, the run's description). Writes nothing."""
     objective = of_config(config)
     registry, dataset = load_for_training(config.data, need_validation)
+    set_seed(config.training.seed)  # new weights (a tagging head, LoRA adapters) start from the run's seed
     prepared = objective.prepare(config, registry, dataset, need_validation)
     if config.training.mode == "loop" and prepared.loop is None:
         raise MetatuneError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from metatune import attention
 from metatune.config import Config
 from metatune.console import main_print
 from metatune.export import save_run
@@ -40,7 +41,13 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         + (f", {state.num_processes} processes" if state.num_processes > 1 else "")
     )
     try:
-        with stop_on_signals(), training_writes(work, "the training logs"), quiet_tied_weights(prepared.model):
+        matmul_on_cpu = prepared.model.config._attn_implementation == attention.NAME and state.device.type == "cpu"
+        with (
+            stop_on_signals(),
+            training_writes(work, "the training logs"),
+            quiet_tied_weights(prepared.model),
+            attention.keep_freed_memory(matmul_on_cpu),
+        ):
             if config.training.mode == "loop":
                 from metatune.training.loop import run_loop
 

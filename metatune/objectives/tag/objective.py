@@ -11,6 +11,7 @@ from collections import Counter
 import torch
 from accelerate import PartialState
 
+from metatune import attention
 from metatune.alignment import DATE_FIELDS, PERSON_FIELDS, Span, align_record, locate_date
 from metatune.card import CardParts
 from metatune.config import Config, ExtractionSettings
@@ -359,6 +360,20 @@ def example_losses_for(scheme: TagScheme, class_weight: float, field_weights: di
     return example_losses
 
 
+def use_matmul_attention(model, name: str, seq2seq: bool) -> None:
+    """`tag.attention_kernel=matmul`: the decoder trains with metatune.attention's kernel."""
+    if not seq2seq:
+        try:
+            model.set_attn_implementation(attention.NAME)
+            return
+        except ValueError:  # a model that does not take transformers' attention interface
+            pass
+    raise MetatuneError(
+        f"tag.attention_kernel=matmul needs a decoder that takes transformers' attention interface; "
+        f"'{name}' is not one: set tag.attention_kernel=sdpa"
+    )
+
+
 class TagObjective(Objective):
     name = "tag"
 
@@ -384,6 +399,8 @@ class TagObjective(Objective):
                 f"tag.label_delay gives a model that reads forward a look ahead; '{config.model.name}' is an "
                 "encoder-decoder whose encoder reads both ways: set tag.label_delay=0"
             )
+        if config.tag.attention_kernel == "matmul":
+            use_matmul_attention(model, config.model.name, seq2seq)
         coverage: dict[str, list[int]] = {}
         args = (registry, d.fallback_type, fmt, scheme, tokenizer, d.max_input_tokens)
         train = encode_split(train_records, *args, coverage, config.tag.label_delay)
