@@ -1077,7 +1077,9 @@ def test_matmul_attention_needs_a_decoder(tmp_path, tiny_t5):
     from metatune.errors import MetatuneError
     from metatune.training.run import train
 
-    with pytest.raises(MetatuneError, match="tag.attention_kernel=matmul needs a decoder .* set tag.attention_kernel=sdpa"):
+    with pytest.raises(
+        MetatuneError, match="tag.attention_kernel=matmul needs a decoder .* set tag.attention_kernel=sdpa"
+    ):
         train(tag_config(tiny_t5, SAMPLE, tmp_path / "run", "tag.attention_kernel=matmul"))
     assert not list(tmp_path.iterdir())
 
