@@ -748,6 +748,10 @@ def test_a_span_at_a_line_end_hyphen_takes_the_whole_word():
     assert whole_words(glued, glued.index("A Net"), len(glued)) == (glued.index("A Net"), len(glued))
     assert whole_words("MSC 05B20, 47A15", 6, 9) == (4, 9)  # a capital inside a code is not its start
     assert whole_words("Letters 1373high", 12, 16) == (8, 16)  # nor is a lower-case letter
+    # so does a stamp's last word glued to it; a capital inside a name's word is no start
+    stamp = "Accepted manuscriptDesign-to-time Scheduling"
+    assert whole_words(stamp, stamp.index("Design"), len(stamp)) == (stamp.index("Design"), len(stamp))
+    assert whole_words("Ana McDonald", 6, 12, name=True) == (4, 12)
     offsets = [(0, 2), (3, 6), (7, 11), (11, 12), (13, 19), (20, 22), (23, 28)]
     logits = torch.full((1 + len(offsets), len(SCHEME.labels)), -5.0)
     for i, label in enumerate([B_TITLE, I_TITLE, O, O, B_TITLE, I_TITLE, I_TITLE], 1):

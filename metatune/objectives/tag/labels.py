@@ -581,20 +581,24 @@ def whole_words(text: str, start: int, end: int, name: bool = False) -> tuple[in
     a span that ends at a hyphen glued to its word takes the rest of the word, or the next word where
     the line break became a space.
     In a name, digits glued to it ("Pérez1") are a footnote marker; before a span that begins at a
-    capital letter, a number glued to its first word ("1373High-Bandwidth", "190A Neural Net": a page
-    number or a stamp's date that a PDF tool ran into the line) stays out, unless digits follow the
-    letters too (a code: "05B20")."""
-    number = start
-    while 0 < number and text[number - 1].isdigit():
-        number -= 1
+    capital letter, a number or a lower-case word glued to its first word ("1373High-Bandwidth",
+    "190A Neural Net", "manuscriptDesign": a page number, a stamp's date or a stamp's last word that a
+    PDF tool ran into the line) stays out, unless digits follow the letters too (a code: "05B20");
+    a capital after a capital and lower case ("McDonald") is inside one word."""
+    glued = start
+    while 0 < glued and text[glued - 1].isdigit():
+        glued -= 1
+    if glued == start:
+        while 0 < glued and text[glued - 1].islower():
+            glued -= 1
     rest = _LETTERS.match(text, start)[0]  # the letters from the span's start on
-    glued_number = (
-        number < start < len(text)
+    glued_word = (
+        glued < start < len(text)
         and text[start].isupper()
-        and not text[number - 1 : number].isalnum()
+        and not text[glued - 1 : glued].isalnum()
         and not text[start + len(rest) : start + len(rest) + 1].isdigit()  # a code such as "05B20" is one word
     )
-    while not glued_number and 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum():
+    while not glued_word and 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum():
         start -= 1
     # only a lower-case piece before a lower-case one: "Abstract-\nWe" and "Keywords-\nrobots" are a label
     # and its value, which the model rightly splits
