@@ -40,7 +40,8 @@ def matmul_attention(module, query, key, value, attention_mask, scaling=None, dr
     if attention_mask is None and is_causal and queries > 1:
         attention_mask = torch.ones(queries, keys, dtype=torch.bool, device=scores.device).tril(keys - queries)
     if attention_mask is not None:  # the most negative finite value: a row with nothing to see is no NaN
-        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        # in place: no second score matrix (the product's backward pass does not need its output)
+        scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
     probs = scores.softmax(-1)
     if dropout and module.training:
         probs = torch.nn.functional.dropout(probs, p=dropout)
