@@ -90,3 +90,8 @@ def keep_freed_memory(active: bool = True):
         libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
         libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
         libc.malloc_trim(0)  # what was kept goes back to the system
+
+
+def training_memory(model, device_type: str):
+    """keep_freed_memory while `model` trains with matmul attention on a CPU (tag.attention_kernel)."""
+    return keep_freed_memory(model.config._attn_implementation == NAME and device_type == "cpu")

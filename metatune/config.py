@@ -117,9 +117,9 @@ class TagSettings(Section):
     # with causal attention: each token's label is read this many tokens later (that many filler tokens
     # follow the text), so the model sees that far past the token it labels (0: at the token itself)
     label_delay: int = Field(default=0, ge=0, le=64)
-    # the attention kernel of a decoder's training on a CPU: "sdpa" (PyTorch's fused kernels) or "matmul"
-    # (metatune.attention: the score matrix in memory, with glibc's allocator keeping freed memory for
-    # the run's duration); GPUs keep SDPA
+    # the attention kernel a decoder trains with: "sdpa" (PyTorch's fused kernels) or "matmul"
+    # (metatune.attention: the score matrix in memory; on a CPU, glibc's allocator keeps freed memory
+    # while it trains)
     attention_kernel: Literal["sdpa", "matmul"] = "sdpa"
     # this fraction of the training documents is also trained on with every run of whitespace made one
     # space (line breaks gone, as the original SEDICI orchestrator and some PDF tools send text); seeded

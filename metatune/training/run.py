@@ -41,12 +41,11 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         + (f", {state.num_processes} processes" if state.num_processes > 1 else "")
     )
     try:
-        matmul_on_cpu = prepared.model.config._attn_implementation == attention.NAME and state.device.type == "cpu"
         with (
             stop_on_signals(),
             training_writes(work, "the training logs"),
             quiet_tied_weights(prepared.model),
-            attention.keep_freed_memory(matmul_on_cpu),
+            attention.training_memory(prepared.model, state.device.type),
         ):
             if config.training.mode == "loop":
                 from metatune.training.loop import run_loop

@@ -310,19 +310,21 @@ def adapt_backbone(config: Config, model, tokenizer, train: list[dict], bidirect
         config, False, False, padded_training_bytes(model, [len(x) for x in texts], t.per_device_train_batch_size)
     )
     start = time.perf_counter()
-    losses = adapt(
-        model,
-        tokenizer,
-        texts,
-        epochs,
-        config.tag.adaptation_learning_rate,
-        per_forward * accumulation,
-        use_bf16(config),
-        t.seed,
-        PartialState().device,
-        per_forward,
-        t.group_by_length,
-    )
+    device = PartialState().device
+    with attention.training_memory(model, device.type):
+        losses = adapt(
+            model,
+            tokenizer,
+            texts,
+            epochs,
+            config.tag.adaptation_learning_rate,
+            per_forward * accumulation,
+            use_bf16(config),
+            t.seed,
+            device,
+            per_forward,
+            t.group_by_length,
+        )
     tenth = max(1, len(losses) // 10)
     first, last = sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth
     seconds = round(time.perf_counter() - start, 1)
