@@ -7,8 +7,8 @@ seeds (docs/performance.md). In float32, for causal attention and on GPUs the fl
 fast or faster. In training, one layer's bf16 backward pass is 1.2-2.5x faster with it in isolation
 (benchmarks/attention.py) and 8-step benchmarks were 1.5x faster, but two whole runs were not
 (2,409-2,462 s against 2,161-2,167 s with SDPA): page faults of the score matrices that glibc maps
-afresh in every layer (keep_freed_memory). Training keeps SDPA unless `tag.attention_kernel=matmul`
-asks for this kernel, with glibc's allocator set to keep freed memory. The math is transformers'
+afresh in every layer (keep_freed_memory). Training keeps SDPA unless a run asks for this kernel
+(the tag objective's `attention_kernel`), with glibc's allocator set to keep freed memory. The math is transformers'
 eager attention with the key/value heads shared without copies; unlike eager, the scores stay in
 bf16 (the softmax still sums in float32 inside the kernel) and no float32 copy of them is written.
 """
@@ -93,5 +93,5 @@ def keep_freed_memory(active: bool = True):
 
 
 def training_memory(model, device_type: str):
-    """keep_freed_memory while `model` trains with matmul attention on a CPU (tag.attention_kernel)."""
+    """keep_freed_memory while `model` trains with matmul attention on a CPU."""
     return keep_freed_memory(model.config._attn_implementation == NAME and device_type == "cpu")
