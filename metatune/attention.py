@@ -77,7 +77,8 @@ def keep_freed_memory(active: bool = True):
     A training step with matmul attention allocates and frees score matrices larger than glibc's mmap
     threshold in every layer; mapped afresh each time, their pages are faulted in again: 20.9M page
     faults in 16 steps, 3.8-4.1M without mmap, and 1.14-1.28x SDPA's speed instead of 1.0x, at
-    +50-60% peak memory (docs/performance.md). A no-op elsewhere than on glibc."""
+    +50-60% peak memory over those steps, and a heap that keeps growing over a whole run (24 GB at
+    step 338 of 388 of the GROBID config: docs/performance.md). A no-op elsewhere than on glibc."""
     libc = ctypes.CDLL("libc.so.6") if active and platform.libc_ver()[0] == "glibc" else None
     if libc is None:
         yield
