@@ -1077,6 +1077,19 @@ def test_matmul_attention_trains_a_tagger_with_sdpas_losses(tmp_path, tiny_llama
     assert attention.NAME not in (runs["matmul"] / "config.json").read_text()
 
 
+def test_forced_bf16_tag_training_with_matmul_attention_runs_on_any_cpu(tmp_path, tiny_llama, synthetic):
+    """bf16 autocast with tag.attention_kernel=matmul: what the setting runs on CPUs with bf16 units."""
+    from metatune import attention
+    from metatune.training.run import train
+
+    sets = ("tag.attention_kernel=matmul", "training.bf16=true", "training.max_steps=12")
+    run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", *sets))
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert losses[-1] < losses[0], losses
+    trained = json.loads((run / "metatune.json").read_text(encoding="utf-8"))["training"]
+    assert (trained["precision"], trained["attention"]) == ("bf16", attention.NAME)
+
+
 def test_matmul_attention_needs_a_decoder(tmp_path, tiny_t5):
     from metatune.errors import MetatuneError
     from metatune.training.run import train
