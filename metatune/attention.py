@@ -23,6 +23,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from metatune.faults import available_memory, memory_info
+
 NAME = "metatune_matmul"
 
 
@@ -67,32 +69,51 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
 
+# the kept heap goes back to the system before a forward pass that finds less than this share of the
+# machine's memory available
+TRIM_BELOW = 0.2
+
+
 @contextmanager
-def keep_freed_memory(active: bool = True):
+def keep_freed_memory(active: bool = True, model=None):
     """While active, glibc's allocator serves every allocation from its heap and keeps what is freed
-    there (no `mmap` per allocation, no trimming), as `MALLOC_MMAP_MAX_=0` and a large
+    there (no `mmap` per allocation, no automatic trimming), as `MALLOC_MMAP_MAX_=0` and a large
     `MALLOC_TRIM_THRESHOLD_` would from the start; after, the defaults are restored and the memory kept
     goes back to the system.
 
     A training step with matmul attention allocates and frees score matrices larger than glibc's mmap
     threshold in every layer; mapped afresh each time, their pages are faulted in again: 20.9M page
-    faults in 16 steps, 3.8-4.1M without mmap, and 1.14-1.28x SDPA's speed instead of 1.0x, at
-    +50-60% peak memory over those steps, and a heap that keeps growing over a whole run (24 GB at
-    step 338 of 388 of the GROBID config: docs/performance.md). A no-op elsewhere than on glibc."""
+    faults in 16 steps, 3.8-4.1M without mmap, and 1.14-1.28x SDPA's speed instead of 1.0x. But a
+    heap that keeps everything grows over a whole run, as batches of new shapes need blocks no freed
+    one can hold (24 GB and the OOM killer at step 338 of 388 of the GROBID config on a 24 GiB
+    machine: docs/performance.md). So with a `model`, a hook before each of its forward passes gives
+    the kept memory back (`malloc_trim`, which also releases free blocks inside the heap) whenever
+    less than TRIM_BELOW of the machine's memory is available: the pages are faulted in again once,
+    and the heap stays within the machine. A no-op elsewhere than on glibc."""
     libc = ctypes.CDLL("libc.so.6") if active and platform.libc_ver()[0] == "glibc" else None
     if libc is None:
         yield
         return
+    floor = TRIM_BELOW * (memory_info("MemTotal") or 0)
+
+    def trim_when_short(*_):
+        available = available_memory()
+        if available is not None and available < floor:
+            libc.malloc_trim(0)
+
+    hook = model.register_forward_pre_hook(trim_when_short) if model is not None else None
     libc.mallopt(M_MMAP_MAX, 0)
     libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # an int: 2 GiB of free heap top kept
     try:
         yield
     finally:
+        if hook is not None:
+            hook.remove()
         libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
         libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
         libc.malloc_trim(0)  # what was kept goes back to the system
 
 
 def training_memory(model, device_type: str):
-    """keep_freed_memory while `model` trains with matmul attention on a CPU."""
-    return keep_freed_memory(model.config._attn_implementation == NAME and device_type == "cpu")
+    """keep_freed_memory, within the machine's memory, while `model` trains with matmul attention on a CPU."""
+    return keep_freed_memory(model.config._attn_implementation == NAME and device_type == "cpu", model)

@@ -1,6 +1,7 @@
 """Faults of the machine, not of the user: a full disk or a folder that cannot be written, told in
 one line; SIGTERM and SIGINT during training, which stop it at the next step with a checkpoint
-saved; and the warnings a CPU run always meets, which say nothing to act on."""
+saved; the memory left before it runs out; and the warnings a CPU run always meets, which say
+nothing to act on."""
 
 from __future__ import annotations
 
@@ -28,6 +29,22 @@ FAULTS = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
 }
+
+
+def memory_info(key: str) -> int | None:
+    """Bytes of a /proc/meminfo line (Linux): `MemAvailable` is what a new allocation can get
+    without swapping, `MemTotal` the machine's memory; None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def available_memory() -> int | None:
+    return memory_info("MemAvailable")
 
 
 class WriteFault(MetatuneError):

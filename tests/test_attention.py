@@ -131,3 +131,39 @@ def test_keeping_freed_memory_spares_the_page_faults_of_large_allocations():
     assert done.returncode == 0, done.stderr[-2000:]
     outside, inside = map(int, done.stdout.split())
     assert outside > 300_000 and inside < 0.5 * outside, (outside, inside)
+
+
+TRIM = """
+import os, torch
+from metatune import attention
+
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+model = torch.nn.Linear(2, 2)
+with attention.keep_freed_memory(model=model):
+    hole, top = torch.ones(100_000_000), torch.ones(100_000_000)  # 400 MB each
+    above = torch.ones(1_000_000)  # keeps the first block inside the heap once it is freed
+    del hole, top
+    kept = resident()
+    model(torch.ones(1, 2))  # plenty of memory available: nothing goes back
+    plenty = resident()
+    attention.available_memory = lambda: 0
+    model(torch.ones(1, 2))
+    short = resident()
+print(kept, plenty, short)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator")
+def test_the_kept_heap_goes_back_when_the_machine_runs_short():
+    """Two freed 400 MB blocks, one inside the heap and one at its top, stay resident while memory is
+    kept; a forward pass that finds the machine short of memory gives both back."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", TRIM], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept, plenty, short = map(int, done.stdout.split())
+    assert plenty > kept - 50e6, (kept, plenty)
+    assert short < kept - 700e6, (kept, short)

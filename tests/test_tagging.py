@@ -1060,7 +1060,9 @@ def test_matmul_attention_trains_a_tagger_with_sdpas_losses(tmp_path, tiny_llama
 
     kept = []
     real = attention.keep_freed_memory
-    monkeypatch.setattr(attention, "keep_freed_memory", lambda active=True: kept.append(active) or real(active))
+    monkeypatch.setattr(
+        attention, "keep_freed_memory", lambda active=True, model=None: kept.append(active) or real(active, model)
+    )
     steps = ("training.max_steps=6", "training.logging_steps=1")
     runs = {
         kernel: train(tag_config(tiny_llama, synthetic, tmp_path / kernel, f"tag.attention_kernel={kernel}", *steps))

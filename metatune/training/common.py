@@ -14,6 +14,7 @@ from metatune import attention
 from metatune.config import Config
 from metatune.errors import MetatuneError
 from metatune.export import check_output
+from metatune.faults import available_memory
 from metatune.run_info import RunInfo
 
 
@@ -114,17 +115,6 @@ def padded_training_bytes(model, lengths: list[int], batch_size: int) -> int:
     if model.config._attn_implementation == attention.NAME:
         scores = 2 * layers * c.num_attention_heads * tokens * max(longest, default=0)
     return tokens * per_token + scores + STATE_BYTES_PER_PARAMETER * sum(p.numel() for p in model.parameters())
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux's MemAvailable); None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def attends_causally(model) -> bool:
