@@ -23,7 +23,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from metatune.faults import available_memory, memory_info
+from metatune.faults import available_memory
 
 NAME = "metatune_matmul"
 
@@ -69,13 +69,8 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
 
-# the kept heap goes back to the system before a forward pass that finds less than this share of the
-# machine's memory available
-TRIM_BELOW = 0.2
-
-
 @contextmanager
-def keep_freed_memory(active: bool = True, model=None):
+def keep_freed_memory(active: bool = True, model=None, need=None):
     """While active, glibc's allocator serves every allocation from its heap and keeps what is freed
     there (no `mmap` per allocation, no automatic trimming), as `MALLOC_MMAP_MAX_=0` and a large
     `MALLOC_TRIM_THRESHOLD_` would from the start; after, the defaults are restored and the memory kept
@@ -83,25 +78,27 @@ def keep_freed_memory(active: bool = True, model=None):
 
     A training step with matmul attention allocates and frees score matrices larger than glibc's mmap
     threshold in every layer; mapped afresh each time, their pages are faulted in again: 20.9M page
-    faults in 16 steps, 3.8-4.1M without mmap, and 1.14-1.28x SDPA's speed instead of 1.0x. But a
-    heap that keeps everything grows over a whole run, as batches of new shapes need blocks no freed
-    one can hold (24 GB and the OOM killer at step 338 of 388 of the GROBID config on a 24 GiB
-    machine: docs/performance.md). So with a `model`, a hook before each of its forward passes gives
-    the kept memory back (`malloc_trim`, which also releases free blocks inside the heap) whenever
-    less than TRIM_BELOW of the machine's memory is available: the pages are faulted in again once,
-    and the heap stays within the machine. A no-op elsewhere than on glibc."""
+    faults in 16 steps, 3.8-4.1M without mmap, and 1.14-1.28x SDPA's speed instead of 1.0x. But the
+    kept heap fragments: a batch of a new shape may find no freed block that holds its tensors and
+    take all it needs afresh (two whole runs of the GROBID config on a 24 GiB machine grew to 24 GB
+    and were killed for memory: docs/performance.md). So with a `model`, a hook before each of its
+    forward passes gives the kept memory back (`malloc_trim`, which also releases the free blocks
+    inside the heap) whenever the machine has less memory available than the pass may take afresh:
+    `need(batch, length)` bytes for its input's shape (`input_ids`). A no-op elsewhere than on glibc."""
     libc = ctypes.CDLL("libc.so.6") if active and platform.libc_ver()[0] == "glibc" else None
     if libc is None:
         yield
         return
-    floor = TRIM_BELOW * (memory_info("MemTotal") or 0)
 
-    def trim_when_short(*_):
+    def trim_when_short(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
         available = available_memory()
-        if available is not None and available < floor:
+        if ids is not None and available is not None and available < need(*ids.shape[:2]):
             libc.malloc_trim(0)
 
-    hook = model.register_forward_pre_hook(trim_when_short) if model is not None else None
+    # on the backbone: the tagger's forward calls it, and so does the adaptation stage on its own
+    backbone = getattr(model, "base_model", model)
+    hook = backbone.register_forward_pre_hook(trim_when_short, with_kwargs=True) if model is not None else None
     libc.mallopt(M_MMAP_MAX, 0)
     libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # an int: 2 GiB of free heap top kept
     try:
@@ -114,6 +111,7 @@ def keep_freed_memory(active: bool = True, model=None):
         libc.malloc_trim(0)  # what was kept goes back to the system
 
 
-def training_memory(model, device_type: str):
-    """keep_freed_memory, within the machine's memory, while `model` trains with matmul attention on a CPU."""
-    return keep_freed_memory(model.config._attn_implementation == NAME and device_type == "cpu", model)
+def training_memory(model, device_type: str, need):
+    """keep_freed_memory, within the machine's memory, while `model` trains with matmul attention on a
+    CPU; `need(batch, length)`: the bytes a training pass over a batch of that shape may take."""
+    return keep_freed_memory(model.config._attn_implementation == NAME and device_type == "cpu", model, need)

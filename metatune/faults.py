@@ -31,20 +31,15 @@ FAULTS = {
 }
 
 
-def memory_info(key: str) -> int | None:
-    """Bytes of a /proc/meminfo line (Linux): `MemAvailable` is what a new allocation can get
-    without swapping, `MemTotal` the machine's memory; None where unknown."""
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable); None where unknown."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith(key + ":"):
+            if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def available_memory() -> int | None:
-    return memory_info("MemAvailable")
 
 
 class WriteFault(MetatuneError):

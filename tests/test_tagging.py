@@ -1054,21 +1054,26 @@ def test_delayed_labels_need_a_model_that_reads_forward(tmp_path, tiny_t5):
 
 def test_matmul_attention_trains_a_tagger_with_sdpas_losses(tmp_path, tiny_llama, synthetic, monkeypatch):
     """tag.attention_kernel=matmul: the same per-step losses as SDPA in float32, glibc set to keep freed
-    memory while it trains, and a saved run that other runtimes load as before."""
+    memory while it trains (and asked before every forward pass what its batch may need), and a saved
+    run that other runtimes load as before."""
     from metatune import attention
     from metatune.training.run import train
 
-    kept = []
+    kept, shapes = [], []
     real = attention.keep_freed_memory
-    monkeypatch.setattr(
-        attention, "keep_freed_memory", lambda active=True, model=None: kept.append(active) or real(active, model)
-    )
+
+    def keep(active=True, model=None, need=None):
+        kept.append(active)
+        return real(active, model, lambda batch, length: shapes.append((batch, length)) or need(batch, length))
+
+    monkeypatch.setattr(attention, "keep_freed_memory", keep)
     steps = ("training.max_steps=6", "training.logging_steps=1")
     runs = {
         kernel: train(tag_config(tiny_llama, synthetic, tmp_path / kernel, f"tag.attention_kernel={kernel}", *steps))
         for kernel in ("sdpa", "matmul")
     }
     assert kept == [False, True]
+    assert len(shapes) == 6 and all(batch >= 1 and length > 8 for batch, length in shapes), shapes
     losses = {
         k: [json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
         for k, r in runs.items()

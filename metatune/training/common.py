@@ -103,18 +103,25 @@ MEMORY_SHARE = 0.9  # of the memory available when training starts
 
 def padded_training_bytes(model, lengths: list[int], batch_size: int) -> int:
     """Estimated peak memory of training `model` on padded, length-grouped batches of `batch_size`
-    examples of these token `lengths`: the longest batch's activations (with matmul attention, its
-    attention probabilities too) and the training state."""
+    examples of these token `lengths`: the longest batch's activations and the training state."""
+    longest = sorted(lengths, reverse=True)[:batch_size]
+    state = STATE_BYTES_PER_PARAMETER * sum(p.numel() for p in model.parameters())
+    return activation_bytes(model, len(longest), max(longest, default=0)) + state
+
+
+def activation_bytes(model, batch: int, length: int) -> int:
+    """Estimated memory a forward and backward pass of `model` over a padded batch of `batch` examples
+    of `length` tokens keeps beyond the training state: the activations for the backward pass, and
+    with matmul attention its bf16 attention probabilities."""
     c = model.config.get_text_config()
     hidden, layers = c.hidden_size, c.num_hidden_layers
     inner = getattr(c, "intermediate_size", None) or 4 * hidden
-    longest = sorted(lengths, reverse=True)[:batch_size]
-    tokens = len(longest) * max(longest, default=0)
+    tokens = batch * length
     per_token = 4 * layers * (ACTIVATION_FLOATS[0] * hidden + ACTIVATION_FLOATS[1] * inner)
-    scores = 0  # SDPA keeps no score matrix; matmul attention keeps its bf16 probabilities for the backward pass
+    scores = 0  # SDPA keeps no score matrix
     if model.config._attn_implementation == attention.NAME:
-        scores = 2 * layers * c.num_attention_heads * tokens * max(longest, default=0)
-    return tokens * per_token + scores + STATE_BYTES_PER_PARAMETER * sum(p.numel() for p in model.parameters())
+        scores = 2 * layers * c.num_attention_heads * tokens * length
+    return tokens * per_token + scores
 
 
 def attends_causally(model) -> bool:

@@ -8,6 +8,7 @@ the others wait for it, so nothing is written twice.
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 
 from metatune import attention
@@ -17,7 +18,7 @@ from metatune.export import save_run
 from metatune.faults import WriteFault, quiet_tied_weights, stop_on_signals, stop_signal, stopped, training_writes
 from metatune.objectives import card, check, prepare
 from metatune.precision import apply_precision
-from metatune.training.common import start_output, work_dir
+from metatune.training.common import activation_bytes, start_output, work_dir
 from metatune.training.distributed import check_launch, on_main, process_state
 
 
@@ -45,7 +46,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
             stop_on_signals(),
             training_writes(work, "the training logs"),
             quiet_tied_weights(prepared.model),
-            attention.training_memory(prepared.model, state.device.type),
+            attention.training_memory(prepared.model, state.device.type, partial(activation_bytes, prepared.model)),
         ):
             if config.training.mode == "loop":
                 from metatune.training.loop import run_loop

@@ -7,6 +7,7 @@ import random
 import re
 import time
 from collections import Counter
+from functools import partial
 
 import torch
 from accelerate import PartialState
@@ -43,7 +44,14 @@ from metatune.objectives.tag.labels import (
 from metatune.peft_setup import load_trainable
 from metatune.precision import use_bf16
 from metatune.text import collapse_whitespace
-from metatune.training.common import LoopParts, Prepared, TrainerParts, micro_batches, padded_training_bytes
+from metatune.training.common import (
+    LoopParts,
+    Prepared,
+    TrainerParts,
+    activation_bytes,
+    micro_batches,
+    padded_training_bytes,
+)
 
 SPAN_MIN_ALIGNED = 0.9  # a field whose values are this often in the text is tagged even when they repeat
 CLASSIFIED_MAX_VALUES = 64  # a closed list: at most this many distinct values, each seen twice on average
@@ -311,7 +319,7 @@ def adapt_backbone(config: Config, model, tokenizer, train: list[dict], bidirect
     )
     start = time.perf_counter()
     device = PartialState().device
-    with attention.training_memory(model, device.type):
+    with attention.training_memory(model, device.type, partial(activation_bytes, model)):
         losses = adapt(
             model,
             tokenizer,
