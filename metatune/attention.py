@@ -81,7 +81,7 @@ def keep_freed_memory(active: bool = True, model=None, need=None):
     faults in 16 steps, 3.8-4.1M without mmap, and 1.14-1.28x SDPA's speed instead of 1.0x. But the
     kept heap fragments: a batch of a new shape may find no freed block that holds its tensors and
     take all it needs afresh (two whole runs of the GROBID config on a 24 GiB machine grew to 24 GB
-    and were killed for memory: docs/performance.md). So with a `model`, a hook before each of its
+    and were killed for memory: docs/performance.md). So given a `model` and its `need`, a hook before each of its
     forward passes gives the kept memory back (`malloc_trim`, which also releases the free blocks
     inside the heap) whenever the machine has less memory available than the pass may take afresh:
     `need(batch, length)` bytes for its input's shape (`input_ids`). A no-op elsewhere than on glibc."""
@@ -96,9 +96,9 @@ def keep_freed_memory(active: bool = True, model=None, need=None):
         if ids is not None and available is not None and available < need(*ids.shape[:2]):
             libc.malloc_trim(0)
 
-    # on the backbone: the tagger's forward calls it, and so does the adaptation stage on its own
-    backbone = getattr(model, "base_model", model)
-    hook = backbone.register_forward_pre_hook(trim_when_short, with_kwargs=True) if model is not None else None
+    hook = None
+    if need is not None:  # on the backbone: the tagger's forward calls it, and so does the adaptation stage
+        hook = getattr(model, "base_model", model).register_forward_pre_hook(trim_when_short, with_kwargs=True)
     libc.mallopt(M_MMAP_MAX, 0)
     libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # an int: 2 GiB of free heap top kept
     try:

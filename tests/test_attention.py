@@ -98,6 +98,16 @@ def test_the_attention_benchmark_times_both_kernels_per_length_and_precision(tmp
         assert r["max_abs_difference"] < (1e-5 if r["dtype"] == "float32" else 0.05)  # the same attention
 
 
+def in_a_fresh_process(code: str) -> list[int]:
+    """The integers `code` prints, run in a new interpreter: glibc's state after other tests does not count."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [int(x) for x in done.stdout.split()]
+
+
 FAULTS = """
 import resource, torch
 from metatune import attention
@@ -124,12 +134,7 @@ def test_keeping_freed_memory_spares_the_page_faults_of_large_allocations():
     faulted in again) unless keep_freed_memory is active. In a fresh process, so that glibc's state
     after other tests does not matter; glibc still maps the heap's growth in its own way during the
     first rounds (0-18% of the faults over five tries), hence the margin."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    outside, inside = map(int, done.stdout.split())
+    outside, inside = in_a_fresh_process(FAULTS)
     assert outside > 300_000 and inside < 0.5 * outside, (outside, inside)
 
 
@@ -158,11 +163,6 @@ print(kept, plenty, short)
 def test_the_kept_heap_goes_back_when_the_machine_runs_short():
     """Two freed 400 MB blocks, one inside the heap and one at its top, stay resident while memory is
     kept; a forward pass that may need more memory than the machine has available gives both back."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-c", TRIM], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    kept, plenty, short = map(int, done.stdout.split())
+    kept, plenty, short = in_a_fresh_process(TRIM)
     assert plenty > kept - 50e6, (kept, plenty)
     assert short < kept - 700e6, (kept, short)

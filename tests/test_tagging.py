@@ -1084,6 +1084,32 @@ def test_matmul_attention_trains_a_tagger_with_sdpas_losses(tmp_path, tiny_llama
     assert attention.NAME not in (runs["matmul"] / "config.json").read_text()
 
 
+def test_the_adaptation_stage_with_matmul_attention_asks_what_its_batches_need(
+    tmp_path, tiny_llama, synthetic, monkeypatch
+):
+    """tag.adaptation_epochs with tag.attention_kernel=matmul: the stage calls the backbone itself, and
+    the kept heap's hook still sees each of its batches (then the tagger's own training)."""
+    from metatune import attention
+    from metatune.training.run import train
+
+    stages = []
+    real = attention.keep_freed_memory
+
+    def keep(active=True, model=None, need=None):
+        shapes = []
+        stages.append((active, shapes))
+        return real(active, model, lambda batch, length: shapes.append((batch, length)) or need(batch, length))
+
+    monkeypatch.setattr(attention, "keep_freed_memory", keep)
+    sets = ("tag.attention_kernel=matmul", "tag.adaptation_epochs=1", "training.max_steps=3")
+    run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", *sets))
+    (adapting, adapted_shapes), (training, trained_shapes) = stages
+    assert adapting and training
+    stage = json.loads((run / "metatune.json").read_text())["tagging"]["adaptation"]
+    assert len(adapted_shapes) == stage["steps"] == 6  # 48 documents, 8 per step
+    assert len(trained_shapes) == 3
+
+
 def test_forced_bf16_tag_training_with_matmul_attention_runs_on_any_cpu(tmp_path, tiny_llama, synthetic):
     """bf16 autocast with tag.attention_kernel=matmul: what the setting runs on CPUs with bf16 units."""
     from metatune import attention
