@@ -23,7 +23,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from metatune.faults import available_memory
+from metatune.faults import available_memory, resident_memory
 
 NAME = "metatune_matmul"
 
@@ -67,6 +67,7 @@ def use_where_faster(model, bf16: bool, device_type: str) -> bool:
 # glibc's mallopt parameters, and their defaults
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+MARGIN = 1.2  # over the largest share of its estimated need that a pass was measured to take
 
 
 @contextmanager
@@ -84,17 +85,36 @@ def keep_freed_memory(active: bool = True, model=None, need=None):
     and were killed for memory: docs/performance.md). So given a `model` and its `need`, a hook before each of its
     forward passes gives the kept memory back (`malloc_trim`, which also releases the free blocks
     inside the heap) whenever the machine has less memory available than the pass may take afresh:
-    `need(batch, length)` bytes for its input's shape (`input_ids`). A no-op elsewhere than on glibc."""
+    `need(batch, length)` bytes for its input's shape (`input_ids`). The estimate is conservative
+    (18.7 GB for the GROBID config's longest batch, which took 12.5), and every trim it forces costs
+    the next pass its page faults; so the pass after a trim, which takes its whole working set afresh
+    from an emptied heap, measures how much of the estimate a pass really takes, and from then on the
+    rule asks for that share of it (the largest seen, with MARGIN to spare). A no-op elsewhere than on glibc."""
     libc = ctypes.CDLL("libc.so.6") if active and platform.libc_ver()[0] == "glibc" else None
     if libc is None:
         yield
         return
+    share = 1.0  # of need(), until a pass after a trim has been measured
+    largest = 0.0  # the largest share of its estimate that a pass after a trim took
+    after_trim = None  # (resident memory just after the last trim, what that pass was estimated to need)
 
     def trim_when_short(module, args, kwargs):
+        nonlocal share, largest, after_trim
         ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            return
+        if after_trim is not None:
+            resident, estimate = after_trim
+            now = resident_memory()
+            if now is not None and resident is not None and now > resident and estimate > 0:
+                largest = max(largest, (now - resident) / estimate)
+                share = MARGIN * largest
+            after_trim = None
+        estimate = need(*ids.shape[:2])
         available = available_memory()
-        if ids is not None and available is not None and available < need(*ids.shape[:2]):
+        if available is not None and available < share * estimate:
             libc.malloc_trim(0)
+            after_trim = (resident_memory(), estimate)
 
     hook = None
     if need is not None:  # on the backbone: the tagger's forward calls it, and so does the adaptation stage

@@ -42,6 +42,14 @@ def available_memory() -> int | None:
     return None
 
 
+def resident_memory() -> int | None:
+    """Bytes of this process's memory that are resident; None where unknown."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class WriteFault(MetatuneError):
     """A write the machine refused (full disk, read-only folder): not the user's mistake, but told the same way."""
 

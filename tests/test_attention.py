@@ -166,3 +166,35 @@ def test_the_kept_heap_goes_back_when_the_machine_runs_short():
     kept, plenty, short = in_a_fresh_process(TRIM)
     assert plenty > kept - 50e6, (kept, plenty)
     assert short < kept - 700e6, (kept, short)
+
+
+CALIBRATE = """
+import torch
+from metatune import attention
+from metatune.faults import resident_memory
+
+class Pass(torch.nn.Module):  # takes 400 MB and frees it again, noting what was resident as it began
+    seen = []
+
+    def forward(self, ids):
+        self.seen.append(resident_memory())
+        scores = torch.ones(100_000_000)
+        del scores
+
+model = Pass()
+with attention.keep_freed_memory(model=model, need=lambda batch, length: 10**12 * batch * length):
+    model(torch.ones(1, 1))  # a TB estimated: the heap goes back, and this pass is measured
+    model(torch.ones(1, 1))  # took 400 MB of that TB: its 400 MB stay
+    model(torch.ones(1000, 1000))  # a million times as much: still more than the machine has
+print(*model.seen)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator")
+def test_the_pass_after_a_trim_measures_how_much_of_its_estimate_a_pass_takes():
+    """A pass estimated to need a TB forces a trim; it then takes 400 MB from the emptied heap, so the
+    rule asks for 1.2 times that share of the estimate from then on: the same pass again keeps its
+    400 MB, and a pass estimated a million times larger still gives the heap back."""
+    first, same, larger = in_a_fresh_process(CALIBRATE)
+    assert same > first + 350e6, (first, same)
+    assert larger < same - 350e6, (same, larger)
