@@ -94,12 +94,11 @@ def keep_freed_memory(active: bool = True, model=None, need=None):
     if libc is None:
         yield
         return
-    share = 1.0  # of need(), until a pass after a trim has been measured
-    largest = 0.0  # the largest share of its estimate that a pass after a trim took
+    largest = 0.0  # the largest share of its estimate that a pass after a trim took; 0 until one did
     after_trim = None  # (resident memory just after the last trim, what that pass was estimated to need)
 
     def trim_when_short(module, args, kwargs):
-        nonlocal share, largest, after_trim
+        nonlocal largest, after_trim
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             return
@@ -108,11 +107,10 @@ def keep_freed_memory(active: bool = True, model=None, need=None):
             now = resident_memory()
             if now is not None and resident is not None and now > resident and estimate > 0:
                 largest = max(largest, (now - resident) / estimate)
-                share = MARGIN * largest
             after_trim = None
         estimate = need(*ids.shape[:2])
         available = available_memory()
-        if available is not None and available < share * estimate:
+        if available is not None and available < (MARGIN * largest or 1.0) * estimate:
             libc.malloc_trim(0)
             after_trim = (resident_memory(), estimate)
 

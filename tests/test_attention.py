@@ -139,11 +139,9 @@ def test_keeping_freed_memory_spares_the_page_faults_of_large_allocations():
 
 
 TRIM = """
-import os, torch
+import torch
 from metatune import attention
-
-def resident():
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+from metatune.faults import resident_memory as resident
 
 model = torch.nn.Identity()
 with attention.keep_freed_memory(model=model, need=lambda batch, length: 10**9 * batch * length):
