@@ -127,6 +127,10 @@ class TagSettings(Section):
     # this seeded share of those copies also gets what other PDF tools add: a margin stamp or running head
     # (arXiv's, a journal's, a page number) and line ends glued without a space (metatune.noise)
     augment_noise: float = Field(default=0.0, ge=0.0, le=1.0)
+    # in those copies, also learn where the page's lines started: a training-only head on the last
+    # hidden state predicts per token whether a line of the original starts there, its loss weighted
+    # by this (0: off); dropped when the run is saved (metatune.objectives.tag.lines)
+    line_starts: float = Field(default=0.0, ge=0.0, le=10.0)
     # keep only the first this many transformer layers of a decoder (0: all): fewer layers, less time per
     # training step and per document; the saved run has that depth
     layers: NonNegativeInt = 0
@@ -157,6 +161,10 @@ class TagSettings(Section):
     def _delay_only_reading_forward(self):
         if self.label_delay and self.attention != "causal":
             raise ValueError("tag.label_delay gives a model that reads forward a look ahead: set tag.attention=causal")
+        if self.line_starts and not self.augment_collapsed:
+            raise ValueError(
+                "tag.line_starts learns where lines started in the copies without line breaks: set tag.augment_collapsed"
+            )
         return self
 
 

@@ -37,6 +37,7 @@ LAYERS = [
         "formatting",
         "encoding",
         "objectives.tag.labels",
+        "objectives.tag.lines",
         "pdf",
         "documents",
         "formats",

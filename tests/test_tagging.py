@@ -608,6 +608,92 @@ def test_noisy_copies_are_the_same_records_and_their_values_still_align(tiny_tok
         assert all(aligned == total for total, aligned in counts.values()), counts
 
 
+def test_a_copys_line_starts_are_where_its_originals_lines_began(tiny_tokenizer):
+    import random
+
+    from metatune.noise import pdf_noise
+    from metatune.objectives.tag.labels import token_offsets
+    from metatune.objectives.tag.lines import line_starts, line_targets
+
+    original = "Journal of Tests 12\nA title  in two\n\nlines\nAna Ruiz"
+    collapsed = "Journal of Tests 12 A title in two lines Ana Ruiz"
+    starts = line_starts(original, collapsed)
+    assert [collapsed[s:].split()[0] for s in starts] == ["Journal", "A", "lines", "Ana"]
+    ids, offsets = token_offsets(tiny_tokenizer, collapsed, 100)
+    targets = line_targets(offsets, starts)
+    assert [offsets[i][0] for i, t in enumerate(targets) if t] == starts
+    # margin texts between lines and a line end glued to the next line's first word
+    text = "\n".join(f"line{i} word{i}" for i in range(60))
+    noisy = pdf_noise(text, random.Random(4))
+    starts = line_starts(text, noisy)
+    assert [noisy[s:].split()[0][: len(f"line{i}")] for i, s in enumerate(starts)] == [f"line{i}" for i in range(60)]
+    assert any(noisy[s - 1].isalnum() for s in starts[1:])  # a glued line end: the line starts inside a word
+    ids, offsets = token_offsets(tiny_tokenizer, noisy, 2000)
+    assert sum(line_targets(offsets, starts)) == 60  # each line start falls in exactly one token
+
+
+def test_line_targets_travel_packed_in_the_labels_and_leave_the_field_loss_as_it_was(tiny_tokenizer):
+    """The collator folds each position's line target into its label; the loss unpacks them: with the
+    line head's weight at 0, the loss of packed labels is the loss of the plain labels."""
+    from metatune.objectives.tag.lines import LineHead, split_labels
+
+    collate = TagCollator(0, len(SCHEME.labels))
+    features = [
+        {"input_ids": [5, 6, 7, 8], "labels": [9, 1, 2, 0], "lines": [-1, 1, 0, 1]},
+        {"input_ids": [5, 6], "labels": [10, 0]},  # a document as it is: no line targets
+    ]
+    batch = collate(features)
+    labels, targets = split_labels(batch["labels"], len(SCHEME.labels))
+    assert labels.tolist() == [[9, 1, 2, 0], [10, 0, -100, -100]]
+    assert targets.tolist() == [[-1, 1, 0, 1], [-1, -1, -1, -1]]
+    plain = TagCollator(0)(features)["labels"]
+    assert plain.tolist() == labels.tolist()
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 4, 8)
+    logits = torch.randn(2, 4, len(SCHEME.labels))
+    head = torch.nn.Linear(8, 1)
+    lines = LineHead(0.0, len(SCHEME.labels))
+    lines.module, lines._hidden = head, hidden
+    loss = tag_loss_for(SCHEME, 1.0, None, lines)({"logits": logits}, batch["labels"])
+    assert torch.equal(loss, tag_loss_for(SCHEME, 1.0)({"logits": logits}, plain))
+    lines = LineHead(1.0, len(SCHEME.labels))
+    lines.module, lines._hidden = head, hidden
+    with_lines = tag_loss_for(SCHEME, 1.0, None, lines)({"logits": logits}, batch["labels"])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        head(hidden[0, [1, 2, 3]]).squeeze(-1), torch.tensor([1.0, 0.0, 1.0]), reduction="sum"
+    )
+    assert torch.allclose(with_lines - loss, expected / 6)  # divided by the batch's 6 labelled tokens
+
+
+@pytest.mark.parametrize("mode", ["trainer", "loop"])
+def test_a_tagger_learning_line_starts_lowers_that_loss_and_saves_a_plain_run(tmp_path, tiny_llama, synthetic, mode):
+    from safetensors import safe_open
+
+    from metatune.objectives import open_run
+    from metatune.training.run import train
+
+    sets = ("tag.augment_collapsed=1.0", "tag.line_starts=1.0", "training.max_steps=60", f"training.mode={mode}")
+    run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", *sets))
+    info = json.loads((run / "metatune.json").read_text())
+    lines = info["training"]["line_starts"]
+    assert lines["weight"] == 1.0 and lines["forward_passes"] > 0
+    assert lines["loss_last_tenth"] < 0.5 * lines["loss_first_tenth"], lines
+    with safe_open(run / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "line_head" in k]  # the head of training only is not saved
+    loaded = AutoModelForTokenClassification.from_pretrained(run)
+    assert not hasattr(loaded, "line_head")
+    records = synthetic_records(8, 2)
+    results = open_run(run).extract([" ".join(r["original_text"].split()) for r in records])
+    assert sum(r.data.get("title") == rec["title"] for r, rec in zip(results, records)) >= 6
+
+
+def test_line_starts_need_copies_without_line_breaks(tmp_path, tiny_llama, synthetic):
+    from metatune.errors import MetatuneError
+
+    with pytest.raises(MetatuneError, match="tag.line_starts learns where lines started .* set tag.augment_collapsed$"):
+        tag_config(tiny_llama, synthetic, tmp_path / "run", "tag.line_starts=1.0")
+
+
 def test_service_answers_from_a_tag_run(tag_run):
     import httpx
 

@@ -58,6 +58,9 @@ class Prepared:
     stats: dict = field(default_factory=dict)  # training figures for metatune.json
     files: dict[str, Callable[[Path], None]] = field(default_factory=dict)  # saved with the run: name -> writer
     config_keys: dict = field(default_factory=dict)  # written into the run's config.json (export.save_run)
+    # called with the trained model before it is saved: removes what only training uses, returns its
+    # figures for metatune.json's training section
+    finish: Callable[[object], dict] | None = None
 
 
 def micro_batches(config: Config, seq2seq: bool, causal: bool = True, padded_bytes: int = 0) -> tuple[int, int]:

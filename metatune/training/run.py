@@ -65,8 +65,17 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         if state.is_main_process and not resumable:
             shutil.rmtree(work, ignore_errors=True)
         raise
+    finished = prepared.finish(model) if prepared.finish else {}
     info = prepared.info.model_copy(
-        update={"training": {**summary, **prepared.stats, "processes": state.num_processes, "precision": precision}}
+        update={
+            "training": {
+                **summary,
+                **prepared.stats,
+                **finished,
+                "processes": state.num_processes,
+                "precision": precision,
+            }
+        }
     )
     extra = {"metrics.jsonl": work / "metrics.jsonl", "logs": work / "checkpoints" / "runs"}
     extra |= {name: work / name for name in prepared.files}

@@ -30,6 +30,7 @@ from metatune.alignment import (
     normalise_date,
 )
 from metatune.encoding import IGNORE_INDEX
+from metatune.objectives.tag.lines import LineHead, line_targets, pack_labels
 
 OUTSIDE = "O"
 TYPE_PREFIX = "TYPE="
@@ -380,10 +381,13 @@ def encode_tagged(
     max_input_tokens: int,
     prompts: list[list[int]] = (),
     delay: int = 0,
+    line_starts: list[int] | None = None,
 ) -> tuple[dict, dict[str, list[int]]]:
     """Training features for one record, and per field [values, aligned] counts. With a `delay` of k,
     each text token's label sits k positions later (k filler tokens follow the text): a model that
-    reads forward sees k tokens past the token it labels."""
+    reads forward sees k tokens past the token it labels. `line_starts` (character offsets where the
+    lines of the page started, for a copy without line breaks) adds each text token's line target
+    (`lines`: 1 where a line starts in it, 0 where none does, -1 for the other positions)."""
     ids, offsets = token_offsets(tokenizer, text, max_input_tokens - 1 - delay - sum(map(len, prompts)))
     tagged = [f for f in fields if f in scheme.fields]
     aligned = align_record(text, record, tagged, abbreviated=tuple(f for f, _ in scheme.mapped))
@@ -403,16 +407,24 @@ def encode_tagged(
         known = field in fields and (value in values or not value)  # a value only validation has: no label
         label = scheme.first_class_label(field) + (values.index(value) + 1 if value else 0) if known else IGNORE_INDEX
         labels += [IGNORE_INDEX] * (len(prompt) - 1) + [label]
-    return {"input_ids": tagger_input(tokenizer, ids, prompts, delay), "labels": labels}, counts
+    features = {"input_ids": tagger_input(tokenizer, ids, prompts, delay), "labels": labels}
+    if line_starts is not None:
+        text_from = 1 + delay
+        features["lines"] = [-1] * text_from + line_targets(offsets, line_starts)
+        features["lines"] += [-1] * (len(labels) - len(features["lines"]))
+    return features, counts
 
 
 class TagCollator:
     """Pads a batch on the right (labels with -100). The attention mask covers padding only, and a
     batch with nothing padded (one document, as padding-free training and extraction on CPUs give)
-    gets none; which way the model attends is the model's (models.read_both_ways)."""
+    gets none; which way the model attends is the model's (models.read_both_ways). With a
+    `label_count`, features' line targets (`lines`, tag.line_starts) are packed into the labels
+    (metatune.objectives.tag.lines)."""
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, label_count: int = 0):
         self.pad = pad_token_id
+        self.label_count = label_count
 
     def __call__(self, features: list[dict]) -> dict:
         lengths = [len(f["input_ids"]) for f in features]
@@ -426,6 +438,10 @@ class TagCollator:
             batch["labels"] = torch.tensor(
                 [f["labels"] + [IGNORE_INDEX] * (width - len(f["labels"])) for f in features]
             )
+            if self.label_count and any("lines" in f for f in features):
+                lines = [f.get("lines", []) for f in features]
+                targets = torch.tensor([t + [-1] * (width - len(t)) for t in lines])
+                batch["labels"] = pack_labels(batch["labels"], targets, self.label_count)
         return batch
 
 
@@ -780,25 +796,32 @@ def weighted(losses: torch.Tensor, labels: torch.Tensor, table: torch.Tensor | N
     return losses if table is None else losses * table.to(losses.device)[labels.clamp(min=0)]
 
 
-def tag_loss_for(scheme: TagScheme, class_weight: float, field_weights: dict[str, float] | None = None):
+def tag_loss_for(
+    scheme: TagScheme, class_weight: float, field_weights: dict[str, float] | None = None, lines: LineHead | None = None
+):
     """The `compute_loss_func` of the tag path: cross-entropy summed over labelled tokens (weighted by
     `label_weight_table`), divided by the labelled tokens of the whole accumulated batch.
 
     transformers' own token-classification loss averages each micro-batch, which the Trainer would
     then add up across padding-free micro-batches. A document's closed-list fields are one label each
     among hundreds of its tokens' labels: unweighted, they barely move the model (on the catalogued
-    sample every licence came out as the most frequent one).
+    sample every licence came out as the most frequent one). `lines`: the training-only line-start
+    head (tag.line_starts), whose loss is added, divided the same way.
     """
     table = label_weight_table(scheme, class_weight, field_weights)
 
     def tag_loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"]
         labels = labels.to(logits.device)
+        line_losses = 0
+        if lines is not None:
+            labels, line_losses = lines.loss(labels)
+            line_losses = line_losses.sum()
         losses = torch.nn.functional.cross_entropy(
             logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
         )
         losses = weighted(losses, labels.flatten(), table)
         count = num_items_in_batch if num_items_in_batch is not None else labels.ne(IGNORE_INDEX).sum()
-        return losses.sum() / count
+        return (losses.sum() + line_losses) / count
 
     return tag_loss

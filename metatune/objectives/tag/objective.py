@@ -41,6 +41,7 @@ from metatune.objectives.tag.labels import (
     transition_counts,
     weighted,
 )
+from metatune.objectives.tag.lines import LINE_STARTS, LineHead, line_starts
 from metatune.peft_setup import load_trainable
 from metatune.precision import use_bf16
 from metatune.text import collapse_whitespace
@@ -260,7 +261,8 @@ def catalogued_names(names) -> bool:
 
 
 def encode_split(records, registry, fallback_type, fmt, scheme, tokenizer, max_input_tokens, coverage, delay=0):
-    """Token-label features per record (labels `delay` tokens late); `coverage` (field -> [values,
+    """Token-label features per record (labels `delay` tokens late; a copy's line targets where it
+    carries its original's line starts, metatune.objectives.tag.lines); `coverage` (field -> [values,
     aligned]) is updated."""
     encoded = []
     prompts = class_prompts(tokenizer, scheme)
@@ -278,6 +280,7 @@ def encode_split(records, registry, fallback_type, fmt, scheme, tokenizer, max_i
             max_input_tokens,
             prompts,
             delay,
+            record.get(LINE_STARTS),
         )
         encoded.append(features)
         for name, (total, aligned) in counts.items():
@@ -287,15 +290,21 @@ def encode_split(records, registry, fallback_type, fmt, scheme, tokenizer, max_i
     return encoded
 
 
-def collapsed_copies(records: list[dict], fraction: float, seed: int, noisy: float = 0.0) -> list[dict]:
+def collapsed_copies(
+    records: list[dict], fraction: float, seed: int, noisy: float = 0.0, lines: bool = False
+) -> list[dict]:
     """Copies of a seeded `fraction` of the records whose text has every run of whitespace made one
     space; their values align to that text as to the original (alignment folds whitespace). A seeded
-    `noisy` share of the copies also gets margin stamps and glued line ends (metatune.noise)."""
+    `noisy` share of the copies also gets margin stamps and glued line ends (metatune.noise). With
+    `lines`, each copy also carries where its original's lines start in its text (LINE_STARTS)."""
     rng, noise = random.Random(seed), random.Random(seed + 1)  # the same copies with and without noise
     copies = []
     for record in [r for r in records if rng.random() < fraction]:
         text = noisy_text(record, noise) if noise.random() < noisy else collapse_whitespace(record["original_text"])
-        copies.append(dict(record, original_text=text))
+        copy = dict(record, original_text=text)
+        if lines:
+            copy[LINE_STARTS] = line_starts(record["original_text"], text)
+        copies.append(copy)
     return copies
 
 
@@ -353,19 +362,24 @@ def count_targets(batch: dict) -> torch.Tensor:
     return batch["labels"].ne(IGNORE_INDEX).sum()
 
 
-def example_losses_for(scheme: TagScheme, class_weight: float, field_weights: dict[str, float] | None = None):
+def example_losses_for(
+    scheme: TagScheme, class_weight: float, field_weights: dict[str, float] | None = None, lines: LineHead | None = None
+):
     """The custom loop's losses: per document, the weighted cross-entropy summed over its labelled tokens
-    (as `tag_loss_for`), and their number."""
+    (as `tag_loss_for`, with the line-start head's loss when there is one), and their number."""
     table = label_weight_table(scheme, class_weight, field_weights)
 
     def example_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         labels = batch["labels"]
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        line_losses = 0
+        if lines is not None:
+            labels, line_losses = lines.loss(labels.to(logits.device))
         ce = torch.nn.functional.cross_entropy(
             logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
         )
         ce = weighted(ce, labels.flatten(), table)
-        return ce.view(labels.shape).sum(1), labels.ne(IGNORE_INDEX).sum(1)
+        return ce.view(labels.shape).sum(1) + line_losses, labels.ne(IGNORE_INDEX).sum(1)
 
     return example_losses
 
@@ -394,8 +408,9 @@ class TagObjective(Objective):
                 "training.objective=tag trains the full model: set model.lora.enabled=false and model.quantization=none"
             )
         train_records = dataset.split("training")
+        tag = config.tag
         train_records = train_records + collapsed_copies(
-            train_records, config.tag.augment_collapsed, config.training.seed, config.tag.augment_noise
+            train_records, tag.augment_collapsed, config.training.seed, tag.augment_noise, bool(tag.line_starts)
         )
         val_records = dataset.split("validation") if need_validation else []
         fmt = InputFormat.from_settings(d)
@@ -411,6 +426,9 @@ class TagObjective(Objective):
             )
         if config.tag.attention_kernel == "matmul":
             use_matmul_attention(model, config.model.name, seq2seq)
+        lines = LineHead(tag.line_starts, len(scheme.labels)) if tag.line_starts else None
+        if lines is not None:
+            lines.attach(model)
         coverage: dict[str, list[int]] = {}
         args = (registry, d.fallback_type, fmt, scheme, tokenizer, d.max_input_tokens)
         train = encode_split(train_records, *args, coverage, config.tag.label_delay)
@@ -454,7 +472,7 @@ class TagObjective(Objective):
             "train_labelled_tokens": sum(sum(1 for t in x["labels"] if t > 0) for x in train),
             "attention": model.config._attn_implementation,
         }
-        collate = TagCollator(tokenizer.pad_token_id)
+        collate = TagCollator(tokenizer.pad_token_id, len(scheme.labels) if lines else 0)
         return Prepared(
             config,
             model,
@@ -463,9 +481,10 @@ class TagObjective(Objective):
             train,
             validation,
             info,
-            TrainerParts(collate, tag_loss_for(scheme, config.tag.class_weight, weights)),
-            LoopParts(collate, example_losses_for(scheme, config.tag.class_weight, weights), count_targets),
+            TrainerParts(collate, tag_loss_for(scheme, config.tag.class_weight, weights, lines)),
+            LoopParts(collate, example_losses_for(scheme, config.tag.class_weight, weights, lines), count_targets),
             stats=stats,
+            finish=(lambda trained: {"line_starts": lines.detach(trained)}) if lines else None,
             # Runtimes that load the run with transformers read it both ways too: its config says
             # `is_causal: false`, and eager attention, which (unlike SDPA, that asks the attention
             # modules, causal in code) masks nothing but padding. metatune's Tagger loads it with SDPA.
@@ -513,6 +532,15 @@ class TagObjective(Objective):
                     "tag.adaptation_epochs",
                     f"{stage['epochs']} (masked next-token prediction read both ways before tagging: {stage['steps']} "
                     f"steps{took}, loss {stage['loss_first_tenth']} -> {stage['loss_last_tenth']})",
+                )
+            )
+        if lines := (info.training or {}).get("line_starts"):
+            settings.append(
+                (
+                    "tag.line_starts",
+                    f"{lines['weight']} (in the copies without line breaks, where the page's lines started was "
+                    f"learned by a head of training only, not saved: loss {lines['loss_first_tenth']} -> "
+                    f"{lines['loss_last_tenth']})",
                 )
             )
         return CardParts(
