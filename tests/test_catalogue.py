@@ -40,7 +40,9 @@ LIMITS = SimpleNamespace(max_input_tokens=1536)
 
 def card_info(tagging):
     """What a run's card reads: its tagging section, its limits and its training settings (none set here)."""
-    return SimpleNamespace(tagging=tagging, limits=LIMITS, setting=lambda section, key, default=None: default)
+    return SimpleNamespace(
+        tagging=tagging, limits=LIMITS, training={}, setting=lambda section, key, default=None: default
+    )
 
 
 NAMES = TagScheme(("title", "creator"), ("Tesis",), lists=("creator",), surnames=("creator",))

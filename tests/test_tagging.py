@@ -680,6 +680,7 @@ def test_a_tagger_learning_line_starts_lowers_that_loss_and_saves_a_plain_run(tm
     assert lines["loss_last_tenth"] < 0.5 * lines["loss_first_tenth"], lines
     with safe_open(run / "model.safetensors", "pt") as f:
         assert not [k for k in f.keys() if "line_head" in k]  # the head of training only is not saved
+    assert "| `tag.line_starts` | 1.0 (in the copies without line breaks" in (run / "README.md").read_text()
     loaded = AutoModelForTokenClassification.from_pretrained(run)
     assert not hasattr(loaded, "line_head")
     records = synthetic_records(8, 2)
