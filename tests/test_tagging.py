@@ -665,16 +665,20 @@ def test_line_targets_travel_packed_in_the_labels_and_leave_the_field_loss_as_it
     assert torch.allclose(with_lines - loss, expected / 6)  # divided by the batch's 6 labelled tokens
 
 
-@pytest.mark.parametrize("mode", ["trainer", "loop"])
-def test_a_tagger_learning_line_starts_lowers_that_loss_and_saves_a_plain_run(tmp_path, tiny_llama, synthetic, mode):
+# float32 in both training paths, and bf16 autocast forced (what `auto` picks on CPUs with bf16 units)
+@pytest.mark.parametrize("mode, bf16", [("trainer", False), ("loop", False), ("trainer", True)])
+def test_a_tagger_learning_line_starts_lowers_that_loss_and_saves_a_plain_run(
+    tmp_path, tiny_llama, synthetic, mode, bf16
+):
     from safetensors import safe_open
 
     from metatune.objectives import open_run
     from metatune.training.run import train
 
     sets = ("tag.augment_collapsed=1.0", "tag.line_starts=1.0", "training.max_steps=60", f"training.mode={mode}")
-    run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", *sets))
+    run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", *sets, f"training.bf16={str(bf16).lower()}"))
     info = json.loads((run / "metatune.json").read_text())
+    assert info["training"]["precision"] == ("bf16" if bf16 else "no")
     lines = info["training"]["line_starts"]
     assert lines["weight"] == 1.0 and lines["forward_passes"] > 0
     assert lines["loss_last_tenth"] < 0.5 * lines["loss_first_tenth"], lines

@@ -472,7 +472,7 @@ class TagObjective(Objective):
             "train_labelled_tokens": sum(sum(1 for t in x["labels"] if t > 0) for x in train),
             "attention": model.config._attn_implementation,
         }
-        collate = TagCollator(tokenizer.pad_token_id, len(scheme.labels) if lines else 0)
+        collate = TagCollator(tokenizer.pad_token_id, lines.label_count if lines else 0)
         return Prepared(
             config,
             model,
