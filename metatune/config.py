@@ -131,6 +131,10 @@ class TagSettings(Section):
     # hidden state predicts per token whether a line of the original starts there, its loss weighted
     # by this (0: off); dropped when the run is saved (metatune.objectives.tag.lines)
     line_starts: float = Field(default=0.0, ge=0.0, le=10.0)
+    # after training, fit a probe on the model's last hidden states that finds where the lines of a page
+    # started in text without line breaks; extraction puts them back in such text before tagging it
+    # (metatune.objectives.tag.restore)
+    restore_lines: bool = False
     # keep only the first this many transformer layers of a decoder (0: all): fewer layers, less time per
     # training step and per document; the saved run has that depth
     layers: NonNegativeInt = 0

@@ -1236,3 +1236,68 @@ def test_the_runs_seed_sets_the_new_heads_weights(tmp_path, tiny_llama, syntheti
 
     first = head(1)
     assert torch.equal(first, head(1)) and not torch.equal(first, head(2))
+
+
+def test_a_text_has_lost_its_line_breaks_when_it_has_none_or_very_long_lines():
+    from metatune.objectives.tag.restore import lacks_lines
+
+    assert lacks_lines("Título: Uno dos Autores: Ana Pérez")
+    assert lacks_lines("a b " * 300 + "\n" + "c d " * 300)  # two lines of 1,200 characters
+    assert not lacks_lines("Título: Uno dos\nAutores: Ana Pérez\n")
+    assert not lacks_lines("")
+
+
+def test_the_line_restorer_learns_a_linear_rule_keeps_it_on_disk_and_breaks_only_spaces(tmp_path):
+    from metatune.objectives.tag.restore import LineRestorer, fit
+
+    g = torch.Generator().manual_seed(0)
+    hidden = [torch.randn(40, 8, generator=g) for _ in range(30)]
+    targets = [(h[:, 2] + 0.5 * h[:, 5] > 1.0).float() for h in hidden]  # a rule a linear probe can learn
+    restorer, stats = fit(hidden, targets)
+    assert stats["held_out"]["f1"] > 0.9, stats
+    assert stats["documents"] == 30 and stats["positions"] == 1200
+    assert stats["threshold"] == restorer.threshold
+    restorer.save(tmp_path / "r.safetensors")
+    loaded = LineRestorer.load(tmp_path / "r.safetensors", restorer.threshold)
+    assert torch.equal(loaded.probabilities(hidden[0]), restorer.probabilities(hidden[0]))
+
+    # a line starts at tokens 0, 2 and 4; the first has nothing before it, the last is glued to its neighbour
+    text = "Title words Ana Pérez,Abstract"
+    offsets = [(0, 5), (6, 11), (12, 15), (16, 21), (22, 30)]
+    restorer.threshold = 0.5
+    assert restorer.restore(text, offsets, torch.tensor([0.9, 0.1, 0.9, 0.4, 0.9])) == "Title words\nAna Pérez,Abstract"
+
+
+def test_a_run_that_restores_lines_finds_them_in_collapsed_text_and_tags_the_restored_text(
+    tmp_path, tiny_llama, synthetic
+):
+    from metatune.errors import MetatuneError
+    from metatune.objectives import open_run
+    from metatune.objectives.tag.restore import RESTORER_FILE
+    from metatune.training.run import train
+
+    sets = ("tag.augment_collapsed=0.5", "tag.restore_lines=true", "training.max_steps=60")
+    run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", *sets))
+    info = json.loads((run / "metatune.json").read_text())
+    restoration = info["training"]["line_restoration"]
+    assert restoration["documents"] == 48 and (run / RESTORER_FILE).is_file()
+    # every synthetic line starts at a marker ("Título:", "Autores:", "Resumen:"): easy to find again
+    assert restoration["held_out"]["f1"] > 0.8, restoration
+    assert "| `tag.restore_lines` | true (a text without line breaks gets them back" in (run / "README.md").read_text()
+
+    tagger = open_run(run)
+    records = synthetic_records(8, 2)
+    collapsed = [" ".join(r["original_text"].split()) for r in records]
+    restored = [tagger.restore_lines(text) for text in collapsed]
+    found = sum(text.count("\nTítulo:") + text.count("\nAutores:") for text in restored)
+    assert found >= 12, restored  # of the 16 line starts before those markers
+    assert all(" ".join(r.split()) == c for r, c in zip(restored, collapsed))  # only whitespace changed
+    with_restorer = tagger.extract(collapsed)
+    lined = tagger.extract([r["original_text"] for r in records])
+    tagger.restorer = None
+    assert [e.data for e in with_restorer] == [e.data for e in tagger.extract(restored)]
+    assert [e.data for e in lined] == [e.data for e in tagger.extract([r["original_text"] for r in records])]
+
+    (run / RESTORER_FILE).unlink()
+    with pytest.raises(MetatuneError, match=f"the run restores line breaks but its {RESTORER_FILE} is missing$"):
+        open_run(run)

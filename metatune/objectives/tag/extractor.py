@@ -35,6 +35,7 @@ from metatune.objectives.tag.labels import (
     window_starts,
     window_stride,
 )
+from metatune.objectives.tag.restore import RESTORER_FILE, LineRestorer, lacks_lines, last_hidden_states
 
 
 class Tagger(RunTypes):
@@ -69,6 +70,11 @@ class Tagger(RunTypes):
             self.scheme.types[0] if len(self.scheme.types) == 1 else "general"
         )
         self.seq2seq = self.info.seq2seq
+        self.restorer = None  # tag.restore_lines: puts line breaks back into text that has none
+        if restoration := (info.training or {}).get("line_restoration"):
+            if not (self.run_dir / RESTORER_FILE).is_file():
+                raise MetatuneError(f"{run_dir}: the run restores line breaks but its {RESTORER_FILE} is missing")
+            self.restorer = LineRestorer.load(self.run_dir / RESTORER_FILE, restoration["threshold"])
 
     @classmethod
     def from_run(
@@ -95,6 +101,8 @@ class Tagger(RunTypes):
         if len(requested) != len(texts):
             raise MetatuneError(f"{len(texts)} texts but {len(requested)} types")
         asked = [self.resolve_type(t) if t is not None else None for t in requested]
+        if self.restorer is not None:
+            texts = [self.restore_lines(text) if lacks_lines(text) else text for text in texts]
         size = self.window_size
         stride = window_stride(size)
         encoded = [token_offsets(self.tokenizer, text, size + (self.windows - 1) * stride) for text in texts]
@@ -132,6 +140,23 @@ class Tagger(RunTypes):
                 bar.update(1)
         bar.close()
         return results
+
+    def restore_lines(self, text: str) -> str:
+        """`text` with a line break where the run's line restorer finds that a line of the page started
+        (one more forward pass per window; a token read by two windows takes the later one's reading)."""
+        size = self.window_size
+        stride = window_stride(size)
+        ids, offsets = token_offsets(self.tokenizer, text, size + (self.windows - 1) * stride)
+        probabilities = torch.zeros(len(ids))
+        first = 1 + self.delay  # where the window's text tokens are read (after the type position)
+        for start in window_starts(len(ids), size, stride):
+            window = ids[start : start + size]
+            batch = self.collate([{"input_ids": self.window_input(window)}])
+            with last_hidden_states(self.model) as states:
+                self.model(**{k: v.to(self.device) for k, v in batch.items()})
+            hidden = states[0][0, first : first + len(window)].cpu()
+            probabilities[start : start + len(window)] = self.restorer.probabilities(hidden)
+        return self.restorer.restore(text, offsets, probabilities)
 
     @property
     def window_size(self) -> int:

@@ -42,6 +42,7 @@ from metatune.objectives.tag.labels import (
     weighted,
 )
 from metatune.objectives.tag.lines import LINE_STARTS, LineHead, line_starts
+from metatune.objectives.tag.restore import RESTORER_FILE, fit_on_model
 from metatune.peft_setup import load_trainable
 from metatune.precision import use_bf16
 from metatune.text import collapse_whitespace
@@ -407,10 +408,10 @@ class TagObjective(Objective):
             raise MetatuneError(
                 "training.objective=tag trains the full model: set model.lora.enabled=false and model.quantization=none"
             )
-        train_records = dataset.split("training")
+        originals = dataset.split("training")
         tag = config.tag
-        train_records = train_records + collapsed_copies(
-            train_records, tag.augment_collapsed, config.training.seed, tag.augment_noise, bool(tag.line_starts)
+        train_records = originals + collapsed_copies(
+            originals, tag.augment_collapsed, config.training.seed, tag.augment_noise, bool(tag.line_starts)
         )
         val_records = dataset.split("validation") if need_validation else []
         fmt = InputFormat.from_settings(d)
@@ -433,6 +434,29 @@ class TagObjective(Objective):
         args = (registry, d.fallback_type, fmt, scheme, tokenizer, d.max_input_tokens)
         train = encode_split(train_records, *args, coverage, config.tag.label_delay)
         validation = encode_split(val_records, *args, {}, config.tag.label_delay)
+        # every training text collapsed, with where its lines started: what the line restorer is fitted on
+        restoring = (
+            encode_split(collapsed_copies(originals, 1.0, config.training.seed, 0.0, True), *args, {}, tag.label_delay)
+            if tag.restore_lines
+            else None
+        )
+        fitted = []
+
+        def finish(trained) -> dict:
+            done = {"line_starts": lines.detach(trained)} if lines else {}
+            if restoring is not None:
+                restorer, done["line_restoration"] = fit_on_model(
+                    trained, restoring, use_bf16(config), config.training.seed
+                )
+                fitted.append(restorer)
+                r = done["line_restoration"]
+                print(
+                    f"Line restorer fitted on {r['documents']} collapsed training texts in {r['seconds']:.0f} s: "
+                    f"threshold {r['threshold']}, held-out line starts precision {r['held_out']['precision']}, "
+                    f"recall {r['held_out']['recall']}"
+                )
+            return done
+
         print(
             "Aligned values (training split): "
             + ", ".join(f"{f} {a}/{t}" for f, (t, a) in coverage.items())
@@ -484,7 +508,8 @@ class TagObjective(Objective):
             TrainerParts(collate, tag_loss_for(scheme, config.tag.class_weight, weights, lines)),
             LoopParts(collate, example_losses_for(scheme, config.tag.class_weight, weights, lines), count_targets),
             stats=stats,
-            finish=(lambda trained: {"line_starts": lines.detach(trained)}) if lines else None,
+            finish=finish if lines or restoring is not None else None,
+            files={RESTORER_FILE: lambda work: fitted[0].save(work / RESTORER_FILE)} if restoring is not None else {},
             # Runtimes that load the run with transformers read it both ways too: its config says
             # `is_causal: false`, and eager attention, which (unlike SDPA, that asks the attention
             # modules, causal in code) masks nothing but padding. metatune's Tagger loads it with SDPA.
@@ -541,6 +566,17 @@ class TagObjective(Objective):
                     f"{lines['weight']} (in the copies without line breaks, where the page's lines started was "
                     f"learned by a head of training only, not saved: loss {lines['loss_first_tenth']} -> "
                     f"{lines['loss_last_tenth']})",
+                )
+            )
+        if restoration := (info.training or {}).get("line_restoration"):
+            held = restoration["held_out"]
+            settings.append(
+                (
+                    "tag.restore_lines",
+                    f"true (a text without line breaks gets them back before it is tagged, where a probe on the "
+                    f"last hidden states finds that a line started: `line_restorer.safetensors`, threshold "
+                    f"{restoration['threshold']}, on held-out training texts precision {held['precision']}, "
+                    f"recall {held['recall']})",
                 )
             )
         return CardParts(
