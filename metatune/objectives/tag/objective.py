@@ -309,6 +309,12 @@ def collapsed_copies(
     return copies
 
 
+def restorer_copies(records: list[dict], config: Config) -> list[dict]:
+    """What the line restorer (tag.restore_lines) is fitted on: a copy of every record without line
+    breaks, the training copies' share of them noisy, each with where its original's lines started."""
+    return collapsed_copies(records, 1.0, config.training.seed, config.tag.augment_noise, True)
+
+
 def adapt_backbone(config: Config, model, tokenizer, train: list[dict], bidirectional: bool) -> dict:
     """Runs the MNTP stage (`tag.adaptation_epochs`, metatune.objectives.tag.adaptation) on the
     encoded training texts; returns what metatune.json records of it (empty when off)."""
@@ -434,11 +440,10 @@ class TagObjective(Objective):
         args = (registry, d.fallback_type, fmt, scheme, tokenizer, d.max_input_tokens)
         train = encode_split(train_records, *args, coverage, config.tag.label_delay)
         validation = encode_split(val_records, *args, {}, config.tag.label_delay)
-        # every training text collapsed, with where its lines started: what the line restorer is fitted on
+        # every training text collapsed (with the training copies' share of PDF noise), with where its
+        # lines started: what the line restorer is fitted on
         restoring = (
-            encode_split(collapsed_copies(originals, 1.0, config.training.seed, 0.0, True), *args, {}, tag.label_delay)
-            if tag.restore_lines
-            else None
+            encode_split(restorer_copies(originals, config), *args, {}, tag.label_delay) if tag.restore_lines else None
         )
         fitted = []
 

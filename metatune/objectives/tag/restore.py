@@ -60,12 +60,16 @@ class LineRestorer:
         return torch.sigmoid(((hidden.float() - self.mean) / self.std) @ self.weight + self.bias)
 
     def restore(self, text: str, offsets: list[tuple[int, int]], probabilities: torch.Tensor) -> str:
-        """`text` with the space before each token whose probability passes the threshold made a line
-        break (a token glued to the one before it is left as it is)."""
+        """`text` with a line break where each token whose probability passes the threshold starts: the
+        whitespace before it made one, or one put in before a token glued to the one before it (PDF
+        tools glue a line's last word to the next line's first)."""
         chars = list(text)
         for (start, _), p in zip(offsets, probabilities.tolist()):
-            if p > self.threshold and start > 0 and chars[start - 1] == " ":
-                chars[start - 1] = "\n"
+            if p > self.threshold and start > 0:
+                if chars[start - 1].isspace():
+                    chars[start - 1] = "\n"
+                else:
+                    chars[start] = "\n" + chars[start]
         return "".join(chars)
 
     def save(self, path: Path) -> None:
