@@ -129,6 +129,14 @@ def keep_freed_memory(active: bool = True, model=None, need=None):
         libc.malloc_trim(0)  # what was kept goes back to the system
 
 
+def give_back_freed_memory() -> None:
+    """Returns to the system what glibc's allocator keeps of freed memory (a no-op elsewhere). A stage
+    that ends (the tagger's adaptation stage) can leave gigabytes in the heap, which the next one's
+    memory check would count as taken."""
+    if platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def training_memory(model, device_type: str, need):
     """keep_freed_memory, within the machine's memory, while `model` trains with matmul attention on a
     CPU; `need(batch, length)`: the bytes a training pass over a batch of that shape may take."""

@@ -1,5 +1,7 @@
 """metatune.attention: matmul attention is SDPA's math, and is picked only where it is faster."""
 
+import platform
+
 import pytest
 import torch
 
@@ -196,3 +198,19 @@ def test_the_pass_after_a_trim_measures_how_much_of_its_estimate_a_pass_takes():
     first, same, larger = in_a_fresh_process(CALIBRATE)
     assert same > first + 350e6, (first, same)
     assert larger < same - 350e6, (same, larger)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+def test_memory_a_finished_stage_freed_goes_back_to_the_system():
+    from metatune.attention import give_back_freed_memory
+    from metatune.faults import resident_memory
+
+    blocks = [torch.ones(25_000) for _ in range(4000)]  # 400 MB in blocks glibc serves from its heap
+    top = torch.ones(25_000)  # still in use above them: the heap's top cannot shrink on its own
+    taken = resident_memory()
+    del blocks
+    kept = resident_memory()
+    give_back_freed_memory()
+    assert kept > taken - 50e6  # freed but still held by the process
+    assert resident_memory() < kept - 300e6, (taken, kept, resident_memory())
+    del top
