@@ -1302,3 +1302,30 @@ def test_a_run_that_restores_lines_finds_them_in_collapsed_text_and_tags_the_res
     (run / RESTORER_FILE).unlink()
     with pytest.raises(MetatuneError, match=f"the run restores line breaks but its {RESTORER_FILE} is missing$"):
         open_run(run)
+
+
+def test_fit_line_restorer_adds_the_restorer_to_a_run_trained_without_it(tmp_path, tag_run, synthetic):
+    import shutil
+    import subprocess
+    import sys
+
+    from metatune.objectives import open_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tag_run, run)
+    script = [sys.executable, "scripts/fit_line_restorer.py"]
+    done = subprocess.run([*script, str(run), "--data", str(synthetic)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    restoration = json.loads((run / "metatune.json").read_text())["training"]["line_restoration"]
+    assert restoration["documents"] == 48 and restoration["held_out"]["f1"] > 0.8, restoration
+    before = open_run(tag_run).model.state_dict()
+    tagger = open_run(run)
+    assert all(torch.equal(v, before[k]) for k, v in tagger.model.state_dict().items())  # weights untouched
+    collapsed = " ".join(synthetic_records(1, 2)[0]["original_text"].split())
+    assert "\n" in tagger.restore_lines(collapsed)
+
+    missing = subprocess.run(
+        [*script, str(tmp_path / "nothing"), "--data", str(synthetic)], capture_output=True, text=True
+    )
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.splitlines()[-1] == f"error: {tmp_path / 'nothing'}: run directory not found"
