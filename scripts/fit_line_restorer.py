@@ -19,10 +19,9 @@ from pathlib import Path
 from metatune.config import Config, ExtractionSettings
 from metatune.data import load_dataset
 from metatune.errors import MetatuneError
+from metatune.formatting import InputFormat
 from metatune.objectives.tag.extractor import Tagger
-from metatune.objectives.tag.labels import token_offsets
-from metatune.objectives.tag.lines import LINE_STARTS, line_targets
-from metatune.objectives.tag.objective import restorer_copies
+from metatune.objectives.tag.objective import encode_split, restorer_copies
 from metatune.objectives.tag.restore import RESTORER_FILE, fit_on_model
 from metatune.run_info import RUN_FILE
 
@@ -41,12 +40,10 @@ def main() -> int:
     except (MetatuneError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    features = []
-    for copy in restorer_copies(records, config):
-        ids, offsets = token_offsets(tagger.tokenizer, copy["original_text"], tagger.window_size)
-        inputs = tagger.window_input(ids)
-        lines = [-1] * (1 + tagger.delay) + line_targets(offsets, copy[LINE_STARTS])
-        features.append({"input_ids": inputs, "lines": lines + [-1] * (len(inputs) - len(lines))})
+    # encoded as training encodes them (the line targets in `lines`)
+    fmt = InputFormat.from_settings(config.data)
+    encoding = (tagger.registry, config.data.fallback_type, fmt, tagger.scheme, tagger.tokenizer)
+    features = encode_split(restorer_copies(records, config), *encoding, config.data.max_input_tokens, {}, tagger.delay)
     restorer, stats = fit_on_model(tagger.model, features, False, seed)
     restorer.save(args.run / RESTORER_FILE)
     info = tagger.info.model_copy(update={"training": {**tagger.info.training, "line_restoration": stats}})

@@ -1269,24 +1269,30 @@ def test_the_line_restorer_learns_a_linear_rule_keeps_it_on_disk_and_breaks_only
     assert restorer.restore(text, offsets, probabilities) == "Title words\nAna Pérez,\nAbstract"
 
 
+# float32 throughout, and bf16 forced (training autocast, the probe's fit, extraction): what `auto`
+# picks on CPUs with bf16 units, exercised on every CPU
+@pytest.mark.parametrize("bf16", [False, True])
 def test_a_run_that_restores_lines_finds_them_in_collapsed_text_and_tags_the_restored_text(
-    tmp_path, tiny_llama, synthetic
+    tmp_path, tiny_llama, synthetic, bf16
 ):
+    from metatune.config import ExtractionSettings
     from metatune.errors import MetatuneError
     from metatune.objectives import open_run
     from metatune.objectives.tag.restore import RESTORER_FILE
     from metatune.training.run import train
 
     sets = ("tag.augment_collapsed=0.5", "tag.restore_lines=true", "training.max_steps=60")
-    run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", *sets))
+    run = train(tag_config(tiny_llama, synthetic, tmp_path / "run", *sets, f"training.bf16={str(bf16).lower()}"))
     info = json.loads((run / "metatune.json").read_text())
+    assert info["training"]["precision"] == ("bf16" if bf16 else "no")
     restoration = info["training"]["line_restoration"]
     assert restoration["documents"] == 48 and (run / RESTORER_FILE).is_file()
     # every synthetic line starts at a marker ("Título:", "Autores:", "Resumen:"): easy to find again
     assert restoration["held_out"]["f1"] > 0.8, restoration
     assert "| `tag.restore_lines` | true (a text without line breaks gets them back" in (run / "README.md").read_text()
 
-    tagger = open_run(run)
+    tagger = open_run(run, ExtractionSettings(dtype="bfloat16" if bf16 else "float32"))
+    assert tagger.model.dtype == (torch.bfloat16 if bf16 else torch.float32)
     records = synthetic_records(8, 2)
     collapsed = [" ".join(r["original_text"].split()) for r in records]
     restored = [tagger.restore_lines(text) for text in collapsed]

@@ -32,8 +32,8 @@ THRESHOLDS = [t / 20 for t in range(1, 20)]
 
 def lacks_lines(text: str) -> bool:
     """Whether a text has lost its line breaks: none at all, or lines averaging over LONG_LINES characters."""
-    lines = [line for line in text.strip().split("\n") if line.strip()]
-    return len(lines) == 1 or (len(lines) > 1 and sum(map(len, lines)) / len(lines) > LONG_LINES)
+    lines = [line for line in text.split("\n") if line.strip()]
+    return bool(lines) and (len(lines) == 1 or sum(map(len, lines)) / len(lines) > LONG_LINES)
 
 
 @contextmanager
