@@ -350,6 +350,7 @@ def test_a_tiny_tagger_learns_and_its_run_says_how_it_was_trained(tag_run):
         "mapped": {},
         "whole_lines": {},  # these titles follow a `Título:` marker on their line
         "sentences": [],  # titles and names do not end sentences
+        "bridges": True,  # a new run joins a prose field's pieces across a short unlabelled gap
     }
     assert info["tagging"]["alignment"]["title"] == {"values": 48, "aligned": 48}
     assert info["tagging"]["produced"]["title"] == {"how": "span", "values": 48, "in_text": 48}
@@ -951,6 +952,53 @@ def test_a_span_of_a_sentence_field_is_continued_to_its_sentence_end():
     far = text.replace(" via email", " via" + " email" * (SENTENCE_MAX_CHARS // 6))
     assert to_sentence_end(far, 9, cut, []) == (9, cut)
     assert to_sentence_end("no end here", 0, 2, []) == (0, 2)
+
+
+def test_an_abstract_the_model_left_a_citation_of_unlabelled_is_one_abstract():
+    text = (
+        "Control Theory 2 Abstract We study bandits. They were solved by Gittins Gittins & Jones, 1974]. "
+        "His approach reduces the problem. We apply it. Keywords: tools"
+    )
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    fields = ("title", "abstract", "keywords")
+    scheme = TagScheme(fields, ("Articulo",), sentences=("abstract",), one_span=True, bridges=True)
+    assert TagScheme.from_dict(scheme.to_dict()) == scheme
+    b_title, i_title, b_abstract, i_abstract, b_kw = 1, 2, 3, 4, 5
+
+    def decoded(labelled: dict[str, int], scheme: TagScheme) -> list[str]:
+        """The abstracts decoded when each word starting with a key (first match on) takes its label."""
+        path, label = [], O
+        for start, _ in words:
+            label = next((v for k, v in labelled.items() if text.startswith(k, start)), label)
+            path.append(label)
+            label = {b_abstract: i_abstract, b_title: i_title, b_kw: O}.get(label, label)
+        logits = torch.full((1 + len(words), len(scheme.labels)), -5.0)
+        for i, label in enumerate(path, 1):
+            logits[i, label] = 5
+        return decode(logits, words, text, scheme, allowed_transitions(scheme))[1].get("abstract", [])
+
+    whole = text[text.index("We study") : text.index(" Keywords")]
+    gap = {"We study": b_abstract, "Gittins &": O, "1974].": b_abstract, "Keywords:": O, "tools": b_kw}
+    assert decoded(gap, scheme) == [whole]  # the gap holds no other field's span and is short: one abstract
+    old = TagScheme(fields, ("Articulo",), sentences=("abstract",), one_span=True)
+    assert TagScheme.from_dict({k: v for k, v in old.to_dict().items() if k != "bridges"}) == old
+    assert decoded(gap, old) == [
+        "We study bandits. They were solved by Gittins",
+        "1974]. His approach reduces the problem. We apply it.",
+    ]
+    # a running head labelled as the abstract holds no sentence end: it stays apart
+    head = {"Control": b_abstract, "2": O, "We study": b_abstract, "Keywords:": O}
+    assert decoded(head, scheme) == ["Control Theory", whole]
+    # another field's span between: apart
+    other = gap | {"Gittins &": b_title, "1974].": b_abstract}
+    assert len(decoded(other, scheme)) == 2
+    # a gap longer than a side: apart
+    far = {"We study": b_abstract, "Jones,": O, "We apply": b_abstract, "Keywords:": O}
+    # (the first piece is continued to its sentence end, as any abstract span is)
+    assert decoded(far, scheme) == [text[text.index("We study") : text.index(" His")], "We apply it."]
+    # a piece that ends its sentence (a cited title labelled as the abstract) stays apart
+    ended = {"We study": b_abstract, "They": O, "were": b_abstract, "Keywords:": O}
+    assert decoded(ended, scheme) == ["We study bandits.", text[text.index("were") : text.index(" Keywords")]]
 
 
 def test_the_fields_that_end_a_sentence_are_learned_from_the_training_spans():

@@ -92,6 +92,9 @@ class TagScheme:
     # span fields whose training spans end a sentence (an abstract): a predicted span that does not is
     # continued to its sentence's end over words the model left unlabelled (`to_sentence_end`)
     sentences: tuple[str, ...] = ()
+    # a prose field's two spans (`sentences`) with a short gap of words the model left unlabelled between
+    # are one (`bridged`; False: runs saved before)
+    bridges: bool = False
 
     @property
     def span_labels(self) -> list[str]:
@@ -144,6 +147,7 @@ class TagScheme:
             "mapped": {field: list(values) for field, values in self.mapped},
             "whole_lines": dict(self.whole_lines),
             "sentences": list(self.sentences),
+            "bridges": self.bridges,
         }
 
     @classmethod
@@ -162,6 +166,7 @@ class TagScheme:
             tuple((field, tuple(values)) for field, values in raw.get("mapped", {}).items()),
             tuple(raw.get("whole_lines", {}).items()),
             tuple(raw.get("sentences", ())),
+            raw.get("bridges", False),
         )
 
     def written_as(self, field: str, phrase: str) -> str:
@@ -557,6 +562,32 @@ def with_particle(text: str, start: int, particles) -> int:
     return start
 
 
+def bridged(spans: list[tuple], text: str, fields: tuple[str, ...]) -> list[tuple]:
+    """A span of a prose field (`fields`: those whose training spans end a sentence) that holds a
+    sentence end but stops inside a sentence, followed by another span of the same field that holds
+    one too, no other field's span between and fewer characters between than either span holds,
+    continues into it: an abstract whose citation the model left unlabelled ("... by Gittins" |
+    "Gittins & Jones, " | "1974]. Gittins' approach ...") is one abstract, not its longest piece. A
+    running head (no sentence end) or a cited title that ends its sentence stays apart."""
+    joined: list[tuple] = []
+    for span in spans:
+        field, start, end, surname = span
+        before = joined[-1] if joined else None
+        if (
+            before
+            and before[0] == field
+            and field in fields
+            and start - before[2] < min(end - start, before[2] - before[1])
+            and SENTENCE_END.search(text, before[1], before[2])
+            and not ends_a_sentence(text[before[1] : before[2]])
+            and SENTENCE_END.search(text, start, end)
+        ):
+            joined[-1] = (field, before[1], end, before[3] + surname)
+        else:
+            joined.append(span)
+    return joined
+
+
 def joined_at_commas(spans: list[tuple], text: str, fields: tuple[str, ...]) -> list[tuple]:
     """A name the page writes "Surname, Given" that the model split at its comma ("Pérez Esquivel" |
     "Julieta"): a span of a catalogued person field with no surname word of its own (no word whose first
@@ -699,7 +730,8 @@ def decode(
     value that begins another value of the field (a name cut short) is dropped. A date field with
     no span takes the first date written in its host's span (`scheme.date_hosts`). A span of a field
     whose training spans fill whole lines takes the rest of its lines (`scheme.whole_lines`), and one
-    of a field whose training spans end a sentence the rest of its sentence (`scheme.sentences`).
+    of a field whose training spans end a sentence the rest of its sentence (`scheme.sentences`). With
+    `scheme.bridges`, a prose field's spans with a short unlabelled gap between are one (`bridged`).
     """
     logits = logits.float()
     types = logits[0, scheme.first_type_label : scheme.first_type_label + len(scheme.types)]
@@ -726,6 +758,8 @@ def decode(
             spans[-1] = (field, spans[-1][1], max(end, spans[-1][2]), spans[-1][3])
         if surname:
             spans[-1][3].append((start, end))
+    if scheme.bridges:
+        spans = bridged(spans, text, scheme.sentences)
     spans = joined_at_commas(spans, text, scheme.surnames)
     source = Source(text)
     mapped, lines = dict(scheme.mapped), dict(scheme.whole_lines)

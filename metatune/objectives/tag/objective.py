@@ -244,6 +244,7 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagS
         date_form(records),
         hosts,
         one_span=True,
+        bridges=True,
         names=tuple(names),
         mapped=mapped,
         whole_lines=whole_line_fields(records, aligned, fields),
