@@ -11,19 +11,24 @@ limit, 2 x parameters x the tokens it reads at the matmul peak of that dtype mea
 `--freeze` inductor's freezing, which folds the weights in as constants and prepacks them), the
 compile time is reported on its own, the same documents are read again, and the records are
 compared with the eager ones. Each document's forward pass is also timed alone (`forward`): the
-ratio of extraction to it is what tokenizing, decoding and writing the record add.
+ratio of extraction to it is what tokenizing, decoding and writing the record add. With
+`--allocator` the documents are also read with glibc's allocator left at its defaults and with it
+keeping freed memory (what the Tagger does on a CPU), alternating twice, with the minor page faults
+of each reading.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from metatune import attention
 from metatune.bench import default_data, machine_info
 from metatune.bench.machine import peak_rates
 from metatune.config import ExtractionSettings
@@ -36,12 +41,13 @@ from metatune.objectives.tag.labels import token_offsets
 def forward_each(tagger: Tagger, texts: list[str], size: int) -> list[float]:
     """Wall seconds of each document's forward pass alone, on the input Tagger.extract builds (one window)."""
     seconds = []
-    for text in texts:
-        ids = token_offsets(tagger.tokenizer, text, size)[0]
-        batch = tagger.collate([{"input_ids": tagger.window_input(ids)}])
-        start = time.perf_counter()
-        tagger.model(**{k: v.to(tagger.device) for k, v in batch.items()})
-        seconds.append(time.perf_counter() - start)
+    with attention.keep_freed_memory(tagger.keep_freed_memory):  # as Tagger.extract reads
+        for text in texts:
+            ids = token_offsets(tagger.tokenizer, text, size)[0]
+            batch = tagger.collate([{"input_ids": tagger.window_input(ids)}])
+            start = time.perf_counter()
+            tagger.model(**{k: v.to(tagger.device) for k, v in batch.items()})
+            seconds.append(time.perf_counter() - start)
     return seconds
 
 
@@ -52,6 +58,10 @@ def read_each(tagger: Tagger, texts: list[str]) -> tuple[list[str], list[float]]
         raws.append(tagger.extract([text])[0].raw)
         seconds.append(time.perf_counter() - start)
     return raws, seconds
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def summary(seconds: list[float], limits: list[float]) -> dict:
@@ -71,6 +81,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also read them with the forward compiled")
     parser.add_argument(
         "--freeze", action="store_true", help="with --compile: inductor freezing (weights as constants, prepacked)"
+    )
+    parser.add_argument(
+        "--allocator", action="store_true", help="also read them with glibc's defaults and keeping freed memory"
     )
     parser.add_argument("--output", type=Path, default=None, help="write every figure here as JSON")
     args = parser.parse_args()
@@ -104,6 +117,17 @@ def main() -> None:
         "forward": summary(forward, limits),
         "extraction_to_forward": sum(seconds) / sum(forward),
     }
+    if args.allocator:  # glibc's defaults against freed memory kept, alternating: the machine's load drifts
+        for way, keep in [("glibc_defaults", False), ("kept", True)] * 2:
+            tagger.keep_freed_memory = keep
+            faults = minor_faults()
+            raws, seconds = read_each(tagger, texts)
+            faults = minor_faults() - faults
+            reading = result.setdefault(way, {"seconds": [], "faults_per_document": [], "identical_records": []})
+            reading["seconds"].append(sum(seconds) / len(texts))
+            reading["faults_per_document"].append(faults / len(texts))
+            reading["identical_records"].append(sum(a == b for a, b in zip(eager, raws)))
+        tagger.keep_freed_memory = True
     if args.compile:
         torch._inductor.config.freezing = args.freeze
         start = time.perf_counter()
@@ -126,6 +150,15 @@ def main() -> None:
                 f"{way:8} median {r['median_s']:.3f} s, mean {r['mean_s']:.3f} s per document, {r['to_limit']:.2f}x the limit"
             )
     print(f"extraction takes {result['extraction_to_forward']:.2f}x its forward passes")
+    for way in ("glibc_defaults", "kept"):
+        if way in result:
+            r, limit = result[way], result["limit_mean_s"]
+            print(
+                f"{way:14} mean s per document {' / '.join(f'{x:.3f}' for x in r['seconds'])} "
+                f"({' / '.join(f'{x / limit:.2f}' for x in r['seconds'])}x the limit), "
+                f"{' / '.join(f'{x:.0f}' for x in r['faults_per_document'])} minor page faults per document, "
+                f"records identical to the first reading {r['identical_records']}"
+            )
     if args.compile:
         print(
             f"compile {result['compile_s']:.0f} s; records identical {result['compiled_identical_records']}/{len(texts)}"

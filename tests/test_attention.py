@@ -1,6 +1,7 @@
 """metatune.attention: matmul attention is SDPA's math, and is picked only where it is faster."""
 
 import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,12 +101,12 @@ def test_the_attention_benchmark_times_both_kernels_per_length_and_precision(tmp
         assert r["max_abs_difference"] < (1e-5 if r["dtype"] == "float32" else 0.05)  # the same attention
 
 
-def in_a_fresh_process(code: str) -> list[int]:
+def in_a_fresh_process(code: str, *args) -> list[int]:
     """The integers `code` prints, run in a new interpreter: glibc's state after other tests does not count."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     return [int(x) for x in done.stdout.split()]
 
@@ -214,3 +215,41 @@ def test_memory_a_finished_stage_freed_goes_back_to_the_system():
     assert kept > taken - 50e6  # freed but still held by the process
     assert resident_memory() < kept - 300e6, (taken, kept, resident_memory())
     del top
+
+
+READING = """
+import resource, sys, torch
+from metatune.config import ExtractionSettings
+from metatune.objectives.tag.extractor import Tagger
+
+tagger = Tagger.from_run(sys.argv[1], ExtractionSettings(dtype="float32"))
+faults = []
+
+def reallocate(module, args, output):  # score-matrix-sized blocks taken and freed in every pass
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        x, y = torch.ones(40_000_000), torch.ones(10_000_000)  # 160 and 40 MB
+        del x, y
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+tagger.model.register_forward_hook(reallocate)
+texts = ["Un título de prueba\\nAna Pérez\\n2021"] * 3
+counts = []
+for keep in (False, True):
+    tagger.keep_freed_memory = keep
+    faults.clear()
+    tagger.extract(texts)
+    counts.append(sum(faults[1:]))  # after the first pass of the call
+print(*counts, int(tagger.keep_freed_memory))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+def test_the_tagger_keeps_freed_memory_while_it_reads_on_a_cpu():
+    """Tagger.extract on a CPU reads with glibc keeping freed memory: large blocks freed in one pass
+    are reused by the next instead of being mapped and faulted in again (what a bf16 header's pass
+    does ~90k times with glibc's defaults)."""
+    run = Path(__file__).resolve().parent / "fixtures" / "tag-run"
+    defaults, kept, on_by_default = in_a_fresh_process(READING, run)
+    assert on_by_default == 1
+    assert defaults > 300_000 and kept < 0.2 * defaults, (defaults, kept)

@@ -9,6 +9,7 @@ detected (metatune.language).
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from metatune.objectives.tag.labels import (
     window_stride,
 )
 from metatune.objectives.tag.restore import RESTORER_FILE, LineRestorer, lacks_lines, last_hidden_states
+from metatune.training.common import activation_bytes
 
 
 class Tagger(RunTypes):
@@ -58,6 +60,9 @@ class Tagger(RunTypes):
             read_first_layers_forward(self.model, tagging.get("causal_layers", 0))
             attention.use_where_faster(self.model, self.model.dtype == torch.bfloat16, self.device.type)
         self.collate = TagCollator(self.tokenizer.pad_token_id)
+        # On a CPU glibc maps a pass's larger tensors afresh and faults their pages in again in every
+        # layer (~90k page faults per GROBID header read in bf16); kept, freed memory is reused.
+        self.keep_freed_memory = self.device.type == "cpu"
         self.transitions = allowed_transitions(self.scheme)
         if tagging.get("transitions") in ("learned", "seen"):
             scores = tagging["transitions"] == "learned"
@@ -115,29 +120,33 @@ class Tagger(RunTypes):
         # On a CPU a batch buys nothing for one forward pass per document (0.80 against 0.82 s per
         # document measured) and padding changes bf16 labels: there, each window is its own batch.
         per_call = batch_size if self.device.type != "cpu" else 1
-        for begin in range(0, len(rows), per_call):
-            chunk = rows[begin : begin + per_call]
-            inputs = [self.window_input(encoded[i][0][s : s + size]) for i, s in chunk]
-            batch = self.collate([{"input_ids": x} for x in inputs])
-            logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.cpu()
-            for r, (i, s) in enumerate(chunk):
-                # without the delay's rows: the type position, then each text token's own label
-                windows.setdefault(i, {})[s] = torch.cat([logits[r, :1], logits[r, 1 + self.delay : len(inputs[r])]])
-                left[i] -= 1
-                if left[i]:
-                    continue
-                ids, offsets = encoded[i]
-                predicted, values = decode(
-                    stitch_windows(windows.pop(i), len(ids), size),
-                    offsets,
-                    texts[i],
-                    self.scheme,
-                    self.transitions,
-                    list(map(len, self.prompts)),
-                )
-                doc_type = asked[i] or (predicted if self.registry.find(predicted) else self.resolve_type(None))
-                results[i] = self._extraction(texts[i], doc_type, values)
-                bar.update(1)
+        kept = attention.keep_freed_memory(self.keep_freed_memory, self.model, partial(activation_bytes, self.model))
+        with kept:
+            for begin in range(0, len(rows), per_call):
+                chunk = rows[begin : begin + per_call]
+                inputs = [self.window_input(encoded[i][0][s : s + size]) for i, s in chunk]
+                batch = self.collate([{"input_ids": x} for x in inputs])
+                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.cpu()
+                for r, (i, s) in enumerate(chunk):
+                    # without the delay's rows: the type position, then each text token's own label
+                    windows.setdefault(i, {})[s] = torch.cat(
+                        [logits[r, :1], logits[r, 1 + self.delay : len(inputs[r])]]
+                    )
+                    left[i] -= 1
+                    if left[i]:
+                        continue
+                    ids, offsets = encoded[i]
+                    predicted, values = decode(
+                        stitch_windows(windows.pop(i), len(ids), size),
+                        offsets,
+                        texts[i],
+                        self.scheme,
+                        self.transitions,
+                        list(map(len, self.prompts)),
+                    )
+                    doc_type = asked[i] or (predicted if self.registry.find(predicted) else self.resolve_type(None))
+                    results[i] = self._extraction(texts[i], doc_type, values)
+                    bar.update(1)
         bar.close()
         return results
 
