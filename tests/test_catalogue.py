@@ -618,3 +618,61 @@ def test_names_listed_with_commas_in_the_pages_order_stay_apart(tiny_tokenizer):
         "Iturbe, Nicolás",
         "Castellucci, Paula",
     ]
+
+
+LINE = "Un libro de cosas\nCompilación: Pérez Esquivel, Julieta; de la Fuente, Nicolás\n"
+
+
+def decode_line(tokenizer, scheme: TagScheme) -> dict:
+    """The line's first compiler labelled a compiler with confidence, its second a creator by a hair
+    (creator 1.0 against compiler 0.5 in the logits of each of its tokens)."""
+    _, offsets = token_offsets(tokenizer, LINE, 511)
+    logits = torch.full((1 + len(offsets), len(scheme.labels)), -5.0)
+    logits[1:, 0] = 5.0
+    for phrase, scores in [
+        ("Pérez Esquivel, Julieta", {"compiler": 5.0}),
+        ("de la Fuente, Nicolás", {"creator": 1.0, "compiler": 0.5}),
+    ]:
+        begin = LINE.index(phrase)
+        inside = [i for i, (s, _) in enumerate(offsets) if begin <= s < begin + len(phrase)]
+        for i in inside:
+            logits[1 + i, 0] = -5.0
+            for field, score in scores.items():
+                logits[1 + i, scheme.begin(field) + (i != inside[0])] = score
+    return decode(logits, offsets, LINE, scheme, allowed_transitions(scheme), [])[1]
+
+
+def test_items_of_one_list_line_share_the_field_under_which_they_are_most_likely(tiny_tokenizer):
+    from dataclasses import replace
+
+    # the training split never writes a creator beside a compiler on one line: the line is one field's
+    assert decode_line(tiny_tokenizer, replace(PARTICLES, mixed_lists=())) == {
+        "compiler": ["Pérez Esquivel, Julieta", "de la Fuente, Nicolás"]
+    }
+    # where it does, or for runs saved before the rule, each item keeps the model's field
+    split = {"compiler": ["Pérez Esquivel, Julieta"], "creator": ["de la Fuente, Nicolás"]}
+    assert decode_line(tiny_tokenizer, replace(PARTICLES, mixed_lists=(("compiler", "creator"),))) == split
+    assert decode_line(tiny_tokenizer, PARTICLES) == split
+
+
+def test_the_list_fields_written_side_by_side_on_one_line_are_read_from_the_training_split():
+    from metatune.alignment import Span
+    from metatune.objectives.tag.objective import mixed_list_fields
+
+    text = "Ana Pérez, Universidad de Nadie; Luis Gómez\nKeywords: uno, dos\nBeto Ruiz\nIndex"
+    at = text.index
+    aligned = [
+        {
+            ("creator", 0): Span(0, 9),
+            ("affiliation", 0): Span(at("Universidad"), at(";")),
+            ("creator", 1): Span(at("Luis"), at("\nKey")),
+            ("keywords", 0): Span(at("uno"), at(", dos")),
+            ("keywords", 1): Span(at("dos"), at("\nBeto")),
+            ("creator", 2): Span(at("Beto"), at("\nIndex")),  # after a line break: not side by side
+            ("title", 0): None,
+        }
+    ]
+    records = [{"original_text": text}]
+    lists = ("creator", "affiliation", "keywords")
+    assert mixed_list_fields(records, aligned, lists) == (("affiliation", "creator"),)
+    assert mixed_list_fields(records, aligned, ("creator", "keywords")) == ()

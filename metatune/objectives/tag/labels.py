@@ -10,6 +10,7 @@ causal model that sees only the left context cannot tell that the line starting 
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 from collections import Counter
@@ -95,6 +96,10 @@ class TagScheme:
     # a prose field's two spans (`sentences`) with a short gap of words the model left unlabelled between
     # are one (`bridged`; False: runs saved before)
     bridges: bool = False
+    # the pairs of list fields whose items the training split writes side by side on one line with only
+    # a separator between; items of other list fields written that way share one field (`one_field_lines`;
+    # None: runs saved before)
+    mixed_lists: tuple[tuple[str, str], ...] | None = None
 
     @property
     def span_labels(self) -> list[str]:
@@ -148,6 +153,7 @@ class TagScheme:
             "whole_lines": dict(self.whole_lines),
             "sentences": list(self.sentences),
             "bridges": self.bridges,
+            "mixed_lists": None if self.mixed_lists is None else [list(pair) for pair in self.mixed_lists],
         }
 
     @classmethod
@@ -167,6 +173,7 @@ class TagScheme:
             tuple(raw.get("whole_lines", {}).items()),
             tuple(raw.get("sentences", ())),
             raw.get("bridges", False),
+            None if raw.get("mixed_lists") is None else tuple(tuple(pair) for pair in raw["mixed_lists"]),
         )
 
     def written_as(self, field: str, phrase: str) -> str:
@@ -588,6 +595,44 @@ def bridged(spans: list[tuple], text: str, fields: tuple[str, ...]) -> list[tupl
     return joined
 
 
+LIST_SEPARATOR = re.compile(r"[ \t]*[;,][ \t]*")  # between two items of a list written on one line
+
+
+def list_neighbours(text: str, spans) -> list[tuple[str, str]]:
+    """The fields of each two spans (field, start, end, ...; in text order) with only a list separator
+    between them on one line."""
+    return [(a[0], b[0]) for a, b in zip(spans, spans[1:]) if LIST_SEPARATOR.fullmatch(text[a[2] : b[1]])]
+
+
+def one_field_lines(spans: list[tuple], text: str, lists: tuple[str, ...], mixed, score) -> list[tuple]:
+    """Items of a list written on one line with only separators between ("Director: Benavídez,
+    Florencia; Echeverry, Micaela") that the model gave two list fields share one field, where the
+    training split never writes items of those two fields side by side that way (`mixed`, sorted
+    pairs): the one under which the items' tokens are most likely (`score(field, start, end)`, the
+    summed log-probability of the field's labels)."""
+    runs: list[list[tuple]] = []
+    for span in spans:
+        before = runs[-1][-1] if runs else None
+        if (
+            before
+            and before[0] in lists
+            and span[0] in lists
+            and tuple(sorted((before[0], span[0]))) not in mixed
+            and list_neighbours(text, [before, span])
+        ):
+            runs[-1].append(span)
+        else:
+            runs.append([span])
+    out: list[tuple] = []
+    for run in runs:
+        fields = {span[0] for span in run}
+        if len(fields) > 1:
+            best = max(sorted(fields), key=lambda f: sum(score(f, span[1], span[2]) for span in run))
+            run = [(best, *span[1:]) for span in run]
+        out.extend(run)
+    return out
+
+
 def joined_at_commas(spans: list[tuple], text: str, fields: tuple[str, ...]) -> list[tuple]:
     """A name the page writes "Surname, Given" that the model split at its comma ("Pérez Esquivel" |
     "Julieta"): a span of a catalogued person field with no surname word of its own (no word whose first
@@ -713,6 +758,22 @@ def to_sentence_end(text: str, start: int, end: int, others: list[tuple[int, int
     return start, stop
 
 
+def field_scorer(log_probs: torch.Tensor, offsets: list[tuple[int, int]], scheme: TagScheme):
+    """score(field, start, end): the summed log-probability that the tokens inside the characters
+    start..end belong to `field` (any of its B-/I- labels, surname ones included)."""
+    probs = log_probs.exp()
+    starts = [s for s, _ in offsets]
+
+    def score(field: str, start: int, end: int) -> float:
+        ids = [scheme.begin(field), scheme.begin(field) + 1]
+        if field in scheme.surnames:
+            ids += [scheme.begin(field, True), scheme.begin(field, True) + 1]
+        first, last = bisect.bisect_left(starts, start), bisect.bisect_left(starts, end)
+        return float(probs[first:last, ids].sum(-1).clamp_min(1e-12).log().sum())
+
+    return score
+
+
 def decode(
     logits: torch.Tensor,
     offsets: list[tuple[int, int]],
@@ -760,6 +821,10 @@ def decode(
             spans[-1][3].append((start, end))
     if scheme.bridges:
         spans = bridged(spans, text, scheme.sentences)
+    if scheme.mixed_lists is not None:
+        spans = one_field_lines(
+            spans, text, scheme.lists, set(scheme.mixed_lists), field_scorer(tokens, offsets, scheme)
+        )
     spans = joined_at_commas(spans, text, scheme.surnames)
     source = Source(text)
     mapped, lines = dict(scheme.mapped), dict(scheme.whole_lines)

@@ -35,6 +35,7 @@ from metatune.objectives.tag.labels import (
     ends_a_sentence,
     label_weight_table,
     line_bounds,
+    list_neighbours,
     on_whole_lines,
     spelled_out,
     start_with_the_type_position,
@@ -201,6 +202,19 @@ def sentence_fields(records, aligned: list[dict], fields: tuple[str, ...]) -> tu
     return tuple(f for f in fields if spans_of[f] >= WHOLE_LINES_SPANS and ending[f] >= SENTENCES_MIN * spans_of[f])
 
 
+def mixed_list_fields(records, aligned: list[dict], lists: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The pairs of list fields (sorted) whose aligned items the training split writes side by side on
+    one line with only a separator between (an author and an affiliation on one line, say)."""
+    mixed = set()
+    for record, spans in zip(records, aligned):
+        items = [(f, span.start, span.end) for (f, _), span in spans.items() if f in lists and span is not None]
+        items.sort(key=lambda item: item[1])
+        for a, b in list_neighbours(record["original_text"], items):
+            if a != b:
+                mixed.add(tuple(sorted((a, b))))
+    return tuple(sorted(mixed))
+
+
 def field_weights(coverage: dict[str, list[int]], fields: tuple[str, ...], balance: float) -> dict[str, float]:
     """Each span field's weight in the loss (config `tag.field_balance`), from its aligned training
     values; empty when `balance` is 0."""
@@ -249,6 +263,7 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagS
         mapped=mapped,
         whole_lines=whole_line_fields(records, aligned, fields),
         sentences=sentence_fields(records, aligned, fields),
+        mixed_lists=mixed_list_fields(records, aligned, lists),
     )
     return scheme, produced, coverage
 
