@@ -351,6 +351,7 @@ def test_a_tiny_tagger_learns_and_its_run_says_how_it_was_trained(tag_run):
         "whole_lines": {},  # these titles follow a `Título:` marker on their line
         "sentences": [],  # titles and names do not end sentences
         "bridges": True,  # a new run joins a prose field's pieces across a short unlabelled gap
+        "mixed_lists": [],  # one list field: nothing to share a line with
     }
     assert info["tagging"]["alignment"]["title"] == {"values": 48, "aligned": 48}
     assert info["tagging"]["produced"]["title"] == {"how": "span", "values": 48, "in_text": 48}
