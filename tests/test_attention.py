@@ -222,7 +222,7 @@ import resource, sys, torch
 from metatune.config import ExtractionSettings
 from metatune.objectives.tag.extractor import Tagger
 
-tagger = Tagger.from_run(sys.argv[1], ExtractionSettings(dtype="float32"))
+tagger = Tagger.from_run(sys.argv[1], ExtractionSettings(dtype=sys.argv[2]))
 faults = []
 
 def reallocate(module, args, output):  # score-matrix-sized blocks taken and freed in every pass
@@ -245,11 +245,12 @@ print(*counts, int(tagger.keep_freed_memory))
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
-def test_the_tagger_keeps_freed_memory_while_it_reads_on_a_cpu():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16 forced: matmul attention on every CPU kind
+def test_the_tagger_keeps_freed_memory_while_it_reads_on_a_cpu(dtype):
     """Tagger.extract on a CPU reads with glibc keeping freed memory: large blocks freed in one pass
     are reused by the next instead of being mapped and faulted in again (what a bf16 header's pass
     does ~90k times with glibc's defaults)."""
     run = Path(__file__).resolve().parent / "fixtures" / "tag-run"
-    defaults, kept, on_by_default = in_a_fresh_process(READING, run)
+    defaults, kept, on_by_default = in_a_fresh_process(READING, run, dtype)
     assert on_by_default == 1
     assert defaults > 300_000 and kept < 0.2 * defaults, (defaults, kept)

@@ -623,7 +623,7 @@ def test_names_listed_with_commas_in_the_pages_order_stay_apart(tiny_tokenizer):
 LINE = "Un libro de cosas\nCompilación: Pérez Esquivel, Julieta; de la Fuente, Nicolás\n"
 
 
-def decode_line(tokenizer, scheme: TagScheme) -> dict:
+def decode_line(tokenizer, scheme: TagScheme, dtype=torch.float32) -> dict:
     """The line's first compiler labelled a compiler with confidence, its second a creator by a hair
     (creator 1.0 against compiler 0.5 in the logits of each of its tokens)."""
     _, offsets = token_offsets(tokenizer, LINE, 511)
@@ -639,20 +639,21 @@ def decode_line(tokenizer, scheme: TagScheme) -> dict:
             logits[1 + i, 0] = -5.0
             for field, score in scores.items():
                 logits[1 + i, scheme.begin(field) + (i != inside[0])] = score
-    return decode(logits, offsets, LINE, scheme, allowed_transitions(scheme), [])[1]
+    return decode(logits.to(dtype), offsets, LINE, scheme, allowed_transitions(scheme), [])[1]
 
 
-def test_items_of_one_list_line_share_the_field_under_which_they_are_most_likely(tiny_tokenizer):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # a bf16 reading's logits too
+def test_items_of_one_list_line_share_the_field_under_which_they_are_most_likely(tiny_tokenizer, dtype):
     from dataclasses import replace
 
     # the training split never writes a creator beside a compiler on one line: the line is one field's
-    assert decode_line(tiny_tokenizer, replace(PARTICLES, mixed_lists=())) == {
+    assert decode_line(tiny_tokenizer, replace(PARTICLES, mixed_lists=()), dtype) == {
         "compiler": ["Pérez Esquivel, Julieta", "de la Fuente, Nicolás"]
     }
     # where it does, or for runs saved before the rule, each item keeps the model's field
     split = {"compiler": ["Pérez Esquivel, Julieta"], "creator": ["de la Fuente, Nicolás"]}
-    assert decode_line(tiny_tokenizer, replace(PARTICLES, mixed_lists=(("compiler", "creator"),))) == split
-    assert decode_line(tiny_tokenizer, PARTICLES) == split
+    assert decode_line(tiny_tokenizer, replace(PARTICLES, mixed_lists=(("compiler", "creator"),)), dtype) == split
+    assert decode_line(tiny_tokenizer, PARTICLES, dtype) == split
 
 
 def test_the_list_fields_written_side_by_side_on_one_line_are_read_from_the_training_split():

@@ -61,7 +61,7 @@ class Tagger(RunTypes):
             attention.use_where_faster(self.model, self.model.dtype == torch.bfloat16, self.device.type)
         self.collate = TagCollator(self.tokenizer.pad_token_id)
         # On a CPU glibc maps a pass's larger tensors afresh and faults their pages in again in every
-        # layer (~90k page faults per GROBID header read in bf16); kept, freed memory is reused.
+        # layer (~39k page faults per GROBID header read in bf16); kept, freed memory is reused.
         self.keep_freed_memory = self.device.type == "cpu"
         self.transitions = allowed_transitions(self.scheme)
         if tagging.get("transitions") in ("learned", "seen"):

@@ -618,7 +618,7 @@ def one_field_lines(spans: list[tuple], text: str, lists: tuple[str, ...], mixed
             and before[0] in lists
             and span[0] in lists
             and tuple(sorted((before[0], span[0]))) not in mixed
-            and list_neighbours(text, [before, span])
+            and LIST_SEPARATOR.fullmatch(text[before[2] : span[1]])
         ):
             runs[-1].append(span)
         else:
