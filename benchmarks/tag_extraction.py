@@ -14,7 +14,8 @@ compared with the eager ones. Each document's forward pass is also timed alone (
 ratio of extraction to it is what tokenizing, decoding and writing the record add. With
 `--allocator` the documents are also read with glibc's allocator left at its defaults and with it
 keeping freed memory (what the Tagger does on a CPU), alternating twice, with the minor page faults
-of each reading.
+of each reading. With `--attention` (bf16) they are also read with SDPA and with matmul attention
+(metatune/attention.py), alternating twice, whichever the probe picked for the first reading.
 """
 
 from __future__ import annotations
@@ -85,10 +86,15 @@ def main() -> None:
     parser.add_argument(
         "--allocator", action="store_true", help="also read them with glibc's defaults and keeping freed memory"
     )
+    parser.add_argument(
+        "--attention", action="store_true", help="also read them with SDPA and with matmul attention (bf16)"
+    )
     parser.add_argument("--output", type=Path, default=None, help="write every figure here as JSON")
     args = parser.parse_args()
     if args.freeze and not args.compile:
         parser.error("--freeze freezes a compiled forward: add --compile")
+    if args.attention and args.dtype != "bfloat16":
+        parser.error("--attention compares the kernels the Tagger chooses between in bf16: add --dtype bfloat16")
 
     # the best of three, before the model is loaded: one short bf16 product alone can read far low
     peak = max(peak_rates("cpu", 2048)[args.dtype]["wall"] for _ in range(3))
@@ -116,6 +122,7 @@ def main() -> None:
         # the model's forward pass alone: what extraction adds around it (tokenizing, decoding, the record)
         "forward": summary(forward, limits),
         "extraction_to_forward": sum(seconds) / sum(forward),
+        "attention": tagger.model.config._attn_implementation,  # the probe's pick (bf16 on a CPU)
     }
     if args.allocator:  # glibc's defaults against freed memory kept, alternating: the machine's load drifts
         for way, keep in [("glibc_defaults", False), ("kept", True)] * 2:
@@ -128,6 +135,20 @@ def main() -> None:
             reading["faults_per_document"].append(faults / len(texts))
             reading["identical_records"].append(sum(a == b for a, b in zip(eager, raws)))
         tagger.keep_freed_memory = True
+    if args.attention:  # the two kernels, alternating: the machine's load drifts
+        chosen = tagger.model.config._attn_implementation
+        for way in ["sdpa", attention.NAME] * 2:
+            tagger.model.set_attn_implementation(way)
+            raws, seconds = read_each(tagger, texts)
+            forward = forward_each(tagger, texts, size)
+            reading = result.setdefault(
+                way, {"seconds": [], "forward_seconds": [], "to_limit": [], "identical_records": []}
+            )
+            reading["seconds"].append(sum(seconds) / len(texts))
+            reading["forward_seconds"].append(sum(forward) / len(texts))
+            reading["to_limit"].append(sum(seconds) / sum(limits))
+            reading["identical_records"].append(sum(a == b for a, b in zip(eager, raws)))
+        tagger.model.set_attn_implementation(chosen)
     if args.compile:
         torch._inductor.config.freezing = args.freeze
         start = time.perf_counter()
@@ -149,7 +170,9 @@ def main() -> None:
             print(
                 f"{way:8} median {r['median_s']:.3f} s, mean {r['mean_s']:.3f} s per document, {r['to_limit']:.2f}x the limit"
             )
-    print(f"extraction takes {result['extraction_to_forward']:.2f}x its forward passes")
+    print(
+        f"extraction takes {result['extraction_to_forward']:.2f}x its forward passes; attention {result['attention']}"
+    )
     for way in ("glibc_defaults", "kept"):
         if way in result:
             r, limit = result[way], result["limit_mean_s"]
@@ -157,6 +180,15 @@ def main() -> None:
                 f"{way:14} mean s per document {' / '.join(f'{x:.3f}' for x in r['seconds'])} "
                 f"({' / '.join(f'{x / limit:.2f}' for x in r['seconds'])}x the limit), "
                 f"{' / '.join(f'{x:.0f}' for x in r['faults_per_document'])} minor page faults per document, "
+                f"records identical to the first reading {r['identical_records']}"
+            )
+    for way in ("sdpa", attention.NAME):
+        if way in result:
+            r = result[way]
+            print(
+                f"{way:15} mean s per document {' / '.join(f'{x:.3f}' for x in r['seconds'])} "
+                f"({' / '.join(f'{x:.2f}' for x in r['to_limit'])}x the limit), forward alone "
+                f"{' / '.join(f'{x:.3f}' for x in r['forward_seconds'])}, "
                 f"records identical to the first reading {r['identical_records']}"
             )
     if args.compile:

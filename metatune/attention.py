@@ -1,11 +1,13 @@
 """Attention as two matrix products and a softmax, for reading documents both ways in bf16 on a CPU.
 
-PyTorch's CPU flash-attention kernel (what SDPA runs there) is slower than the same math written
-as `softmax(q k^T) v` with the score matrix in memory when the Tagger reads real documents one at a
-time in bf16: the 104 GROBID validation headers 10% faster with this, at the same quality over four
-seeds (docs/performance.md). In float32, for causal attention and on GPUs the flash kernel is as
-fast or faster. In training, one layer's bf16 backward pass is 1.2-2.5x faster with it in isolation
-(benchmarks/attention.py) and 8-step benchmarks were 1.5x faster, but two whole runs were not
+On AMD processors with AVX-512-BF16, PyTorch's CPU flash-attention kernel (what SDPA runs there) is
+slower than the same math written as `softmax(q k^T) v` with the score matrix in memory when the
+Tagger reads real documents one at a time in bf16: the 104 GROBID validation headers 10% faster with
+this, at the same quality over four seeds (docs/performance.md). On Intel processors with AMX the
+flash kernel is the faster one, so a probe decides (`matmul_faster_on_cpu`). In float32, for causal
+attention and on GPUs the flash kernel is as fast or faster. In training, one layer's bf16 backward
+pass is 1.2-2.5x faster with it in isolation (benchmarks/attention.py) and 8-step benchmarks were
+1.5x faster, but two whole runs were not
 (2,409-2,462 s against 2,161-2,167 s with SDPA): page faults of the score matrices that glibc maps
 afresh in every layer (keep_freed_memory). Training keeps SDPA unless a run asks for this kernel
 (the tag objective's `attention_kernel`), with glibc's allocator set to keep freed memory. The math is transformers'
@@ -17,7 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import platform
+import time
 from contextlib import contextmanager
+from functools import lru_cache
+from types import SimpleNamespace
 
 import torch
 from transformers import AttentionInterface
@@ -57,11 +62,54 @@ AttentionMaskInterface.register(NAME, sdpa_mask)  # the same boolean masks SDPA 
 
 def use_where_faster(model, bf16: bool, device_type: str) -> bool:
     """Switches a model that reads both ways with SDPA to matmul attention when it runs in bf16 on a
-    CPU (the Tagger, reading documents one at a time); says whether it did."""
+    CPU (the Tagger, reading documents one at a time) and the probe finds matmul attention faster
+    there; says whether it did."""
     if not bf16 or device_type != "cpu" or model.config._attn_implementation != "sdpa":
+        return False
+    config = model.config
+    heads = config.num_attention_heads
+    key_value_heads = getattr(config, "num_key_value_heads", None) or heads
+    shape = (heads, key_value_heads, getattr(config, "head_dim", None) or config.hidden_size // heads)
+    if not matmul_faster_on_cpu(*shape):
         return False
     model.set_attn_implementation(NAME)
     return True
+
+
+PROBE_TOKENS = 512  # a paper header's length (the GROBID headers average ~530 tokens)
+
+
+@lru_cache(maxsize=8)
+def matmul_faster_on_cpu(heads: int, key_value_heads: int, head_dim: int, repeats: int = 5) -> bool:
+    """Whether one bidirectional bf16 attention call of this shape over PROBE_TOKENS tokens is faster as
+    matmul attention than with SDPA on this CPU (best of `repeats` each, alternating, with freed memory
+    kept as the Tagger reads). Which one wins depends on the CPU, not on its flags alone: SDPA's flash
+    kernel runs its bf16 products through a library that is fast on some processors and converts to
+    float32 on others (docs/performance.md): matmul attention was ~10% faster for the Tagger on AMD
+    processors with AVX-512-BF16; with AMX, SDPA was 1.4-1.7x faster in this probe and 1.06-1.11x for
+    the Tagger. Measured once per process and shape, in ~30 ms where bf16 is fast."""
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (
+        torch.randn(1, n, PROBE_TOKENS, head_dim, generator=generator, dtype=torch.bfloat16)
+        for n in (heads, key_value_heads, key_value_heads)
+    )
+    module = SimpleNamespace(is_causal=False, training=False)
+    ways = {
+        "sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, is_causal=False, enable_gqa=key_value_heads != heads
+        ),
+        NAME: lambda: matmul_attention(module, query, key, value, None),
+    }
+    best = dict.fromkeys(ways, float("inf"))
+    with torch.inference_mode(), keep_freed_memory():
+        for call in ways.values():  # warm-up: kernel selection, the first allocations
+            call()
+        for _ in range(repeats):
+            for way, call in ways.items():
+                start = time.perf_counter()
+                call()
+                best[way] = min(best[way], time.perf_counter() - start)
+    return best[NAME] < best["sdpa"]
 
 
 # glibc's mallopt parameters, and their defaults

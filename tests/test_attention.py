@@ -64,16 +64,59 @@ def test_matmul_attention_in_bf16_stays_close_to_sdpa(tiny_llama):
         assert (ls[real].argmax(-1) == lm[real].argmax(-1)).float().mean() > 0.9
 
 
-def test_matmul_attention_is_picked_only_for_bf16_on_a_cpu(tiny_llama):
+def test_matmul_attention_is_picked_only_for_bf16_on_a_cpu_where_the_probe_finds_it_faster(tiny_llama, monkeypatch):
+    asked = []
+
+    def probe(answer):
+        return lambda *shape: asked.append(shape) or answer
+
     model = tiny(tiny_llama, "sdpa")
+    monkeypatch.setattr(attention, "matmul_faster_on_cpu", probe(True))
     assert not attention.use_where_faster(model, bf16=False, device_type="cpu")
     assert not attention.use_where_faster(model, bf16=True, device_type="cuda")
+    assert model.config._attn_implementation == "sdpa" and not asked
+    monkeypatch.setattr(attention, "matmul_faster_on_cpu", probe(False))
+    assert not attention.use_where_faster(model, bf16=True, device_type="cpu")
     assert model.config._attn_implementation == "sdpa"
+    config = model.config  # the probe times the model's own heads
+    assert (
+        asked
+        == [(4, 2, config.hidden_size // 4)]
+        == [(config.num_attention_heads, config.num_key_value_heads, config.hidden_size // config.num_attention_heads)]
+    )
+    monkeypatch.setattr(attention, "matmul_faster_on_cpu", probe(True))
     assert attention.use_where_faster(model, bf16=True, device_type="cpu")
     assert model.config._attn_implementation == attention.NAME
     eager = tiny(tiny_llama, "eager")
     assert not attention.use_where_faster(eager, bf16=True, device_type="cpu")
     assert eager.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("slow", ["sdpa", "matmul"])
+def test_the_attention_probe_picks_the_kernel_that_runs_faster_here(monkeypatch, slow):
+    """Whichever kernel is slowed by 5 ms a call loses, so the answer follows the timing, not the CPU's name."""
+    import time
+
+    def slowed(function):
+        def call(*args, **kwargs):
+            time.sleep(0.005)
+            return function(*args, **kwargs)
+
+        return call
+
+    if slow == "sdpa":
+        monkeypatch.setattr(
+            torch.nn.functional,
+            "scaled_dot_product_attention",
+            slowed(torch.nn.functional.scaled_dot_product_attention),
+        )
+    else:
+        monkeypatch.setattr(attention, "matmul_attention", slowed(attention.matmul_attention))
+    attention.matmul_faster_on_cpu.cache_clear()
+    try:
+        assert attention.matmul_faster_on_cpu(4, 2, 16) is (slow == "sdpa")
+    finally:
+        attention.matmul_faster_on_cpu.cache_clear()  # no slowed answer left for later tests
 
 
 def test_the_attention_benchmark_times_both_kernels_per_length_and_precision(tmp_path):

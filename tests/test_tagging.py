@@ -84,6 +84,27 @@ def test_viterbi_never_puts_an_inside_label_without_its_begin():
     assert viterbi(scores, allowed) == [O, B_TITLE, I_TITLE, O]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_viterbi_finds_the_best_scoring_sequence_that_the_transitions_allow(seed):
+    """Against every sequence enumerated: 5 tokens, 4 labels, transition scores with forbidden pairs
+    (-inf), and as a boolean matrix of allowed pairs; the sequence starts as if after label 0 (O)."""
+    import itertools
+
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn(5, 4, generator=generator)
+    transitions = torch.randn(4, 4, generator=generator)
+    transitions[torch.rand(4, 4, generator=generator) < 0.3] = float("-inf")
+    transitions[:, 0] = 0.0  # O may always follow: some sequence is allowed
+    for matrix in (transitions, transitions > float("-inf")):
+        pairs = torch.where(matrix, 0.0, float("-inf")) if matrix.dtype == torch.bool else matrix
+
+        def total(path, pairs=pairs):
+            return sum(float(scores[t, j]) + float(pairs[path[t - 1] if t else 0, j]) for t, j in enumerate(path))
+
+        best = max(itertools.product(range(4), repeat=5), key=total)
+        assert viterbi(scores, matrix) == list(best)
+
+
 def test_decode_reads_spans_as_values_of_the_text():
     text = "Deep  learning\nfor all Ana Ruiz Juan Paz 5 Sep 2012"
     offsets = [
@@ -743,8 +764,9 @@ def test_bench_times_a_tag_run_and_finds_batched_equal_to_one_at_a_time(tag_run)
     assert result["batched_docs_per_second"] > 0 and result["plain_docs_per_second"] > 0
 
 
-def test_forced_bf16_tag_training_and_extraction_run_on_any_cpu(tmp_path, tiny_llama, synthetic):
+def test_forced_bf16_tag_training_and_extraction_run_on_any_cpu(tmp_path, tiny_llama, synthetic, monkeypatch):
     """bf16 autocast for the tag objective and a bf16 Tagger: what `auto` picks on CPUs with bf16 units."""
+    from metatune import attention
     from metatune.objectives import open_run
     from metatune.training.run import train
 
@@ -759,11 +781,15 @@ def test_forced_bf16_tag_training_and_extraction_run_on_any_cpu(tmp_path, tiny_l
     assert trained["precision"] == "bf16"  # as trained
     assert trained["attention"] == "sdpa"  # matmul attention trained no faster over a whole run (performance.md)
     assert "metatune_matmul" not in (run / "config.json").read_text()  # other runtimes load the run
-    tagger = open_run(run, ExtractionSettings(dtype="bfloat16"))
-    assert tagger.model.dtype == torch.bfloat16
-    assert tagger.model.config._attn_implementation == "metatune_matmul"  # bf16 on a CPU (metatune/attention.py)
-    result = tagger.extract([synthetic_records(1, 9)[0]["original_text"]])[0]
-    assert result.data is not None and result.data["language"] == "es"
+    text = synthetic_records(1, 9)[0]["original_text"]
+    for matmul_faster in (True, False):  # both kernels, whichever this CPU's probe picks (metatune/attention.py)
+        monkeypatch.setattr(attention, "matmul_faster_on_cpu", lambda *shape, answer=matmul_faster: answer)
+        tagger = open_run(run, ExtractionSettings(dtype="bfloat16"))
+        assert tagger.model.dtype == torch.bfloat16
+        expected = "metatune_matmul" if matmul_faster else "sdpa"
+        assert tagger.model.config._attn_implementation == expected
+        result = tagger.extract([text])[0]
+        assert result.data is not None and result.data["language"] == "es"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16 forced: it runs, slowly, on AVX2-only CPUs too
@@ -777,12 +803,18 @@ def test_the_tag_extraction_benchmark_times_each_document_against_its_forward_pa
 
     script = [sys.executable, str(REPO / "benchmarks" / "tag_extraction.py"), str(tag_run), "--data", str(synthetic)]
     out = tmp_path / "figures.json"
+    kernels = ["--attention"] if dtype == "bfloat16" else []  # SDPA and matmul attention, alternating
     done = subprocess.run(
-        [*script, "--docs", "3", "--dtype", dtype, "--output", str(out)], capture_output=True, text=True
+        [*script, "--docs", "3", "--dtype", dtype, *kernels, "--output", str(out)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(out.read_text(encoding="utf-8"))
     assert figures["documents"] == 3 and figures["dtype"] == dtype and "compiled" not in figures
+    if kernels:
+        for way in ("sdpa", "metatune_matmul"):
+            assert len(figures[way]["seconds"]) == 2 and all(x > 0 for x in figures[way]["forward_seconds"])
+            assert all(0 <= n <= 3 for n in figures[way]["identical_records"])
+        assert figures[figures["attention"]]["identical_records"][0] == 3  # the probe's pick reads as before
     assert figures["peak_gflops"] > 0 and figures["limit_mean_s"] > 0
     eager = figures["eager"]
     assert 0 < eager["median_s"] and eager["to_limit"] == pytest.approx(eager["mean_s"] / figures["limit_mean_s"])
@@ -793,6 +825,8 @@ def test_the_tag_extraction_benchmark_times_each_document_against_its_forward_pa
     if dtype == "float32":
         refused = subprocess.run([*script, "--freeze"], capture_output=True, text=True)
         assert refused.returncode == 2 and "--freeze freezes a compiled forward: add --compile" in refused.stderr
+        refused = subprocess.run([*script, "--dtype", "float32", "--attention"], capture_output=True, text=True)
+        assert refused.returncode == 2 and "add --dtype bfloat16" in refused.stderr
 
 
 def test_a_transformers_pipeline_reads_a_bidirectional_tag_run_as_the_tagger_does(tag_run):
