@@ -5,17 +5,24 @@ image-only) is an error, never ''. docs/pdf.md has the measurements behind these
 pdfminer.six is pure Python: a crafted PDF of a few kilobytes can make it parse millions of operators
 (minutes of CPU) while it holds the interpreter lock of whatever process runs it. So the PDF is read
 in a child process, at low priority, with a time and a memory limit, and only its first pages: a
-server's event loop and model keep running meanwhile.
+server's event loop and model keep running meanwhile. The child reads one PDF after another (starting
+Python and importing pdfplumber took 0.1 s of CPU per PDF, a third of parsing a paper's first pages);
+one that runs out of time is killed and the next PDF gets a fresh one.
 """
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 from metatune.errors import MetatuneError
@@ -59,30 +66,104 @@ def pdf_text(
             data = Path(source).read_bytes()
         except OSError as e:
             raise MetatuneError(f"{name}: cannot read: {e.strerror or e}") from None
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
+    reader = _take_reader()
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "metatune.pdf", name, str(max_chars)],
-            input=data,
-            capture_output=True,
-            timeout=timeout,
-            env=env,
-        )
-    except subprocess.TimeoutExpired:
-        raise MetatuneError(f"{name}: cannot read the PDF: gave up after {timeout:g} s") from None
-    try:
-        result = json.loads(done.stdout)
-    except ValueError:
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
-        why = (
-            "it needs too much memory"
-            if lines and "MemoryError" in lines[-1]
-            else (lines[-1] if lines else f"exit status {done.returncode}")
-        )
-        raise MetatuneError(f"{name}: cannot read the PDF: {why}") from None
+        result = reader.read(data, name, max_chars, timeout)
+    except BaseException:
+        reader.close()  # out of time, stopped, or interrupted half-way: the next PDF gets a fresh one
+        raise
+    if result.pop("last", False):  # the child ends after this answer (it ran out of memory)
+        reader.close()
+    else:
+        _give_back(reader)
     if "error" in result:
         raise MetatuneError(result["error"])
     return result["text"]
+
+
+class _Reader:
+    """A child process (`python -m metatune.pdf --serve`) that reads the PDFs sent to it one after
+    another: a JSON line {"name", "max_chars", "bytes"} and the PDF's bytes in, a JSON line out."""
+
+    def __init__(self):
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        self.errors = tempfile.TemporaryFile()  # the child's last words, should it die
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "metatune.pdf", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errors,
+            env=env,
+        )
+
+    def read(self, data: bytes, name: str, max_chars: int, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        try:
+            header = json.dumps({"name": name, "max_chars": max_chars, "bytes": len(data)})
+            self.process.stdin.write(header.encode() + b"\n" + data)
+            self.process.stdin.flush()
+        except OSError:  # the child is gone
+            return {"error": f"{name}: cannot read the PDF: {self.why_it_stopped()}"}
+        out = self.process.stdout
+        if not select.select([out], [], [], max(deadline - time.monotonic(), 0))[0]:
+            raise MetatuneError(f"{name}: cannot read the PDF: gave up after {timeout:g} s")
+        line = out.readline()
+        if not line.endswith(b"\n"):  # it died before its whole answer
+            return {"error": f"{name}: cannot read the PDF: {self.why_it_stopped()}"}
+        return json.loads(line)
+
+    def why_it_stopped(self) -> str:
+        self.process.kill()
+        code = self.process.wait()
+        self.errors.seek(0)
+        lines = self.errors.read().decode(errors="replace").strip().splitlines()
+        if lines and "MemoryError" in lines[-1]:
+            return "it needs too much memory"
+        return lines[-1] if lines else f"exit status {code}"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.errors):
+            stream.close()
+
+
+# Readers waiting for the next PDF; a thread that finds none starts one. At most MAX_IDLE are kept.
+_IDLE: list[_Reader] = []
+_IDLE_LOCK = threading.Lock()
+MAX_IDLE = 2
+
+
+def _take_reader() -> _Reader:
+    with _IDLE_LOCK:
+        while _IDLE:
+            reader = _IDLE.pop()
+            if reader.alive():
+                return reader
+            reader.close()
+    return _Reader()
+
+
+def _give_back(reader: _Reader) -> None:
+    with _IDLE_LOCK:
+        if reader.alive() and len(_IDLE) < MAX_IDLE:
+            _IDLE.append(reader)
+            return
+    reader.close()
+
+
+@atexit.register
+def _close_readers() -> None:
+    with _IDLE_LOCK:
+        while _IDLE:
+            _IDLE.pop().close()
 
 
 def read_pdf(data: bytes, name: str, max_chars: int = MAX_CHARS) -> str:
@@ -135,8 +216,10 @@ def _why(error: object) -> str:
     return message.splitlines()[0] if message else type(error).__name__
 
 
-def _child() -> None:
-    """`python -m metatune.pdf NAME MAX_CHARS` < PDF: {"text": ...} or {"error": ...} on standard output."""
+def _serve() -> None:
+    """`python -m metatune.pdf --serve`: for each request on standard input (a JSON line naming the
+    PDF, how many characters to read and its size in bytes, then its bytes), {"text": ...} or
+    {"error": ...} as one line on standard output, until standard input closes."""
     try:
         import resource
 
@@ -144,15 +227,27 @@ def _child() -> None:
         os.nice(10)  # the model's work comes first
     except (ImportError, OSError, ValueError):  # not on every system
         pass
-    name, max_chars = sys.argv[1], int(sys.argv[2])
-    try:
-        result = {"text": read_pdf(sys.stdin.buffer.read(), name, max_chars)}
-    except MetatuneError as e:
-        result = {"error": str(e)}
-    except MemoryError:
-        result = {"error": f"{name}: cannot read the PDF: it needs more than {MEMORY_BYTES >> 30} GB of memory"}
-    sys.stdout.write(json.dumps(result))
+    import pdfplumber  # noqa: F401  imported once, before the first PDF
+
+    requests, replies = sys.stdin.buffer, sys.stdout
+    while header := requests.readline():
+        request = json.loads(header)
+        name = request["name"]
+        data = requests.read(request["bytes"])
+        try:
+            result = {"text": read_pdf(data, name, request["max_chars"])}
+        except MetatuneError as e:
+            result = {"error": str(e)}
+        except MemoryError:  # what the failed PDF left behind is not the next one's problem: the child ends
+            result = {
+                "error": f"{name}: cannot read the PDF: it needs more than {MEMORY_BYTES >> 30} GB of memory",
+                "last": True,
+            }
+        replies.write(json.dumps(result) + "\n")
+        replies.flush()
+        if result.get("last"):
+            return
 
 
-if __name__ == "__main__":
-    _child()
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    _serve()

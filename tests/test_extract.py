@@ -269,6 +269,32 @@ def test_reading_a_pdf_is_bounded_in_time_and_done_in_another_process():
     assert time.process_time() - cpu < 1
 
 
+def test_pdfs_are_read_one_after_another_by_one_child_and_one_out_of_time_is_replaced(tmp_path):
+    """The child that read a PDF reads the next (no Python start and pdfplumber import per PDF); one
+    stopped at the time limit is killed, and the PDF after it gets a fresh child; a child that died
+    while idle is not used."""
+    import os
+
+    import metatune.pdf
+
+    path = make_pdf(tmp_path / "tesis.pdf", "Universidad Nacional de La Plata\nTesis de posgrado")
+    text = pdf_text(path)
+    child = metatune.pdf._IDLE[-1].process
+    idle = len(metatune.pdf._IDLE)
+    assert pdf_text(path) == text
+    assert metatune.pdf._IDLE[-1].process is child and len(metatune.pdf._IDLE) == idle and child.poll() is None
+    with pytest.raises(MetatuneError, match=r"^heavy.pdf: cannot read the PDF: gave up after 2 s$"):
+        pdf_text(heavy_pdf(30, 600_000, form=True), "heavy.pdf", timeout=2)
+    assert child.poll() is not None and child not in [r.process for r in metatune.pdf._IDLE]
+    assert pdf_text(path) == text
+    fresh = metatune.pdf._IDLE[-1].process
+    assert fresh is not child and fresh.poll() is None
+    os.kill(fresh.pid, 9)
+    fresh.wait()
+    assert pdf_text(path.read_bytes(), "upload.pdf") == text
+    assert all(r.process.poll() is None for r in metatune.pdf._IDLE)
+
+
 def test_pdf_without_text_is_an_error_naming_the_file(tmp_path):
     path = make_pdf(tmp_path / "scan.pdf")
     with pytest.raises(
