@@ -111,9 +111,10 @@ class _Reader:
         if not select.select([out], [], [], max(deadline - time.monotonic(), 0))[0]:
             raise MetatuneError(f"{name}: cannot read the PDF: gave up after {timeout:g} s")
         line = out.readline()
-        if not line.endswith(b"\n"):  # it died before its whole answer
+        try:
+            return json.loads(line)
+        except ValueError:  # it died before its whole answer
             return {"error": f"{name}: cannot read the PDF: {self.why_it_stopped()}"}
-        return json.loads(line)
 
     def why_it_stopped(self) -> str:
         self.process.kill()
@@ -229,7 +230,9 @@ def _serve() -> None:
         pass
     import pdfplumber  # noqa: F401  imported once, before the first PDF
 
-    requests, replies = sys.stdin.buffer, sys.stdout
+    requests = sys.stdin.buffer
+    replies = open(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")  # kept for the process's life
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what a library prints goes to the errors, not the replies
     while header := requests.readline():
         request = json.loads(header)
         name = request["name"]
