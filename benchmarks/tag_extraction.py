@@ -13,9 +13,9 @@ compile time is reported on its own, the same documents are read again, and the 
 compared with the eager ones. Each document's forward pass is also timed alone (`forward`): the
 ratio of extraction to it is what tokenizing, decoding and writing the record add. With
 `--allocator` the documents are also read with glibc's allocator left at its defaults and with it
-keeping freed memory (what the Tagger does on a CPU), alternating twice, with the minor page faults
-of each reading. With `--attention` (bf16) they are also read with SDPA and with matmul attention
-(metatune/attention.py), alternating twice, whichever the probe picked for the first reading.
+keeping freed memory (what the Tagger does on a CPU), and with `--attention` (bf16) with SDPA and with
+matmul attention (metatune/attention.py), whichever the probe picked for the first reading: each way
+twice, alternating, with the minor page faults of each reading.
 """
 
 from __future__ import annotations
@@ -63,6 +63,28 @@ def read_each(tagger: Tagger, texts: list[str]) -> tuple[list[str], list[float]]
 
 def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def alternating(tagger: Tagger, texts: list[str], eager: list[str], limits: list[float], ways: dict, apply) -> dict:
+    """Each way (name: the value `apply` sets) read twice, alternating (the machine's load drifts):
+    per reading the mean seconds per document, against the limit, of the forward passes alone, the
+    minor page faults per document, and how many records equal the first reading's (`eager`)."""
+    figures = {name: {} for name in ways}
+    for name, value in list(ways.items()) * 2:
+        apply(value)
+        faults = minor_faults()
+        raws, seconds = read_each(tagger, texts)
+        faults = minor_faults() - faults
+        forward = forward_each(tagger, texts, tagger.window_size)
+        for key, figure in [
+            ("seconds", sum(seconds) / len(texts)),
+            ("to_limit", sum(seconds) / sum(limits)),
+            ("forward_seconds", sum(forward) / len(texts)),
+            ("faults_per_document", faults / len(texts)),
+            ("identical_records", sum(a == b for a, b in zip(eager, raws))),
+        ]:
+            figures[name].setdefault(key, []).append(figure)
+    return figures
 
 
 def summary(seconds: list[float], limits: list[float]) -> dict:
@@ -124,30 +146,16 @@ def main() -> None:
         "extraction_to_forward": sum(seconds) / sum(forward),
         "attention": tagger.model.config._attn_implementation,  # the probe's pick (bf16 on a CPU)
     }
-    if args.allocator:  # glibc's defaults against freed memory kept, alternating: the machine's load drifts
-        for way, keep in [("glibc_defaults", False), ("kept", True)] * 2:
-            tagger.keep_freed_memory = keep
-            faults = minor_faults()
-            raws, seconds = read_each(tagger, texts)
-            faults = minor_faults() - faults
-            reading = result.setdefault(way, {"seconds": [], "faults_per_document": [], "identical_records": []})
-            reading["seconds"].append(sum(seconds) / len(texts))
-            reading["faults_per_document"].append(faults / len(texts))
-            reading["identical_records"].append(sum(a == b for a, b in zip(eager, raws)))
+    if args.allocator:  # glibc's defaults against freed memory kept
+        ways = {"glibc_defaults": False, "kept": True}
+        result.update(
+            alternating(tagger, texts, eager, limits, ways, lambda keep: setattr(tagger, "keep_freed_memory", keep))
+        )
         tagger.keep_freed_memory = True
-    if args.attention:  # the two kernels, alternating: the machine's load drifts
+    if args.attention:  # the two kernels
         chosen = tagger.model.config._attn_implementation
-        for way in ["sdpa", attention.NAME] * 2:
-            tagger.model.set_attn_implementation(way)
-            raws, seconds = read_each(tagger, texts)
-            forward = forward_each(tagger, texts, size)
-            reading = result.setdefault(
-                way, {"seconds": [], "forward_seconds": [], "to_limit": [], "identical_records": []}
-            )
-            reading["seconds"].append(sum(seconds) / len(texts))
-            reading["forward_seconds"].append(sum(forward) / len(texts))
-            reading["to_limit"].append(sum(seconds) / sum(limits))
-            reading["identical_records"].append(sum(a == b for a, b in zip(eager, raws)))
+        ways = {"sdpa": "sdpa", attention.NAME: attention.NAME}
+        result.update(alternating(tagger, texts, eager, limits, ways, tagger.model.set_attn_implementation))
         tagger.model.set_attn_implementation(chosen)
     if args.compile:
         torch._inductor.config.freezing = args.freeze
@@ -173,22 +181,17 @@ def main() -> None:
     print(
         f"extraction takes {result['extraction_to_forward']:.2f}x its forward passes; attention {result['attention']}"
     )
-    for way in ("glibc_defaults", "kept"):
-        if way in result:
-            r, limit = result[way], result["limit_mean_s"]
-            print(
-                f"{way:14} mean s per document {' / '.join(f'{x:.3f}' for x in r['seconds'])} "
-                f"({' / '.join(f'{x / limit:.2f}' for x in r['seconds'])}x the limit), "
-                f"{' / '.join(f'{x:.0f}' for x in r['faults_per_document'])} minor page faults per document, "
-                f"records identical to the first reading {r['identical_records']}"
-            )
-    for way in ("sdpa", attention.NAME):
+    for way in ("glibc_defaults", "kept", "sdpa", attention.NAME):
         if way in result:
             r = result[way]
+
+            def readings(key, form, r=r):
+                return " / ".join(format(x, form) for x in r[key])
+
             print(
-                f"{way:15} mean s per document {' / '.join(f'{x:.3f}' for x in r['seconds'])} "
-                f"({' / '.join(f'{x:.2f}' for x in r['to_limit'])}x the limit), forward alone "
-                f"{' / '.join(f'{x:.3f}' for x in r['forward_seconds'])}, "
+                f"{way:15} mean s per document {readings('seconds', '.3f')} ({readings('to_limit', '.2f')}x the "
+                f"limit), forward alone {readings('forward_seconds', '.3f')}, "
+                f"{readings('faults_per_document', '.0f')} minor page faults per document, "
                 f"records identical to the first reading {r['identical_records']}"
             )
     if args.compile:

@@ -91,8 +91,8 @@ def test_viterbi_finds_the_best_scoring_sequence_that_the_transitions_allow(seed
     import itertools
 
     generator = torch.Generator().manual_seed(seed)
-    scores = torch.randn(5, 4, generator=generator)
-    transitions = torch.randn(4, 4, generator=generator)
+    scores = torch.randn(5, 4, generator=generator, dtype=torch.float32)  # decode passes float32 log-probabilities
+    transitions = torch.randn(4, 4, generator=generator, dtype=torch.float32)
     transitions[torch.rand(4, 4, generator=generator) < 0.3] = float("-inf")
     transitions[:, 0] = 0.0  # O may always follow: some sequence is allowed
     for matrix in (transitions, transitions > float("-inf")):
@@ -803,18 +803,26 @@ def test_the_tag_extraction_benchmark_times_each_document_against_its_forward_pa
 
     script = [sys.executable, str(REPO / "benchmarks" / "tag_extraction.py"), str(tag_run), "--data", str(synthetic)]
     out = tmp_path / "figures.json"
-    kernels = ["--attention"] if dtype == "bfloat16" else []  # SDPA and matmul attention, alternating
+    # bf16: SDPA and matmul attention; float32: glibc's allocator as it is and keeping freed memory
+    option, ways = (
+        ("--attention", ("sdpa", "metatune_matmul"))
+        if dtype == "bfloat16"
+        else ("--allocator", ("glibc_defaults", "kept"))
+    )
     done = subprocess.run(
-        [*script, "--docs", "3", "--dtype", dtype, *kernels, "--output", str(out)], capture_output=True, text=True
+        [*script, "--docs", "3", "--dtype", dtype, option, "--output", str(out)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(out.read_text(encoding="utf-8"))
     assert figures["documents"] == 3 and figures["dtype"] == dtype and "compiled" not in figures
-    if kernels:
-        for way in ("sdpa", "metatune_matmul"):
-            assert len(figures[way]["seconds"]) == 2 and all(x > 0 for x in figures[way]["forward_seconds"])
-            assert all(0 <= n <= 3 for n in figures[way]["identical_records"])
+    for way in ways:  # each way read twice, alternating
+        assert len(figures[way]["seconds"]) == 2 and all(x > 0 for x in figures[way]["forward_seconds"])
+        assert all(0 <= n <= 3 for n in figures[way]["identical_records"])
+        assert all(x >= 0 for x in figures[way]["faults_per_document"])
+    if dtype == "bfloat16":
         assert figures[figures["attention"]]["identical_records"][0] == 3  # the probe's pick reads as before
+    else:
+        assert figures["kept"]["identical_records"] == [3, 3]  # the allocator changes no arithmetic
     assert figures["peak_gflops"] > 0 and figures["limit_mean_s"] > 0
     eager = figures["eager"]
     assert 0 < eager["median_s"] and eager["to_limit"] == pytest.approx(eager["mean_s"] / figures["limit_mean_s"])

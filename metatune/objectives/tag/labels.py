@@ -602,10 +602,14 @@ def bridged(spans: list[tuple], text: str, fields: tuple[str, ...]) -> list[tupl
 LIST_SEPARATOR = re.compile(r"[ \t]*[;,][ \t]*")  # between two items of a list written on one line
 
 
+def side_by_side(text: str, before: tuple, after: tuple) -> bool:
+    """Whether two spans (field, start, end, ...) have only a list separator between them on one line."""
+    return LIST_SEPARATOR.fullmatch(text[before[2] : after[1]]) is not None
+
+
 def list_neighbours(text: str, spans) -> list[tuple[str, str]]:
-    """The fields of each two spans (field, start, end, ...; in text order) with only a list separator
-    between them on one line."""
-    return [(a[0], b[0]) for a, b in zip(spans, spans[1:]) if LIST_SEPARATOR.fullmatch(text[a[2] : b[1]])]
+    """The fields of each two spans (in text order) with only a list separator between them on one line."""
+    return [(a[0], b[0]) for a, b in zip(spans, spans[1:]) if side_by_side(text, a, b)]
 
 
 def one_field_lines(spans: list[tuple], text: str, lists: tuple[str, ...], mixed, score) -> list[tuple]:
@@ -622,7 +626,7 @@ def one_field_lines(spans: list[tuple], text: str, lists: tuple[str, ...], mixed
             and before[0] in lists
             and span[0] in lists
             and tuple(sorted((before[0], span[0]))) not in mixed
-            and LIST_SEPARATOR.fullmatch(text[before[2] : span[1]])
+            and side_by_side(text, before, span)
         ):
             runs[-1].append(span)
         else:
