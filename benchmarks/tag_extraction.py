@@ -87,6 +87,11 @@ def alternating(tagger: Tagger, texts: list[str], eager: list[str], limits: list
     return figures
 
 
+def readings(values: list[float], form: str) -> str:
+    """One way's readings for the printed summary: "0.214 / 0.215"."""
+    return " / ".join(format(x, form) for x in values)
+
+
 def summary(seconds: list[float], limits: list[float]) -> dict:
     return {
         "median_s": statistics.median(seconds),
@@ -184,14 +189,10 @@ def main() -> None:
     for way in ("glibc_defaults", "kept", "sdpa", attention.NAME):
         if way in result:
             r = result[way]
-
-            def readings(key, form, r=r):
-                return " / ".join(format(x, form) for x in r[key])
-
             print(
-                f"{way:15} mean s per document {readings('seconds', '.3f')} ({readings('to_limit', '.2f')}x the "
-                f"limit), forward alone {readings('forward_seconds', '.3f')}, "
-                f"{readings('faults_per_document', '.0f')} minor page faults per document, "
+                f"{way:15} mean s per document {readings(r['seconds'], '.3f')} ({readings(r['to_limit'], '.2f')}x "
+                f"the limit), forward alone {readings(r['forward_seconds'], '.3f')}, "
+                f"{readings(r['faults_per_document'], '.0f')} minor page faults per document, "
                 f"records identical to the first reading {r['identical_records']}"
             )
     if args.compile:
