@@ -373,6 +373,7 @@ def test_a_tiny_tagger_learns_and_its_run_says_how_it_was_trained(tag_run):
         "sentences": [],  # titles and names do not end sentences
         "bridges": True,  # a new run joins a prose field's pieces across a short unlabelled gap
         "mixed_lists": [],  # one list field: nothing to share a line with
+        "trailing_notices": True,  # a new run's abstracts lose a notice after their last sentence
     }
     assert info["tagging"]["alignment"]["title"] == {"values": 48, "aligned": 48}
     assert info["tagging"]["produced"]["title"] == {"how": "span", "values": 48, "in_text": 48}
@@ -995,6 +996,46 @@ def test_a_span_of_a_sentence_field_is_continued_to_its_sentence_end():
     far = text.replace(" via email", " via" + " email" * (SENTENCE_MAX_CHARS // 6))
     assert to_sentence_end(far, 9, cut, []) == (9, cut)
     assert to_sentence_end("no end here", 0, 2, []) == (0, 2)
+
+
+def test_an_abstract_loses_a_notice_after_its_last_sentence():
+    from metatune.objectives.tag.labels import NOTICE_MAX_CHARS, without_trailing_notice
+
+    text = "Abstract\nWe built\na tool. It\nworks.\n(Some figures are in colour only)\nKeywords: tools"
+    start, ended = text.index("We built"), text.index("works.") + len("works.")
+    notice = text.index("(Some") + len("(Some figures are in colour only)")
+    assert without_trailing_notice(text, start, notice) == (start, ended)  # a line of its own
+    assert without_trailing_notice(text, start, ended) == (start, ended)  # ends a sentence: stays
+    # more than one line after the last sentence end (a last paragraph without a full stop): stays
+    two = text.replace(" colour only)", " colour\nonly)")
+    assert without_trailing_notice(two, start, notice) == (start, notice)
+    # in a span with line breaks, a few words after the last sentence end that are not a line of their own
+    # (the model stopped in the middle of a sentence): stays
+    cut = text.index(" It") + 3
+    assert without_trailing_notice(text, start, cut) == (start, cut)
+    # without line breaks, a few words after the last sentence end are a notice; a long run is not
+    flat = text.replace("\n", " ")
+    assert without_trailing_notice(flat, start, notice) == (start, ended)
+    long = flat.replace("colour only", "colour " + "only " * (NOTICE_MAX_CHARS // 5))
+    assert without_trailing_notice(long, start, long.index(")") + 1) == (start, long.index(")") + 1)
+    assert without_trailing_notice("no sentence\nend here", 0, 20) == (0, 20)
+
+    # in decoding: a new run's scheme cuts the line the model labelled, a run saved before keeps it
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    scheme = TagScheme(
+        ("title", "abstract"), ("Articulo",), sentences=("abstract",), one_span=True, trailing_notices=True
+    )
+    assert TagScheme.from_dict(scheme.to_dict()) == scheme
+    path = [O, 3] + [4] * (len(words) - 4) + [O, O]  # B-abstract at "We", I-abstract to "only)"
+    logits = torch.full((1 + len(words), len(scheme.labels)), -5.0)
+    for i, label in enumerate(path, 1):
+        logits[i, label] = 5
+    _, values = decode(logits, words, text, scheme, allowed_transitions(scheme))
+    assert values["abstract"] == ["We built a tool. It works."]
+    old = TagScheme.from_dict({k: v for k, v in scheme.to_dict().items() if k != "trailing_notices"})
+    assert old.trailing_notices is False
+    _, values = decode(logits, words, text, old, allowed_transitions(old))
+    assert values["abstract"] == ["We built a tool. It works. (Some figures are in colour only)"]
 
 
 def test_an_abstract_the_model_left_a_citation_of_unlabelled_is_one_abstract():

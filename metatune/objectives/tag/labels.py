@@ -101,6 +101,10 @@ class TagScheme:
     # a separator between; items of other list fields written that way share one field (`one_field_lines`;
     # None: runs saved before)
     mixed_lists: tuple[tuple[str, str], ...] | None = None
+    # a prose field's span (`sentences`) that runs past its last sentence end into a line of its own or a
+    # few words that end none (a notice, a copyright or the journal's name after an abstract) ends at
+    # that sentence end (`without_trailing_notice`; False: runs saved before)
+    trailing_notices: bool = False
 
     @property
     def span_labels(self) -> list[str]:
@@ -155,6 +159,7 @@ class TagScheme:
             "sentences": list(self.sentences),
             "bridges": self.bridges,
             "mixed_lists": None if self.mixed_lists is None else [list(pair) for pair in self.mixed_lists],
+            "trailing_notices": self.trailing_notices,
         }
 
     @classmethod
@@ -175,6 +180,7 @@ class TagScheme:
             tuple(raw.get("sentences", ())),
             raw.get("bridges", False),
             None if raw.get("mixed_lists") is None else tuple(tuple(pair) for pair in raw["mixed_lists"]),
+            raw.get("trailing_notices", False),
         )
 
     def written_as(self, field: str, phrase: str) -> str:
@@ -746,6 +752,9 @@ def whole_lines(text: str, start: int, end: int, longest: int, others: list[tupl
 
 SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 SENTENCE_MAX_CHARS = 400  # the farthest a span is continued to reach its sentence's end
+# the longest words after an abstract's last sentence end taken for a notice (about a printed line)
+# where the text has no line breaks to tell
+NOTICE_MAX_CHARS = 80
 
 
 def ends_a_sentence(value: str) -> bool:
@@ -764,6 +773,23 @@ def to_sentence_end(text: str, start: int, end: int, others: list[tuple[int, int
     if "\n" in text[end:stop] or stop - end > SENTENCE_MAX_CHARS or any(s < stop and e > end for s, e in others):
         return start, end
     return start, stop
+
+
+def without_trailing_notice(text: str, start: int, end: int) -> tuple[int, int]:
+    """The span cut back to its last sentence end when it does not end a sentence and all it holds after
+    that end is one line of its own ("... the DINA code.\n(Some figures in this article are in colour
+    only)") or, in a span without line breaks, at most NOTICE_MAX_CHARS ("... the DINA code. The
+    Oncologist 2011;16:1292"): a notice, a copyright or the journal's name after an abstract."""
+    if ends_a_sentence(text[start:end]):
+        return start, end
+    ends = [found.end() for found in SENTENCE_END.finditer(text, start, end)]
+    if not ends:
+        return start, end
+    tail = text[ends[-1] : end]
+    before, line_break, rest = tail.partition("\n")
+    own_line = line_break and not before.strip() and "\n" not in rest.strip()
+    short = "\n" not in text[start:end] and len(tail.strip()) <= NOTICE_MAX_CHARS
+    return (start, ends[-1]) if own_line or short else (start, end)
 
 
 def field_scorer(log_probs: torch.Tensor, offsets: list[tuple[int, int]], scheme: TagScheme):
@@ -799,7 +825,8 @@ def decode(
     value that begins another value of the field (a name cut short) is dropped. A date field with
     no span takes the first date written in its host's span (`scheme.date_hosts`). A span of a field
     whose training spans fill whole lines takes the rest of its lines (`scheme.whole_lines`), and one
-    of a field whose training spans end a sentence the rest of its sentence (`scheme.sentences`). With
+    of a field whose training spans end a sentence the rest of its sentence (`scheme.sentences`), or, with
+    `scheme.trailing_notices`, loses a notice after its last sentence end (`without_trailing_notice`). With
     `scheme.bridges`, a prose field's spans with a short unlabelled gap between are one (`bridged`).
     """
     logits = logits.float()
@@ -845,6 +872,8 @@ def decode(
                 start, end = whole_lines(text, start, end, lines[field], others)
             if field in scheme.sentences:
                 start, end = to_sentence_end(text, start, end, others)
+            if field in scheme.sentences and scheme.trailing_notices:
+                start, end = without_trailing_notice(text, start, end)
         value = source.snippet(Span(start, end))
         if field in scheme.surnames:
             if any(s <= start < e for s, e in surname):  # written surname first: "de la| Fuente, Julieta"

@@ -259,6 +259,7 @@ def tag_scheme(records, registry, fallback_type, fmt: InputFormat) -> tuple[TagS
         hosts,
         one_span=True,
         bridges=True,
+        trailing_notices=True,
         names=tuple(names),
         mapped=mapped,
         whole_lines=whole_line_fields(records, aligned, fields),
