@@ -825,8 +825,8 @@ def decode(
     value that begins another value of the field (a name cut short) is dropped. A date field with
     no span takes the first date written in its host's span (`scheme.date_hosts`). A span of a field
     whose training spans fill whole lines takes the rest of its lines (`scheme.whole_lines`), and one
-    of a field whose training spans end a sentence the rest of its sentence (`scheme.sentences`), or, with
-    `scheme.trailing_notices`, loses a notice after its last sentence end (`without_trailing_notice`). With
+    of a field whose training spans end a sentence the rest of its sentence (`scheme.sentences`) and, with
+    `scheme.trailing_notices`, no notice after its last sentence end (`without_trailing_notice`). With
     `scheme.bridges`, a prose field's spans with a short unlabelled gap between are one (`bridged`).
     """
     logits = logits.float()
