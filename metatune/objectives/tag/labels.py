@@ -872,8 +872,8 @@ def decode(
                 start, end = whole_lines(text, start, end, lines[field], others)
             if field in scheme.sentences:
                 start, end = to_sentence_end(text, start, end, others)
-            if field in scheme.sentences and scheme.trailing_notices:
-                start, end = without_trailing_notice(text, start, end)
+                if scheme.trailing_notices:
+                    start, end = without_trailing_notice(text, start, end)
         value = source.snippet(Span(start, end))
         if field in scheme.surnames:
             if any(s <= start < e for s, e in surname):  # written surname first: "de la| Fuente, Julieta"
